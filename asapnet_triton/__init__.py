@@ -1,0 +1,30 @@
+"""asapnet-triton: ASAP-Net's spatially-adaptive pixelwise networks with fused Triton kernels.
+
+Public API::
+
+    import asapnet_triton as at
+    at.param_count(in_channels, cell_size=..., ...)   # parameter channels per cell
+    at.grid_size(height, width, cell_size)            # coarse grid covering an image
+    at.pixelwise_mlp(x, params, cell_size=..., ...)   # the high-resolution stream
+    at.PixelwiseMLP(in_channels, cell_size=..., ...)  # the same as an nn.Module
+"""
+
+from .functional import BACKENDS, pixelwise_mlp, resolve_backend
+from .layout import MLPShape, grid_size, param_count, pos_encoding_channels
+from .modules import PixelwiseMLP
+from .precision import PRECISIONS, TOLERANCES
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "BACKENDS",
+    "MLPShape",
+    "PRECISIONS",
+    "PixelwiseMLP",
+    "TOLERANCES",
+    "grid_size",
+    "param_count",
+    "pixelwise_mlp",
+    "pos_encoding_channels",
+    "resolve_backend",
+]

@@ -1,0 +1,48 @@
+"""Precisions of the per-pixel MLP's matrix products, and their test tolerances.
+
+A precision names the format the *operands* of every layer's product are rounded to; products are
+accumulated in fp32 (fp64 for "fp64"). The result is stored in the parameter grid's dtype.
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["PRECISIONS", "TOLERANCES", "check_precision", "round_operand"]
+
+PRECISIONS = ("fp64", "fp32", "tf32", "bf16", "fp16")
+
+# Relative tolerance of each precision against the float64 reference (max |error| / max |ref|),
+# for the default-sized MLPs of this project; tests and `compare` use these.
+TOLERANCES = {"fp64": 1e-10, "fp32": 1e-5, "tf32": 2e-3, "bf16": 1e-2, "fp16": 1e-2}
+
+
+def check_precision(precision: str, params_dtype: torch.dtype) -> str:
+    """Validate ``precision`` for parameters of ``params_dtype``; returns it."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp64" and params_dtype != torch.float64:
+        raise ValueError(f"precision='fp64' needs float64 params, got params of dtype {params_dtype}")
+    return precision
+
+
+def _round_to_tf32(t: torch.Tensor) -> torch.Tensor:
+    # Round to nearest (ties away from zero) at 10 mantissa bits, as cvt.rna.tf32.f32 does.
+    bits = t.to(torch.float32).contiguous().view(torch.int32)
+    bits = (bits + 0x1000) & ~0x1FFF
+    return bits.view(torch.float32).view(t.shape)
+
+
+def round_operand(t: torch.Tensor, precision: str) -> torch.Tensor:
+    """``t`` rounded to the operand format of ``precision``, returned in ``t``'s dtype."""
+    if precision == "fp64":
+        return t
+    if precision == "fp32":
+        return t.to(torch.float32).to(t.dtype)
+    if precision == "tf32":
+        return _round_to_tf32(t).to(t.dtype)
+    if precision == "bf16":
+        return t.to(torch.bfloat16).to(t.dtype)
+    if precision == "fp16":
+        return t.to(torch.float16).to(t.dtype)
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")

@@ -1,0 +1,73 @@
+"""Helpers for checking implementations of the pixelwise MLP against the reference.
+
+Used by the test suite, the benchmarks and ``asapnet compare``; public so that users can run the
+same checks on their own machines.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import MLPShape, grid_size
+
+__all__ = ["device_for", "kernel_backends", "random_inputs", "random_params", "relative_error"]
+
+
+def random_params(shape: MLPShape, batch: int, grid: tuple[int, int], *, dtype=torch.float32,
+                  device="cpu", generator: torch.Generator | None = None,
+                  channels_last: bool = False) -> torch.Tensor:
+    """A (batch, P, *grid) parameter grid like a trained network's: weights ~ N(0, 1 / fan_in),
+    biases ~ N(0, 0.1^2), so activations stay O(1) through every layer."""
+    rows, cols = grid
+    params = torch.empty(batch, shape.param_count, rows, cols, dtype=torch.float64)
+    for layer in shape.layers:
+        params[:, layer.bias_offset:layer.weight_offset] = 0.1 * torch.randn(
+            batch, layer.out_features, rows, cols, generator=generator, dtype=torch.float64)
+        params[:, layer.weight_offset:layer.end] = torch.randn(
+            batch, layer.in_features * layer.out_features, rows, cols, generator=generator,
+            dtype=torch.float64) / layer.in_features**0.5
+    params = params.to(device=device, dtype=dtype)
+    if channels_last:
+        params = params.contiguous(memory_format=torch.channels_last)
+    return params
+
+
+def random_inputs(shape: MLPShape, batch: int, height: int, width: int, *, labels: bool = False,
+                  dtype=torch.float32, device="cpu", generator: torch.Generator | None = None,
+                  channels_last_params: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, params) for ``shape``: x ~ N(0, 1) floats (B, C_in, H, W), or uniform integer labels
+    (B, H, W) in [0, C_in) as uint8 when ``labels``; params from :func:`random_params`."""
+    if labels:
+        x = torch.randint(0, shape.in_channels, (batch, height, width), generator=generator,
+                          dtype=torch.int64).to(device=device, dtype=torch.uint8 if shape.in_channels <= 256 else torch.int64)
+    else:
+        x = torch.randn(batch, shape.in_channels, height, width, generator=generator).to(device=device, dtype=dtype)
+    params = random_params(shape, batch, grid_size(height, width, shape.cell_size), dtype=dtype,
+                           device=device, generator=generator, channels_last=channels_last_params)
+    return x, params
+
+
+def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """max |out - ref| / max |ref|, in float64 (NaN anywhere in ``out`` gives inf)."""
+    out, ref = out.detach().double(), ref.detach().double()
+    if out.shape != ref.shape:
+        raise ValueError(f"shapes differ: {tuple(out.shape)} vs {tuple(ref.shape)}")
+    if not torch.isfinite(out).all():
+        return float("inf")
+    scale = ref.abs().max().item()
+    return (out - ref).abs().max().item() / max(scale, 1e-300)
+
+
+def kernel_backends() -> list[str]:
+    """The backends that run the Triton kernels in this process: "interpret" under Triton's
+    interpreter, "triton" when compiled kernels and a CUDA device are available, else none."""
+    from .kernels.pixelwise_mlp import interpreter_active
+
+    if interpreter_active():
+        return ["interpret"]
+    return ["triton"] if torch.cuda.is_available() else []
+
+
+def device_for(backend: str) -> str:
+    """The device whose tensors ``backend`` takes in tests ("cuda" for "triton", else "cpu")."""
+    return "cuda" if backend == "triton" else "cpu"

@@ -1,0 +1,1 @@
+"""Triton kernels of the pixelwise MLP (installed as ``asapnet_triton.kernels``)."""

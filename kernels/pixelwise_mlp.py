@@ -1,0 +1,402 @@
+"""Fused spatially-adaptive pixelwise MLP: the high-resolution stream of ASAP-Net as Triton kernels.
+
+One program owns one coarse cell (or one slice of its pixels): it loads that cell's weights and
+biases once, keeps them on chip, and loops over blocks of the cell's pixels. For each block it
+computes the positional encoding from the pixel coordinates, runs every layer with ``tl.dot`` on
+register tiles, and writes only the final (tanh) output. Nothing between the input and the output
+touches global memory.
+
+Parameter layout (the published ASAP-Net one): for each layer, its bias (c_out) then its weight
+(c_in x c_out, element [i, o] at i * c_out + o), on the channel axis of ``params`` (B, P, Hc, Wc).
+Layer 0's input features are the C_in input channels followed by the positional encoding.
+
+Layers of this file: kernel -> launcher (:func:`pixelwise_mlp_forward`: checks, grid, config).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from asapnet_triton.layout import MLPShape
+
+__all__ = [
+    "SUPPORTED_HIDDEN_WIDTHS",
+    "ForwardConfig",
+    "default_forward_config",
+    "interpreter_active",
+    "pixelwise_mlp_forward",
+]
+
+SUPPORTED_HIDDEN_WIDTHS = (16, 32, 64, 128)
+
+# Operand rounding done by hand instead of by tl.dot (see _as_operand).
+_ROUND_NATIVE, _ROUND_BF16, _ROUND_TF32 = 0, 1, 2
+
+_TL_DTYPES = {
+    torch.float16: tl.float16,
+    torch.bfloat16: tl.bfloat16,
+    torch.float32: tl.float32,
+    torch.float64: tl.float64,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Kernel helpers
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _as_operand(t, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
+    # Under Triton's interpreter tl.dot multiplies bf16 bit patterns as integers (triton #11584)
+    # and ignores tf32, and its fp32 -> bf16 cast truncates; there the launcher asks for the
+    # rounding to be done here on the bits and the product taken in fp32, which is exact for
+    # bf16 x bf16 and tf32 x tf32 products.
+    if ROUNDING == 1:
+        # round to nearest even at 7 mantissa bits (cvt.rn.bf16.f32)
+        bits = t.to(tl.float32).to(tl.int32, bitcast=True)
+        r = ((bits + 0x7FFF + ((bits >> 16) & 1)) & -65536).to(tl.float32, bitcast=True)
+    elif ROUNDING == 2:
+        # round to nearest, ties away from zero, at 10 mantissa bits (cvt.rna.tf32.f32)
+        bits = t.to(tl.float32).to(tl.int32, bitcast=True)
+        r = ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    else:
+        r = t.to(DOT_DTYPE)
+    return r
+
+
+@triton.jit
+def _dot(a, w, ACC_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
+         INPUT_PRECISION: tl.constexpr):
+    # a: [M, K] activations (any float dtype); w: [K, N] weights already made operands.
+    return tl.dot(_as_operand(a, DOT_DTYPE, ROUNDING), w, input_precision=INPUT_PRECISION,
+                  out_dtype=ACC_DTYPE)
+
+
+@triton.jit
+def _load_weight(cell_ptr, stride_c, OFFSET: tl.constexpr, ROW0: tl.constexpr, ROWS: tl.constexpr,
+                 ROWS_PAD: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+    # Rows ROW0 .. ROW0+ROWS of the [*, COLS] weight matrix stored from channel OFFSET,
+    # as a zero-padded [ROWS_PAD, COLS_PAD] tile.
+    r = tl.arange(0, ROWS_PAD)[:, None]
+    c = tl.arange(0, COLS_PAD)[None, :]
+    channel = (OFFSET + (ROW0 + r) * COLS + c).to(tl.int64)
+    return tl.load(cell_ptr + channel * stride_c, mask=(r < ROWS) & (c < COLS), other=0.0)
+
+
+@triton.jit
+def _load_bias(cell_ptr, stride_c, OFFSET: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+    c = tl.arange(0, COLS_PAD)
+    return tl.load(cell_ptr + (OFFSET + c).to(tl.int64) * stride_c, mask=c < COLS, other=0.0)
+
+
+@triton.jit
+def _pos_encoding(lx, ly, CELL: tl.constexpr, N_PE: tl.constexpr, PE_PAD: tl.constexpr,
+                  ACC_DTYPE: tl.constexpr):
+    # [BLOCK_P, PE_PAD] encoding; channel j: frequency j // 4 (period CELL >> (j // 4)),
+    # kind j % 4 in (cos x, sin x, cos y, sin y). Periods divide CELL, so the cell-local
+    # coordinates lx, ly give the same values as global ones, and the phase is exact integer
+    # arithmetic: sin(t) = cos(t + 3pi/2), so phase = 2pi * q / (4 * period) with
+    # q = (4 * (coord mod period) + 3 * period * is_sin) mod (4 * period).
+    j = tl.arange(0, PE_PAD)[None, :]
+    period = tl.maximum(CELL >> (j // 4), 2)  # padding channels (j >= N_PE) get a harmless period
+    coord = tl.where((j % 4) < 2, lx[:, None], ly[:, None])
+    q = (4 * (coord % period) + 3 * period * (j % 2)) % (4 * period)
+    phase = q.to(ACC_DTYPE) * (6.283185307179586 / (4 * period).to(ACC_DTYPE))
+    return tl.where(j < N_PE, tl.cos(phase), 0.0)
+
+
+@triton.jit
+def _leaky_relu(h):
+    return tl.where(h > 0, h, 0.01 * h)
+
+
+@triton.jit
+def _tanh(y):
+    # tanh without libdevice (the interpreter has no tanh): sign(y) * (1 - e) / (1 + e), e = exp(-2|y|)
+    e = tl.exp(-2.0 * tl.abs(y))
+    t = (1.0 - e) / (1.0 + e)
+    return tl.where(y < 0, -t, t)
+
+
+# --------------------------------------------------------------------------------------------------
+# Forward kernel
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _pixelwise_mlp_fwd_kernel(
+    x_ptr, params_ptr, out_ptr,
+    H, W, Hc, Wc,
+    stride_xb, stride_xc, stride_xh, stride_xw,  # x: (B, C_IN, H, W), or labels (B, H, W): stride_xc unused
+    stride_pb, stride_pc, stride_ph, stride_pw,  # params: (B, P, Hc, Wc)
+    stride_ob, stride_oc, stride_oh, stride_ow,  # out: (B, C_OUT, H, W)
+    C_IN: tl.constexpr,        # input channels, or number of classes when LABELS
+    LABELS: tl.constexpr,      # x holds integer labels; layer 0 gathers a weight row
+    CELL: tl.constexpr,        # cell size (pixels per coarse cell side)
+    N_PE: tl.constexpr,        # positional-encoding channels (0: none)
+    HIDDEN: tl.constexpr,
+    DEPTH: tl.constexpr,
+    C_OUT: tl.constexpr,
+    C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,  # >= 16, powers of 2
+    BLOCK_P: tl.constexpr,     # pixels per block (rows of every tl.dot)
+    BLOCKS_PER_PROGRAM: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    cell = tl.program_id(0)  # b * Hc * Wc + cy * Wc + cx
+    part = tl.program_id(1)  # which BLOCKS_PER_PROGRAM * BLOCK_P pixels of the cell
+    b = (cell // (Hc * Wc)).to(tl.int64)
+    cy = (cell // Wc) % Hc
+    cx = cell % Wc
+    p_cell = params_ptr + b * stride_pb + cy * stride_ph + cx * stride_pw
+
+    # ---- the cell's weights, loaded once, kept on chip across the pixel loop -----------------
+    # layer 0: bias [HIDDEN] at 0, weight [C_IN + N_PE, HIDDEN] at HIDDEN
+    b0 = _load_bias(p_cell, stride_pc, 0, HIDDEN, HIDDEN).to(ACC_DTYPE)
+    if not LABELS:
+        w_in = _as_operand(_load_weight(p_cell, stride_pc, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN),
+                           DOT_DTYPE, ROUNDING)
+    if N_PE > 0:
+        w_pe = _as_operand(
+            _load_weight(p_cell, stride_pc, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN),
+            DOT_DTYPE, ROUNDING)
+    HIDDEN_OFFSET: tl.constexpr = HIDDEN + (C_IN + N_PE) * HIDDEN
+    HIDDEN_STRIDE: tl.constexpr = HIDDEN + HIDDEN * HIDDEN
+    hidden_b = ()
+    hidden_w = ()
+    for layer in tl.static_range(DEPTH - 2):
+        offset = HIDDEN_OFFSET + layer * HIDDEN_STRIDE
+        hidden_b = hidden_b + (_load_bias(p_cell, stride_pc, offset, HIDDEN, HIDDEN).to(ACC_DTYPE),)
+        hidden_w = hidden_w + (_as_operand(
+            _load_weight(p_cell, stride_pc, offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
+            DOT_DTYPE, ROUNDING),)
+    LAST_OFFSET: tl.constexpr = HIDDEN_OFFSET + (DEPTH - 2) * HIDDEN_STRIDE
+    b_last = _load_bias(p_cell, stride_pc, LAST_OFFSET, C_OUT, C_OUT_PAD).to(ACC_DTYPE)
+    w_last = _as_operand(
+        _load_weight(p_cell, stride_pc, LAST_OFFSET + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD),
+        DOT_DTYPE, ROUNDING)
+
+    # ---- loop over pixel blocks of the cell ----------------------------------------------------
+    lane = tl.arange(0, BLOCK_P)
+    c_in = tl.arange(0, C_IN_PAD)
+    c_out = tl.arange(0, C_OUT_PAD)
+    hid = tl.arange(0, HIDDEN)
+    x_img = x_ptr + b * stride_xb
+    out_img = out_ptr + b * stride_ob
+    for blk in range(BLOCKS_PER_PROGRAM):
+        i = (part * BLOCKS_PER_PROGRAM + blk) * BLOCK_P + lane  # cell-local pixel index
+        ly = i // CELL
+        lx = i % CELL
+        gy = cy * CELL + ly
+        gx = cx * CELL + lx
+        valid = (i < CELL * CELL) & (gy < H) & (gx < W)
+
+        if LABELS:
+            # one-hot @ W is the label's row of W (rounded like a dot operand), gathered straight
+            # from the cell's parameters: the [C_IN, HIDDEN] matrix is a few KB that the first
+            # block brings into L1, while a register-resident copy for tl.gather would cost every
+            # thread C_IN * HIDDEN / threads registers for the whole loop.
+            label = tl.load(x_img + gy * stride_xh + gx * stride_xw, mask=valid, other=0).to(tl.int32)
+            row_channel = HIDDEN + label[:, None] * HIDDEN + hid[None, :]
+            w_row = tl.load(p_cell + row_channel.to(tl.int64) * stride_pc, mask=valid[:, None], other=0.0)
+            acc = _as_operand(w_row, DOT_DTYPE, ROUNDING).to(ACC_DTYPE)
+        else:
+            x_ptrs = x_img + gy[:, None] * stride_xh + gx[:, None] * stride_xw + c_in[None, :] * stride_xc
+            xt = tl.load(x_ptrs, mask=valid[:, None] & (c_in[None, :] < C_IN), other=0.0)
+            acc = _dot(xt, w_in, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        if N_PE > 0:
+            pe = _pos_encoding(lx, ly, CELL, N_PE, PE_PAD, ACC_DTYPE)
+            acc += _dot(pe, w_pe, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        h = _leaky_relu(acc + b0[None, :])
+        for layer in tl.static_range(DEPTH - 2):
+            h = _leaky_relu(_dot(h, hidden_w[layer], ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+                            + hidden_b[layer][None, :])
+        y = _tanh(_dot(h, w_last, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) + b_last[None, :])
+
+        out_ptrs = out_img + gy[:, None] * stride_oh + gx[:, None] * stride_ow + c_out[None, :] * stride_oc
+        tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=valid[:, None] & (c_out[None, :] < C_OUT))
+
+
+# --------------------------------------------------------------------------------------------------
+# Launcher
+# --------------------------------------------------------------------------------------------------
+
+
+def interpreter_active() -> bool:
+    """True when Triton runs kernels with its CPU interpreter (TRITON_INTERPRET=1 at import)."""
+    knobs = getattr(triton, "knobs", None)
+    if knobs is not None:
+        return bool(knobs.runtime.interpret)
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+@dataclass(frozen=True)
+class ForwardConfig:
+    """Launch configuration of the forward kernel (what autotuning chooses).
+
+    block_pixels: pixels per block, the M of every ``tl.dot`` (power of two, >= 16).
+    pixels_per_program: pixels of one cell handled by one program (a multiple of block_pixels);
+        a cell of cell_size**2 pixels is split over ceil(cell_size**2 / pixels_per_program) programs.
+    num_warps, num_stages: as for any Triton launch.
+    """
+
+    block_pixels: int = 64
+    pixels_per_program: int = 1024
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def __post_init__(self):
+        for name in ("block_pixels", "pixels_per_program"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"ForwardConfig.{name} must be a power of two >= 16, got {value}")
+        if self.pixels_per_program < self.block_pixels:
+            raise ValueError(
+                f"ForwardConfig.pixels_per_program ({self.pixels_per_program}) must be >= "
+                f"block_pixels ({self.block_pixels})")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"ForwardConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if self.num_stages < 1:
+            raise ValueError(f"ForwardConfig.num_stages must be >= 1, got {self.num_stages}")
+
+    def fitted(self, cell_size: int) -> "ForwardConfig":
+        """This config with blocks and program slices no larger than one cell needs."""
+        cell_pixels = _pow2_at_least(cell_size * cell_size)
+        block = min(self.block_pixels, cell_pixels)
+        per_program = max(block, min(self.pixels_per_program, cell_pixels))
+        return ForwardConfig(block, per_program, self.num_warps, self.num_stages)
+
+
+def default_forward_config(shape: MLPShape, precision: str = "bf16", interpret: bool = False) -> ForwardConfig:
+    """The forward launch configuration used when none is given (autotuning may pick another).
+
+    Interpreted: whole cells in one block, since the interpreter's cost is per operation.
+    Compiled: chosen from ahead-of-time compiles for sm_80 and sm_90 (ptxas spill counts, default
+    model, 35 labels and 3-channel input): with 16-bit or tf32 operands, 64-pixel blocks over 8
+    warps keep hidden widths <= 64 free of spills; fp32 ("ieee", no tensor cores) needs 16-pixel
+    blocks; width 128 spills in every configuration tried and gets the least-spilling one.
+    """
+    if interpret:
+        return ForwardConfig(block_pixels=min(1024, _pow2_at_least(shape.cell_size**2)),
+                             pixels_per_program=4096).fitted(shape.cell_size)
+    if shape.hidden_width >= 128:
+        config = ForwardConfig(block_pixels=32, pixels_per_program=1024, num_warps=4)
+    elif precision in ("fp32", "fp64"):
+        config = ForwardConfig(block_pixels=16, pixels_per_program=1024, num_warps=8)
+    else:
+        config = ForwardConfig(block_pixels=64, pixels_per_program=1024, num_warps=8)
+    return config.fitted(shape.cell_size)
+
+
+def _pow2_at_least(n: int, minimum: int = 16) -> int:
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+def _rounding_mode(precision: str, interpret: bool) -> tuple[tl.dtype | None, int, str]:
+    """(operand dtype, _as_operand rounding code, tl.dot input_precision) for a precision."""
+    if precision == "fp64":
+        return tl.float64, _ROUND_NATIVE, "ieee"
+    if precision == "fp32":
+        return tl.float32, _ROUND_NATIVE, "ieee"
+    if precision == "tf32":
+        if interpret:
+            return tl.float32, _ROUND_TF32, "ieee"
+        return tl.float32, _ROUND_NATIVE, "tf32"
+    if precision == "bf16":
+        if interpret:
+            return tl.float32, _ROUND_BF16, "ieee"
+        return tl.bfloat16, _ROUND_NATIVE, "ieee"
+    if precision == "fp16":
+        return tl.float16, _ROUND_NATIVE, "ieee"
+    raise ValueError(f"unknown precision {precision!r}")
+
+
+def kernel_constexprs(shape: MLPShape, *, labels: bool, precision: str, config: ForwardConfig,
+                      interpret: bool) -> dict:
+    """The compile-time constants of the forward kernel for one model shape, precision and config."""
+    dot_dtype, rounding, input_precision = _rounding_mode(precision, interpret)
+    config = config.fitted(shape.cell_size)
+    return dict(
+        C_IN=shape.in_channels,
+        LABELS=labels,
+        CELL=shape.cell_size,
+        N_PE=shape.pe_channels,
+        HIDDEN=shape.hidden_width,
+        DEPTH=shape.depth,
+        C_OUT=shape.out_channels,
+        C_IN_PAD=_pow2_at_least(shape.in_channels),
+        PE_PAD=_pow2_at_least(shape.pe_channels),
+        C_OUT_PAD=_pow2_at_least(shape.out_channels),
+        BLOCK_P=config.block_pixels,
+        BLOCKS_PER_PROGRAM=config.pixels_per_program // config.block_pixels,
+        DOT_DTYPE=dot_dtype,
+        ACC_DTYPE=tl.float64 if precision == "fp64" else tl.float32,
+        ROUNDING=rounding,
+        INPUT_PRECISION=input_precision,
+    )
+
+
+def pixelwise_mlp_forward(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    shape: MLPShape,
+    *,
+    labels: bool,
+    precision: str = "fp32",
+    config: ForwardConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Launch the fused forward kernel.
+
+    x: (B, C_in, H, W) float, or (B, H, W) integer labels in [0, shape.in_channels) when ``labels``
+    (the caller checks the label range). params: (B, P, Hc, Wc), any strides (channels-last is the
+    fast case). Returns ``out`` (B, C_out, H, W) in params' dtype, allocated when not given.
+    Inputs must be CUDA tensors, or CPU tensors when Triton's interpreter is active.
+    """
+    interpret = interpreter_active()
+    for name, t in (("x", x), ("params", params)):
+        if interpret and t.device.type != "cpu":
+            raise ValueError(f"{name} must be a CPU tensor under Triton's interpreter (TRITON_INTERPRET=1), "
+                             f"got a tensor on {t.device}")
+        if not interpret and t.device.type != "cuda":
+            raise ValueError(f"{name} must be a CUDA tensor for the compiled Triton kernels, got a tensor on "
+                             f"{t.device} (run on CPU with backend='torch', or set TRITON_INTERPRET=1 before "
+                             f"importing triton for backend='interpret')")
+    if shape.hidden_width not in SUPPORTED_HIDDEN_WIDTHS:
+        raise ValueError(f"hidden_width must be one of {SUPPORTED_HIDDEN_WIDTHS} for the Triton kernels, "
+                         f"got {shape.hidden_width}")
+    if params.dtype not in _TL_DTYPES:
+        raise TypeError(f"params must be float16, bfloat16, float32 or float64 for the Triton kernels, "
+                        f"got {params.dtype}")
+    B = params.shape[0]
+    H, W = x.shape[-2:]
+    Hc, Wc = params.shape[-2:]
+    if out is None:
+        out = torch.empty((B, shape.out_channels, H, W), device=params.device, dtype=params.dtype)
+    elif out.shape != (B, shape.out_channels, H, W) or out.dtype != params.dtype:
+        raise ValueError(f"out must have shape {(B, shape.out_channels, H, W)} and dtype {params.dtype}, "
+                         f"got {tuple(out.shape)} {out.dtype}")
+    if config is None:
+        config = default_forward_config(shape, precision, interpret)
+    constexprs = kernel_constexprs(shape, labels=labels, precision=precision, config=config,
+                                   interpret=interpret)
+    pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]
+    grid = (B * Hc * Wc, triton.cdiv(shape.cell_size**2, pixels_per_program))
+    if labels:
+        x_strides = (x.stride(0), 0, x.stride(1), x.stride(2))
+    else:
+        x_strides = x.stride()
+    _pixelwise_mlp_fwd_kernel[grid](
+        x, params, out,
+        H, W, Hc, Wc,
+        *x_strides, *params.stride(), *out.stride(),
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        **constexprs,
+    )
+    return out
