@@ -12,12 +12,13 @@ Public API::
 from .functional import BACKENDS, pixelwise_mlp, resolve_backend
 from .layout import MLPShape, grid_size, param_count, pos_encoding_channels
 from .modules import PixelwiseMLP
-from .precision import PRECISIONS, TOLERANCES
+from .precision import GRAD_TOLERANCES, PRECISIONS, TOLERANCES
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BACKENDS",
+    "GRAD_TOLERANCES",
     "MLPShape",
     "PRECISIONS",
     "PixelwiseMLP",

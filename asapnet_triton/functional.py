@@ -68,12 +68,6 @@ def _check_inputs(x, params, *, cell_size, out_channels, hidden_width, depth, nu
             f"cell_size={cell_size} and this MLP (P = param_count(...) = {shape.param_count}, "
             f"Hc, Wc = ceil(H / cell_size), ceil(W / cell_size)); got {tuple(params.shape)}: wrong {what}")
     check_precision(precision, params.dtype)
-    if labels:
-        low, high = torch.aminmax(x)
-        low, high = int(low), int(high)
-        if low < 0 or high >= num_classes:
-            raise ValueError(f"x (labels) must lie in [0, num_classes) = [0, {num_classes}), "
-                             f"found values in [{low}, {high}]")
     return shape, labels
 
 
@@ -112,34 +106,33 @@ def pixelwise_mlp(
         backend: "auto", "triton", "interpret", "torch" or "reference"; see ``resolve_backend``.
 
     Returns:
-        (B, out_channels, H, W) tensor in ``params.dtype``.
+        (B, out_channels, H, W) tensor in ``params.dtype``. Differentiable with respect to
+        ``params`` and (float input) ``x`` on every backend; the "triton", "interpret" and
+        "torch" backends save only their inputs and recompute activations in a fused backward.
     """
     shape, labels = _check_inputs(
         x, params, cell_size=cell_size, out_channels=out_channels, hidden_width=hidden_width,
         depth=depth, num_classes=num_classes, pos_encoding=pos_encoding, precision=precision)
     name = resolve_backend(backend, x.device)
     if name == "reference":
+        from .ops import check_label_range
         from .reference import pixelwise_mlp_einsum
 
+        if labels:
+            check_label_range(x, num_classes)
         return pixelwise_mlp_einsum(
             x, params, cell_size=cell_size, out_channels=out_channels, hidden_width=hidden_width,
             depth=depth, num_classes=num_classes, pos_encoding=pos_encoding, precision=precision)
-    if name == "torch":
-        from .torch_tiled import pixelwise_mlp_torch
+    if name in ("triton", "interpret"):
+        from .kernels.pixelwise_mlp import interpreter_active
 
-        return pixelwise_mlp_torch(x, params, shape, labels=labels, precision=precision)
+        if name == "triton" and interpreter_active():
+            raise RuntimeError("backend='triton' needs compiled kernels, but Triton's interpreter is active "
+                               "(TRITON_INTERPRET=1 was set when triton was imported); use backend='interpret'")
+        if name == "interpret" and not interpreter_active():
+            raise RuntimeError("backend='interpret' needs TRITON_INTERPRET=1 in the environment before triton "
+                               "is first imported (e.g. `TRITON_INTERPRET=1 python ...`)")
+    from .ops import pixelwise_mlp_op
 
-    from .kernels.pixelwise_mlp import interpreter_active, pixelwise_mlp_forward
-
-    interpreting = interpreter_active()
-    if name == "triton" and interpreting:
-        raise RuntimeError("backend='triton' needs compiled kernels, but Triton's interpreter is active "
-                           "(TRITON_INTERPRET=1 was set when triton was imported); use backend='interpret'")
-    if name == "interpret" and not interpreting:
-        raise RuntimeError("backend='interpret' needs TRITON_INTERPRET=1 in the environment before triton "
-                           "is first imported (e.g. `TRITON_INTERPRET=1 python ...`)")
-    if torch.is_grad_enabled() and (x.requires_grad or params.requires_grad):
-        raise NotImplementedError(
-            f"backend={name!r} has no backward pass yet; use backend='torch' to differentiate, or run "
-            f"under torch.no_grad()")
-    return pixelwise_mlp_forward(x, params, shape, labels=labels, precision=precision)
+    return pixelwise_mlp_op(x, params, cell_size, out_channels, hidden_width, depth, num_classes,
+                            pos_encoding, precision, name)

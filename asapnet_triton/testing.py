@@ -10,7 +10,15 @@ import torch
 
 from .layout import MLPShape, grid_size
 
-__all__ = ["device_for", "kernel_backends", "random_inputs", "random_params", "relative_error"]
+__all__ = [
+    "device_for",
+    "gradient_error",
+    "kernel_backends",
+    "random_inputs",
+    "random_params",
+    "relative_error",
+    "rms_relative_error",
+]
 
 
 def random_params(shape: MLPShape, batch: int, grid: tuple[int, int], *, dtype=torch.float32,
@@ -56,6 +64,23 @@ def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
         return float("inf")
     scale = ref.abs().max().item()
     return (out - ref).abs().max().item() / max(scale, 1e-300)
+
+
+def rms_relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref||_2 / ||ref||_2, in float64 (NaN anywhere in ``out`` gives inf)."""
+    out, ref = out.detach().double(), ref.detach().double()
+    if out.shape != ref.shape:
+        raise ValueError(f"shapes differ: {tuple(out.shape)} vs {tuple(ref.shape)}")
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return (out - ref).norm().item() / max(ref.norm().item(), 1e-300)
+
+
+def gradient_error(out: torch.Tensor, ref: torch.Tensor, precision: str) -> float:
+    """The error of a gradient in the norm its precision is held to (see GRAD_TOLERANCES)."""
+    from .precision import GRAD_NORMS
+
+    return relative_error(out, ref) if GRAD_NORMS[precision] == "max" else rms_relative_error(out, ref)
 
 
 def kernel_backends() -> list[str]:

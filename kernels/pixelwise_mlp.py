@@ -27,9 +27,11 @@ from asapnet_triton.layout import MLPShape
 
 __all__ = [
     "SUPPORTED_HIDDEN_WIDTHS",
-    "ForwardConfig",
+    "LaunchConfig",
+    "default_backward_config",
     "default_forward_config",
     "interpreter_active",
+    "pixelwise_mlp_backward",
     "pixelwise_mlp_forward",
 ]
 
@@ -124,6 +126,122 @@ def _tanh(y):
     return tl.where(y < 0, -t, t)
 
 
+@triton.jit
+def _store_weight(cell_ptr, tile, OFFSET: tl.constexpr, ROW0: tl.constexpr, ROWS: tl.constexpr,
+                  ROWS_PAD: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+    # The inverse of _load_weight, into a contiguous channel axis.
+    r = tl.arange(0, ROWS_PAD)[:, None]
+    c = tl.arange(0, COLS_PAD)[None, :]
+    tl.store(cell_ptr + OFFSET + (ROW0 + r) * COLS + c, tile, mask=(r < ROWS) & (c < COLS))
+
+
+@triton.jit
+def _store_bias(cell_ptr, vector, OFFSET: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+    c = tl.arange(0, COLS_PAD)
+    tl.store(cell_ptr + OFFSET + c, vector, mask=c < COLS)
+
+
+# --------------------------------------------------------------------------------------------------
+# What the forward and backward kernels share: the cell of a program, its weights, one block's MLP
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _program_cell(params_ptr, Hc, Wc, stride_pb, stride_ph, stride_pw):
+    cell = tl.program_id(0)  # b * Hc * Wc + cy * Wc + cx
+    b = (cell // (Hc * Wc)).to(tl.int64)
+    cy = (cell // Wc) % Hc
+    cx = cell % Wc
+    return cell, b, cy, cx, params_ptr + b * stride_pb + cy * stride_ph + cx * stride_pw
+
+
+@triton.jit
+def _load_cell_mlp(p_cell, stride_pc, C_IN: tl.constexpr, LABELS: tl.constexpr, N_PE: tl.constexpr,
+                   HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_OUT: tl.constexpr,
+                   C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,
+                   DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
+    # The cell's biases (ACC_DTYPE) and weights (made dot operands), loaded once per program.
+    # Layer 0: bias [HIDDEN] at 0, weight [C_IN + N_PE, HIDDEN] at HIDDEN, split into its input
+    # rows w_in (not loaded for labels: those rows are gathered per pixel) and its encoding rows w_pe.
+    b0 = _load_bias(p_cell, stride_pc, 0, HIDDEN, HIDDEN).to(ACC_DTYPE)
+    if LABELS:
+        w_in = tl.zeros((C_IN_PAD, HIDDEN), DOT_DTYPE)  # placeholder, unused
+    else:
+        w_in = _as_operand(_load_weight(p_cell, stride_pc, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN),
+                           DOT_DTYPE, ROUNDING)
+    if N_PE > 0:
+        w_pe = _as_operand(_load_weight(p_cell, stride_pc, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN),
+                           DOT_DTYPE, ROUNDING)
+    else:
+        w_pe = tl.zeros((PE_PAD, HIDDEN), DOT_DTYPE)  # placeholder, unused
+    HIDDEN_OFFSET: tl.constexpr = HIDDEN + (C_IN + N_PE) * HIDDEN
+    HIDDEN_STRIDE: tl.constexpr = HIDDEN + HIDDEN * HIDDEN
+    hidden_b = ()
+    hidden_w = ()
+    for layer in tl.static_range(DEPTH - 2):
+        offset = HIDDEN_OFFSET + layer * HIDDEN_STRIDE
+        hidden_b = hidden_b + (_load_bias(p_cell, stride_pc, offset, HIDDEN, HIDDEN).to(ACC_DTYPE),)
+        hidden_w = hidden_w + (_as_operand(
+            _load_weight(p_cell, stride_pc, offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
+            DOT_DTYPE, ROUNDING),)
+    LAST_OFFSET: tl.constexpr = HIDDEN_OFFSET + (DEPTH - 2) * HIDDEN_STRIDE
+    b_last = _load_bias(p_cell, stride_pc, LAST_OFFSET, C_OUT, C_OUT_PAD).to(ACC_DTYPE)
+    w_last = _as_operand(
+        _load_weight(p_cell, stride_pc, LAST_OFFSET + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD),
+        DOT_DTYPE, ROUNDING)
+    return b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last
+
+
+@triton.jit
+def _block_pixels(part, blk, cy, cx, H, W, CELL: tl.constexpr, BLOCK_P: tl.constexpr,
+                  BLOCKS_PER_PROGRAM: tl.constexpr):
+    # Block `blk` of program slice `part` of cell (cy, cx): cell-local and global coordinates.
+    i = (part * BLOCKS_PER_PROGRAM + blk) * BLOCK_P + tl.arange(0, BLOCK_P)
+    ly = i // CELL
+    lx = i % CELL
+    gy = cy * CELL + ly
+    gx = cx * CELL + lx
+    valid = (i < CELL * CELL) & (gy < H) & (gx < W)
+    return lx, ly, gy, gx, valid
+
+
+@triton.jit
+def _mlp_block(x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly, gy, gx, valid,
+               b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last,
+               C_IN: tl.constexpr, LABELS: tl.constexpr, CELL: tl.constexpr, N_PE: tl.constexpr,
+               HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr,
+               DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
+               INPUT_PRECISION: tl.constexpr):
+    # One block's MLP. Returns y [BLOCK_P, C_OUT_PAD] (after tanh), the tuple of the DEPTH - 1
+    # hidden activations (after leaky ReLU; the backward kernel's recomputation), the block's
+    # layer-0 input (labels [BLOCK_P] or x [BLOCK_P, C_IN_PAD]) and its encoding [BLOCK_P, PE_PAD].
+    if LABELS:
+        # one-hot @ W is the label's row of W (rounded like a dot operand), gathered straight from
+        # the cell's parameters: the [C_IN, HIDDEN] matrix is a few KB that the first block brings
+        # into L1, while a register-resident copy for tl.gather would cost every thread
+        # C_IN * HIDDEN / threads registers for the whole loop.
+        layer_in = tl.load(x_img + gy * stride_xh + gx * stride_xw, mask=valid, other=0).to(tl.int32)
+        row_channel = HIDDEN + layer_in[:, None] * HIDDEN + tl.arange(0, HIDDEN)[None, :]
+        w_row = tl.load(p_cell + row_channel.to(tl.int64) * stride_pc, mask=valid[:, None], other=0.0)
+        acc = _as_operand(w_row, DOT_DTYPE, ROUNDING).to(ACC_DTYPE)
+    else:
+        c_in = tl.arange(0, C_IN_PAD)
+        x_ptrs = x_img + gy[:, None] * stride_xh + gx[:, None] * stride_xw + c_in[None, :] * stride_xc
+        layer_in = tl.load(x_ptrs, mask=valid[:, None] & (c_in[None, :] < C_IN), other=0.0)
+        acc = _dot(layer_in, w_in, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+    pe = _pos_encoding(lx, ly, CELL, N_PE, PE_PAD, ACC_DTYPE)
+    if N_PE > 0:
+        acc += _dot(pe, w_pe, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+    h = _leaky_relu(acc + b0[None, :])
+    activations = (h,)
+    for layer in tl.static_range(DEPTH - 2):
+        h = _leaky_relu(_dot(h, hidden_w[layer], ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+                        + hidden_b[layer][None, :])
+        activations = activations + (h,)
+    y = _tanh(_dot(h, w_last, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) + b_last[None, :])
+    return y, activations, layer_in, pe
+
+
 # --------------------------------------------------------------------------------------------------
 # Forward kernel
 # --------------------------------------------------------------------------------------------------
@@ -149,78 +267,136 @@ def _pixelwise_mlp_fwd_kernel(
     DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    cell = tl.program_id(0)  # b * Hc * Wc + cy * Wc + cx
+    cell, b, cy, cx, p_cell = _program_cell(params_ptr, Hc, Wc, stride_pb, stride_ph, stride_pw)
     part = tl.program_id(1)  # which BLOCKS_PER_PROGRAM * BLOCK_P pixels of the cell
-    b = (cell // (Hc * Wc)).to(tl.int64)
-    cy = (cell // Wc) % Hc
-    cx = cell % Wc
-    p_cell = params_ptr + b * stride_pb + cy * stride_ph + cx * stride_pw
-
-    # ---- the cell's weights, loaded once, kept on chip across the pixel loop -----------------
-    # layer 0: bias [HIDDEN] at 0, weight [C_IN + N_PE, HIDDEN] at HIDDEN
-    b0 = _load_bias(p_cell, stride_pc, 0, HIDDEN, HIDDEN).to(ACC_DTYPE)
-    if not LABELS:
-        w_in = _as_operand(_load_weight(p_cell, stride_pc, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN),
-                           DOT_DTYPE, ROUNDING)
-    if N_PE > 0:
-        w_pe = _as_operand(
-            _load_weight(p_cell, stride_pc, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN),
-            DOT_DTYPE, ROUNDING)
-    HIDDEN_OFFSET: tl.constexpr = HIDDEN + (C_IN + N_PE) * HIDDEN
-    HIDDEN_STRIDE: tl.constexpr = HIDDEN + HIDDEN * HIDDEN
-    hidden_b = ()
-    hidden_w = ()
-    for layer in tl.static_range(DEPTH - 2):
-        offset = HIDDEN_OFFSET + layer * HIDDEN_STRIDE
-        hidden_b = hidden_b + (_load_bias(p_cell, stride_pc, offset, HIDDEN, HIDDEN).to(ACC_DTYPE),)
-        hidden_w = hidden_w + (_as_operand(
-            _load_weight(p_cell, stride_pc, offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
-            DOT_DTYPE, ROUNDING),)
-    LAST_OFFSET: tl.constexpr = HIDDEN_OFFSET + (DEPTH - 2) * HIDDEN_STRIDE
-    b_last = _load_bias(p_cell, stride_pc, LAST_OFFSET, C_OUT, C_OUT_PAD).to(ACC_DTYPE)
-    w_last = _as_operand(
-        _load_weight(p_cell, stride_pc, LAST_OFFSET + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD),
-        DOT_DTYPE, ROUNDING)
-
-    # ---- loop over pixel blocks of the cell ----------------------------------------------------
-    lane = tl.arange(0, BLOCK_P)
-    c_in = tl.arange(0, C_IN_PAD)
+    # the cell's weights, loaded once, kept on chip across the pixel loop
+    b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last = _load_cell_mlp(
+        p_cell, stride_pc, C_IN, LABELS, N_PE, HIDDEN, DEPTH, C_OUT, C_IN_PAD, PE_PAD, C_OUT_PAD,
+        DOT_DTYPE, ACC_DTYPE, ROUNDING)
     c_out = tl.arange(0, C_OUT_PAD)
-    hid = tl.arange(0, HIDDEN)
     x_img = x_ptr + b * stride_xb
     out_img = out_ptr + b * stride_ob
     for blk in range(BLOCKS_PER_PROGRAM):
-        i = (part * BLOCKS_PER_PROGRAM + blk) * BLOCK_P + lane  # cell-local pixel index
-        ly = i // CELL
-        lx = i % CELL
-        gy = cy * CELL + ly
-        gx = cx * CELL + lx
-        valid = (i < CELL * CELL) & (gy < H) & (gx < W)
-
-        if LABELS:
-            # one-hot @ W is the label's row of W (rounded like a dot operand), gathered straight
-            # from the cell's parameters: the [C_IN, HIDDEN] matrix is a few KB that the first
-            # block brings into L1, while a register-resident copy for tl.gather would cost every
-            # thread C_IN * HIDDEN / threads registers for the whole loop.
-            label = tl.load(x_img + gy * stride_xh + gx * stride_xw, mask=valid, other=0).to(tl.int32)
-            row_channel = HIDDEN + label[:, None] * HIDDEN + hid[None, :]
-            w_row = tl.load(p_cell + row_channel.to(tl.int64) * stride_pc, mask=valid[:, None], other=0.0)
-            acc = _as_operand(w_row, DOT_DTYPE, ROUNDING).to(ACC_DTYPE)
-        else:
-            x_ptrs = x_img + gy[:, None] * stride_xh + gx[:, None] * stride_xw + c_in[None, :] * stride_xc
-            xt = tl.load(x_ptrs, mask=valid[:, None] & (c_in[None, :] < C_IN), other=0.0)
-            acc = _dot(xt, w_in, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
-        if N_PE > 0:
-            pe = _pos_encoding(lx, ly, CELL, N_PE, PE_PAD, ACC_DTYPE)
-            acc += _dot(pe, w_pe, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
-        h = _leaky_relu(acc + b0[None, :])
-        for layer in tl.static_range(DEPTH - 2):
-            h = _leaky_relu(_dot(h, hidden_w[layer], ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
-                            + hidden_b[layer][None, :])
-        y = _tanh(_dot(h, w_last, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) + b_last[None, :])
-
+        lx, ly, gy, gx, valid = _block_pixels(part, blk, cy, cx, H, W, CELL, BLOCK_P, BLOCKS_PER_PROGRAM)
+        y, _, _, _ = _mlp_block(
+            x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly, gy, gx, valid,
+            b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last,
+            C_IN, LABELS, CELL, N_PE, HIDDEN, DEPTH, C_IN_PAD, PE_PAD,
+            DOT_DTYPE, ACC_DTYPE, ROUNDING, INPUT_PRECISION)
         out_ptrs = out_img + gy[:, None] * stride_oh + gx[:, None] * stride_ow + c_out[None, :] * stride_oc
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=valid[:, None] & (c_out[None, :] < C_OUT))
+
+
+# --------------------------------------------------------------------------------------------------
+# Backward kernel
+# --------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _leaky_relu_grad(activation):
+    # leaky ReLU keeps the sign, so its slope is read off the activation it produced
+    return tl.where(activation > 0, 1.0, 0.01)
+
+
+@triton.jit
+def _pixelwise_mlp_bwd_kernel(
+    x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr,
+    H, W, Hc, Wc, P,
+    stride_xb, stride_xc, stride_xh, stride_xw,      # x, as in the forward kernel
+    stride_pb, stride_pc, stride_ph, stride_pw,      # params
+    stride_gb, stride_gc, stride_gh, stride_gw,      # grad_out: (B, C_OUT, H, W)
+    stride_dxb, stride_dxc, stride_dxh, stride_dxw,  # grad_x: (B, C_IN, H, W), when NEED_GRAD_X
+    C_IN: tl.constexpr, LABELS: tl.constexpr, CELL: tl.constexpr, N_PE: tl.constexpr,
+    HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_OUT: tl.constexpr,
+    C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,
+    BLOCK_P: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
+    DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+    NEED_GRAD_X: tl.constexpr,
+):
+    # Each program recomputes its pixels' activations block by block (nothing of the forward's
+    # internals was saved), back-propagates, and sums its pixels' parameter gradients in registers
+    # in a fixed order. It writes them to its own row of grad_params (num_cells, parts, P); the
+    # launcher sums the parts in a fixed order: deterministic, no atomics.
+    cell, b, cy, cx, p_cell = _program_cell(params_ptr, Hc, Wc, stride_pb, stride_ph, stride_pw)
+    part = tl.program_id(1)
+    b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last = _load_cell_mlp(
+        p_cell, stride_pc, C_IN, LABELS, N_PE, HIDDEN, DEPTH, C_OUT, C_IN_PAD, PE_PAD, C_OUT_PAD,
+        DOT_DTYPE, ACC_DTYPE, ROUNDING)
+    g_b0 = tl.zeros((HIDDEN,), ACC_DTYPE)
+    g_w_in = tl.zeros((C_IN_PAD, HIDDEN), ACC_DTYPE)
+    g_w_pe = tl.zeros((PE_PAD, HIDDEN), ACC_DTYPE)
+    g_hidden_b = ()
+    g_hidden_w = ()
+    for layer in tl.static_range(DEPTH - 2):
+        g_hidden_b = g_hidden_b + (tl.zeros((HIDDEN,), ACC_DTYPE),)
+        g_hidden_w = g_hidden_w + (tl.zeros((HIDDEN, HIDDEN), ACC_DTYPE),)
+    g_b_last = tl.zeros((C_OUT_PAD,), ACC_DTYPE)
+    g_w_last = tl.zeros((HIDDEN, C_OUT_PAD), ACC_DTYPE)
+
+    c_in = tl.arange(0, C_IN_PAD)
+    c_out = tl.arange(0, C_OUT_PAD)
+    x_img = x_ptr + b * stride_xb
+    for blk in range(BLOCKS_PER_PROGRAM):
+        lx, ly, gy, gx, valid = _block_pixels(part, blk, cy, cx, H, W, CELL, BLOCK_P, BLOCKS_PER_PROGRAM)
+        y, acts, layer_in, pe = _mlp_block(
+            x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly, gy, gx, valid,
+            b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last,
+            C_IN, LABELS, CELL, N_PE, HIDDEN, DEPTH, C_IN_PAD, PE_PAD,
+            DOT_DTYPE, ACC_DTYPE, ROUNDING, INPUT_PRECISION)
+        # dL/dy, zero outside the image so that padding pixels contribute nothing below
+        g_ptrs = (grad_out_ptr + b * stride_gb + gy[:, None] * stride_gh + gx[:, None] * stride_gw
+                  + c_out[None, :] * stride_gc)
+        dy = tl.load(g_ptrs, mask=valid[:, None] & (c_out[None, :] < C_OUT), other=0.0).to(ACC_DTYPE)
+        dz = dy * (1.0 - y * y)  # through tanh
+        g_b_last += tl.sum(dz, axis=0)
+        g_w_last += _dot(tl.trans(acts[DEPTH - 2]), _as_operand(dz, DOT_DTYPE, ROUNDING),
+                         ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        da = _dot(dz, tl.trans(w_last), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        new_b = ()
+        new_w = ()
+        for layer in tl.static_range(DEPTH - 3, -1, -1):  # hidden layers from the last to the first
+            dz = da * _leaky_relu_grad(acts[layer + 1])
+            new_b = (g_hidden_b[layer] + tl.sum(dz, axis=0),) + new_b
+            new_w = (g_hidden_w[layer] + _dot(tl.trans(acts[layer]), _as_operand(dz, DOT_DTYPE, ROUNDING),
+                                              ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION),) + new_w
+            da = _dot(dz, tl.trans(hidden_w[layer]), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        g_hidden_b = new_b
+        g_hidden_w = new_w
+        dz = da * _leaky_relu_grad(acts[0])
+        dz_operand = _as_operand(dz, DOT_DTYPE, ROUNDING)
+        g_b0 += tl.sum(dz, axis=0)
+        if N_PE > 0:
+            g_w_pe += _dot(tl.trans(pe), dz_operand, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        if LABELS:
+            # the scatter-add of dz's rows by label, as the product with the block's one-hot
+            # (exact in any operand format): deterministic, no atomics
+            one_hot = ((layer_in[None, :] == c_in[:, None]) & valid[None, :]).to(ACC_DTYPE)
+            g_w_in += _dot(one_hot, dz_operand, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        else:
+            g_w_in += _dot(tl.trans(layer_in), dz_operand, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            if NEED_GRAD_X:
+                dx = _dot(dz, tl.trans(w_in), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+                dx_ptrs = (grad_x_ptr + b * stride_dxb + gy[:, None] * stride_dxh + gx[:, None] * stride_dxw
+                           + c_in[None, :] * stride_dxc)
+                tl.store(dx_ptrs, dx.to(grad_x_ptr.dtype.element_ty),
+                         mask=valid[:, None] & (c_in[None, :] < C_IN))
+
+    # this program's parameter gradients, in the parameter layout
+    g_cell = grad_params_ptr + (cell.to(tl.int64) * tl.num_programs(1) + part) * P
+    _store_bias(g_cell, g_b0, 0, HIDDEN, HIDDEN)
+    _store_weight(g_cell, g_w_in, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
+    if N_PE > 0:
+        _store_weight(g_cell, g_w_pe, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN)
+    HIDDEN_OFFSET: tl.constexpr = HIDDEN + (C_IN + N_PE) * HIDDEN
+    HIDDEN_STRIDE: tl.constexpr = HIDDEN + HIDDEN * HIDDEN
+    for layer in tl.static_range(DEPTH - 2):
+        offset = HIDDEN_OFFSET + layer * HIDDEN_STRIDE
+        _store_bias(g_cell, g_hidden_b[layer], offset, HIDDEN, HIDDEN)
+        _store_weight(g_cell, g_hidden_w[layer], offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN)
+    LAST_OFFSET: tl.constexpr = HIDDEN_OFFSET + (DEPTH - 2) * HIDDEN_STRIDE
+    _store_bias(g_cell, g_b_last, LAST_OFFSET, C_OUT, C_OUT_PAD)
+    _store_weight(g_cell, g_w_last, LAST_OFFSET + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -237,7 +413,7 @@ def interpreter_active() -> bool:
 
 
 @dataclass(frozen=True)
-class ForwardConfig:
+class LaunchConfig:
     """Launch configuration of the forward kernel (what autotuning chooses).
 
     block_pixels: pixels per block, the M of every ``tl.dot`` (power of two, >= 16).
@@ -255,25 +431,25 @@ class ForwardConfig:
         for name in ("block_pixels", "pixels_per_program"):
             value = getattr(self, name)
             if value < 16 or value & (value - 1):
-                raise ValueError(f"ForwardConfig.{name} must be a power of two >= 16, got {value}")
+                raise ValueError(f"LaunchConfig.{name} must be a power of two >= 16, got {value}")
         if self.pixels_per_program < self.block_pixels:
             raise ValueError(
-                f"ForwardConfig.pixels_per_program ({self.pixels_per_program}) must be >= "
+                f"LaunchConfig.pixels_per_program ({self.pixels_per_program}) must be >= "
                 f"block_pixels ({self.block_pixels})")
         if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"ForwardConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+            raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
         if self.num_stages < 1:
-            raise ValueError(f"ForwardConfig.num_stages must be >= 1, got {self.num_stages}")
+            raise ValueError(f"LaunchConfig.num_stages must be >= 1, got {self.num_stages}")
 
-    def fitted(self, cell_size: int) -> "ForwardConfig":
+    def fitted(self, cell_size: int) -> "LaunchConfig":
         """This config with blocks and program slices no larger than one cell needs."""
         cell_pixels = _pow2_at_least(cell_size * cell_size)
         block = min(self.block_pixels, cell_pixels)
         per_program = max(block, min(self.pixels_per_program, cell_pixels))
-        return ForwardConfig(block, per_program, self.num_warps, self.num_stages)
+        return LaunchConfig(block, per_program, self.num_warps, self.num_stages)
 
 
-def default_forward_config(shape: MLPShape, precision: str = "bf16", interpret: bool = False) -> ForwardConfig:
+def default_forward_config(shape: MLPShape, precision: str = "bf16", interpret: bool = False) -> LaunchConfig:
     """The forward launch configuration used when none is given (autotuning may pick another).
 
     Interpreted: whole cells in one block, since the interpreter's cost is per operation.
@@ -283,15 +459,33 @@ def default_forward_config(shape: MLPShape, precision: str = "bf16", interpret: 
     blocks; width 128 spills in every configuration tried and gets the least-spilling one.
     """
     if interpret:
-        return ForwardConfig(block_pixels=min(1024, _pow2_at_least(shape.cell_size**2)),
-                             pixels_per_program=4096).fitted(shape.cell_size)
+        return _interpreter_config(shape)
     if shape.hidden_width >= 128:
-        config = ForwardConfig(block_pixels=32, pixels_per_program=1024, num_warps=4)
+        config = LaunchConfig(block_pixels=32, pixels_per_program=1024, num_warps=4)
     elif precision in ("fp32", "fp64"):
-        config = ForwardConfig(block_pixels=16, pixels_per_program=1024, num_warps=8)
+        config = LaunchConfig(block_pixels=16, pixels_per_program=1024, num_warps=8)
     else:
-        config = ForwardConfig(block_pixels=64, pixels_per_program=1024, num_warps=8)
+        config = LaunchConfig(block_pixels=64, pixels_per_program=1024, num_warps=8)
     return config.fitted(shape.cell_size)
+
+
+def default_backward_config(shape: MLPShape, precision: str = "bf16", interpret: bool = False) -> LaunchConfig:
+    """The backward launch configuration used when none is given (autotuning may pick another).
+
+    The backward kernel holds a block's recomputed activations and the program's gradient sums of
+    every layer besides the weights. Ahead-of-time compiles (default model, cell 64): 16-pixel
+    blocks over 8 warps are the least-spilling configuration tried on sm_90 (none with labels;
+    some with float input, whose input gradient adds a product per block).
+    """
+    if interpret:
+        return _interpreter_config(shape)
+    return LaunchConfig(block_pixels=16, pixels_per_program=1024, num_warps=8).fitted(shape.cell_size)
+
+
+def _interpreter_config(shape: MLPShape) -> LaunchConfig:
+    # the interpreter's cost is per operation: as few, large blocks as possible
+    return LaunchConfig(block_pixels=min(1024, _pow2_at_least(shape.cell_size**2)),
+                        pixels_per_program=4096).fitted(shape.cell_size)
 
 
 def _pow2_at_least(n: int, minimum: int = 16) -> int:
@@ -317,9 +511,9 @@ def _rounding_mode(precision: str, interpret: bool) -> tuple[tl.dtype | None, in
     raise ValueError(f"unknown precision {precision!r}")
 
 
-def kernel_constexprs(shape: MLPShape, *, labels: bool, precision: str, config: ForwardConfig,
+def kernel_constexprs(shape: MLPShape, *, labels: bool, precision: str, config: LaunchConfig,
                       interpret: bool) -> dict:
-    """The compile-time constants of the forward kernel for one model shape, precision and config."""
+    """The compile-time constants shared by the forward and backward kernels."""
     dot_dtype, rounding, input_precision = _rounding_mode(precision, interpret)
     config = config.fitted(shape.cell_size)
     return dict(
@@ -342,25 +536,10 @@ def kernel_constexprs(shape: MLPShape, *, labels: bool, precision: str, config: 
     )
 
 
-def pixelwise_mlp_forward(
-    x: torch.Tensor,
-    params: torch.Tensor,
-    shape: MLPShape,
-    *,
-    labels: bool,
-    precision: str = "fp32",
-    config: ForwardConfig | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Launch the fused forward kernel.
-
-    x: (B, C_in, H, W) float, or (B, H, W) integer labels in [0, shape.in_channels) when ``labels``
-    (the caller checks the label range). params: (B, P, Hc, Wc), any strides (channels-last is the
-    fast case). Returns ``out`` (B, C_out, H, W) in params' dtype, allocated when not given.
-    Inputs must be CUDA tensors, or CPU tensors when Triton's interpreter is active.
-    """
+def _check_launch(shape: MLPShape, **tensors: torch.Tensor) -> bool:
+    """Checks common to both launchers; returns whether the interpreter runs the kernels."""
     interpret = interpreter_active()
-    for name, t in (("x", x), ("params", params)):
+    for name, t in tensors.items():
         if interpret and t.device.type != "cpu":
             raise ValueError(f"{name} must be a CPU tensor under Triton's interpreter (TRITON_INTERPRET=1), "
                              f"got a tensor on {t.device}")
@@ -371,14 +550,45 @@ def pixelwise_mlp_forward(
     if shape.hidden_width not in SUPPORTED_HIDDEN_WIDTHS:
         raise ValueError(f"hidden_width must be one of {SUPPORTED_HIDDEN_WIDTHS} for the Triton kernels, "
                          f"got {shape.hidden_width}")
-    if params.dtype not in _TL_DTYPES:
+    if tensors["params"].dtype not in _TL_DTYPES:
         raise TypeError(f"params must be float16, bfloat16, float32 or float64 for the Triton kernels, "
-                        f"got {params.dtype}")
+                        f"got {tensors['params'].dtype}")
+    return interpret
+
+
+def _empty(shape, *, device, dtype) -> torch.Tensor:
+    # every buffer a kernel writes comes from here, so tests can poison them all
+    return torch.empty(shape, device=device, dtype=dtype)
+
+
+def _x_strides(x: torch.Tensor, labels: bool) -> tuple[int, int, int, int]:
+    # labels (B, H, W) get a dummy channel stride
+    return (x.stride(0), 0, x.stride(1), x.stride(2)) if labels else x.stride()
+
+
+def pixelwise_mlp_forward(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    shape: MLPShape,
+    *,
+    labels: bool,
+    precision: str = "fp32",
+    config: LaunchConfig | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Launch the fused forward kernel.
+
+    x: (B, C_in, H, W) float, or (B, H, W) integer labels in [0, shape.in_channels) when ``labels``
+    (the caller checks the label range). params: (B, P, Hc, Wc), any strides (channels-last is the
+    fast case). Returns ``out`` (B, C_out, H, W) in params' dtype, allocated when not given.
+    Inputs must be CUDA tensors, or CPU tensors when Triton's interpreter is active.
+    """
+    interpret = _check_launch(shape, x=x, params=params)
     B = params.shape[0]
     H, W = x.shape[-2:]
     Hc, Wc = params.shape[-2:]
     if out is None:
-        out = torch.empty((B, shape.out_channels, H, W), device=params.device, dtype=params.dtype)
+        out = _empty((B, shape.out_channels, H, W), device=params.device, dtype=params.dtype)
     elif out.shape != (B, shape.out_channels, H, W) or out.dtype != params.dtype:
         raise ValueError(f"out must have shape {(B, shape.out_channels, H, W)} and dtype {params.dtype}, "
                          f"got {tuple(out.shape)} {out.dtype}")
@@ -388,15 +598,60 @@ def pixelwise_mlp_forward(
                                    interpret=interpret)
     pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]
     grid = (B * Hc * Wc, triton.cdiv(shape.cell_size**2, pixels_per_program))
-    if labels:
-        x_strides = (x.stride(0), 0, x.stride(1), x.stride(2))
-    else:
-        x_strides = x.stride()
     _pixelwise_mlp_fwd_kernel[grid](
         x, params, out,
         H, W, Hc, Wc,
-        *x_strides, *params.stride(), *out.stride(),
+        *_x_strides(x, labels), *params.stride(), *out.stride(),
         num_warps=config.num_warps, num_stages=config.num_stages,
         **constexprs,
     )
     return out
+
+
+def pixelwise_mlp_backward(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    grad_out: torch.Tensor,
+    shape: MLPShape,
+    *,
+    labels: bool,
+    precision: str = "fp32",
+    need_grad_x: bool = False,
+    config: LaunchConfig | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """Launch the fused backward kernel: (grad_x or None, grad_params).
+
+    Recomputes the forward block by block (nothing but x and params is needed), reduces each
+    cell's parameter gradients deterministically (per-program sums in a fixed order, then a fixed
+    order sum over the programs of a cell: bitwise identical run after run, no atomics). grad_x
+    (x's dtype) only when ``need_grad_x`` and x is float; grad_params has params' shape and dtype,
+    channels-last strides.
+    """
+    interpret = _check_launch(shape, x=x, params=params, grad_out=grad_out)
+    B, P, Hc, Wc = params.shape
+    H, W = x.shape[-2:]
+    if grad_out.shape != (B, shape.out_channels, H, W):
+        raise ValueError(f"grad_out must have shape {(B, shape.out_channels, H, W)}, got {tuple(grad_out.shape)}")
+    if config is None:
+        config = default_backward_config(shape, precision, interpret)
+    constexprs = kernel_constexprs(shape, labels=labels, precision=precision, config=config,
+                                   interpret=interpret)
+    pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]
+    grid = (B * Hc * Wc, triton.cdiv(shape.cell_size**2, pixels_per_program))
+    acc_dtype = torch.float64 if precision == "fp64" else torch.float32
+    partial = _empty((grid[0], grid[1], P), device=params.device, dtype=acc_dtype)
+    need_grad_x = need_grad_x and not labels
+    grad_x = _empty(x.shape, device=x.device, dtype=x.dtype) if need_grad_x else None
+    dx = grad_x if need_grad_x else partial  # any tensor: the kernel never touches it then
+    _pixelwise_mlp_bwd_kernel[grid](
+        x, params, grad_out, partial, dx,
+        H, W, Hc, Wc, P,
+        *_x_strides(x, labels), *params.stride(), *grad_out.stride(),
+        *(dx.stride() if need_grad_x else (0, 0, 0, 0)),
+        NEED_GRAD_X=need_grad_x,
+        num_warps=config.num_warps, num_stages=config.num_stages,
+        **constexprs,
+    )
+    grad_params = partial.sum(dim=1) if grid[1] > 1 else partial[:, 0]
+    grad_params = grad_params.view(B, Hc, Wc, P).permute(0, 3, 1, 2).to(params.dtype)
+    return grad_x, grad_params

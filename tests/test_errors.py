@@ -105,13 +105,6 @@ def test_compiled_backend_refused_under_interpreter(inputs):
         call(x, params, backend="triton")
 
 
-@pytest.mark.skipif("interpret" not in kernel_backends(), reason="needs Triton's interpreter")
-def test_kernel_backend_refuses_to_differentiate(inputs):
-    x, params = inputs
-    with pytest.raises(NotImplementedError, match=r"no backward pass"):
-        call(x, params.requires_grad_(), backend="interpret")
-
-
 def test_interpret_backend_needs_the_environment_variable():
     code = ("import torch, asapnet_triton as at\n"
             "x = torch.randn(1, 3, 8, 8); p = torch.randn(1, at.param_count(3, cell_size=8), 1, 1)\n"

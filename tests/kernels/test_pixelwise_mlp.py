@@ -1,10 +1,12 @@
-"""The forward kernel's launcher: every output written, every launch configuration correct."""
+"""The forward and backward kernels' launchers: every output written, every launch configuration
+correct (against the float64 einsum reference and its autograd gradients)."""
 
 import pytest
 import torch
 
 import asapnet_triton as at
-from asapnet_triton.kernels.pixelwise_mlp import (ForwardConfig, default_forward_config,
+from asapnet_triton.kernels.pixelwise_mlp import (LaunchConfig, default_backward_config,
+                                                  default_forward_config, pixelwise_mlp_backward,
                                                   pixelwise_mlp_forward)
 from asapnet_triton.reference import pixelwise_mlp_einsum
 from asapnet_triton.testing import device_for, kernel_backends, random_inputs, relative_error
@@ -32,10 +34,10 @@ def check(shape, x, params, labels, config=None, precision="fp32", tol=None):
 
 
 @pytest.mark.parametrize("config", [
-    ForwardConfig(16, 16, 1),     # many small programs per cell
-    ForwardConfig(16, 64, 2),     # several blocks per program, several programs per cell
-    ForwardConfig(32, 128, 4),
-    ForwardConfig(64, 1024, 8),   # more pixels per program than a 16-cell has
+    LaunchConfig(16, 16, 1),     # many small programs per cell
+    LaunchConfig(16, 64, 2),     # several blocks per program, several programs per cell
+    LaunchConfig(32, 128, 4),
+    LaunchConfig(64, 1024, 8),   # more pixels per program than a 16-cell has
 ])
 @pytest.mark.parametrize("labels", [False, True])
 def test_every_config_writes_every_pixel_correctly(generator, config, labels):
@@ -48,7 +50,7 @@ def test_every_config_writes_every_pixel_correctly(generator, config, labels):
 def test_cell_sizes(generator, cell):
     shape = at.MLPShape(3, cell, 3, 16, 3)
     x, params = random_inputs(shape, 2, cell + 3, 2 * cell - 1, generator=generator)
-    check(shape, x, params, False, ForwardConfig(16, 64, 4))
+    check(shape, x, params, False, LaunchConfig(64, 256, 4))
 
 
 @pytest.mark.parametrize("hidden", [16, 32, 64, 128])
@@ -85,4 +87,78 @@ def test_unsupported_hidden_width_is_refused(generator):
 ])
 def test_bad_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
-        ForwardConfig(**kwargs)
+        LaunchConfig(**kwargs)
+
+
+# ---- backward ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def poisoned_buffers(monkeypatch):
+    """Every buffer the launchers allocate for a kernel to fill starts as NaN."""
+    from asapnet_triton.kernels import pixelwise_mlp as module
+
+    def nan_empty(shape, *, device, dtype):
+        return torch.full(shape, float("nan"), device=device, dtype=dtype)
+
+    monkeypatch.setattr(module, "_empty", nan_empty)
+
+
+def reference_grads(x, params, grad_out, shape, labels):
+    xd = x if labels else x.double().requires_grad_()
+    pd = params.double().requires_grad_()
+    pixelwise_mlp_einsum(xd, pd, cell_size=shape.cell_size, out_channels=shape.out_channels,
+                         hidden_width=shape.hidden_width, depth=shape.depth,
+                         num_classes=shape.in_channels if labels else None).backward(grad_out.double())
+    return (None if labels else xd.grad), pd.grad
+
+
+@pytest.mark.parametrize("config", [
+    None,                         # the interpreter's default: one block per cell
+    LaunchConfig(16, 16, 1),      # one block per program: many partial sums per cell
+    LaunchConfig(16, 64, 2),      # several blocks per program and programs per cell
+    LaunchConfig(32, 1024, 4),    # one program per cell, several blocks
+])
+@pytest.mark.parametrize("labels", [False, True])
+def test_backward_every_config(generator, poisoned_buffers, config, labels):
+    shape = at.MLPShape(5, 16, 3, 32, 3)
+    x, params = random_inputs(shape, 2, 37, 29, labels=labels, generator=generator)
+    # a non-contiguous upstream gradient
+    grad_out = torch.randn(2, 29, 37, 3, generator=generator).permute(0, 3, 2, 1)
+    grad_x, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
+                                                 labels=labels, need_grad_x=True, config=config)
+    ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
+    assert relative_error(grad_params.cpu(), ref_params) <= at.GRAD_TOLERANCES["fp32"]
+    if labels:
+        assert grad_x is None
+    else:
+        assert relative_error(grad_x.cpu(), ref_x) <= at.GRAD_TOLERANCES["fp32"]
+
+
+def test_backward_without_input_gradient(generator, poisoned_buffers):
+    shape = at.MLPShape(4, 8, 2, 16, 2)
+    x, params = random_inputs(shape, 1, 20, 13, generator=generator)
+    grad_out = torch.randn(1, 2, 20, 13, generator=generator)
+    grad_x, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
+                                                 labels=False, need_grad_x=False)
+    assert grad_x is None
+    assert relative_error(grad_params.cpu(), reference_grads(x, params, grad_out, shape, False)[1]) <= 1e-5
+
+
+@pytest.mark.parametrize("hidden", [16, 64, 128])
+def test_default_compiled_backward_configs_are_correct(generator, poisoned_buffers, hidden):
+    shape = at.MLPShape(7, 32, 3, hidden, 4)
+    x, params = random_inputs(shape, 1, 45, 33, labels=True, generator=generator)
+    grad_out = torch.randn(1, 3, 45, 33, generator=generator)
+    config = default_backward_config(shape, "fp32", interpret=False)
+    _, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
+                                            labels=True, config=config)
+    assert relative_error(grad_params.cpu(), reference_grads(x, params, grad_out, shape, True)[1]) <= 1e-5
+
+
+def test_backward_checks_grad_out(generator):
+    shape = at.MLPShape(3, 8, 3, 16, 2)
+    x, params = random_inputs(shape, 1, 8, 8, generator=generator)
+    with pytest.raises(ValueError, match="grad_out must have shape"):
+        pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), torch.zeros(1, 3, 8, 7, device=DEVICE), shape,
+                               labels=False)

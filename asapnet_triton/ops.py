@@ -1,0 +1,101 @@
+"""The pixelwise MLP as ``torch.library`` custom ops, with fake (meta) implementations and an
+autograd formula, so that ``torch.compile(..., fullgraph=True)`` traces through it and autograd
+runs the fused backward of the chosen backend.
+
+``asapnet_triton::pixelwise_mlp`` and ``asapnet_triton::pixelwise_mlp_backward`` take the already
+resolved backend ("triton", "interpret" or "torch"); ``functional.pixelwise_mlp`` checks arguments
+and resolves the backend before calling them. What the forward saves for backward is its inputs
+(x and params): the backward recomputes every activation.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .layout import MLPShape
+
+__all__ = ["check_label_range", "pixelwise_mlp_op", "pixelwise_mlp_backward_op"]
+
+_KERNEL_BACKENDS = ("triton", "interpret")
+
+
+def check_label_range(x: torch.Tensor, num_classes: int) -> None:
+    """Raise ValueError when a label of ``x`` lies outside [0, num_classes)."""
+    low, high = (int(v) for v in torch.aminmax(x))
+    if low < 0 or high >= num_classes:
+        raise ValueError(f"x (labels) must lie in [0, num_classes) = [0, {num_classes}), "
+                         f"found values in [{low}, {high}]")
+
+
+def _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding) -> MLPShape:
+    in_channels = num_classes if num_classes is not None else x.shape[1]
+    return MLPShape(in_channels, cell_size, out_channels, hidden_width, depth, pos_encoding)
+
+
+@torch.library.custom_op("asapnet_triton::pixelwise_mlp", mutates_args=())
+def pixelwise_mlp_op(x: torch.Tensor, params: torch.Tensor, cell_size: int, out_channels: int,
+                     hidden_width: int, depth: int, num_classes: int | None, pos_encoding: bool,
+                     precision: str, backend: str) -> torch.Tensor:
+    """Forward of the resolved ``backend`` ("triton", "interpret" or "torch")."""
+    shape = _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding)
+    labels = num_classes is not None
+    if labels:
+        check_label_range(x, num_classes)
+    if backend == "torch":
+        from .torch_tiled import pixelwise_mlp_torch
+
+        return pixelwise_mlp_torch(x, params, shape, labels=labels, precision=precision)
+    if backend in _KERNEL_BACKENDS:
+        from .kernels.pixelwise_mlp import pixelwise_mlp_forward
+
+        return pixelwise_mlp_forward(x, params, shape, labels=labels, precision=precision)
+    raise ValueError(f"backend must be 'triton', 'interpret' or 'torch' here, got {backend!r}")
+
+
+@pixelwise_mlp_op.register_fake
+def _(x, params, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding, precision, backend):
+    return params.new_empty((x.shape[0], out_channels, x.shape[-2], x.shape[-1]))
+
+
+@torch.library.custom_op("asapnet_triton::pixelwise_mlp_backward", mutates_args=())
+def pixelwise_mlp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, params: torch.Tensor,
+                              cell_size: int, out_channels: int, hidden_width: int, depth: int,
+                              num_classes: int | None, pos_encoding: bool, precision: str,
+                              backend: str, need_grad_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(grad_x, grad_params); grad_x is an empty tensor unless ``need_grad_x`` (float x only)."""
+    shape = _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding)
+    labels = num_classes is not None
+    if backend == "torch":
+        from .torch_tiled import pixelwise_mlp_torch_backward as backward
+    elif backend in _KERNEL_BACKENDS:
+        from .kernels.pixelwise_mlp import pixelwise_mlp_backward as backward
+    else:
+        raise ValueError(f"backend must be 'triton', 'interpret' or 'torch' here, got {backend!r}")
+    grad_x, grad_params = backward(x, params, grad_out, shape, labels=labels, precision=precision,
+                                   need_grad_x=need_grad_x and not labels)
+    if grad_x is None:
+        grad_x = x.new_empty((0,), dtype=torch.float32)
+    return grad_x.contiguous(), grad_params.contiguous()
+
+
+@pixelwise_mlp_backward_op.register_fake
+def _(grad_out, x, params, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding,
+      precision, backend, need_grad_x):
+    grad_x = torch.empty_like(x) if need_grad_x and num_classes is None else x.new_empty((0,), dtype=torch.float32)
+    return grad_x, torch.empty_like(params, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    x, params, *options = inputs
+    ctx.save_for_backward(x, params)
+    ctx.options = options
+
+
+def _backward(ctx, grad_out):
+    x, params = ctx.saved_tensors
+    need_grad_x = bool(ctx.needs_input_grad[0])
+    grad_x, grad_params = pixelwise_mlp_backward_op(grad_out, x, params, *ctx.options, need_grad_x)
+    return (grad_x if need_grad_x else None, grad_params, *([None] * len(ctx.options)))
+
+
+pixelwise_mlp_op.register_autograd(_backward, setup_context=_setup_context)

@@ -1,0 +1,76 @@
+"""Shared pieces of the benchmark scripts: where results go and what machine made them."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import time
+from pathlib import Path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine_name() -> str:
+    """A short, filesystem-safe name for this machine: its GPU, or cores and CPU model."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-")
+    except ImportError:
+        pass
+    model = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    model = re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*", "", model)
+    return f"cpu-{os.cpu_count()}core-" + re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-")
+
+
+def machine_description() -> dict:
+    info = {"name": machine_name(), "platform": platform.platform(), "cpus": os.cpu_count(),
+            "python": platform.python_version()}
+    try:
+        import torch
+        import triton
+
+        info |= {"torch": torch.__version__, "triton": triton.__version__,
+                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+    except ImportError:
+        pass
+    return info
+
+
+def results_dir() -> Path:
+    path = RESULTS / machine_name()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """Write ``payload`` (with the machine's description) atomically to results/<machine>/<name>."""
+    path = results_dir() / name
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps({"machine": machine_description(), **payload}, indent=2) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def median_time(fn, *, repeats: int = 5, warmup: int = 1) -> float:
+    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)

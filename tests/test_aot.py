@@ -1,0 +1,61 @@
+"""The Triton kernels compile for real GPUs (sm_80, sm_90) with their default configurations and
+use tensor-core instructions for 16-bit operands.
+
+The interpreter runs the kernels' Python, not Triton's compiler: only compiling them proves the
+compiled path is valid Triton. This runs in a subprocess, since the test process has Triton's
+interpreter on.
+"""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+SCRIPT = r"""
+import json
+from asapnet_triton.aot import kernel_resources
+from asapnet_triton.layout import MLPShape
+from asapnet_triton.kernels.pixelwise_mlp import default_backward_config, default_forward_config
+rows = []
+for arch, precision in [(90, "bf16"), (80, "bf16"), (90, "fp32")]:
+    for labels in (True, False):
+        shape = MLPShape(35 if labels else 3, 64)
+        for kernel, default in (("forward", default_forward_config), ("backward", default_backward_config)):
+            config = default(shape, precision)
+            rows.append(kernel_resources(kernel, shape, labels=labels, precision=precision, config=config,
+                                         arch=arch).as_dict())
+print(json.dumps(rows))
+"""
+
+
+@pytest.fixture(scope="module")
+def resources():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_every_default_kernel_compiles(resources):
+    assert len(resources) == 12
+    kinds = {(r["kernel"], r["arch"], r["precision"], r["labels"]) for r in resources}
+    assert len(kinds) == 12
+    for r in resources:
+        assert 0 < r["registers"] <= 255, r
+
+
+def test_tensor_cores_for_16_bit_operands(resources):
+    for r in resources:
+        if r["precision"] == "bf16":
+            mma = r["hgmma"] if r["arch"] == 90 else r["hmma"]
+            assert mma > 0, r
+        else:  # fp32 "ieee" products run on the FMA units
+            assert r["hgmma"] == 0 and r["hmma"] == 0, r
+
+
+def test_default_forward_kernels_on_sm90_do_not_spill(resources):
+    for r in resources:
+        if r["kernel"] == "forward" and r["arch"] == 90:
+            assert r["spill_store_bytes"] == 0 and r["spill_load_bytes"] == 0, r

@@ -1,0 +1,199 @@
+"""Gradients of ``pixelwise_mlp`` (the fused backward of each backend) against autograd through
+the float64 einsum reference; gradcheck; determinism; what the forward saves; training steps;
+torch.compile.
+
+Tolerances (``asapnet_triton.GRAD_TOLERANCES``): fp32 1e-5 and fp64 1e-10 in the max-norm;
+tf32 5e-2, fp16 5e-2, bf16 1e-1 in the RMS norm (see precision.py for why), plus the kernel and
+the torch backend, which implement the same rounding, must agree to 1e-3 RMS.
+"""
+
+import pytest
+import torch
+
+import asapnet_triton as at
+from asapnet_triton.reference import pixelwise_mlp_einsum
+from asapnet_triton.testing import (device_for, gradient_error, kernel_backends, random_inputs,
+                                    rms_relative_error)
+
+IMPLEMENTATIONS = ["torch", *kernel_backends()]
+
+
+def kwargs_of(shape, labels):
+    return dict(cell_size=shape.cell_size, out_channels=shape.out_channels, hidden_width=shape.hidden_width,
+                depth=shape.depth, num_classes=shape.in_channels if labels else None,
+                pos_encoding=shape.pos_encoding)
+
+
+def grads(backend, x, params, grad_out, shape, labels, precision="fp32", x_grad=True):
+    """(grad_x or None, grad_params) of sum(out * grad_out) on ``backend``, on CPU."""
+    device = device_for(backend)
+    x = x.to(device)
+    if not labels and x_grad:
+        x = x.clone().requires_grad_()
+    params = params.to(device).clone().requires_grad_()
+    out = at.pixelwise_mlp(x, params, precision=precision, backend=backend, **kwargs_of(shape, labels))
+    out.backward(grad_out.to(device))
+    grad_x = x.grad.cpu() if x.requires_grad else None
+    return grad_x, params.grad.cpu()
+
+
+def reference_grads(x, params, grad_out, shape, labels):
+    x = x if labels else x.double().requires_grad_()
+    params = params.double().requires_grad_()
+    pixelwise_mlp_einsum(x, params, **kwargs_of(shape, labels)).backward(grad_out.double())
+    return (None if labels else x.grad), params.grad
+
+
+# (batch, C_in or classes, H, W, cell, hidden, depth, out_channels, labels)
+SHAPES = [
+    (3, 3, 70, 45, 16, 64, 5, 3, False),    # non-multiples, batch 3, the default MLP
+    (2, 1, 37, 50, 8, 16, 2, 1, False),     # one input channel, narrowest, shallowest
+    (1, 40, 40, 72, 32, 32, 3, 4, False),   # many input channels, 4 outputs
+    (2, 12, 65, 33, 64, 64, 4, 3, True),    # labels, partial 64-cells
+    (1, 7, 20, 24, 8, 128, 6, 2, True),     # widest, deepest
+]
+
+
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
+@pytest.mark.parametrize("batch, channels, height, width, cell, hidden, depth, out_channels, labels", SHAPES)
+def test_gradients_match_reference(backend, generator, batch, channels, height, width, cell, hidden,
+                                   depth, out_channels, labels):
+    shape = at.MLPShape(channels, cell, out_channels, hidden, depth)
+    x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
+    grad_out = torch.randn(batch, out_channels, height, width, generator=generator)
+    grad_x, grad_params = grads(backend, x, params, grad_out, shape, labels)
+    ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
+    assert grad_params.shape == params.shape and grad_params.dtype == params.dtype
+    assert gradient_error(grad_params, ref_params, "fp32") <= at.GRAD_TOLERANCES["fp32"]
+    if not labels:
+        assert grad_x.shape == x.shape
+        assert gradient_error(grad_x, ref_x, "fp32") <= at.GRAD_TOLERANCES["fp32"]
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("labels", [False, True])
+def test_reduced_precision_gradients(generator, precision, labels):
+    shape = at.MLPShape(6, 16, 3, 64, 5)
+    x, params = random_inputs(shape, 2, 40, 35, labels=labels, generator=generator)
+    grad_out = torch.randn(2, 3, 40, 35, generator=generator)
+    ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
+    results = {}
+    for backend in IMPLEMENTATIONS:
+        grad_x, grad_params = grads(backend, x, params, grad_out, shape, labels, precision)
+        results[backend] = grad_x, grad_params
+        assert gradient_error(grad_params, ref_params, precision) <= at.GRAD_TOLERANCES[precision], backend
+        if not labels:
+            assert gradient_error(grad_x, ref_x, precision) <= at.GRAD_TOLERANCES[precision], backend
+    if len(results) > 1:
+        (kx, kp), (tx, tp) = results[IMPLEMENTATIONS[1]], results["torch"]
+        assert rms_relative_error(kp, tp) <= 1e-3
+        if not labels:
+            assert rms_relative_error(kx, tx) <= 1e-3
+
+
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
+@pytest.mark.parametrize("labels", [False, True])
+def test_gradcheck_fp64(backend, generator, labels):
+    shape = at.MLPShape(3, 4, 2, 16, 3)
+    x, params = random_inputs(shape, 2, 6, 7, labels=labels, dtype=torch.float64, generator=generator)
+    kwargs = kwargs_of(shape, labels) | dict(precision="fp64", backend=backend)
+    inputs = (x, params.clone().requires_grad_()) if labels else (x.requires_grad_(), params.clone().requires_grad_())
+
+    def fn(x, params):
+        return at.pixelwise_mlp(x, params, **kwargs)
+
+    # fast mode: Jacobian-vector products along random directions, a handful of evaluations
+    assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-7, rtol=1e-5, fast_mode=True)
+
+
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
+@pytest.mark.parametrize("labels", [False, True])
+def test_backward_is_deterministic(backend, generator, labels):
+    shape = at.MLPShape(9, 16, 3, 32, 4)
+    x, params = random_inputs(shape, 2, 45, 40, labels=labels, generator=generator)
+    grad_out = torch.randn(2, 3, 45, 40, generator=generator)
+    first = grads(backend, x, params, grad_out, shape, labels, "bf16")
+    second = grads(backend, x, params, grad_out, shape, labels, "bf16")
+    assert torch.equal(first[1], second[1])
+    if not labels:
+        assert torch.equal(first[0], second[0])
+
+
+@pytest.mark.parametrize("backend", IMPLEMENTATIONS)
+def test_forward_saves_only_its_inputs(backend, generator):
+    """What autograd keeps between forward and backward is x and params, never activations."""
+    shape = at.MLPShape(3, 16, 3, 64, 5)
+    x, params = random_inputs(shape, 1, 64, 64, generator=generator)
+    device = device_for(backend)
+    x, params = x.to(device).requires_grad_(), params.to(device).requires_grad_()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.numel()) or t, lambda t: t):
+        out = at.pixelwise_mlp(x, params, cell_size=16, backend=backend)
+    assert sum(saved) <= x.numel() + params.numel()
+    out.sum().backward()
+    assert x.grad is not None and params.grad is not None
+
+
+def test_no_gradient_for_labels_and_only_when_needed(generator):
+    backend = IMPLEMENTATIONS[-1]
+    shape = at.MLPShape(3, 16, 3, 32, 3)
+    x, params = random_inputs(shape, 1, 20, 20, generator=generator)
+    params.requires_grad_()
+    out = at.pixelwise_mlp(x, params, cell_size=16, hidden_width=32, depth=3, backend=backend)
+    out.sum().backward()
+    assert x.grad is None and params.grad is not None
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_training_steps_agree_across_backends(generator, labels):
+    """A few optimisation steps of a tiny model on a fixed target reduce the loss identically."""
+    shape = at.MLPShape(4, 8, 3, 16, 3)
+    x, init = random_inputs(shape, 2, 20, 18, labels=labels, generator=generator)
+    target = torch.rand(2, 3, 20, 18, generator=generator) * 2 - 1
+    curves = {}
+    for backend in [*IMPLEMENTATIONS, "reference"]:
+        params = torch.nn.Parameter(init.clone().double() if backend == "reference" else init.clone())
+        optimizer = torch.optim.Adam([params], lr=1e-2)
+        losses = []
+        for _ in range(5):
+            optimizer.zero_grad()
+            out = at.pixelwise_mlp(x, params, backend=backend, **kwargs_of(shape, labels))
+            loss = torch.nn.functional.mse_loss(out, target.to(out.dtype))
+            loss.backward()
+            optimizer.step()
+            losses.append(loss.item())
+        curves[backend] = torch.tensor(losses, dtype=torch.float64)
+    reference = curves.pop("reference")
+    assert reference[-1] < reference[0]
+    for backend, losses in curves.items():
+        torch.testing.assert_close(losses, reference, rtol=1e-4, atol=0, msg=backend)
+
+
+class _TinyGenerator(torch.nn.Module):
+    """A 1x1 conv predicting the parameter grid from a pooled input, then the HR stream."""
+
+    def __init__(self, shape):
+        super().__init__()
+        self.cell = shape.cell_size
+        self.to_params = torch.nn.Conv2d(shape.in_channels, shape.param_count, 1)
+        self.hr = at.PixelwiseMLP(shape.in_channels, cell_size=shape.cell_size, hidden_width=shape.hidden_width,
+                                  depth=shape.depth, backend="torch")
+
+    def forward(self, x):
+        low = torch.nn.functional.avg_pool2d(x, self.cell, ceil_mode=True)
+        return self.hr(x, 0.1 * self.to_params(low))
+
+
+def test_torch_compile_fullgraph(generator):
+    shape = at.MLPShape(3, 8, 3, 16, 3)
+    model = _TinyGenerator(shape)
+    x = torch.randn(2, 3, 24, 20, generator=generator)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, eager, rtol=1e-6, atol=1e-6)
+    out.square().mean().backward()
+    grad = model.to_params.weight.grad.clone()
+    model.zero_grad()
+    model(x).square().mean().backward()
+    torch.testing.assert_close(grad, model.to_params.weight.grad, rtol=1e-5, atol=1e-7)
