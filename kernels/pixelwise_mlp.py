@@ -81,6 +81,12 @@ def _dot(a, w, ACC_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, ROUNDING: tl.co
 
 
 @triton.jit
+def _dot_acc(a, w, acc, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr, INPUT_PRECISION: tl.constexpr):
+    # acc + a @ w, accumulating in place in the MMA accumulator (no second tile of registers)
+    return tl.dot(_as_operand(a, DOT_DTYPE, ROUNDING), w, acc=acc, input_precision=INPUT_PRECISION)
+
+
+@triton.jit
 def _load_weight(cell_ptr, stride_c, OFFSET: tl.constexpr, ROW0: tl.constexpr, ROWS: tl.constexpr,
                  ROWS_PAD: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
     # Rows ROW0 .. ROW0+ROWS of the [*, COLS] weight matrix stored from channel OFFSET,
@@ -231,7 +237,7 @@ def _mlp_block(x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly
         acc = _dot(layer_in, w_in, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
     pe = _pos_encoding(lx, ly, CELL, N_PE, PE_PAD, ACC_DTYPE)
     if N_PE > 0:
-        acc += _dot(pe, w_pe, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        acc = _dot_acc(pe, w_pe, acc, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
     h = _leaky_relu(acc + b0[None, :])
     activations = (h,)
     for layer in tl.static_range(DEPTH - 2):
@@ -350,16 +356,16 @@ def _pixelwise_mlp_bwd_kernel(
         dy = tl.load(g_ptrs, mask=valid[:, None] & (c_out[None, :] < C_OUT), other=0.0).to(ACC_DTYPE)
         dz = dy * (1.0 - y * y)  # through tanh
         g_b_last += tl.sum(dz, axis=0)
-        g_w_last += _dot(tl.trans(acts[DEPTH - 2]), _as_operand(dz, DOT_DTYPE, ROUNDING),
-                         ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        g_w_last = _dot_acc(tl.trans(acts[DEPTH - 2]), _as_operand(dz, DOT_DTYPE, ROUNDING), g_w_last,
+                            DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         da = _dot(dz, tl.trans(w_last), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         new_b = ()
         new_w = ()
         for layer in tl.static_range(DEPTH - 3, -1, -1):  # hidden layers from the last to the first
             dz = da * _leaky_relu_grad(acts[layer + 1])
             new_b = (g_hidden_b[layer] + tl.sum(dz, axis=0),) + new_b
-            new_w = (g_hidden_w[layer] + _dot(tl.trans(acts[layer]), _as_operand(dz, DOT_DTYPE, ROUNDING),
-                                              ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION),) + new_w
+            new_w = (_dot_acc(tl.trans(acts[layer]), _as_operand(dz, DOT_DTYPE, ROUNDING), g_hidden_w[layer],
+                              DOT_DTYPE, ROUNDING, INPUT_PRECISION),) + new_w
             da = _dot(dz, tl.trans(hidden_w[layer]), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         g_hidden_b = new_b
         g_hidden_w = new_w
@@ -367,14 +373,14 @@ def _pixelwise_mlp_bwd_kernel(
         dz_operand = _as_operand(dz, DOT_DTYPE, ROUNDING)
         g_b0 += tl.sum(dz, axis=0)
         if N_PE > 0:
-            g_w_pe += _dot(tl.trans(pe), dz_operand, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            g_w_pe = _dot_acc(tl.trans(pe), dz_operand, g_w_pe, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         if LABELS:
             # the scatter-add of dz's rows by label, as the product with the block's one-hot
             # (exact in any operand format): deterministic, no atomics
             one_hot = ((layer_in[None, :] == c_in[:, None]) & valid[None, :]).to(ACC_DTYPE)
-            g_w_in += _dot(one_hot, dz_operand, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            g_w_in = _dot_acc(one_hot, dz_operand, g_w_in, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         else:
-            g_w_in += _dot(tl.trans(layer_in), dz_operand, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            g_w_in = _dot_acc(tl.trans(layer_in), dz_operand, g_w_in, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
             if NEED_GRAD_X:
                 dx = _dot(dz, tl.trans(w_in), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
                 dx_ptrs = (grad_x_ptr + b * stride_dxb + gy[:, None] * stride_dxh + gx[:, None] * stride_dxw
