@@ -7,12 +7,16 @@ Public API::
     at.grid_size(height, width, cell_size)            # coarse grid covering an image
     at.pixelwise_mlp(x, params, cell_size=..., ...)   # the high-resolution stream
     at.PixelwiseMLP(in_channels, cell_size=..., ...)  # the same as an nn.Module
+    at.autotune(height, width, cell_size=..., ...)    # tune and cache launch configurations
+    at.compare(height, width, cell_size=..., ...)     # check backends against the reference
 """
 
+from .comparison import compare
 from .functional import BACKENDS, pixelwise_mlp, resolve_backend
 from .layout import MLPShape, grid_size, param_count, pos_encoding_channels
 from .modules import PixelwiseMLP
 from .precision import GRAD_TOLERANCES, PRECISIONS, TOLERANCES
+from .tuning import autotune
 
 __version__ = "0.1.0"
 
@@ -23,6 +27,8 @@ __all__ = [
     "PRECISIONS",
     "PixelwiseMLP",
     "TOLERANCES",
+    "autotune",
+    "compare",
     "grid_size",
     "param_count",
     "pixelwise_mlp",

@@ -1,116 +1,176 @@
 """The ``asapnet`` command line.
 
 Subcommands:
-  compare   run the op and the float64 einsum reference on the same random inputs and report the
-            error against the precision's tolerance (exit status 1 when out of tolerance).
+  compare        run the op and the float64 einsum reference on the same random inputs and report
+                 errors against the precision's tolerance (exit status 1 when out of tolerance)
+  autotune       time the kernels' launch configurations for given shapes and cache the best
+  kernel-report  compile every kernel ahead of time for GPU architectures (no GPU needed) and
+                 report registers, spills, shared memory, tensor-core instructions, occupancy
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
-import time
 
-_KERNEL_BACKENDS = ("triton", "interpret")
+BACKEND_CHOICES = ["auto", "triton", "interpret", "torch", "reference"]
+PRECISION_CHOICES = ["fp32", "tf32", "bf16", "fp16"]
 
 
-def _compare_parser(sub) -> None:
-    p = sub.add_parser("compare", help="check backends against the float64 reference on random inputs",
-                       description="Run pixelwise_mlp and the float64 einsum reference on the same random "
-                                   "inputs; print errors, tolerances and times; exit 1 when any result is "
-                                   "out of tolerance.")
-    p.add_argument("--backend", nargs="+", default=["torch", "interpret"],
-                   choices=["auto", "triton", "interpret", "torch", "reference"],
-                   help="backends to check (default: torch interpret). 'interpret' runs the Triton "
-                        "kernels with Triton's CPU interpreter (this command sets TRITON_INTERPRET=1 "
-                        "for it); 'triton' needs a CUDA GPU")
-    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"],
-                   choices=["fp32", "tf32", "bf16", "fp16"], help="precisions to check (default: fp32 bf16)")
-    p.add_argument("--height", type=int, default=96)
-    p.add_argument("--width", type=int, default=160)
+def _csv(kind):
+    def parse(text: str):
+        return [kind(item) for item in text.split(",") if item]
+    return parse
+
+
+def _add_model_arguments(p, *, height: int, width: int, cell_size: int) -> None:
+    p.add_argument("--height", type=int, default=height)
+    p.add_argument("--width", type=int, default=width)
     p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--cell-size", type=int, default=32)
+    p.add_argument("--cell-size", type=int, default=cell_size)
     p.add_argument("--num-classes", type=int, default=35,
                    help="label-map input with this many classes (0: float input, see --in-channels)")
     p.add_argument("--in-channels", type=int, default=3, help="channels of float input (with --num-classes 0)")
     p.add_argument("--out-channels", type=int, default=3)
     p.add_argument("--hidden-width", type=int, default=64)
     p.add_argument("--depth", type=int, default=5)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="asapnet", description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("compare", help="check backends against the float64 reference on random inputs",
+                       description="Run pixelwise_mlp and the float64 einsum reference on the same random inputs; "
+                                   "print errors, tolerances and times; exit 1 when any result is out of tolerance.")
+    p.add_argument("--backend", nargs="+", default=["torch", "interpret"], choices=BACKEND_CHOICES,
+                   help="backends to check (default: torch interpret). 'interpret' runs the Triton kernels with "
+                        "Triton's CPU interpreter (this command sets TRITON_INTERPRET=1 for it); 'triton' needs a "
+                        "CUDA GPU")
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISION_CHOICES,
+                   help="precisions to check (default: fp32 bf16)")
+    p.add_argument("--backward", action="store_true", help="also check the gradients of params and x")
     p.add_argument("--seed", type=int, default=0)
+    _add_model_arguments(p, height=96, width=160, cell_size=32)
+
+    p = sub.add_parser("autotune", help="tune the kernels' launch configurations and cache the best",
+                       description="Time every launch configuration of the forward and backward kernels for these "
+                                   "shapes, print a table, and store the best in the autotuning cache "
+                                   "($ASAPNET_TRITON_CACHE) that later processes load automatically.")
+    p.add_argument("--backend", choices=["triton", "interpret"], default=None,
+                   help="triton (CUDA GPU; the default when one is present) or interpret (CPU, small shapes)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default="bf16")
+    p.add_argument("--kernels", nargs="+", choices=["forward", "backward"], default=["forward", "backward"])
+    p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration on the CPU")
+    _add_model_arguments(p, height=1024, width=2048, cell_size=64)
+
+    p = sub.add_parser("kernel-report", help="compile the kernels for GPUs and report their resources",
+                       description="Compile every kernel with every default configuration ahead of time (no GPU "
+                                   "needed) and report, per kernel x input x cell x precision x arch: registers, "
+                                   "spill bytes, shared memory, HMMA/HGMMA instruction counts, theoretical occupancy.")
+    p.add_argument("--arch", type=_csv(str), default=["sm_80", "sm_90"], help="comma-separated, e.g. sm_80,sm_90")
+    p.add_argument("--precision", type=_csv(str), default=["tf32", "bf16", "fp16", "fp32"])
+    p.add_argument("--cell-size", type=_csv(int), default=[32, 64])
+    p.add_argument("--num-classes", type=int, default=35)
+    p.add_argument("--in-channels", type=int, default=3)
+    p.add_argument("--hidden-width", type=int, default=64)
+    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+    return parser
 
 
-def _time(fn):
-    start = time.perf_counter()
-    result = fn()
-    return result, time.perf_counter() - start
+def _compare(args) -> int:
+    from .comparison import compare
+
+    rows = compare(args.height, args.width, cell_size=args.cell_size,
+                   num_classes=args.num_classes or None, in_channels=args.in_channels,
+                   out_channels=args.out_channels, hidden_width=args.hidden_width, depth=args.depth,
+                   batch=args.batch, backends=args.backend, precisions=args.precision, backward=args.backward,
+                   seed=args.seed)
+    return 0 if all(row["ok"] for row in rows) else 1
 
 
-def compare(args) -> int:
-    import torch
+def _autotune(args) -> int:
+    from .tuning import autotune
 
-    import asapnet_triton as at
-    from asapnet_triton.reference import pixelwise_mlp_einsum
-    from asapnet_triton.testing import device_for, random_inputs, relative_error
+    autotune(args.height, args.width, cell_size=args.cell_size, num_classes=args.num_classes or None,
+             in_channels=args.in_channels, out_channels=args.out_channels, hidden_width=args.hidden_width,
+             depth=args.depth, precision=args.precision, batch=args.batch, kernels=args.kernels,
+             repeats=args.repeats)
+    return 0
 
-    labels = args.num_classes > 0
-    shape = at.MLPShape(args.num_classes if labels else args.in_channels, args.cell_size,
-                        args.out_channels, args.hidden_width, args.depth)
-    generator = torch.Generator().manual_seed(args.seed)
-    x, params = random_inputs(shape, args.batch, args.height, args.width, labels=labels, generator=generator)
-    kwargs = dict(cell_size=shape.cell_size, out_channels=shape.out_channels, hidden_width=shape.hidden_width,
-                  depth=shape.depth, num_classes=shape.in_channels if labels else None)
-    ref, ref_time = _time(lambda: pixelwise_mlp_einsum(x, params.double(), **kwargs))
-    what = f"{args.num_classes}-class labels" if labels else f"{args.in_channels}-channel input"
-    print(f"pixelwise MLP {args.batch}x{args.height}x{args.width}, {what}, cell {shape.cell_size}, "
-          f"{shape.depth} layers x {shape.hidden_width}; float64 einsum reference: {ref_time * 1e3:.1f} ms")
-    header = f"{'backend':<10} {'runs as':<10} {'precision':<9} {'max abs err':>11} {'rel err':>9} {'tolerance':>9} {'time ms':>9}  result"
+
+def _kernel_report(args) -> int:
+    from tqdm.auto import tqdm
+
+    from .aot import kernel_resources
+    from .kernels.pixelwise_mlp import default_config
+    from .layout import MLPShape
+
+    archs = []
+    for arch in args.arch:
+        if not arch.startswith("sm_") or not arch[3:].isdigit():
+            raise SystemExit(f"asapnet kernel-report: --arch entries look like sm_80 or sm_90, got {arch!r}")
+        archs.append(int(arch[3:]))
+    jobs = [(kernel, labels, cell, precision, arch)
+            for arch in archs for precision in args.precision for cell in args.cell_size
+            for labels in (True, False) for kernel in ("forward", "backward")]
+    rows = []
+    for kernel, labels, cell, precision, arch in tqdm(jobs, desc="compiling", unit="kernel"):
+        shape = MLPShape(args.num_classes if labels else args.in_channels, cell,
+                         hidden_width=args.hidden_width, depth=args.depth)
+        config = default_config(kernel, shape, labels=labels, precision=precision, arch=arch)
+        row = kernel_resources(kernel, shape, labels=labels, precision=precision, config=config, arch=arch).as_dict()
+        row.update(input=f"{args.num_classes} labels" if labels else f"{args.in_channels}-ch float", cell_size=cell)
+        rows.append(row)
+    header = (f"{'kernel':<8} {'input':<11} {'cell':>4} {'prec':<5} {'arch':<5} {'block':>5} {'px/prog':>7} "
+              f"{'warps':>5} {'regs':>4} {'spill st/ld B':>13} {'smem KiB':>8} {'HMMA':>5} {'HGMMA':>5} {'occup':>5}")
     print(header)
     print("-" * len(header))
-    failures = 0
-    for backend in args.backend:
-        device = device_for(at.resolve_backend(backend, "cuda" if backend == "triton" else "cpu"))
-        resolved = at.resolve_backend(backend, device)
-        for precision in args.precision:
-            def run():
-                out = at.pixelwise_mlp(x.to(device), params.to(device), precision=precision,
-                                       backend=backend, **kwargs)
-                if device == "cuda":
-                    torch.cuda.synchronize()
-                return out
-            try:
-                run()  # warm-up: compilation, caches
-                out, seconds = _time(run)
-            except Exception as error:  # report and go on with the other backends
-                print(f"{backend:<10} {resolved:<10} {precision:<9} {'':>11} {'':>9} {'':>9} {'':>9}  "
-                      f"ERROR {type(error).__name__}: {error}")
-                failures += 1
-                continue
-            abs_err = (out.cpu().double() - ref).abs().max().item()
-            rel = relative_error(out.cpu(), ref)
-            tol = at.TOLERANCES[precision]
-            ok = rel <= tol
-            failures += not ok
-            print(f"{backend:<10} {resolved:<10} {precision:<9} {abs_err:>11.2e} {rel:>9.2e} {tol:>9.0e} "
-                  f"{seconds * 1e3:>9.1f}  {'ok' if ok else 'OUT OF TOLERANCE'}")
-    return 1 if failures else 0
+    for r in rows:
+        print(f"{r['kernel']:<8} {r['input']:<11} {r['cell_size']:>4} {r['precision']:<5} {'sm_' + str(r['arch']):<5} "
+              f"{r['block_pixels']:>5} {r['pixels_per_program']:>7} {r['num_warps']:>5} {r['registers']:>4} "
+              f"{str(r['spill_store_bytes']) + '/' + str(r['spill_load_bytes']):>13} "
+              f"{r['shared_memory_bytes'] / 1024:>8.1f} {r['hmma']:>5} {r['hgmma']:>5} {r['occupancy']:>5.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+        print(f"wrote {args.json}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="asapnet", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    _compare_parser(sub)
+    parser = _parser()
     args = parser.parse_args(argv)
+    # Triton chooses between its interpreter and its compiler when it is first imported: set the
+    # environment for the request before anything imports it.
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    if args.command == "kernel-report":
+        if interpreting:
+            if "triton" in sys.modules:
+                parser.error("kernel-report needs Triton's compiler, but the interpreter is already active")
+            os.environ.pop("TRITON_INTERPRET")
+        return _kernel_report(args)
+    wants_interpreter = (args.backend is not None and "interpret" in args.backend) if args.command == "compare" \
+        else (args.backend == "interpret" or (args.backend is None and not _cuda_available()))
+    if args.command == "compare" and "interpret" in args.backend and "triton" in args.backend:
+        parser.error("--backend: 'triton' and 'interpret' cannot run in one process "
+                     "(Triton's interpreter is chosen when triton is first imported)")
+    if wants_interpreter and not interpreting:
+        if "triton" in sys.modules:
+            parser.error("Triton's interpreter was requested, but triton was already imported without it")
+        os.environ["TRITON_INTERPRET"] = "1"
     if args.command == "compare":
-        if "interpret" in args.backend:
-            if "triton" in args.backend:
-                parser.error("--backend: 'triton' and 'interpret' cannot run in one process "
-                             "(Triton's interpreter is chosen when triton is first imported)")
-            if "triton" in sys.modules and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-                parser.error("--backend interpret: triton was imported before the interpreter could be enabled")
-            os.environ["TRITON_INTERPRET"] = "1"
-        return compare(args)
-    return 2
+        return _compare(args)
+    return _autotune(args)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["GRAD_TOLERANCES", "PRECISIONS", "TOLERANCES", "check_precision", "round_operand"]
+__all__ = ["GRAD_NORMS", "GRAD_TOLERANCES", "PRECISIONS", "TOLERANCES", "check_precision", "round_operand"]
 
 PRECISIONS = ("fp64", "fp32", "tf32", "bf16", "fp16")
 
@@ -16,14 +16,16 @@ PRECISIONS = ("fp64", "fp32", "tf32", "bf16", "fp16")
 # for the default-sized MLPs of this project; tests and `compare` use these.
 TOLERANCES = {"fp64": 1e-10, "fp32": 1e-5, "tf32": 2e-3, "bf16": 1e-2, "fp16": 1e-2}
 
-# Gradients: relative error of each gradient tensor against the float64 reference. fp64 and fp32
-# are held to the max-norm (max |error| / max |reference|). With rounded operands the
-# recomputed activations differ from the exact ones by the format's rounding, which flips the
-# leaky-ReLU slope (1 vs 0.01) of the rare activations within that rounding of zero: a heavy
-# tail of large per-pixel errors that no implementation avoids. Reduced precisions are therefore
-# held to the RMS norm (||error||_2 / ||reference||_2).
-GRAD_TOLERANCES = {"fp64": 1e-10, "fp32": 1e-5, "tf32": 5e-2, "bf16": 1e-1, "fp16": 5e-2}
-GRAD_NORMS = {"fp64": "max", "fp32": "max", "tf32": "rms", "bf16": "rms", "fp16": "rms"}
+# Gradients: relative error of each gradient tensor against the float64 reference. A leaky-ReLU
+# network's gradient is discontinuous where a pre-activation crosses zero: any computation less
+# exact than the reference flips the slope (1 vs 0.01) of the rare activations within its rounding
+# of zero (seen in fp32: a pre-activation of -3e-10 in 4 million), each flip an O(1) error in one
+# pixel's gradient. No implementation avoids it, so gradients are held to the RMS norm
+# (||error||_2 / ||reference||_2), where such isolated flips stay small; fp64 to the max-norm.
+# (The test suite also holds fp32 gradients to the max-norm at 1e-5 on its fixed inputs, which
+# have no flips.)
+GRAD_TOLERANCES = {"fp64": 1e-10, "fp32": 1e-3, "tf32": 5e-2, "bf16": 1e-1, "fp16": 5e-2}
+GRAD_NORMS = {"fp64": "max", "fp32": "rms", "tf32": "rms", "bf16": "rms", "fp16": "rms"}
 
 
 def check_precision(precision: str, params_dtype: torch.dtype) -> str:

@@ -6,8 +6,6 @@ import json
 import os
 import platform
 import re
-import statistics
-import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -49,28 +47,17 @@ def machine_description() -> dict:
     return info
 
 
-def results_dir() -> Path:
-    path = RESULTS / machine_name()
+def results_dir(folder: str | None = None) -> Path:
+    """bench/results/<folder>, by default the folder of this machine."""
+    path = RESULTS / (folder or machine_name())
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def write_json(name: str, payload: dict) -> Path:
-    """Write ``payload`` (with the machine's description) atomically to results/<machine>/<name>."""
-    path = results_dir() / name
+def write_json(name: str, payload: dict, folder: str | None = None) -> Path:
+    """Write ``payload`` (with the machine's description) atomically to results/<folder>/<name>."""
+    path = results_dir(folder) / name
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps({"machine": machine_description(), **payload}, indent=2) + "\n")
     tmp.replace(path)
     return path
-
-
-def median_time(fn, *, repeats: int = 5, warmup: int = 1) -> float:
-    """Median wall-clock seconds of ``fn()`` over ``repeats`` runs after ``warmup`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)

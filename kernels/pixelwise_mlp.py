@@ -28,14 +28,17 @@ from asapnet_triton.layout import MLPShape
 __all__ = [
     "SUPPORTED_HIDDEN_WIDTHS",
     "LaunchConfig",
-    "default_backward_config",
-    "default_forward_config",
+    "default_config",
+    "device_arch",
     "interpreter_active",
     "pixelwise_mlp_backward",
     "pixelwise_mlp_forward",
 ]
 
 SUPPORTED_HIDDEN_WIDTHS = (16, 32, 64, 128)
+
+# Input gradients of at most this many channels are computed as row reductions, not a product.
+ROW_GRAD_X_MAX = tl.constexpr(16)
 
 # Operand rounding done by hand instead of by tl.dot (see _as_operand).
 _ROUND_NATIVE, _ROUND_BF16, _ROUND_TF32 = 0, 1, 2
@@ -329,8 +332,16 @@ def _pixelwise_mlp_bwd_kernel(
     b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last = _load_cell_mlp(
         p_cell, stride_pc, C_IN, LABELS, N_PE, HIDDEN, DEPTH, C_OUT, C_IN_PAD, PE_PAD, C_OUT_PAD,
         DOT_DTYPE, ACC_DTYPE, ROUNDING)
+    w_in_rows = ()
+    if NEED_GRAD_X and C_IN <= ROW_GRAD_X_MAX:
+        for c in tl.static_range(C_IN):  # row c of layer 0's weight, as an operand
+            w_in_rows = w_in_rows + (_as_operand(_load_bias(p_cell, stride_pc, HIDDEN + c * HIDDEN, HIDDEN, HIDDEN),
+                                                 DOT_DTYPE, ROUNDING).to(ACC_DTYPE),)
     g_b0 = tl.zeros((HIDDEN,), ACC_DTYPE)
-    g_w_in = tl.zeros((C_IN_PAD, HIDDEN), ACC_DTYPE)
+    if LABELS:
+        g_w_in_t = tl.zeros((HIDDEN, C_IN_PAD), ACC_DTYPE)  # transposed: the one-hot is the B operand
+    else:
+        g_w_in = tl.zeros((C_IN_PAD, HIDDEN), ACC_DTYPE)
     g_w_pe = tl.zeros((PE_PAD, HIDDEN), ACC_DTYPE)
     g_hidden_b = ()
     g_hidden_w = ()
@@ -377,21 +388,32 @@ def _pixelwise_mlp_bwd_kernel(
         if LABELS:
             # the scatter-add of dz's rows by label, as the product with the block's one-hot
             # (exact in any operand format): deterministic, no atomics
-            one_hot = ((layer_in[None, :] == c_in[:, None]) & valid[None, :]).to(ACC_DTYPE)
-            g_w_in = _dot_acc(one_hot, dz_operand, g_w_in, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            one_hot = ((layer_in[:, None] == c_in[None, :]) & valid[:, None]).to(DOT_DTYPE)
+            g_w_in_t = _dot_acc(tl.trans(dz_operand), one_hot, g_w_in_t, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         else:
             g_w_in = _dot_acc(tl.trans(layer_in), dz_operand, g_w_in, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
             if NEED_GRAD_X:
-                dx = _dot(dz, tl.trans(w_in), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
-                dx_ptrs = (grad_x_ptr + b * stride_dxb + gy[:, None] * stride_dxh + gx[:, None] * stride_dxw
-                           + c_in[None, :] * stride_dxc)
-                tl.store(dx_ptrs, dx.to(grad_x_ptr.dtype.element_ty),
-                         mask=valid[:, None] & (c_in[None, :] < C_IN))
+                dx_img = grad_x_ptr + b * stride_dxb + gy * stride_dxh + gx * stride_dxw
+                if C_IN <= ROW_GRAD_X_MAX:
+                    # dz @ w_in^T as one row reduction per input channel: for the few channels of
+                    # an image this keeps the backward free of spills, which the small extra
+                    # product (and its transposed operand) is not (see `asapnet kernel-report`)
+                    dz_acc = dz_operand.to(ACC_DTYPE)
+                    for c in tl.static_range(C_IN):
+                        dx_c = tl.sum(dz_acc * w_in_rows[c][None, :], axis=1)
+                        tl.store(dx_img + c * stride_dxc, dx_c.to(grad_x_ptr.dtype.element_ty), mask=valid)
+                else:
+                    dx = _dot(dz, tl.trans(w_in), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+                    tl.store(dx_img[:, None] + c_in[None, :] * stride_dxc, dx.to(grad_x_ptr.dtype.element_ty),
+                             mask=valid[:, None] & (c_in[None, :] < C_IN))
 
     # this program's parameter gradients, in the parameter layout
     g_cell = grad_params_ptr + (cell.to(tl.int64) * tl.num_programs(1) + part) * P
     _store_bias(g_cell, g_b0, 0, HIDDEN, HIDDEN)
-    _store_weight(g_cell, g_w_in, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
+    if LABELS:
+        _store_weight(g_cell, tl.trans(g_w_in_t), HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
+    else:
+        _store_weight(g_cell, g_w_in, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
     if N_PE > 0:
         _store_weight(g_cell, g_w_pe, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN)
     HIDDEN_OFFSET: tl.constexpr = HIDDEN + (C_IN + N_PE) * HIDDEN
@@ -455,37 +477,46 @@ class LaunchConfig:
         return LaunchConfig(block, per_program, self.num_warps, self.num_stages)
 
 
-def default_forward_config(shape: MLPShape, precision: str = "bf16", interpret: bool = False) -> LaunchConfig:
-    """The forward launch configuration used when none is given (autotuning may pick another).
+def default_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str = "bf16",
+                   interpret: bool = False, arch: int = 90) -> LaunchConfig:
+    """The launch configuration of ``kernel`` ("forward" or "backward") used when none is given
+    and the autotuning cache has none; ``arch`` is the GPU's compute capability (80, 90, ...).
 
     Interpreted: whole cells in one block, since the interpreter's cost is per operation.
-    Compiled: chosen from ahead-of-time compiles for sm_80 and sm_90 (ptxas spill counts, default
-    model, 35 labels and 3-channel input): with 16-bit or tf32 operands, 64-pixel blocks over 8
-    warps keep hidden widths <= 64 free of spills; fp32 ("ieee", no tensor cores) needs 16-pixel
-    blocks; width 128 spills in every configuration tried and gets the least-spilling one.
+    Compiled: chosen from ahead-of-time compiles (``asapnet kernel-report``: ptxas spill counts,
+    default model, 35 labels and 3-channel input, cells 32 and 64) as the least-spilling
+    configuration tried:
+    - forward, 16-bit operands: 64-pixel blocks over 8 warps (no spills on sm_90, none for float
+      input on sm_80); tf32 operands: 32-pixel blocks over 4 warps; on sm_8x with labels, 16-pixel
+      blocks over 8 warps (larger ones spill there);
+    - forward, fp32 ("ieee", no tensor cores): 16-pixel blocks over 8 warps;
+    - backward: 16-pixel blocks over 8 warps (it holds a block's recomputed activations and every
+      layer's gradient sums besides the weights);
+    - hidden width 128 spills in every configuration tried and gets the least-spilling one.
     """
+    if kernel not in ("forward", "backward"):
+        raise ValueError(f"kernel must be 'forward' or 'backward', got {kernel!r}")
     if interpret:
         return _interpreter_config(shape)
     if shape.hidden_width >= 128:
-        config = LaunchConfig(block_pixels=32, pixels_per_program=1024, num_warps=4)
-    elif precision in ("fp32", "fp64"):
+        config = LaunchConfig(block_pixels=32 if kernel == "forward" else 16, pixels_per_program=1024, num_warps=4
+                              if kernel == "forward" else 8)
+    elif kernel == "backward" or precision in ("fp32", "fp64") or (labels and arch < 90):
         config = LaunchConfig(block_pixels=16, pixels_per_program=1024, num_warps=8)
+    elif precision == "tf32":
+        config = LaunchConfig(block_pixels=32, pixels_per_program=1024, num_warps=4)
     else:
         config = LaunchConfig(block_pixels=64, pixels_per_program=1024, num_warps=8)
     return config.fitted(shape.cell_size)
 
 
-def default_backward_config(shape: MLPShape, precision: str = "bf16", interpret: bool = False) -> LaunchConfig:
-    """The backward launch configuration used when none is given (autotuning may pick another).
-
-    The backward kernel holds a block's recomputed activations and the program's gradient sums of
-    every layer besides the weights. Ahead-of-time compiles (default model, cell 64): 16-pixel
-    blocks over 8 warps are the least-spilling configuration tried on sm_90 (none with labels;
-    some with float input, whose input gradient adds a product per block).
-    """
-    if interpret:
-        return _interpreter_config(shape)
-    return LaunchConfig(block_pixels=16, pixels_per_program=1024, num_warps=8).fitted(shape.cell_size)
+def device_arch(device: torch.device | str) -> int:
+    """Compute capability of a CUDA device as 80, 90, ...; 90 for anything else."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return 90
 
 
 def _interpreter_config(shape: MLPShape) -> LaunchConfig:
@@ -542,6 +573,14 @@ def kernel_constexprs(shape: MLPShape, *, labels: bool, precision: str, config: 
     )
 
 
+def chosen_config(*args, **kwargs):
+    """The launch configuration for a launch without one: tuned (from the autotuning cache) or
+    the default; see ``asapnet_triton.tuning.chosen_config``."""
+    from asapnet_triton.tuning import chosen_config as choose
+
+    return choose(*args, **kwargs)
+
+
 def _check_launch(shape: MLPShape, **tensors: torch.Tensor) -> bool:
     """Checks common to both launchers; returns whether the interpreter runs the kernels."""
     interpret = interpreter_active()
@@ -587,6 +626,8 @@ def pixelwise_mlp_forward(
     x: (B, C_in, H, W) float, or (B, H, W) integer labels in [0, shape.in_channels) when ``labels``
     (the caller checks the label range). params: (B, P, Hc, Wc), any strides (channels-last is the
     fast case). Returns ``out`` (B, C_out, H, W) in params' dtype, allocated when not given.
+    Without ``config``: the autotuned configuration for these shapes if the cache has one, else
+    the default (``chosen_config`` tells which).
     Inputs must be CUDA tensors, or CPU tensors when Triton's interpreter is active.
     """
     interpret = _check_launch(shape, x=x, params=params)
@@ -599,7 +640,8 @@ def pixelwise_mlp_forward(
         raise ValueError(f"out must have shape {(B, shape.out_channels, H, W)} and dtype {params.dtype}, "
                          f"got {tuple(out.shape)} {out.dtype}")
     if config is None:
-        config = default_forward_config(shape, precision, interpret)
+        config, _ = chosen_config("forward", shape, labels=labels, precision=precision, params_dtype=params.dtype,
+                                  pixels=B * H * W, device=params.device, interpret=interpret)
     constexprs = kernel_constexprs(shape, labels=labels, precision=precision, config=config,
                                    interpret=interpret)
     pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]
@@ -639,7 +681,8 @@ def pixelwise_mlp_backward(
     if grad_out.shape != (B, shape.out_channels, H, W):
         raise ValueError(f"grad_out must have shape {(B, shape.out_channels, H, W)}, got {tuple(grad_out.shape)}")
     if config is None:
-        config = default_backward_config(shape, precision, interpret)
+        config, _ = chosen_config("backward", shape, labels=labels, precision=precision, params_dtype=params.dtype,
+                                  pixels=B * H * W, device=params.device, interpret=interpret)
     constexprs = kernel_constexprs(shape, labels=labels, precision=precision, config=config,
                                    interpret=interpret)
     pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]

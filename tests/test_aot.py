@@ -1,5 +1,5 @@
-"""The Triton kernels compile for real GPUs (sm_80, sm_90) with their default configurations and
-use tensor-core instructions for 16-bit operands.
+"""The Triton kernels compile for real GPUs (sm_80, sm_90) with their default configurations, use
+tensor-core instructions for tf32, bf16 and fp16 operands, and do not spill on sm_90.
 
 The interpreter runs the kernels' Python, not Triton's compiler: only compiling them proves the
 compiled path is valid Triton. This runs in a subprocess, since the test process has Triton's
@@ -17,13 +17,14 @@ SCRIPT = r"""
 import json
 from asapnet_triton.aot import kernel_resources
 from asapnet_triton.layout import MLPShape
-from asapnet_triton.kernels.pixelwise_mlp import default_backward_config, default_forward_config
+from asapnet_triton.kernels.pixelwise_mlp import default_config
 rows = []
-for arch, precision in [(90, "bf16"), (80, "bf16"), (90, "fp32")]:
+for arch, precision, cell in [(90, "bf16", 64), (80, "bf16", 64), (90, "fp32", 64), (90, "tf32", 32),
+                               (90, "fp16", 32)]:
     for labels in (True, False):
-        shape = MLPShape(35 if labels else 3, 64)
-        for kernel, default in (("forward", default_forward_config), ("backward", default_backward_config)):
-            config = default(shape, precision)
+        shape = MLPShape(35 if labels else 3, cell)
+        for kernel in ("forward", "backward"):
+            config = default_config(kernel, shape, labels=labels, precision=precision, arch=arch)
             rows.append(kernel_resources(kernel, shape, labels=labels, precision=precision, config=config,
                                          arch=arch).as_dict())
 print(json.dumps(rows))
@@ -39,23 +40,24 @@ def resources():
 
 
 def test_every_default_kernel_compiles(resources):
-    assert len(resources) == 12
+    assert len(resources) == 20
     kinds = {(r["kernel"], r["arch"], r["precision"], r["labels"]) for r in resources}
-    assert len(kinds) == 12
+    assert len(kinds) == 20
     for r in resources:
         assert 0 < r["registers"] <= 255, r
 
 
-def test_tensor_cores_for_16_bit_operands(resources):
+def test_tensor_cores_for_reduced_precisions(resources):
     for r in resources:
-        if r["precision"] == "bf16":
-            mma = r["hgmma"] if r["arch"] == 90 else r["hmma"]
-            assert mma > 0, r
+        if r["precision"] in ("tf32", "bf16", "fp16"):
+            # HMMA (mma.sync) on sm_80 and sm_90, HGMMA (wgmma) on sm_90 only
+            assert r["hmma"] + r["hgmma"] > 0, r
+            assert r["arch"] == 90 or r["hgmma"] == 0, r
         else:  # fp32 "ieee" products run on the FMA units
             assert r["hgmma"] == 0 and r["hmma"] == 0, r
 
 
-def test_default_forward_kernels_on_sm90_do_not_spill(resources):
+def test_default_kernels_on_sm90_do_not_spill(resources):
     for r in resources:
-        if r["kernel"] == "forward" and r["arch"] == 90:
+        if r["arch"] == 90:
             assert r["spill_store_bytes"] == 0 and r["spill_load_bytes"] == 0, r

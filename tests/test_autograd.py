@@ -2,9 +2,11 @@
 the float64 einsum reference; gradcheck; determinism; what the forward saves; training steps;
 torch.compile.
 
-Tolerances (``asapnet_triton.GRAD_TOLERANCES``): fp32 1e-5 and fp64 1e-10 in the max-norm;
-tf32 5e-2, fp16 5e-2, bf16 1e-1 in the RMS norm (see precision.py for why), plus the kernel and
-the torch backend, which implement the same rounding, must agree to 1e-3 RMS.
+Tolerances: fp32 gradients 1e-5 in the max-norm (FP32_MAX_NORM: stricter than the library's
+``GRAD_TOLERANCES``, which allow for leaky-ReLU slope flips on arbitrary inputs; these fixed
+inputs have none), fp64 1e-10 in the max-norm; tf32 5e-2, fp16 5e-2, bf16 1e-1 in the RMS norm
+(see precision.py for why), plus the kernel and the torch backend, which implement the same
+rounding, must agree to 1e-3 RMS.
 """
 
 import pytest
@@ -13,9 +15,10 @@ import torch
 import asapnet_triton as at
 from asapnet_triton.reference import pixelwise_mlp_einsum
 from asapnet_triton.testing import (device_for, gradient_error, kernel_backends, random_inputs,
-                                    rms_relative_error)
+                                    relative_error, rms_relative_error)
 
 IMPLEMENTATIONS = ["torch", *kernel_backends()]
+FP32_MAX_NORM = 1e-5
 
 
 def kwargs_of(shape, labels):
@@ -64,10 +67,10 @@ def test_gradients_match_reference(backend, generator, batch, channels, height, 
     grad_x, grad_params = grads(backend, x, params, grad_out, shape, labels)
     ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
     assert grad_params.shape == params.shape and grad_params.dtype == params.dtype
-    assert gradient_error(grad_params, ref_params, "fp32") <= at.GRAD_TOLERANCES["fp32"]
+    assert relative_error(grad_params, ref_params) <= FP32_MAX_NORM
     if not labels:
         assert grad_x.shape == x.shape
-        assert gradient_error(grad_x, ref_x, "fp32") <= at.GRAD_TOLERANCES["fp32"]
+        assert relative_error(grad_x, ref_x) <= FP32_MAX_NORM
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])

@@ -1,0 +1,150 @@
+"""The GPU suite: correctness on the GPU, autotuning, and timings of the fused kernels against the
+published algorithm and the einsum reference, in one command (about 5-9 minutes on an H100).
+
+    python bench/gpu_suite.py            # on a machine with a CUDA GPU
+    python bench/gpu_suite.py --smoke    # the same flow on the CPU with Triton's interpreter and
+                                         # tiny shapes, to check the script itself (numbers meaningless)
+
+Steps:
+ 1. correctness: ``asapnet_triton.compare`` with the "triton" backend, every precision, forward and
+    backward, 35-class labels and 3-channel float input, against the float64 einsum reference;
+ 2. autotuning of the forward and backward kernels for the default model (35 classes, cell 64,
+    bf16) at 1024x2048, stored in the autotuning cache that step 3 then uses;
+ 3. timings (median of CUDA-synchronised runs) of forward and forward + backward at 512x512,
+    1024x1024, 1024x2048 and 2048x2048 (batch 1, 35 classes, cell 64, the paper's 5x64 MLP): the fused
+    kernels in bf16 and fp32 ("triton"), the published algorithm ("published", fp32, autograd) and
+    the einsum reference ("einsum", fp32, only where its full-resolution weights fit in memory).
+Writes bench/results/<gpu name>/gpu_suite.json and gpu_suite.png; exits 1 when a correctness
+check fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+RESOLUTIONS = [(512, 512), (1024, 1024), (1024, 2048), (2048, 2048)]
+SMOKE_RESOLUTIONS = [(32, 32), (64, 64)]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="run the flow on the CPU with the interpreter")
+    parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
+    parser.add_argument("--skip-tuning", action="store_true")
+    args = parser.parse_args()
+    if args.smoke:
+        os.environ["TRITON_INTERPRET"] = "1"
+    import torch
+
+    import asapnet_triton as at
+    from asapnet_triton.reference import pixelwise_mlp_einsum, pixelwise_mlp_published
+    from asapnet_triton.testing import random_inputs
+    from asapnet_triton.timing import median_seconds
+    from common import machine_name, results_dir, write_json
+
+    if not args.smoke and not torch.cuda.is_available():
+        print("gpu_suite: no CUDA GPU here; run it on a GPU machine, or with --smoke to check the flow on the CPU")
+        return 2
+    device = "cpu" if args.smoke else "cuda"
+    backend = "interpret" if args.smoke else "triton"
+    resolutions = SMOKE_RESOLUTIONS if args.smoke else RESOLUTIONS
+    repeats = 1 if args.smoke else args.repeats
+    started = time.perf_counter()
+    report = {"command": "python bench/gpu_suite.py" + (" --smoke" if args.smoke else ""), "steps": {}}
+
+    # 1. correctness on the device
+    print("== 1. correctness against the float64 einsum reference", flush=True)
+    size = (32, 48) if args.smoke else (128, 256)
+    checks = []
+    for num_classes, cell in ((35, 32), (None, 16)):
+        checks += at.compare(*size, cell_size=cell if not args.smoke else 16, num_classes=num_classes,
+                             backends=[backend], precisions=["fp32", "tf32", "bf16", "fp16"], backward=True)
+    failed = [row for row in checks if not row["ok"]]
+    report["steps"]["correctness"] = {"rows": checks, "failed": len(failed)}
+
+    # 2. autotuning
+    if not args.skip_tuning:
+        print("== 2. autotuning (default model, bf16)", flush=True)
+        tune_size = (64, 64) if args.smoke else (1024, 2048)
+        rows = at.autotune(*tune_size, cell_size=16 if args.smoke else 64, num_classes=35, precision="bf16",
+                           repeats=1 if args.smoke else 3, device=device)
+        report["steps"]["autotune"] = rows
+
+    # 3. timings
+    print("== 3. timings", flush=True)
+    cell = 16 if args.smoke else 64
+    shape = at.MLPShape(35, cell)
+    memory = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else 24 * 2**30
+
+    def timed(fn) -> float:
+        return median_seconds(fn, repeats=repeats, device=device)
+
+    timings = []
+    header = f"{'resolution':>10} {'implementation':<16} {'forward ms':>11} {'fwd+bwd ms':>11}"
+    print(header)
+    for height, width in resolutions:
+        g = torch.Generator().manual_seed(0)
+        labels, params = random_inputs(shape, 1, height, width, labels=True, generator=g)
+        labels, params = labels.to(device), params.to(device)
+        grad = torch.randn(1, 3, height, width, generator=g).to(device)
+        kwargs = dict(cell_size=cell, num_classes=35)
+        impls = {
+            "triton bf16": lambda p: at.pixelwise_mlp(labels, p, precision="bf16", backend=backend, **kwargs),
+            "triton fp32": lambda p: at.pixelwise_mlp(labels, p, precision="fp32", backend=backend, **kwargs),
+            "published": lambda p: pixelwise_mlp_published(labels, p, **kwargs),
+        }
+        # the einsum reference holds one layer's weights at full resolution (64 * 64 * 4 bytes a pixel)
+        if 64 * 64 * 4 * height * width * 3 < 0.5 * memory:
+            impls["einsum"] = lambda p: pixelwise_mlp_einsum(labels, p, **kwargs)
+        for name, fn in impls.items():
+            try:
+                with torch.no_grad():
+                    forward = timed(lambda: fn(params))
+                leaf = params.clone().requires_grad_()
+                both = timed(lambda: fn(leaf).backward(grad))
+            except torch.OutOfMemoryError:
+                print(f"{height}x{width:<5} {name:<16} out of memory", flush=True)
+                torch.cuda.empty_cache()
+                continue
+            timings.append(dict(height=height, width=width, megapixels=height * width / 1e6, implementation=name,
+                                forward_seconds=forward, forward_backward_seconds=both))
+            print(f"{height}x{width:<5} {name:<16} {forward * 1e3:>11.3f} {both * 1e3:>11.3f}", flush=True)
+    report["steps"]["timings"] = timings
+    report["seconds"] = time.perf_counter() - started
+    folder = "smoke-" + machine_name() if args.smoke else None
+    path = write_json("gpu_suite.json", report, folder=folder)
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, key, title in ((axes[0], "forward_seconds", "forward"), (axes[1], "forward_backward_seconds", "forward + backward")):
+        for name in dict.fromkeys(t["implementation"] for t in timings):
+            points = [t for t in timings if t["implementation"] == name]
+            ax.loglog([t["megapixels"] for t in points], [t[key] * 1e3 for t in points], "o-", label=name)
+        ax.set_title(title)
+        ax.set_xlabel("megapixels (batch 1)")
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel("median time (ms)")
+    axes[0].legend()
+    fig.suptitle(f"HR stream, 35 classes, cell {cell}, 5x64 MLP - {machine_name()}")
+    fig.tight_layout()
+    png = results_dir(folder) / "gpu_suite.png"
+    fig.savefig(png, dpi=120)
+    print(f"wrote {path} and {png} in {report['seconds']:.0f} s")
+    if failed:
+        print(f"{len(failed)} correctness check(s) failed")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

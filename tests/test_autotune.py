@@ -1,0 +1,131 @@
+"""Autotuning: the configuration space, the cache (persisted, loaded, corrupt or stale files
+ignored with a warning), the switch that pins defaults, and tuned launches staying correct."""
+
+import json
+
+import pytest
+import torch
+
+import asapnet_triton as at
+from asapnet_triton import tuning
+from asapnet_triton.kernels.pixelwise_mlp import LaunchConfig, default_config
+from asapnet_triton.reference import pixelwise_mlp_einsum
+from asapnet_triton.testing import kernel_backends, random_inputs, relative_error
+
+needs_interpreter = pytest.mark.skipif("interpret" not in kernel_backends(), reason="needs Triton's interpreter")
+SHAPE = at.MLPShape(5, 16, 3, 16, 3)
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    path = tmp_path / "tuned.json"
+    monkeypatch.setenv(tuning.CACHE_ENV, str(path))
+    monkeypatch.delenv(tuning.DISABLE_ENV, raising=False)
+    monkeypatch.setattr(tuning, "_loaded", None)
+    return path
+
+
+def choose(kernel="forward", pixels=2 * 40 * 33, labels=True, interpret=True):
+    return tuning.chosen_config(kernel, SHAPE, labels=labels, precision="fp32", params_dtype=torch.float32,
+                                pixels=pixels, device="cpu", interpret=interpret)
+
+
+@pytest.mark.parametrize("kernel", tuning.KERNELS)
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("hidden", [16, 64, 128])
+def test_config_space_is_valid_and_holds_the_default(kernel, precision, hidden):
+    shape = at.MLPShape(35, 64, hidden_width=hidden)
+    space = tuning.config_space(kernel, shape, precision)
+    default = default_config(kernel, shape, labels=True, precision=precision)
+    assert default in space and len(space) == len(set(space))
+    for config in space:
+        assert config == config.fitted(shape.cell_size)
+        assert config.block_pixels <= config.pixels_per_program <= 4096
+        if config != default:  # the pruning estimates hold for every candidate it kept
+            assert tuning._estimated_registers(kernel, shape, config) <= 255
+
+
+def test_space_is_pruned():
+    shape = at.MLPShape(35, 64, hidden_width=128)
+    forward = tuning.config_space("forward", shape, "bf16")
+    backward = tuning.config_space("backward", shape, "bf16")
+    assert len(backward) < len(forward) < 4 * 3 * 2 * 2  # all blocks x programs x warps x stages
+
+
+def test_key_holds_everything_that_matters():
+    base = dict(labels=True, precision="bf16", params_dtype=torch.float32, pixels=1024 * 2048, device="H100")
+    key = tuning.tuning_key("forward", at.MLPShape(35, 64), **base)
+    variants = [
+        tuning.tuning_key("backward", at.MLPShape(35, 64), **base),
+        tuning.tuning_key("forward", at.MLPShape(34, 64), **base),
+        tuning.tuning_key("forward", at.MLPShape(35, 32), **base),
+        tuning.tuning_key("forward", at.MLPShape(35, 64, hidden_width=32), **base),
+        tuning.tuning_key("forward", at.MLPShape(35, 64, depth=4), **base),
+        tuning.tuning_key("forward", at.MLPShape(35, 64, out_channels=1), **base),
+        tuning.tuning_key("forward", at.MLPShape(35, 64), **(base | dict(labels=False))),
+        tuning.tuning_key("forward", at.MLPShape(35, 64), **(base | dict(precision="fp16"))),
+        tuning.tuning_key("forward", at.MLPShape(35, 64), **(base | dict(params_dtype=torch.bfloat16))),
+        tuning.tuning_key("forward", at.MLPShape(35, 64), **(base | dict(pixels=512 * 512))),
+        tuning.tuning_key("forward", at.MLPShape(35, 64), **(base | dict(device="A100"))),
+    ]
+    assert len({key, *variants}) == len(variants) + 1
+    # the pixel count is bucketed: a slightly different size reuses the tuning
+    assert key == tuning.tuning_key("forward", at.MLPShape(35, 64), **(base | dict(pixels=1000 * 2048)))
+
+
+@needs_interpreter
+def test_autotune_persists_and_launches_use_it(cache, generator):
+    lines = []
+    rows = tuning.autotune(40, 33, cell_size=16, num_classes=5, hidden_width=16, depth=3, precision="fp32",
+                           batch=2, repeats=1, progress=False, printer=lines.append)
+    assert cache.exists()
+    stored = json.loads(cache.read_text())["entries"]
+    assert {row["kernel"] for row in rows} == {"forward", "backward"} and len(stored) == 2
+    assert any("vs best" in line for line in lines)
+    for kernel in tuning.KERNELS:
+        best = min((r for r in rows if r["kernel"] == kernel), key=lambda r: r["seconds"])
+        assert min(r["relative"] for r in rows if r["kernel"] == kernel) == 1.0
+        # a fresh process state reads the file back
+        tuning._loaded = None
+        config, source = choose(kernel)
+        assert source == "tuned" and config == LaunchConfig(**best["config"])
+    # and a launch without config uses it and stays correct
+    x, params = random_inputs(SHAPE, 2, 40, 33, labels=True, generator=generator)
+    out = at.pixelwise_mlp(x, params, cell_size=16, hidden_width=16, depth=3, num_classes=5, backend="interpret")
+    ref = pixelwise_mlp_einsum(x, params.double(), cell_size=16, hidden_width=16, depth=3, num_classes=5)
+    assert relative_error(out, ref) <= at.TOLERANCES["fp32"]
+
+
+def test_missing_cache_means_defaults(cache):
+    config, source = choose()
+    assert source == "default" and config == default_config("forward", SHAPE, labels=True, precision="fp32", interpret=True)
+
+
+@pytest.mark.parametrize("content", ["{not json", json.dumps({"version": 0, "entries": {}}), json.dumps([1, 2])])
+def test_corrupt_or_stale_cache_is_reported_and_ignored(cache, content):
+    cache.write_text(content)
+    with pytest.warns(RuntimeWarning, match="ignoring the autotuning cache"):
+        config, source = choose()
+    assert source == "default"
+
+
+def test_stale_entry_is_reported_and_ignored(cache):
+    key = tuning.tuning_key("forward", SHAPE, labels=True, precision="fp32", params_dtype=torch.float32,
+                            pixels=2 * 40 * 33, device="interpreter")
+    cache.write_text(json.dumps({"version": 1, "entries": {key: {"config": {"block_pixels": 24}}}}))
+    with pytest.warns(RuntimeWarning, match="stale autotuning entry"):
+        config, source = choose()
+    assert source == "default"
+
+
+def test_environment_variable_pins_defaults(cache, monkeypatch):
+    key = tuning.tuning_key("forward", SHAPE, labels=True, precision="fp32", params_dtype=torch.float32,
+                            pixels=2 * 40 * 33, device="interpreter")
+    cache.write_text(json.dumps({"version": 1, "entries": {key: {"config": {"block_pixels": 16, "pixels_per_program": 16,
+                                                                                "num_warps": 1, "num_stages": 1}}}}))
+    assert choose()[1] == "tuned"
+    monkeypatch.setenv(tuning.DISABLE_ENV, "0")
+    config, source = choose()
+    assert source.startswith("default") and config == default_config("forward", SHAPE, labels=True, precision="fp32", interpret=True)
+    with pytest.raises(RuntimeError, match="disabled"):
+        tuning.autotune(16, 16, cell_size=16, num_classes=5, hidden_width=16, depth=3, progress=False)

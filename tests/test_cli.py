@@ -1,0 +1,79 @@
+"""The ``asapnet`` command line: compare's verdicts and exit status, autotune's cache, the kernel report."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from asapnet_triton import tuning
+from asapnet_triton import comparison as compare_module
+from asapnet_triton.cli import main
+from asapnet_triton.testing import kernel_backends
+
+SMALL = ["--height", "40", "--width", "36", "--cell-size", "16", "--hidden-width", "32", "--depth", "3"]
+
+
+def test_compare_passes_and_reports_every_result(capsys):
+    backends = ["torch", *kernel_backends()]
+    status = main(["compare", "--backend", *backends, "--precision", "fp32", "bf16", "--backward", *SMALL])
+    out = capsys.readouterr().out
+    assert status == 0
+    # per backend and precision: output and params gradient (labels: no x gradient)
+    assert out.count(" ok") == len(backends) * 2 * 2
+    assert "OUT OF TOLERANCE" not in out
+
+
+def test_compare_float_input_checks_the_input_gradient(capsys):
+    assert main(["compare", "--backend", "torch", "--precision", "fp32", "--backward", "--num-classes", "0",
+                 "--in-channels", "4", *SMALL]) == 0
+    assert "grad x" in capsys.readouterr().out
+
+
+def test_compare_fails_out_of_tolerance(capsys, monkeypatch):
+    monkeypatch.setitem(compare_module.TOLERANCES, "fp32", 0.0)
+    assert main(["compare", "--backend", "torch", "--precision", "fp32", *SMALL]) == 1
+    assert "OUT OF TOLERANCE" in capsys.readouterr().out
+
+
+def test_compare_reports_a_backend_that_cannot_run(capsys):
+    if "interpret" not in kernel_backends():
+        pytest.skip("needs Triton's interpreter")
+    # the compiled backend cannot run under the interpreter: reported, exit 1, nothing hidden
+    status = main(["compare", "--backend", "torch", "reference", "--precision", "fp32", *SMALL])
+    assert status == 0
+    rows = compare_module.compare(40, 36, cell_size=16, hidden_width=32, depth=3, backends=["triton"],
+                                  printer=lambda line: None)
+    assert rows[0]["result"] == "error" and not rows[0]["ok"]
+
+
+@pytest.mark.skipif("interpret" not in kernel_backends(), reason="needs Triton's interpreter")
+def test_autotune_command_writes_the_cache(tmp_path, monkeypatch, capsys):
+    cache = tmp_path / "cache.json"
+    monkeypatch.setenv(tuning.CACHE_ENV, str(cache))
+    monkeypatch.setattr(tuning, "_loaded", None)
+    assert main(["autotune", "--backend", "interpret", "--repeats", "1", "--num-classes", "6", *SMALL]) == 0
+    assert len(json.loads(cache.read_text())["entries"]) == 2
+    assert "vs best" in capsys.readouterr().out
+
+
+def test_kernel_report_table_and_json(tmp_path):
+    path = tmp_path / "report.json"
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "asapnet_triton", "kernel-report", "--arch", "sm_90",
+                             "--precision", "bf16", "--cell-size", "32", "--json", str(path)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(path.read_text())
+    assert {(r["kernel"], r["input"]) for r in rows} == {
+        ("forward", "35 labels"), ("backward", "35 labels"), ("forward", "3-ch float"), ("backward", "3-ch float")}
+    assert all(r["arch"] == 90 and r["hgmma"] + r["hmma"] > 0 for r in rows)
+    assert "spill st/ld B" in result.stdout and "HGMMA" in result.stdout
+
+
+def test_kernel_report_rejects_bad_arch(tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "asapnet_triton", "kernel-report", "--arch", "hopper"],
+                            env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "sm_80 or sm_90" in (result.stderr + result.stdout)
