@@ -7,12 +7,14 @@ Public API::
     at.grid_size(height, width, cell_size)            # coarse grid covering an image
     at.pixelwise_mlp(x, params, cell_size=..., ...)   # the high-resolution stream
     at.PixelwiseMLP(in_channels, cell_size=..., ...)  # the same as an nn.Module
+    at.ASAPNetGenerator(num_classes, cell_size=64)   # the whole generator (LR stream + HR stream)
     at.autotune(height, width, cell_size=..., ...)    # tune and cache launch configurations
     at.compare(height, width, cell_size=..., ...)     # check backends against the reference
 """
 
 from .comparison import compare
 from .functional import BACKENDS, pixelwise_mlp, resolve_backend
+from .generator import ASAPNetGenerator
 from .layout import MLPShape, grid_size, param_count, pos_encoding_channels
 from .modules import PixelwiseMLP
 from .precision import GRAD_TOLERANCES, PRECISIONS, TOLERANCES
@@ -21,6 +23,7 @@ from .tuning import autotune
 __version__ = "0.1.0"
 
 __all__ = [
+    "ASAPNetGenerator",
     "BACKENDS",
     "GRAD_TOLERANCES",
     "MLPShape",
