@@ -83,6 +83,7 @@ def compile_kernel(kernel: str, shape: MLPShape, *, labels: bool, precision: str
                                           interpret=False)
     if kernel == "backward":
         constexprs["NEED_GRAD_X"] = need_grad_x and not labels
+        constexprs["LABEL_GRAD_DOT"] = module.label_grad_by_dot(shape, arch, precision)
     param_type = "*" + _TORCH_TO_TRITON[params_dtype]
     signature = {}
     for name in fn.arg_names:

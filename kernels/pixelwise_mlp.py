@@ -30,6 +30,7 @@ __all__ = [
     "LaunchConfig",
     "default_config",
     "device_arch",
+    "label_grad_by_dot",
     "interpreter_active",
     "pixelwise_mlp_backward",
     "pixelwise_mlp_forward",
@@ -322,6 +323,7 @@ def _pixelwise_mlp_bwd_kernel(
     DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     NEED_GRAD_X: tl.constexpr,
+    LABEL_GRAD_DOT: tl.constexpr,  # label-row weight gradient as a one-hot product (else row sums)
 ):
     # Each program recomputes its pixels' activations block by block (nothing of the forward's
     # internals was saved), back-propagates, and sums its pixels' parameter gradients in registers
@@ -338,8 +340,12 @@ def _pixelwise_mlp_bwd_kernel(
             w_in_rows = w_in_rows + (_as_operand(_load_bias(p_cell, stride_pc, HIDDEN + c * HIDDEN, HIDDEN, HIDDEN),
                                                  DOT_DTYPE, ROUNDING).to(ACC_DTYPE),)
     g_b0 = tl.zeros((HIDDEN,), ACC_DTYPE)
+    g_w_in_rows = ()
     if LABELS:
         g_w_in_t = tl.zeros((HIDDEN, C_IN_PAD), ACC_DTYPE)  # transposed: the one-hot is the B operand
+        if not LABEL_GRAD_DOT:
+            for c in tl.static_range(C_IN):
+                g_w_in_rows = g_w_in_rows + (tl.zeros((HIDDEN,), ACC_DTYPE),)
     else:
         g_w_in = tl.zeros((C_IN_PAD, HIDDEN), ACC_DTYPE)
     g_w_pe = tl.zeros((PE_PAD, HIDDEN), ACC_DTYPE)
@@ -386,10 +392,19 @@ def _pixelwise_mlp_bwd_kernel(
         if N_PE > 0:
             g_w_pe = _dot_acc(tl.trans(pe), dz_operand, g_w_pe, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         if LABELS:
-            # the scatter-add of dz's rows by label, as the product with the block's one-hot
-            # (exact in any operand format): deterministic, no atomics
-            one_hot = ((layer_in[:, None] == c_in[None, :]) & valid[:, None]).to(DOT_DTYPE)
-            g_w_in_t = _dot_acc(tl.trans(dz_operand), one_hot, g_w_in_t, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            # the scatter-add of dz's rows by label, deterministic, no atomics: as the product with
+            # the block's one-hot (exact in any operand format), or as one masked row sum per class
+            # where that product spills (LABEL_GRAD_DOT=False, sm_8x)
+            if LABEL_GRAD_DOT:
+                one_hot = ((layer_in[:, None] == c_in[None, :]) & valid[:, None]).to(DOT_DTYPE)
+                g_w_in_t = _dot_acc(tl.trans(dz_operand), one_hot, g_w_in_t, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            else:
+                dz_acc = dz_operand.to(ACC_DTYPE)
+                new_rows = ()
+                for c in tl.static_range(C_IN):
+                    hit = (layer_in == c)[:, None]
+                    new_rows = new_rows + (g_w_in_rows[c] + tl.sum(tl.where(hit, dz_acc, 0.0), axis=0),)
+                g_w_in_rows = new_rows
         else:
             g_w_in = _dot_acc(tl.trans(layer_in), dz_operand, g_w_in, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
             if NEED_GRAD_X:
@@ -411,7 +426,11 @@ def _pixelwise_mlp_bwd_kernel(
     g_cell = grad_params_ptr + (cell.to(tl.int64) * tl.num_programs(1) + part) * P
     _store_bias(g_cell, g_b0, 0, HIDDEN, HIDDEN)
     if LABELS:
-        _store_weight(g_cell, tl.trans(g_w_in_t), HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
+        if LABEL_GRAD_DOT:
+            _store_weight(g_cell, tl.trans(g_w_in_t), HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
+        else:
+            for c in tl.static_range(C_IN):
+                _store_bias(g_cell, g_w_in_rows[c], HIDDEN + c * HIDDEN, HIDDEN, HIDDEN)
     else:
         _store_weight(g_cell, g_w_in, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
     if N_PE > 0:
@@ -491,7 +510,8 @@ def default_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str
       blocks over 8 warps (larger ones spill there);
     - forward, fp32 ("ieee", no tensor cores): 16-pixel blocks over 8 warps;
     - backward: 16-pixel blocks over 8 warps (it holds a block's recomputed activations and every
-      layer's gradient sums besides the weights);
+      layer's gradient sums besides the weights; with labels on sm_8x, per-class row sums for the
+      label-row gradient, see ``label_grad_by_dot``);
     - hidden width 128 spills in every configuration tried and gets the least-spilling one.
     """
     if kernel not in ("forward", "backward"):
@@ -508,6 +528,19 @@ def default_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str
     else:
         config = LaunchConfig(block_pixels=64, pixels_per_program=1024, num_warps=8)
     return config.fitted(shape.cell_size)
+
+
+# Label maps with at most this many classes get their label-row weight gradient as per-class row
+# sums where the one-hot product spills (sm_8x).
+ROW_SUM_MAX_CLASSES = 64
+
+
+def label_grad_by_dot(shape: MLPShape, arch: int, precision: str) -> bool:
+    """Whether the backward kernel forms the label-row weight gradient as a one-hot product (the
+    tensor-core path, spill-free on sm_90, and with fp32 operands everywhere) rather than
+    per-class row sums (spill-free on sm_80 with tf32/16-bit operands, where the product spills:
+    `asapnet kernel-report`)."""
+    return arch >= 90 or precision in ("fp32", "fp64") or shape.in_channels > ROW_SUM_MAX_CLASSES
 
 
 def device_arch(device: torch.device | str) -> int:
@@ -666,6 +699,7 @@ def pixelwise_mlp_backward(
     precision: str = "fp32",
     need_grad_x: bool = False,
     config: LaunchConfig | None = None,
+    arch: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """Launch the fused backward kernel: (grad_x or None, grad_params).
 
@@ -673,7 +707,8 @@ def pixelwise_mlp_backward(
     cell's parameter gradients deterministically (per-program sums in a fixed order, then a fixed
     order sum over the programs of a cell: bitwise identical run after run, no atomics). grad_x
     (x's dtype) only when ``need_grad_x`` and x is float; grad_params has params' shape and dtype,
-    channels-last strides.
+    channels-last strides. ``arch`` (default: the device's) picks the label-gradient formulation
+    (``label_grad_by_dot``).
     """
     interpret = _check_launch(shape, x=x, params=params, grad_out=grad_out)
     B, P, Hc, Wc = params.shape
@@ -698,6 +733,7 @@ def pixelwise_mlp_backward(
         *_x_strides(x, labels), *params.stride(), *grad_out.stride(),
         *(dx.stride() if need_grad_x else (0, 0, 0, 0)),
         NEED_GRAD_X=need_grad_x,
+        LABEL_GRAD_DOT=label_grad_by_dot(shape, device_arch(params.device) if arch is None else arch, precision),
         num_warps=config.num_warps, num_stages=config.num_stages,
         **constexprs,
     )

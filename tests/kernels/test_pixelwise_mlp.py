@@ -8,7 +8,7 @@ import asapnet_triton as at
 from asapnet_triton.kernels.pixelwise_mlp import (LaunchConfig, default_config, pixelwise_mlp_backward,
                                                   pixelwise_mlp_forward)
 from asapnet_triton.reference import pixelwise_mlp_einsum
-from asapnet_triton.testing import device_for, kernel_backends, random_inputs, relative_error
+from asapnet_triton.testing import device_for, kernel_backends, random_inputs, relative_error, rms_relative_error
 
 pytestmark = pytest.mark.skipif(not kernel_backends(), reason="no Triton kernel backend in this process")
 DEVICE = device_for(kernel_backends()[0]) if kernel_backends() else "cpu"
@@ -146,13 +146,14 @@ def test_backward_without_input_gradient(generator, poisoned_buffers):
 
 
 @pytest.mark.parametrize("hidden", [16, 64, 128])
-def test_default_compiled_backward_configs_are_correct(generator, poisoned_buffers, hidden):
+@pytest.mark.parametrize("arch", [80, 90])
+def test_default_compiled_backward_configs_are_correct(generator, poisoned_buffers, hidden, arch):
     shape = at.MLPShape(7, 32, 3, hidden, 4)
     x, params = random_inputs(shape, 1, 45, 33, labels=True, generator=generator)
     grad_out = torch.randn(1, 3, 45, 33, generator=generator)
-    config = default_config("backward", shape, labels=True, precision="fp32")
+    config = default_config("backward", shape, labels=True, precision="fp32", arch=arch)
     _, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
-                                            labels=True, config=config)
+                                            labels=True, config=config, arch=arch)
     assert relative_error(grad_params.cpu(), reference_grads(x, params, grad_out, shape, True)[1]) <= 1e-5
 
 
@@ -162,3 +163,22 @@ def test_backward_checks_grad_out(generator):
     with pytest.raises(ValueError, match="grad_out must have shape"):
         pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), torch.zeros(1, 3, 8, 7, device=DEVICE), shape,
                                labels=False)
+
+
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
+@pytest.mark.parametrize("config", [None, LaunchConfig(16, 64, 2)])
+def test_label_gradient_formulations_agree(generator, poisoned_buffers, precision, config):
+    """The one-hot product (sm_90) and the per-class row sums (sm_8x, reduced precisions) sum the
+    same rounded rows, within one block and across blocks and programs."""
+    from asapnet_triton.kernels.pixelwise_mlp import label_grad_by_dot
+
+    shape = at.MLPShape(9, 16, 3, 32, 3)
+    assert label_grad_by_dot(shape, 90, precision) and not label_grad_by_dot(shape, 80, precision)
+    x, params = random_inputs(shape, 2, 40, 35, labels=True, generator=generator)
+    grad_out = torch.randn(2, 3, 40, 35, generator=generator)
+    args = (x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape)
+    _, by_product = pixelwise_mlp_backward(*args, labels=True, precision=precision, config=config, arch=90)
+    _, by_sums = pixelwise_mlp_backward(*args, labels=True, precision=precision, config=config, arch=80)
+    assert relative_error(by_sums.cpu(), by_product.cpu()) <= 1e-5
+    ref = reference_grads(x, params, grad_out, shape, True)[1]
+    assert rms_relative_error(by_sums.cpu(), ref) <= at.GRAD_TOLERANCES[precision]
