@@ -165,7 +165,6 @@ def pixelwise_mlp_torch_backward(
     for cells in tiles.chunks():
         weights = tiles.weights(cells)
         y, activations = tiles.forward(cells, weights)
-        layer_inputs = activations[:-1]
         dz = dy_tiles[cells] * (1 - y * y)  # through tanh
         grads = []
         for index in range(len(weights) - 1, 0, -1):  # last layer down to the second
@@ -173,7 +172,6 @@ def pixelwise_mlp_torch_backward(
             grads.append((dz.sum(1), torch.bmm(operand(a_prev).transpose(1, 2), operand(dz))))
             da = torch.bmm(operand(dz), weights[index][1].transpose(1, 2))
             dz = da * torch.where(a_prev > 0, 1.0, 0.01)
-        del layer_inputs
         # first layer: input rows (or the one-hot scatter-add), then encoding rows
         w0 = weights[0][1]
         dz_op = operand(dz)

@@ -97,7 +97,7 @@ def tuning_key(kernel: str, shape: MLPShape, *, labels: bool, precision: str, pa
 
 def _estimated_shared_bytes(shape: MLPShape, precision: str) -> int:
     # every layer's weights resident as dot operands (padded to the kernel's tile sizes)
-    pad = lambda n: max(16, 1 << math.ceil(math.log2(max(n, 1))))  # noqa: E731
+    from .kernels.pixelwise_mlp import pow2_at_least as pad
     rows = pad(shape.in_channels) + pad(shape.pe_channels) + (shape.depth - 2) * shape.hidden_width
     elements = rows * shape.hidden_width + shape.hidden_width * pad(shape.out_channels)
     return elements * _OPERAND_BYTES[precision]
@@ -126,10 +126,10 @@ def config_space(kernel: str, shape: MLPShape, precision: str, *, labels: bool =
     """The launch configurations worth timing for ``kernel`` (the default among them), pruned of
     those whose resident weights exceed the shared memory or whose live tiles exceed the registers
     (estimates)."""
-    from .kernels.pixelwise_mlp import LaunchConfig, default_config
+    from .kernels.pixelwise_mlp import LaunchConfig, default_config, pow2_at_least
 
     default = default_config(kernel, shape, labels=labels, precision=precision, interpret=interpret, arch=arch)
-    cell_pixels = max(16, 1 << math.ceil(math.log2(shape.cell_size**2)))
+    cell_pixels = pow2_at_least(shape.cell_size**2)
     if interpret:
         blocks, per_program, warps, stages = (64, 256, 1024), (4096,), (4,), (1,)
     else:

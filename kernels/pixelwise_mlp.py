@@ -342,8 +342,9 @@ def _pixelwise_mlp_bwd_kernel(
     g_b0 = tl.zeros((HIDDEN,), ACC_DTYPE)
     g_w_in_rows = ()
     if LABELS:
-        g_w_in_t = tl.zeros((HIDDEN, C_IN_PAD), ACC_DTYPE)  # transposed: the one-hot is the B operand
-        if not LABEL_GRAD_DOT:
+        if LABEL_GRAD_DOT:
+            g_w_in_t = tl.zeros((HIDDEN, C_IN_PAD), ACC_DTYPE)  # transposed: the one-hot is the B operand
+        else:
             for c in tl.static_range(C_IN):
                 g_w_in_rows = g_w_in_rows + (tl.zeros((HIDDEN,), ACC_DTYPE),)
     else:
@@ -490,7 +491,7 @@ class LaunchConfig:
 
     def fitted(self, cell_size: int) -> "LaunchConfig":
         """This config with blocks and program slices no larger than one cell needs."""
-        cell_pixels = _pow2_at_least(cell_size * cell_size)
+        cell_pixels = pow2_at_least(cell_size * cell_size)
         block = min(self.block_pixels, cell_pixels)
         per_program = max(block, min(self.pixels_per_program, cell_pixels))
         return LaunchConfig(block, per_program, self.num_warps, self.num_stages)
@@ -554,11 +555,12 @@ def device_arch(device: torch.device | str) -> int:
 
 def _interpreter_config(shape: MLPShape) -> LaunchConfig:
     # the interpreter's cost is per operation: as few, large blocks as possible
-    return LaunchConfig(block_pixels=min(1024, _pow2_at_least(shape.cell_size**2)),
+    return LaunchConfig(block_pixels=min(1024, pow2_at_least(shape.cell_size**2)),
                         pixels_per_program=4096).fitted(shape.cell_size)
 
 
-def _pow2_at_least(n: int, minimum: int = 16) -> int:
+def pow2_at_least(n: int, minimum: int = 16) -> int:
+    """The smallest power of two >= n and >= minimum: the kernels' padded tile sizes."""
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
 
 
@@ -594,9 +596,9 @@ def kernel_constexprs(shape: MLPShape, *, labels: bool, precision: str, config: 
         HIDDEN=shape.hidden_width,
         DEPTH=shape.depth,
         C_OUT=shape.out_channels,
-        C_IN_PAD=_pow2_at_least(shape.in_channels),
-        PE_PAD=_pow2_at_least(shape.pe_channels),
-        C_OUT_PAD=_pow2_at_least(shape.out_channels),
+        C_IN_PAD=pow2_at_least(shape.in_channels),
+        PE_PAD=pow2_at_least(shape.pe_channels),
+        C_OUT_PAD=pow2_at_least(shape.out_channels),
         BLOCK_P=config.block_pixels,
         BLOCKS_PER_PROGRAM=config.pixels_per_program // config.block_pixels,
         DOT_DTYPE=dot_dtype,
@@ -639,6 +641,12 @@ def _empty(shape, *, device, dtype) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
 
 
+def _grid(shape: MLPShape, num_cells: int, constexprs: dict) -> tuple[int, int]:
+    # one program per (cell, slice of the cell's pixels)
+    pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]
+    return num_cells, triton.cdiv(shape.cell_size**2, pixels_per_program)
+
+
 def _x_strides(x: torch.Tensor, labels: bool) -> tuple[int, int, int, int]:
     # labels (B, H, W) get a dummy channel stride
     return (x.stride(0), 0, x.stride(1), x.stride(2)) if labels else x.stride()
@@ -677,8 +685,7 @@ def pixelwise_mlp_forward(
                                   pixels=B * H * W, device=params.device, interpret=interpret)
     constexprs = kernel_constexprs(shape, labels=labels, precision=precision, config=config,
                                    interpret=interpret)
-    pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]
-    grid = (B * Hc * Wc, triton.cdiv(shape.cell_size**2, pixels_per_program))
+    grid = _grid(shape, B * Hc * Wc, constexprs)
     _pixelwise_mlp_fwd_kernel[grid](
         x, params, out,
         H, W, Hc, Wc,
@@ -720,8 +727,7 @@ def pixelwise_mlp_backward(
                                   pixels=B * H * W, device=params.device, interpret=interpret)
     constexprs = kernel_constexprs(shape, labels=labels, precision=precision, config=config,
                                    interpret=interpret)
-    pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]
-    grid = (B * Hc * Wc, triton.cdiv(shape.cell_size**2, pixels_per_program))
+    grid = _grid(shape, B * Hc * Wc, constexprs)
     acc_dtype = torch.float64 if precision == "fp64" else torch.float32
     partial = _empty((grid[0], grid[1], P), device=params.device, dtype=acc_dtype)
     need_grad_x = need_grad_x and not labels
