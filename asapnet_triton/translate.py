@@ -1,0 +1,110 @@
+"""Translate label maps (or images) of any size to images with a trained generator.
+
+``translate(generator, inputs, out_dir)`` is what ``asapnet translate`` runs: each input file is
+read (a label map: a single-channel PNG of class indices; an image: RGB), run through the
+generator at its own size, and written to ``out_dir/<stem>.png`` atomically. Inputs are never
+overwritten, and existing outputs only with ``overwrite=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["read_image", "read_label_map", "save_image", "translate"]
+
+
+def read_label_map(path: str | os.PathLike, num_classes: int) -> torch.Tensor:
+    """A single-channel PNG of class indices (mode L, P, I or I;16) as a LongTensor (H, W); every
+    value must be below ``num_classes``."""
+    try:
+        with Image.open(path) as image:
+            if image.mode not in ("L", "P", "I", "I;16"):
+                raise ValueError(f"{path}: a label map must be a single-channel image of class indices "
+                                 f"(PNG mode L, P, I or I;16), got mode {image.mode}")
+            labels = np.array(image, dtype=np.int64)
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"{path}: cannot read it as an image ({error})") from error
+    top = int(labels.max())
+    if top >= num_classes or labels.min() < 0:
+        raise ValueError(f"{path}: label values must lie in [0, {num_classes}) for this model, found "
+                         f"{int(labels.min())}..{top}")
+    return torch.from_numpy(labels)
+
+
+def read_image(path: str | os.PathLike) -> torch.Tensor:
+    """An image file as a float tensor (3, H, W) in [-1, 1]."""
+    try:
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"{path}: cannot read it as an image ({error})") from error
+    return torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1
+
+
+def save_image(image: torch.Tensor, path: str | os.PathLike) -> None:
+    """Write a (3, H, W) tensor in [-1, 1] as an 8-bit PNG, atomically (temp file + rename)."""
+    pixels = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    path = Path(path)
+    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).save(handle, format="PNG")
+        os.replace(temporary, path)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+
+
+def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu", overwrite: bool = False,
+              progress: bool = True) -> list[Path]:
+    """Run ``generator`` (an ``ASAPNetGenerator``) on every file of ``inputs`` and write
+    ``out_dir/<stem>.png``; returns the paths written.
+
+    Label-map generators (``generator.label_input``) read single-channel class-index PNGs; image
+    generators read RGB images. Each input runs at its own size. Raises before writing anything
+    when two inputs share a stem, when an output would replace an input, or when an output exists
+    and ``overwrite`` is False.
+    """
+    from tqdm.auto import tqdm
+
+    if getattr(generator, "instance_edges", False):
+        raise ValueError("this generator was trained with instance edges; translate takes label maps only, "
+                         "call the generator directly with edges=")
+    inputs = [Path(p) for p in inputs]
+    if not inputs:
+        raise ValueError("inputs: expected at least one file, got none")
+    for path in inputs:
+        if not path.is_file():
+            raise FileNotFoundError(f"input {path} does not exist or is not a file")
+    out_dir = Path(out_dir)
+    outputs = [out_dir / f"{path.stem}.png" for path in inputs]
+    seen: dict[Path, Path] = {}
+    resolved_inputs = {path.resolve() for path in inputs}
+    for path, output in zip(inputs, outputs):
+        if output in seen:
+            raise ValueError(f"inputs {seen[output]} and {path} would both be written to {output}")
+        seen[output] = path
+        if output.resolve() in resolved_inputs:
+            raise ValueError(f"output {output} would overwrite the input of that name: choose another --out")
+        if output.exists() and not overwrite:
+            raise FileExistsError(f"output {output} exists; pass overwrite=True (--overwrite) to replace it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    generator = generator.to(device).eval()
+    num_classes = generator.shape.in_channels
+    with torch.inference_mode():
+        for path, output in tqdm(list(zip(inputs, outputs)), desc="translating", unit="image", disable=not progress):
+            if generator.label_input:
+                x = read_label_map(path, num_classes).unsqueeze(0)
+            else:
+                x = read_image(path).unsqueeze(0)
+                if x.shape[1] != num_classes:
+                    raise ValueError(f"{path}: this generator takes {num_classes}-channel images, "
+                                     f"translate reads RGB (3 channels)")
+            save_image(generator(x.to(device))[0], output)
+    return outputs
