@@ -8,10 +8,12 @@ Public API::
     at.pixelwise_mlp(x, params, cell_size=..., ...)   # the high-resolution stream
     at.PixelwiseMLP(in_channels, cell_size=..., ...)  # the same as an nn.Module
     at.ASAPNetGenerator(num_classes, cell_size=64)   # the whole generator (LR stream + HR stream)
+    at.load_official_checkpoint("latest_net_G.pth")  # a published ASAP-Net generator, as ours
     at.autotune(height, width, cell_size=..., ...)    # tune and cache launch configurations
     at.compare(height, width, cell_size=..., ...)     # check backends against the reference
 """
 
+from .checkpoints import load_official_checkpoint
 from .comparison import compare
 from .functional import BACKENDS, pixelwise_mlp, resolve_backend
 from .generator import ASAPNetGenerator
@@ -33,6 +35,7 @@ __all__ = [
     "autotune",
     "compare",
     "grid_size",
+    "load_official_checkpoint",
     "param_count",
     "pixelwise_mlp",
     "pos_encoding_channels",

@@ -1,5 +1,11 @@
 """The ASAP-Net generator: a low-resolution conv net predicting per-cell MLP parameters, and the
-high-resolution pixelwise MLP stream (``pixelwise_mlp``) that applies them at full resolution."""
+high-resolution pixelwise MLP stream (``pixelwise_mlp``) that applies them at full resolution.
+
+The architecture and every step of the forward follow the published implementation
+(github ``tamarott/ASAPNet``, ``ASAPNetsGenerator``), so that its checkpoints load
+(``asapnet_triton.load_official_checkpoint``) and give the same images; the only additions are
+inputs of any size (padded to whole cells) and ``precision=`` for both streams.
+"""
 
 from __future__ import annotations
 
@@ -11,85 +17,140 @@ from torch import nn
 
 from .layout import MLPShape
 from .modules import PixelwiseMLP
+from .precision import PRECISIONS
 
-__all__ = ["ASAPNetGenerator", "LowResStream"]
+__all__ = ["ASAPNetGenerator", "LR_PADDINGS", "LR_PRECISIONS", "LowResStream", "tent_downsample"]
 
 LR_DOWNSAMPLING = 16  # the LR stream's own stride-2 convolutions: 2**4
+LR_PADDINGS = ("zeros", "reflect", "replicate")
+LR_PRECISIONS = ("fp32", "bf16", "fp16")
+_AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _conv_block(in_channels: int, out_channels: int, stride: int = 1) -> nn.Sequential:
+def _conv_block(in_channels: int, out_channels: int, stride: int, padding_mode: str) -> nn.Sequential:
     # conv (no bias: the affine instance norm's shift replaces it) + instance norm + ReLU
     return nn.Sequential(
-        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, bias=False),
+        nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1, padding_mode=padding_mode, bias=False),
         nn.InstanceNorm2d(out_channels, affine=True),
         nn.ReLU(inplace=True),
     )
 
 
+def tent_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
+    """Downsample (B, C, H, W) by ``factor`` with the published ASAP-Net input filter: a separable
+    tent of taps 1, 3, ..., 2f-1, 2f-1, ..., 3, 1 (normalised; the antialiased bilinear filter for
+    this factor) after reflection padding by ``factor // 2``. H and W must be multiples of
+    ``factor``; the result is (B, C, H / factor, W / factor)."""
+    if factor == 1:
+        return x
+    if x.shape[-2] % factor or x.shape[-1] % factor:
+        raise ValueError(f"x must have a height and width that are multiples of factor={factor}, "
+                         f"got {tuple(x.shape[-2:])}")
+    ramp = torch.arange(1, 2 * factor, 2, dtype=torch.float64)
+    taps = torch.cat([ramp, ramp.flip(0)])
+    taps = taps / taps.sum()
+    channels = x.shape[1]
+    kernel = torch.outer(taps, taps).to(device=x.device, dtype=x.dtype).expand(channels, 1, -1, -1)
+    padded = F.pad(x, [factor // 2] * 4, mode="reflect")
+    return F.conv2d(padded, kernel, stride=factor, groups=channels)
+
+
 class LowResStream(nn.Module):
-    """The low-resolution stream: 3x3 conv to ``lr_width`` + norm + ReLU, four stride-2 3x3 convs
-    doubling the width up to ``lr_max_width`` (the last one widening to it), ``lr_depth`` 3x3 conv
-    blocks at that width, and a 1x1 conv to ``param_channels``: a grid 16 times smaller than its
-    input."""
+    """The low-resolution stream, as published: a 3x3 conv to ``lr_width``, four stride-2 3x3 convs
+    (the first three keep ``lr_width``, the last widens to ``lr_max_width``), ``lr_depth`` 3x3 convs
+    at ``lr_max_width`` (each conv followed by an affine instance norm and a ReLU), and a 1x1 conv
+    (with bias) to ``param_channels``: a grid 16 times smaller than its input.
+
+    ``padding``: how the 3x3 convs pad by one pixel: "zeros" (the published default), "reflect" or
+    "replicate" (the published ``--reflection_pad`` / ``--replicate_pad``).
+    """
 
     def __init__(self, in_channels: int, param_channels: int, *, lr_width: int = 64, lr_max_width: int = 1024,
-                 lr_depth: int = 7):
+                 lr_depth: int = 7, padding: str = "zeros"):
         super().__init__()
-        layers = [_conv_block(in_channels, lr_width)]
-        width = lr_width
+        if padding not in LR_PADDINGS:
+            raise ValueError(f"padding must be one of {LR_PADDINGS}, got {padding!r}")
+        layers = [_conv_block(in_channels, lr_width, 1, padding)]
         steps = int(math.log2(LR_DOWNSAMPLING))
         for step in range(steps):
-            next_width = lr_max_width if step == steps - 1 else min(2 * width, lr_max_width)
-            layers.append(_conv_block(width, next_width, stride=2))
-            width = next_width
-        layers += [_conv_block(width, width) for _ in range(lr_depth)]
+            layers.append(_conv_block(lr_width, lr_max_width if step == steps - 1 else lr_width, 2, padding))
+        layers += [_conv_block(lr_max_width, lr_max_width, 1, padding) for _ in range(lr_depth)]
         self.body = nn.Sequential(*layers)
-        self.to_params = nn.Conv2d(width, param_channels, 1)
+        self.to_params = nn.Conv2d(lr_max_width, param_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_params(self.body(x))
 
 
 class ASAPNetGenerator(nn.Module):
-    """ASAP-Net: label maps (or images) in, images out.
+    """ASAP-Net: label maps (or images) in, images out; the published architecture and forward.
 
     Args:
         in_channels: label classes (``label_input=True``, the default) or image channels.
         cell_size: the total downsampling S, a power of two >= 16: the LR stream sees the input
-            downsampled by S / 16 (a fixed bilinear tent filter) and predicts one MLP per S x S
-            cell. The published rule: S = training-crop height / 16 (32 for 512-high crops, 64 for
-            1024).
+            downsampled by S / 16 (the published tent filter, see ``tent_downsample``) and predicts
+            one MLP per S x S cell. The published rule: S = crop_size // (16 * aspect_ratio), e.g.
+            32 for 512 x 512 crops, 64 for 1024 x 1024, 16 for Cityscapes' 256 x 512.
         out_channels, hidden_width, depth: the per-pixel MLP (3, 64, 5 as published).
         lr_width, lr_max_width, lr_depth: the LR stream (64, 1024, 7 as published).
         label_input: x is an integer label map (B, H, W); the HR stream gathers label rows and the
             LR stream sees the one-hot encoding.
-        instance_edges: the LR stream also gets an instance-edge map (B, 1, H, W) as one more
-            channel, as published; the HR stream does not.
-        precision, backend: of the HR stream (see ``pixelwise_mlp``).
+        instance_edges: the LR stream also gets an instance-edge map (B, 1, H, W) as its last
+            channel; the HR stream does not (the published ``lr_instance``).
+        precision: of the HR stream's products (see ``pixelwise_mlp``), and the default of
+            ``lr_precision``.
+        backend: of the HR stream (see ``pixelwise_mlp``).
+        lr_padding: padding of the LR stream's 3x3 convs, one of ``LR_PADDINGS`` (see
+            ``LowResStream``).
+        lr_precision: how the LR stream runs, one of ``LR_PRECISIONS``: "bf16" / "fp16" under
+            ``torch.autocast`` to that dtype (convolutions in it; autocast keeps what it keeps in
+            float32), "fp32" without autocast, in the parameters' dtype (float32, or float64 after
+            ``.double()``; CUDA convolutions then follow torch's own TF32 switch,
+            ``torch.backends.cudnn.allow_tf32``). None (the default): "bf16" or "fp16" when
+            ``precision`` is, else "fp32". E.g. ``precision="bf16"`` runs both streams in bf16,
+            ``precision="bf16", lr_precision="fp32"`` only the HR stream.
 
     ``forward(x, edges=None)`` accepts any H and W: the LR stream's input is padded to a multiple
     of S (replicating the border) and the grid covers ceil(H / S) x ceil(W / S) cells, so the output
-    has exactly x's size. The LR stream runs channels-last, so the parameter grid reaches the
-    kernel with each cell's parameters contiguous.
+    has exactly x's size; for multiples of S (all the published code accepts) every step is the
+    published one. The output is (B, out_channels, H, W) in the parameters' dtype (float32 unless
+    the module was converted), whatever the precisions: the LR stream's parameter grid is cast
+    back to it before the HR stream, which rounds its operands to ``precision`` itself. The LR
+    stream runs channels-last, so the parameter grid reaches the kernel with each cell's
+    parameters contiguous.
     """
 
     def __init__(self, in_channels: int, *, cell_size: int = 64, out_channels: int = 3, hidden_width: int = 64,
                  depth: int = 5, lr_width: int = 64, lr_max_width: int = 1024, lr_depth: int = 7,
                  label_input: bool = True, instance_edges: bool = False, precision: str = "fp32",
-                 backend: str = "auto"):
+                 backend: str = "auto", lr_padding: str = "zeros", lr_precision: str | None = None):
         super().__init__()
         if cell_size < LR_DOWNSAMPLING or cell_size & (cell_size - 1):
             raise ValueError(f"cell_size must be a power of two >= {LR_DOWNSAMPLING} (the LR stream downsamples "
                              f"by {LR_DOWNSAMPLING} itself), got {cell_size}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+        if lr_precision is None:
+            lr_precision = precision if precision in _AUTOCAST_DTYPES else "fp32"
+        elif lr_precision not in LR_PRECISIONS:
+            raise ValueError(f"lr_precision must be one of {LR_PRECISIONS} or None, got {lr_precision!r}")
+        if lr_padding not in LR_PADDINGS:
+            raise ValueError(f"lr_padding must be one of {LR_PADDINGS}, got {lr_padding!r}")
         self.shape = MLPShape(in_channels, cell_size, out_channels, hidden_width, depth)
         self.label_input = label_input
         self.instance_edges = instance_edges
+        self.lr_precision = lr_precision
         self.input_downsampling = cell_size // LR_DOWNSAMPLING
         self.lowres = LowResStream(in_channels + int(instance_edges), self.shape.param_count, lr_width=lr_width,
-                                   lr_max_width=lr_max_width, lr_depth=lr_depth)
+                                   lr_max_width=lr_max_width, lr_depth=lr_depth, padding=lr_padding)
         self.lowres.to(memory_format=torch.channels_last)
         self.highres = PixelwiseMLP(in_channels, cell_size=cell_size, out_channels=out_channels,
                                     hidden_width=hidden_width, depth=depth, precision=precision, backend=backend)
+
+    @property
+    def precision(self) -> str:
+        """The HR stream's precision (``lr_precision`` tells the LR stream's)."""
+        return self.highres.precision
 
     def lowres_input(self, x: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
         """The LR stream's input: one-hot labels (or the image) [+ edges], padded to whole cells
@@ -118,11 +179,25 @@ class ASAPNetGenerator(nn.Module):
         pad_h, pad_w = -height % cell, -width % cell
         if pad_h or pad_w:
             features = F.pad(features, (0, pad_w, 0, pad_h), mode="replicate")
-        if self.input_downsampling > 1:
-            size = (features.shape[-2] // self.input_downsampling, features.shape[-1] // self.input_downsampling)
-            features = F.interpolate(features, size=size, mode="bilinear", align_corners=False, antialias=True)
+        features = tent_downsample(features, self.input_downsampling)
         return features.contiguous(memory_format=torch.channels_last)
 
+    def lowres_params(self, x: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
+        """The LR stream's parameter grid (B, P, ceil(H / S), ceil(W / S)) for x, computed at
+        ``lr_precision`` and returned in the parameters' dtype."""
+        features = self.lowres_input(x, edges)
+        autocast_dtype = _AUTOCAST_DTYPES.get(self.lr_precision)
+        device_type = features.device.type
+        if not torch.amp.is_autocast_available(device_type):
+            if autocast_dtype is not None:
+                raise ValueError(f"lr_precision={self.lr_precision!r} runs the LR stream under torch.autocast, which "
+                                 f"torch does not support on device type {device_type!r}; use lr_precision='fp32'")
+            params = self.lowres(features)  # no autocast region can be active on such a device
+        else:
+            # enabled=False also switches off an autocast region around the call: "fp32" means fp32
+            with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+                params = self.lowres(features)
+        return params.to(self.lowres.to_params.weight.dtype)
+
     def forward(self, x: torch.Tensor, edges: torch.Tensor | None = None) -> torch.Tensor:
-        params = self.lowres(self.lowres_input(x, edges))
-        return self.highres(x, params)
+        return self.highres(x, self.lowres_params(x, edges))

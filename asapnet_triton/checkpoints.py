@@ -1,0 +1,237 @@
+"""Load generators saved by the published ASAP-Net implementation (github ``tamarott/ASAPNet``).
+
+Its ``latest_net_G.pth`` is the ``state_dict`` of its ``ASAPNetsGenerator``: the weights of the LR
+stream only (``lowres_stream.model.<i>...``; the HR stream and the input filter have none). Every 3x3
+conv is an ``nn.Sequential(conv without bias, InstanceNorm2d(affine=True))`` at an index of the
+stream's ``nn.Sequential`` that depends on the padding option; the last layer is a 1x1 conv with
+bias. ``load_official_checkpoint`` reads the architecture off the tensor shapes, maps the names
+onto :class:`~asapnet_triton.generator.ASAPNetGenerator` (whose forward is the published one) and
+loads them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from collections.abc import Mapping
+
+import torch
+
+from .generator import LR_DOWNSAMPLING, LR_PADDINGS, ASAPNetGenerator
+from .layout import MLPShape
+
+__all__ = ["load_official_checkpoint", "official_key_names"]
+
+_PREFIX = "lowres_stream.model."
+_STRIDED_CONVS = 4  # log2(LR_DOWNSAMPLING): the published learned_ds_factor 16
+_WRAPPER_KEYS = ("state_dict", "model_state_dict", "netG", "G", "generator", "model")
+_MAX_CELL_LOG2 = 12
+
+
+def official_key_names(lr_depth: int, padded: bool) -> list[str]:
+    """The published generator's state_dict keys, in order, for ``lr_depth`` blocks.
+
+    ``padded``: trained with ``--reflection_pad`` or ``--replicate_pad``, whose padding modules
+    (no weights) precede every 3x3 conv and shift the indices. Each 3x3 conv contributes
+    ``<conv>.0.weight`` (the conv), ``<conv>.1.weight`` and ``<conv>.1.bias`` (its instance norm);
+    the final 1x1 conv ``weight`` and ``bias``.
+    """
+    per_conv = 3 if padded else 2  # [pad,] Sequential(conv, norm), ReLU
+    first = 1 if padded else 0
+    names = []
+    for n in range(1 + _STRIDED_CONVS):
+        index = per_conv * n + first
+        names += [f"{_PREFIX}{index}.0.weight", f"{_PREFIX}{index}.1.weight", f"{_PREFIX}{index}.1.bias"]
+    blocks = per_conv * (1 + _STRIDED_CONVS)
+    inner = 1 if padded else 0  # ASAPNetsBlock.conv_block = [pad,] Sequential(conv, norm), ReLU
+    for j in range(lr_depth):
+        stem = f"{_PREFIX}{blocks + j}.conv_block.{inner}"
+        names += [f"{stem}.0.weight", f"{stem}.1.weight", f"{stem}.1.bias"]
+    final = blocks + lr_depth
+    return names + [f"{_PREFIX}{final}.weight", f"{_PREFIX}{final}.bias"]
+
+
+def _our_key_names(lr_depth: int) -> list[str]:
+    names = []
+    for n in range(1 + _STRIDED_CONVS + lr_depth):
+        names += [f"lowres.body.{n}.0.weight", f"lowres.body.{n}.1.weight", f"lowres.body.{n}.1.bias"]
+    return names + ["lowres.to_params.weight", "lowres.to_params.bias"]
+
+
+def _is_tensor_dict(value) -> bool:
+    return isinstance(value, Mapping) and len(value) > 0 and all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+
+
+def _read_state_dict(checkpoint, map_location) -> tuple[dict[str, torch.Tensor], str]:
+    """The state_dict and a name for messages: from a path, a state_dict, or a dict wrapping one."""
+    if isinstance(checkpoint, (str, os.PathLike)):
+        source = os.fspath(checkpoint)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"checkpoint {source} does not exist or is not a file")
+        try:
+            loaded = torch.load(source, map_location=map_location, weights_only=True)
+        except Exception as error:  # pickle, zip and weights-only errors all mean "not a state_dict file"
+            raise ValueError(f"checkpoint {source}: cannot read it as a torch state_dict ({error})") from error
+    elif isinstance(checkpoint, Mapping):
+        source = "the given state_dict"
+        loaded = checkpoint
+        if isinstance(map_location, (str, torch.device)):
+            loaded = {k: v.to(map_location) if isinstance(v, torch.Tensor) else v for k, v in loaded.items()}
+    else:
+        raise TypeError(f"checkpoint must be a path or a state_dict (a mapping of names to tensors), "
+                        f"got {type(checkpoint).__name__}")
+    if not _is_tensor_dict(loaded):
+        wrapped = [k for k in _WRAPPER_KEYS if isinstance(loaded, Mapping) and _is_tensor_dict(loaded.get(k))]
+        if not wrapped:
+            found = list(loaded)[:10] if isinstance(loaded, Mapping) else type(loaded).__name__
+            raise ValueError(f"{source}: expected a generator state_dict (names -> tensors) or a dict holding one "
+                             f"under one of {_WRAPPER_KEYS}, found {found}")
+        loaded = loaded[wrapped[0]]
+    state = {}
+    for key, value in loaded.items():
+        name = key
+        while name.startswith("module."):  # saved from (nested) DataParallel
+            name = name[len("module."):]
+        if name in state:
+            raise ValueError(f"{source}: key {key!r} appears both with and without a 'module.' prefix")
+        state[name] = value
+    return state, source
+
+
+def _solve_mlp(param_count: int, lr_inputs: int, *, num_classes, cell_size, instance_edges, hidden_width, depth,
+               out_channels, source: str, final_key: str) -> tuple[int, int, bool]:
+    """(num_classes, cell_size, instance_edges) whose per-pixel MLP has ``param_count`` parameters
+    and whose LR stream has ``lr_inputs`` input channels."""
+    cells = [cell_size] if cell_size is not None else [2**k for k in range(4, _MAX_CELL_LOG2 + 1)]
+    edge_options = [instance_edges] if instance_edges is not None else [True, False]
+    fits = []
+    for edges in edge_options:
+        classes = lr_inputs - int(edges)
+        if classes < 1 or (num_classes is not None and classes != num_classes):
+            continue
+        for cell in cells:
+            if MLPShape(classes, cell, out_channels, hidden_width, depth).param_count == param_count:
+                fits.append((classes, cell, edges))
+    given = (f"hidden_width={hidden_width}, depth={depth}, out_channels={out_channels}"
+             + "".join(f", {name}={value}" for name, value in (("num_classes", num_classes), ("cell_size", cell_size),
+                                                              ("instance_edges", instance_edges)) if value is not None))
+    if not fits:
+        raise ValueError(
+            f"{source}: its LR stream predicts P={param_count} parameters per cell ({final_key}) from {lr_inputs} input "
+            f"channels, which fits no per-pixel MLP with {given} (cell_size a power of two 16..{2**_MAX_CELL_LOG2}, "
+            f"with or without an instance-edge channel): pass hidden_width= and depth= as trained (the published "
+            f"--hr_width, --hr_depth; defaults 64 and 5) and out_channels= (--output_nc)")
+    if len(fits) > 1:
+        options = "; ".join(f"num_classes={c}, cell_size={s}, instance_edges={e}" for c, s, e in fits)
+        raise ValueError(f"{source}: P={param_count} fits several generators with {given}: {options}; "
+                         f"pass cell_size= and instance_edges= to choose")
+    return fits[0]
+
+
+def load_official_checkpoint(checkpoint, *, num_classes: int | None = None, cell_size: int | None = None,
+                             hidden_width: int = 64, depth: int = 5, out_channels: int = 3,
+                             instance_edges: bool | None = None, label_input: bool = True,
+                             lr_padding: str | None = None, precision: str = "fp32", lr_precision: str | None = None,
+                             backend: str = "auto", map_location="cpu", strict: bool = True) -> ASAPNetGenerator:
+    """An :class:`ASAPNetGenerator` holding a generator saved by the published ASAP-Net code.
+
+    For inputs whose height and width are multiples of the cell size (all the published code
+    accepts) the returned generator computes the published generator's image, with labels in
+    ``[0, num_classes)`` (the published datasets map the "don't care" label 255 to ``label_nc``,
+    the last class, with ``--contain_dontcare_label``) and, if it was trained with instance edges,
+    ``edges=`` (B, 1, H, W): 1.0 where a pixel's instance id differs from a 4-neighbour's.
+
+    Args:
+        checkpoint: a path to the published ``*_net_G.pth``, or its state_dict; a dict wrapping the
+            state_dict (under "state_dict", "model_state_dict", "netG", "G", "generator" or
+            "model") and ``module.`` prefixes (DataParallel) are accepted.
+        num_classes: the one-hot channels (``label_nc``, + 1 with ``--contain_dontcare_label``), or
+            the image channels with ``label_input=False``; inferred from the shapes, checked if given.
+        cell_size: the published ``crop_size // (16 * aspect_ratio)``; inferred, checked if given.
+        hidden_width, depth, out_channels: the per-pixel MLP (``--hr_width``, ``--hr_depth``,
+            ``--output_nc``): not inferable from the shapes alone (many combinations give one
+            parameter count), so the published defaults 64, 5, 3 unless given; a checkpoint they
+            do not fit raises an error saying so.
+        instance_edges: whether the LR stream has an extra instance-edge channel (the published
+            ``lr_instance`` with instance edges, as for Cityscapes); inferred, checked if given.
+            (A published generator built with ``lr_instance`` but no instance channel, whose HR
+            stream ignores the last class, has the same shapes and is read as one with edges.)
+        label_input: the generator takes integer label maps (True) or images (the published
+            ``--no_one_hot``); the shapes cannot tell.
+        lr_padding: "zeros", "reflect" (``--reflection_pad``) or "replicate" (``--replicate_pad``).
+            The file tells zeros from the other two, not reflect from replicate (the padding
+            modules have no weights): required then, checked otherwise.
+        precision, lr_precision, backend: passed to :class:`ASAPNetGenerator`.
+        map_location: where the tensors are loaded (``torch.load``'s argument); the generator is
+            returned on their device.
+        strict: when False, keys that belong to no part of the published generator are ignored
+            with a warning; missing keys and shape mismatches raise either way.
+
+    Returns the generator in eval mode. Raises ``ValueError`` naming the key or argument at fault
+    (unknown or missing keys, shapes that do not match, an argument that contradicts the file or
+    is needed), ``FileNotFoundError`` for a missing file.
+    """
+    state, source = _read_state_dict(checkpoint, map_location)
+    spectral = [k for k in state if re.search(r"\.weight_(orig|u|v)$", k)]
+    if spectral:
+        raise ValueError(f"{source}: {spectral[0]!r} is a spectral-norm parameter (--norm_G spectral...): only the "
+                         f"published generator's default norm, instanceaffine, is supported")
+    padded = f"{_PREFIX}1.0.weight" in state
+    if not padded and f"{_PREFIX}0.0.weight" not in state:
+        raise ValueError(f"{source}: missing key {_PREFIX}0.0.weight (or {_PREFIX}1.0.weight with padding modules): "
+                         f"the first conv of the published LR stream; found keys {sorted(state)[:8]}")
+    if padded:
+        if lr_padding not in ("reflect", "replicate"):
+            raise ValueError(f"{source}: the LR stream was trained with padding modules (--reflection_pad or "
+                             f"--replicate_pad; its first conv is {_PREFIX}1.0.weight), which the file cannot tell "
+                             f"apart: pass lr_padding='reflect' or lr_padding='replicate', got {lr_padding!r}")
+    elif lr_padding not in (None, "zeros"):
+        raise ValueError(f"{source}: the LR stream pads with zeros (no padding modules: its first conv is "
+                         f"{_PREFIX}0.0.weight), but lr_padding={lr_padding!r} was given; pass lr_padding=None or "
+                         f"'zeros' (one of {LR_PADDINGS})")
+    block_pattern = re.compile(re.escape(_PREFIX) + r"(\d+)\.conv_block\.")
+    lr_depth = len({m.group(1) for k in state if (m := block_pattern.match(k))})
+    strided = len({m.group(1) for k in state if (m := re.match(re.escape(_PREFIX) + r"(\d+)\.0\.weight$", k))}) - 1
+    if strided != _STRIDED_CONVS:
+        raise ValueError(f"{source}: its LR stream has {strided} strided convs (learned_ds_factor {2**max(strided, 0)}); "
+                         f"only the published learned_ds_factor {LR_DOWNSAMPLING} ({_STRIDED_CONVS} convs) is supported")
+    expected = official_key_names(lr_depth, padded)
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ValueError(f"{source}: missing key(s) {missing} of the published generator with lr_depth={lr_depth}"
+                         f"{' and padding modules' if padded else ''}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        message = (f"{source}: unexpected key(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}: not part "
+                   f"of the published generator with lr_depth={lr_depth}")
+        if strict:
+            raise ValueError(message + " (strict=False ignores them)")
+        warnings.warn(message + "; ignored (strict=False)", stacklevel=2)
+
+    first, final = state[expected[0]], state[expected[-2]]
+    for key in (expected[0], expected[-2]):
+        if state[key].dim() != 4:
+            raise ValueError(f"{source}: {key} must be a conv weight (4 dimensions), got shape {tuple(state[key].shape)}")
+    lr_width, lr_inputs = first.shape[:2]
+    param_count, lr_max_width = final.shape[:2]
+    num_classes, cell_size, instance_edges = _solve_mlp(
+        param_count, lr_inputs, num_classes=num_classes, cell_size=cell_size, instance_edges=instance_edges,
+        hidden_width=hidden_width, depth=depth, out_channels=out_channels, source=source, final_key=expected[-2])
+
+    model = ASAPNetGenerator(num_classes, cell_size=cell_size, out_channels=out_channels, hidden_width=hidden_width,
+                             depth=depth, lr_width=lr_width, lr_max_width=lr_max_width, lr_depth=lr_depth,
+                             label_input=label_input, instance_edges=instance_edges, precision=precision,
+                             backend=backend, lr_padding=lr_padding or "zeros", lr_precision=lr_precision)
+    ours = model.state_dict()
+    mapped = {}
+    for official, name in zip(expected, _our_key_names(lr_depth), strict=True):
+        tensor = state[official]
+        if tensor.shape != ours[name].shape:
+            raise ValueError(f"{source}: {official} has shape {tuple(tensor.shape)}, expected {tuple(ours[name].shape)} "
+                             f"for the published generator with lr_width={lr_width}, lr_max_width={lr_max_width}, "
+                             f"{lr_inputs} input channels and P={param_count}")
+        mapped[name] = tensor
+    model.load_state_dict(mapped, strict=True)
+    return model.to(first.device).eval()
