@@ -78,6 +78,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden-width", type=int, default=64)
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
+
+    from .training.command import add_train_parser
+    add_train_parser(sub)
     return parser
 
 
@@ -153,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("kernel-report needs Triton's compiler, but the interpreter is already active")
             os.environ.pop("TRITON_INTERPRET")
         return _kernel_report(args)
+    if args.command == "train":
+        from .training.command import run_train
+        return run_train(args)
     wants_interpreter = (args.backend is not None and "interpret" in args.backend) if args.command == "compare" \
         else (args.backend == "interpret" or (args.backend is None and not _cuda_available()))
     if args.command == "compare" and "interpret" in args.backend and "triton" in args.backend:

@@ -1,0 +1,172 @@
+"""Training configuration: every hyper-parameter of a run, with the published defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+
+__all__ = ["RUN_CONTROL_FIELDS", "TrainConfig", "default_cell_size"]
+
+# Fields that only steer how a run is executed, not what it computes (the HR stream's backends
+# compute the same function): a resumed run may change them. Every other field must match the checkpoint's, or the continuation would not be the same
+# training run.
+RUN_CONTROL_FIELDS = frozenset({
+    "out_dir", "resume", "max_steps", "time_budget_s", "checkpoint_every", "keep_last", "sample_every",
+    "num_workers", "device", "progress", "dataroot", "backend",
+})
+
+PRECISIONS = ("fp32", "bf16")
+
+
+def default_cell_size(crop_size: int) -> int:
+    """The published rule for the total downsampling S: crop height / 16, at least 16, rounded
+    down to a power of two (which the generator requires): 256-high crops -> 16, 512 -> 32,
+    1024 -> 64. ``crop_size`` is the crop's height, as in ``asapnet_triton.data``."""
+    if crop_size <= 0:
+        raise ValueError(f"crop_size must be positive, got {crop_size}")
+    cell = max(crop_size // 16, 16)
+    return 1 << int(math.floor(math.log2(cell)))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (defaults: the published ASAP-Net settings).
+
+    Data: ``dataset`` is a name known to ``asapnet_triton.data.build_dataset`` (ignored when a
+    dataset object is handed to :class:`~asapnet_triton.training.Trainer`); ``crop_size`` the
+    training crop's height and ``aspect_ratio`` its width / height; ``label_nc`` the
+    number of label classes (needed for custom datasets; otherwise the dataset's own);
+    ``instance`` adds the instance-edge map to the generator's LR stream and the discriminator.
+
+    Generator: ``cell_size`` (None: :func:`default_cell_size` of the crop), the per-pixel MLP
+    (``hidden_width``, ``depth``), the LR stream (``lr_width``, ``lr_max_width``, ``lr_depth``),
+    ``backend`` of the HR stream, ``precision`` ("fp32" or "bf16": the generator's precision, and
+    bf16 autocast for the discriminator and the losses).
+
+    Discriminator: ``num_d`` scales of ``n_layers_d``-layer PatchGANs with ``ndf`` filters in the
+    first layer, doubling up to ``ndf_max``.
+
+    Losses: hinge GAN loss, feature matching (``lambda_feat``; 0 turns it off), VGG19 perceptual
+    loss (``lambda_vgg``) when ``vgg_weights`` names a local torchvision-style vgg19 state_dict.
+
+    Optimisation: ``batch_size`` is the global batch (split evenly over processes under
+    torchrun); Adam(``beta1``, ``beta2``) with ``lr``, and with ``ttur`` the generator gets lr / 2
+    and the discriminator lr * 2; the learning rate is constant for ``niter`` epochs, then decays
+    linearly to 0 over ``niter_decay`` epochs; ``d_steps_per_g`` discriminator steps per
+    generator step.
+
+    Run control (may change on resume): ``out_dir``; ``resume`` (a checkpoint path, or "latest"
+    in ``out_dir``); ``max_steps`` (total optimisation steps, counted across resumes);
+    ``time_budget_s`` (stop cleanly, final checkpoint included, after about this many seconds of
+    ``Trainer.fit``: it does not start a step that, with the last step's and checkpoint's
+    durations, would overrun); ``checkpoint_every`` / ``sample_every`` (steps; 0: only at the end);
+    ``keep_last`` checkpoints; ``num_workers`` of the data loader; ``device`` ("auto": CUDA when
+    available); ``progress`` (a tqdm bar).
+    """
+
+    # data
+    dataset: str = "procedural"
+    dataroot: str | None = None
+    label_nc: int | None = None
+    crop_size: int = 256
+    load_size: int | None = None
+    aspect_ratio: float = 1.0
+    augment: bool | None = None
+    instance: bool = False
+    num_samples: int | None = None
+    # generator
+    cell_size: int | None = None
+    hidden_width: int = 64
+    depth: int = 5
+    lr_width: int = 64
+    lr_max_width: int = 1024
+    lr_depth: int = 7
+    backend: str = "auto"
+    precision: str = "fp32"
+    # discriminator
+    num_d: int = 2
+    n_layers_d: int = 4
+    ndf: int = 64
+    ndf_max: int = 512
+    # losses
+    lambda_feat: float = 10.0
+    lambda_vgg: float = 10.0
+    vgg_weights: str | None = None
+    # optimisation
+    batch_size: int = 1
+    lr: float = 2e-4
+    beta1: float = 0.0
+    beta2: float = 0.9
+    ttur: bool = True
+    niter: int = 200
+    niter_decay: int = 100
+    d_steps_per_g: int = 1
+    seed: int = 0
+    # run control
+    out_dir: str = "runs/asapnet"
+    resume: str | None = None
+    max_steps: int | None = None
+    time_budget_s: float | None = None
+    checkpoint_every: int = 1000
+    keep_last: int = 3
+    sample_every: int = 500
+    num_workers: int = 0
+    device: str = "auto"
+    progress: bool = True
+
+    def __post_init__(self):
+        def check(condition: bool, name: str, expected: str):
+            if not condition:
+                raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+        check(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        check(self.batch_size >= 1, "batch_size", ">= 1")
+        check(self.crop_size >= 1, "crop_size", ">= 1")
+        check(self.label_nc is None or self.label_nc >= 1, "label_nc", "None or >= 1")
+        check(self.cell_size is None or (self.cell_size >= 16 and self.cell_size & (self.cell_size - 1) == 0),
+              "cell_size", "None or a power of two >= 16")
+        check(self.num_d >= 1, "num_d", ">= 1")
+        check(self.n_layers_d >= 1, "n_layers_d", ">= 1")
+        check(self.ndf >= 1 and self.ndf_max >= self.ndf, "ndf", ">= 1 and <= ndf_max")
+        check(self.lambda_feat >= 0, "lambda_feat", ">= 0")
+        check(self.lambda_vgg >= 0, "lambda_vgg", ">= 0")
+        check(self.lr > 0, "lr", "> 0")
+        check(self.niter >= 0, "niter", ">= 0")
+        check(self.niter_decay >= 0, "niter_decay", ">= 0")
+        check(self.niter + self.niter_decay >= 1, "niter", "such that niter + niter_decay >= 1")
+        check(self.d_steps_per_g >= 1, "d_steps_per_g", ">= 1")
+        check(self.max_steps is None or self.max_steps >= 0, "max_steps", "None or >= 0")
+        check(self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s", "None or > 0")
+        check(self.checkpoint_every >= 0, "checkpoint_every", ">= 0")
+        check(self.sample_every >= 0, "sample_every", ">= 0")
+        check(self.keep_last >= 1, "keep_last", ">= 1")
+        check(self.num_workers >= 0, "num_workers", ">= 0")
+
+    @property
+    def resolved_cell_size(self) -> int:
+        """``cell_size``, or the published rule's value for this crop when it is None."""
+        return self.cell_size if self.cell_size is not None else default_cell_size(self.crop_size)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.niter + self.niter_decay
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainConfig":
+        """The config stored by :meth:`to_dict`; unknown keys are an error (a newer version's
+        checkpoint), not silently dropped."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown TrainConfig fields {unknown} (written by a newer asapnet-triton?)")
+        return cls(**values)
+
+    def differences(self, other: "TrainConfig", *, ignore=RUN_CONTROL_FIELDS) -> dict:
+        """Fields (outside ``ignore``) whose values differ: {name: (self's, other's)}."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {name: (mine[name], theirs[name]) for name in mine
+                if name not in ignore and mine[name] != theirs[name]}

@@ -1,0 +1,536 @@
+"""The GAN training loop of ASAP-Net (pix2pixHD / SPADE style), single process or under
+``torchrun`` with DistributedDataParallel, with exact resumption from checkpoints."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset
+
+from .checkpoint import (
+    CHECKPOINT_FORMAT,
+    atomic_write,
+    capture_rng_state,
+    checkpoint_path,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+)
+from .config import TrainConfig
+from .discriminator import conditional_input
+from .distributed import ResumableDistributedSampler, setup_distributed
+from .losses import (
+    VGGLoss,
+    discriminator_hinge_loss,
+    feature_matching_loss,
+    generator_hinge_loss,
+    load_vgg19_features,
+)
+from .models import build_discriminator, build_generator
+from .visuals import plot_losses, read_log, sample_grid, save_png
+
+__all__ = ["LinearDecay", "Trainer", "learning_rates", "train"]
+
+LOG_NAME = "log.jsonl"
+PLOT_NAME = "losses.png"
+CONFIG_NAME = "config.json"
+SAMPLES_DIR = "samples"
+PLOT_INTERVAL_S = 60.0  # the loss plot is redrawn at checkpoints at most this often (and at the end)
+VGG_HINT = ("perceptual (VGG19) loss is off: pass --vgg-weights PATH (TrainConfig.vgg_weights), a local "
+            "torchvision vgg19 state_dict, to enable it")
+
+
+class LinearDecay:
+    """The published learning-rate factor of epoch e (0-based): 1 for the first ``niter + 1``
+    epochs, then 1 - (e - niter) / niter_decay, reaching 1 / niter_decay in the last epoch (the
+    published trainer lowers the rate by lr / niter_decay at the end of every epoch after the
+    niter-th, so it would reach 0 after the last)."""
+
+    def __init__(self, niter: int, niter_decay: int):
+        self.niter, self.niter_decay = niter, niter_decay
+
+    def __call__(self, epoch: int) -> float:
+        if self.niter_decay == 0:
+            return 1.0
+        return max(0.0, 1.0 - max(0, epoch - self.niter) / self.niter_decay)
+
+
+def learning_rates(config: TrainConfig, epoch: int) -> tuple[float, float]:
+    """(generator, discriminator) learning rates during ``epoch`` (0-based): TTUR gives the
+    generator lr / 2 and the discriminator lr * 2, both scaled by :class:`LinearDecay`."""
+    factor = LinearDecay(config.niter, config.niter_decay)(epoch)
+    g_lr, d_lr = (config.lr / 2, config.lr * 2) if config.ttur else (config.lr, config.lr)
+    return g_lr * factor, d_lr * factor
+
+
+def train(config: TrainConfig, dataset: Dataset | None = None,
+          on_step: Callable[[dict], None] | None = None) -> list[dict]:
+    """Train as ``config`` says and return the per-step records (see :meth:`Trainer.fit`)."""
+    return Trainer(config, dataset, on_step=on_step).fit()
+
+
+class _StopRequest:
+    """Turns the first Ctrl-C into a request to stop after the current step (with a checkpoint);
+    a second Ctrl-C interrupts at once."""
+
+    def __init__(self, say: Callable[[str], None]):
+        self.requested = False
+        self._say = say
+        self._previous = None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.requested = True
+        self._say("interrupt: stopping after this step and writing a checkpoint (Ctrl-C again to abort)")
+        signal.signal(signal.SIGINT, self._previous or signal.default_int_handler)
+
+    def __exit__(self, *exc):
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+
+class Trainer:
+    """ASAP-Net's adversarial training.
+
+    Per step, on one batch (as published): a generator step (hinge GAN loss + lambda_feat x
+    discriminator feature matching [+ lambda_vgg x VGG19 perceptual loss]), then a discriminator
+    step (hinge loss on a freshly generated image and the real one). The learning rates follow
+    :func:`learning_rates`, stepped at the end of every epoch.
+
+    Args:
+        config: the run (:class:`TrainConfig`).
+        dataset: a map-style dataset of dicts {"label": LongTensor (H, W), "image": FloatTensor
+            (3, H, W) in [-1, 1], "path": str} (+ "edges": (1, H, W) with ``config.instance``);
+            None builds ``config.dataset`` with ``asapnet_triton.data.build_dataset``. A dataset
+            with ``set_epoch(epoch)`` has it called before every epoch.
+        on_step: called on every process after each step with that step's record (rank 0's
+            is the one logged).
+
+    Writes to ``config.out_dir`` (rank 0 only): ``checkpoints/step_N.pt`` (every
+    ``checkpoint_every`` steps and at the end; the newest ``keep_last`` kept), ``samples/step_N.png``
+    (every ``sample_every`` steps and at the end), ``log.jsonl`` (one record per step),
+    ``losses.png`` and ``config.json``. Refuses a non-empty ``out_dir`` unless ``config.resume``
+    is set: a previous run's files are never overwritten.
+
+    Resuming (``config.resume``: a checkpoint path, or "latest" for the newest in ``out_dir``)
+    restores the models, optimisers, schedulers, step, epoch, position in the epoch's data order
+    and every random-number generator, so the run continues exactly as if it had never stopped
+    (bitwise, on the same machine and number of processes, when the dataset's randomness is a
+    function of the epoch and index, as ``set_epoch`` datasets are). Only the run-control fields of
+    the config (:data:`~asapnet_triton.training.config.RUN_CONTROL_FIELDS`) may differ from the
+    checkpoint's.
+
+    Under ``torchrun`` (WORLD_SIZE > 1) each process trains on its shard of every global batch
+    (``batch_size`` must be divisible by the number of processes) with both networks in
+    DistributedDataParallel.
+    """
+
+    def __init__(self, config: TrainConfig, dataset: Dataset | None = None, *,
+                 on_step: Callable[[dict], None] | None = None):
+        self.config = config
+        self.on_step = on_step
+        self.out_dir = Path(config.out_dir)
+        self.dist = setup_distributed(config.device)
+        self.device = self.dist.device
+        try:
+            self._setup(dataset)
+        except BaseException:
+            self.dist.close()
+            raise
+
+    # ------------------------------------------------------------------ setup
+
+    def _say(self, message: str) -> None:
+        if self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            tqdm.write(f"asapnet train: {message}", file=sys.stderr)
+
+    def _resolve_resume(self) -> Path | None:
+        resume = self.config.resume
+        if resume is None:
+            if self.out_dir.exists() and (not self.out_dir.is_dir() or any(self.out_dir.iterdir())):
+                raise FileExistsError(
+                    f"out_dir {str(self.out_dir)!r} is not empty: it may hold a previous run, whose files would be "
+                    f"overwritten. Continue that run with --resume latest (TrainConfig.resume='latest'), or "
+                    f"choose another --out")
+            return None
+        if resume == "latest":
+            path = latest_checkpoint(self.out_dir)
+            if path is None:
+                raise FileNotFoundError(f"--resume latest: no checkpoint in {str(self.out_dir / 'checkpoints')!r}")
+            return path
+        return Path(resume)
+
+    def _setup(self, dataset: Dataset | None) -> None:
+        config = self.config
+        resume_path = self._resolve_resume()
+        checkpoint = load_checkpoint(resume_path) if resume_path is not None else None
+        if checkpoint is not None:
+            stored = TrainConfig.from_dict(checkpoint["config"])
+            differences = stored.differences(config)
+            if differences:
+                listed = ", ".join(f"{name}: checkpoint {old!r}, now {new!r}" for name, (old, new) in differences.items())
+                raise ValueError(f"--resume {str(resume_path)!r}: the config differs from the checkpoint's in "
+                                 f"fields that define the run ({listed}); only run-control fields may change")
+        if config.batch_size % self.dist.world_size:
+            raise ValueError(f"batch_size {config.batch_size} (the global batch) must be divisible by the number of "
+                             f"processes, {self.dist.world_size}")
+        self.per_process_batch = config.batch_size // self.dist.world_size
+
+        _seed_everything(config.seed)
+        self.dataset, self.num_classes = self._dataset_and_classes(dataset)
+        if checkpoint is not None and checkpoint["num_classes"] != self.num_classes:
+            raise ValueError(f"--resume {str(resume_path)!r}: the checkpoint has {checkpoint['num_classes']} classes, "
+                             f"the dataset {self.num_classes}")
+        self.generator = build_generator(config, self.num_classes).to(self.device)
+        self.discriminator = build_discriminator(config, self.num_classes).to(self.device)
+        if config.vgg_weights:
+            self.vgg_loss = VGGLoss(load_vgg19_features(config.vgg_weights)).to(self.device)
+        else:
+            self.vgg_loss = None
+            self._say(VGG_HINT)
+
+        g_lr, d_lr = learning_rates(config, 0)
+        betas = (config.beta1, config.beta2)
+        self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=g_lr, betas=betas)
+        self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=d_lr, betas=betas)
+        decay = LinearDecay(config.niter, config.niter_decay)
+        self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, decay)
+        self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, decay)
+
+        if self.dist.enabled:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.generator_ddp = DistributedDataParallel(self.generator, device_ids=device_ids)
+            self.discriminator_ddp = DistributedDataParallel(self.discriminator, device_ids=device_ids)
+        else:
+            self.generator_ddp, self.discriminator_ddp = self.generator, self.discriminator
+
+        self.sampler = ResumableDistributedSampler(self.dataset, num_replicas=self.dist.world_size,
+                                                   rank=self.dist.rank, seed=config.seed)
+        self.steps_per_epoch = self.sampler.num_samples // self.per_process_batch
+        if self.steps_per_epoch == 0:
+            raise ValueError(f"the dataset has {len(self.dataset)} samples, fewer than one global batch of "
+                             f"{config.batch_size}: lower --batch-size")
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.elapsed_s = 0.0  # training time over all sessions of this run
+        self.checkpoint_step: int | None = None
+        self._checkpoint_time_s = 0.0
+        self._plotted_at, self._plotted_step = -math.inf, None
+        if checkpoint is not None:
+            self._restore(checkpoint, resume_path)
+        # every process has checked out_dir before rank 0 starts writing to it
+        self.dist.barrier()
+
+    def _dataset_and_classes(self, dataset: Dataset | None) -> tuple[Dataset, int]:
+        config = self.config
+        if dataset is None:
+            from ..data import build_dataset, num_classes_of
+
+            dataset = build_dataset(config.dataset, config.dataroot, split="train", label_nc=config.label_nc,
+                                    load_size=config.load_size, crop_size=config.crop_size,
+                                    aspect_ratio=config.aspect_ratio, augment=config.augment,
+                                    instance=config.instance, num_samples=config.num_samples, seed=config.seed)
+            return dataset, num_classes_of(config.dataset, label_nc=config.label_nc)
+        if config.label_nc is None:
+            raise ValueError("TrainConfig.label_nc must give the number of label classes when a dataset object is "
+                             "passed to Trainer")
+        return dataset, config.label_nc
+
+    def _restore(self, checkpoint: dict, path: Path) -> None:
+        self.generator.load_state_dict(checkpoint["generator"])
+        self.discriminator.load_state_dict(checkpoint["discriminator"])
+        self.optimizer_g.load_state_dict(checkpoint["optimizer_g"])
+        self.optimizer_d.load_state_dict(checkpoint["optimizer_d"])
+        self.scheduler_g.load_state_dict(checkpoint["scheduler_g"])
+        self.scheduler_d.load_state_dict(checkpoint["scheduler_d"])
+        self.step, self.epoch = checkpoint["step"], checkpoint["epoch"]
+        self.batch_in_epoch = checkpoint["batch_in_epoch"]
+        self.elapsed_s = checkpoint["elapsed_s"]
+        self.checkpoint_step = self.step
+        restore_rng_state(checkpoint["rng"], self.device)
+        if checkpoint["world_size"] != self.dist.world_size:
+            self._say(f"resuming a run of {checkpoint['world_size']} process(es) on {self.dist.world_size}: the global "
+                      f"batches hold the same samples, but the result is not bitwise that of an uninterrupted run")
+        if self.batch_in_epoch >= self.steps_per_epoch:
+            raise ValueError(f"checkpoint {str(path)!r} stopped at batch {self.batch_in_epoch} of an epoch that now "
+                             f"has {self.steps_per_epoch} batches (a different dataset size?)")
+        self._say(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
+
+    # ------------------------------------------------------------------ state
+
+    def state_dict(self) -> dict:
+        """Everything a checkpoint holds (see :class:`Trainer`)."""
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "config": self.config.to_dict(),
+            "num_classes": self.num_classes,
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.dist.world_size,
+            "elapsed_s": self.elapsed_s,
+            "generator": self.generator.state_dict(),
+            "discriminator": self.discriminator.state_dict(),
+            "optimizer_g": self.optimizer_g.state_dict(),
+            "optimizer_d": self.optimizer_d.state_dict(),
+            "scheduler_g": self.scheduler_g.state_dict(),
+            "scheduler_d": self.scheduler_d.state_dict(),
+            "rng": capture_rng_state(self.device),
+            # the data order is a function of (seed, epoch, batch_in_epoch): recorded for inspection
+            "data_order": {"seed": self.config.seed, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                           "sampler": type(self.sampler).__name__},
+        }
+
+    def save_checkpoint(self) -> Path:
+        """Write the current state to OUT/checkpoints/step_N.pt (rank 0, atomically, between
+        barriers), prune to ``keep_last``, and redraw the loss plot (at most once a minute)."""
+        path = checkpoint_path(self.out_dir, self.step)
+        start = time.perf_counter()
+        self.dist.barrier()
+        if self.dist.is_main:
+            save_checkpoint(self.state_dict(), path)
+            prune_checkpoints(self.out_dir, self.config.keep_last)
+            if time.perf_counter() - self._plotted_at >= PLOT_INTERVAL_S:
+                self._plot()
+        self.dist.barrier()
+        self.checkpoint_step = self.step
+        self._checkpoint_time_s = time.perf_counter() - start
+        return path
+
+    # ------------------------------------------------------------------ training
+
+    @property
+    def final_step(self) -> int:
+        """The step this run ends at: all epochs, or ``max_steps`` if fewer."""
+        total = self.config.total_epochs * self.steps_per_epoch
+        return total if self.config.max_steps is None else min(total, self.config.max_steps)
+
+    def _loader(self) -> DataLoader:
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(self.epoch)
+        self.sampler.set_position(self.epoch, self.batch_in_epoch * self.per_process_batch)
+        # the loader's own generator only seeds its workers: seeded per (seed, epoch, rank) so
+        # creating it draws nothing from the global torch generator
+        worker_seed = (self.config.seed * 1_000_003 + self.epoch) * 1009 + self.dist.rank
+        return DataLoader(self.dataset, batch_size=self.per_process_batch, sampler=self.sampler, drop_last=True,
+                          num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
+                          generator=torch.Generator().manual_seed(worker_seed))
+
+    def _autocast(self):
+        if self.config.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _unpack(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        for key in ("label", "image") + (("edges",) if self.config.instance else ()):
+            if key not in batch:
+                raise KeyError(f"dataset items must hold {key!r} (have {sorted(batch)})")
+        labels = batch["label"].to(self.device, non_blocking=True)
+        image = batch["image"].to(self.device, non_blocking=True)
+        if labels.dim() != 3 or labels.dtype.is_floating_point:
+            raise ValueError(f"batch['label'] must be integer (B, H, W), got {tuple(labels.shape)} {labels.dtype}")
+        if image.shape != (labels.shape[0], 3, *labels.shape[-2:]) or not image.dtype.is_floating_point:
+            raise ValueError(f"batch['image'] must be float (B, 3, H, W) matching the labels {tuple(labels.shape)}, "
+                             f"got {tuple(image.shape)} {image.dtype}")
+        edges = batch["edges"].to(self.device, non_blocking=True) if self.config.instance else None
+        return labels.long(), image, edges
+
+    def _discriminate(self, discriminator, condition_fake, condition_real):
+        # fake and real in one batch, as published (one set of statistics per call)
+        predictions = discriminator(torch.cat([condition_fake, condition_real], dim=0))
+        half = condition_fake.shape[0]
+        fake = [[t[:half] for t in scale] for scale in predictions]
+        real = [[t[half:] for t in scale] for scale in predictions]
+        return fake, real
+
+    def _generator_step(self, labels, image, edges) -> tuple[dict, torch.Tensor]:
+        config = self.config
+        self.optimizer_g.zero_grad(set_to_none=True)
+        # the discriminator's weights get no gradient here; it runs unwrapped, so DDP expects
+        # none of its gradients in this step
+        self.discriminator.requires_grad_(False)
+        try:
+            fake = self.generator_ddp(labels, edges)
+            with self._autocast():
+                pred_fake, pred_real = self._discriminate(
+                    self.discriminator, conditional_input(labels, self.num_classes, fake, edges),
+                    conditional_input(labels, self.num_classes, image, edges))
+                losses = {"G_GAN": generator_hinge_loss(pred_fake)}
+                if config.lambda_feat > 0:
+                    losses["G_feat"] = config.lambda_feat * feature_matching_loss(pred_fake, pred_real)
+                if self.vgg_loss is not None and config.lambda_vgg > 0:
+                    losses["G_VGG"] = config.lambda_vgg * self.vgg_loss(fake, image)
+            sum(losses.values()).backward()
+            self.optimizer_g.step()
+        finally:
+            self.discriminator.requires_grad_(True)
+        return losses, fake.detach()
+
+    def _discriminator_step(self, labels, image, edges) -> tuple[dict, torch.Tensor]:
+        self.optimizer_d.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            fake = self.generator(labels, edges)
+        with self._autocast():
+            pred_fake, pred_real = self._discriminate(
+                self.discriminator_ddp, conditional_input(labels, self.num_classes, fake, edges),
+                conditional_input(labels, self.num_classes, image, edges))
+            losses = {"D_fake": discriminator_hinge_loss(pred_fake, real=False),
+                      "D_real": discriminator_hinge_loss(pred_real, real=True)}
+        sum(losses.values()).backward()
+        self.optimizer_d.step()
+        return losses, fake
+
+    def train_step(self, batch: dict) -> dict:
+        """One optimisation step on ``batch`` (this process's shard); returns the losses,
+        averaged over processes, as floats."""
+        labels, image, edges = self._unpack(batch)
+        losses = {}
+        if self.step % self.config.d_steps_per_g == 0:
+            g_losses, fake = self._generator_step(labels, image, edges)
+            losses.update(g_losses)
+        d_losses, d_fake = self._discriminator_step(labels, image, edges)
+        losses.update(d_losses)
+        self._last_batch = (labels, fake if "G_GAN" in losses else d_fake, image)
+        names = sorted(losses)
+        values = self.dist.mean(torch.stack([losses[name].detach().float() for name in names]))
+        return dict(zip(names, values.tolist()))
+
+    def fit(self) -> list[dict]:
+        """Train until the last epoch, ``max_steps`` or ``time_budget_s``, writing checkpoints,
+        samples and logs; returns this session's per-step records: {"step", "epoch", "lr_G",
+        "lr_D", "G_GAN", "G_feat" [, "G_VGG"], "D_fake", "D_real", "step_time_s",
+        "images_per_s", "elapsed_s"} ("step" counts completed steps, from 1)."""
+        from tqdm.auto import tqdm
+
+        config = self.config
+        session_start = time.perf_counter()
+        history: list[dict] = []
+        final_step = self.final_step
+        if self.dist.is_main:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            atomic_write(self.out_dir / CONFIG_NAME,
+                         lambda f: f.write(json.dumps(self.config.to_dict(), indent=1).encode()))
+            self._trim_log()
+        self._say(f"{len(self.dataset)} samples, {self.steps_per_epoch} steps per epoch, training to step "
+                  f"{final_step} ({self.dist.world_size} process(es), {self.device}, precision {config.precision})")
+        bar = tqdm(total=final_step, initial=self.step, unit="step", dynamic_ncols=True,
+                   disable=not (config.progress and self.dist.is_main), desc="train")
+        last_step_time = 0.0
+        last_sample_step = None
+        try:
+            with _StopRequest(self._say) as interrupt, \
+                    (open(self.out_dir / LOG_NAME, "a") if self.dist.is_main else contextlib.nullcontext()) as log:
+                stop = self.step >= final_step
+                while not stop:
+                    g_lr, d_lr = self.optimizer_g.param_groups[0]["lr"], self.optimizer_d.param_groups[0]["lr"]
+                    epoch = self.epoch
+                    for batch in self._loader():
+                        step_start = time.perf_counter()
+                        losses = self.train_step(batch)
+                        self.step += 1
+                        self.batch_in_epoch += 1
+                        if self.batch_in_epoch == self.steps_per_epoch:
+                            self.scheduler_g.step()
+                            self.scheduler_d.step()
+                            self.epoch += 1
+                            self.batch_in_epoch = 0
+                        last_step_time = time.perf_counter() - step_start
+                        self.elapsed_s += last_step_time
+                        record = {"step": self.step, "epoch": epoch, "lr_G": g_lr, "lr_D": d_lr, **losses,
+                                  "step_time_s": last_step_time,
+                                  "images_per_s": config.batch_size / max(last_step_time, 1e-9),
+                                  "elapsed_s": self.elapsed_s}
+                        history.append(record)
+                        if log is not None:
+                            log.write(json.dumps(record) + "\n")
+                            log.flush()
+                        if self.on_step is not None:
+                            self.on_step(record)
+                        bar.update(1)
+                        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} |
+                                        {"img/s": f"{record['images_per_s']:.1f}"}, refresh=False)
+                        if config.sample_every and self.step % config.sample_every == 0:
+                            self._write_sample()
+                            last_sample_step = self.step
+                        if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+                            if log is not None:
+                                log.flush()
+                            self.save_checkpoint()
+                        over_budget = config.time_budget_s is not None and (
+                            time.perf_counter() - session_start + last_step_time + self._checkpoint_time_s
+                            >= config.time_budget_s)
+                        stop = self.step >= final_step or self.dist.any(over_budget or interrupt.requested)
+                        if stop:
+                            if self.step < final_step:
+                                self._say(f"stopping at step {self.step}: "
+                                          f"{'time budget reached' if over_budget else 'interrupted'}")
+                            break
+                        if self.epoch != epoch:
+                            break  # a new epoch: new learning rates and a new data order
+            if self.dist.is_main and self.step > 0 and last_sample_step != self.step and history:
+                self._write_sample()
+            if self.checkpoint_step != self.step:
+                self.save_checkpoint()
+            if self.dist.is_main and history and self._plotted_step != self.step:
+                self._plot()
+        finally:
+            bar.close()
+            self.dist.close()
+        return history
+
+    # ------------------------------------------------------------------ outputs
+
+    def _write_sample(self) -> None:
+        if not self.dist.is_main:
+            return
+        labels, generated, target = self._last_batch
+        grid = sample_grid(labels, generated, target, self.num_classes)
+        save_png(grid, self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png")
+
+    def _plot(self) -> None:
+        log_path = self.out_dir / LOG_NAME
+        if log_path.is_file():
+            records = read_log(log_path)
+            if records:
+                plot_losses(records, self.out_dir / PLOT_NAME)
+                self._plotted_at, self._plotted_step = time.perf_counter(), self.step
+
+    def _trim_log(self) -> None:
+        # a run stopped after its last checkpoint logged steps that the resumed run repeats
+        # (identically): drop them so every step appears once
+        log_path = self.out_dir / LOG_NAME
+        if not log_path.is_file():
+            return
+        records = read_log(log_path)
+        kept = [r for r in records if r["step"] <= self.step]
+        if len(kept) != len(records):
+            atomic_write(log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
+
+
+def _seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+

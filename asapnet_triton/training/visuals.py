@@ -1,0 +1,128 @@
+"""Training visuals: sample grids (label colour map | generated | target) and loss curves,
+written atomically."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .checkpoint import atomic_write
+
+__all__ = ["label_colors", "plot_losses", "read_log", "sample_grid", "save_png"]
+
+SAMPLE_ROWS = 4         # batch items shown per grid
+SEPARATOR = 2           # pixels of white between panels
+MIN_PANEL_HEIGHT = 128  # smaller images are enlarged (nearest neighbour) to stay legible
+
+
+def label_colors(num_classes: int) -> np.ndarray:
+    """A fixed, distinct RGB colour per class (num_classes, 3) uint8: the bits of the class id
+    are spread over the high bits of the three channels (class 0 is black)."""
+    colors = np.zeros((num_classes, 3), dtype=np.uint8)
+    for label in range(num_classes):
+        value, r, g, b = label, 0, 0, 0
+        for bit in range(8):
+            r |= ((value >> 0) & 1) << (7 - bit)
+            g |= ((value >> 1) & 1) << (7 - bit)
+            b |= ((value >> 2) & 1) << (7 - bit)
+            value >>= 3
+        colors[label] = (r, g, b)
+    return colors
+
+
+def _to_uint8(image: torch.Tensor) -> np.ndarray:
+    # (3, H, W) in [-1, 1] -> (H, W, 3) uint8
+    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return array.permute(1, 2, 0).numpy()
+
+
+def sample_grid(labels: torch.Tensor, generated: torch.Tensor, target: torch.Tensor, num_classes: int,
+                rows: int = SAMPLE_ROWS) -> np.ndarray:
+    """An (H', W', 3) uint8 grid: per batch item (up to ``rows``), its label map in colour, the
+    generated image and the target, side by side, separated by white lines. Images less than
+    128 pixels high are enlarged by an integer factor (nearest neighbour)."""
+    if labels.dim() != 3 or generated.dim() != 4 or generated.shape != target.shape \
+            or generated.shape[0] != labels.shape[0] or generated.shape[-2:] != labels.shape[-2:]:
+        raise ValueError(f"expected labels (B, H, W) and generated, target (B, 3, H, W) of one size, got "
+                         f"{tuple(labels.shape)}, {tuple(generated.shape)}, {tuple(target.shape)}")
+    palette = label_colors(num_classes)
+    count = min(rows, labels.shape[0])
+    scale = max(1, MIN_PANEL_HEIGHT // labels.shape[-2])
+    height, width = labels.shape[-2] * scale, labels.shape[-1] * scale
+    grid = np.full((count * height + (count - 1) * SEPARATOR, 3 * width + 2 * SEPARATOR, 3), 255, dtype=np.uint8)
+    for row in range(count):
+        top = row * (height + SEPARATOR)
+        panels = [palette[labels[row].cpu().long().clamp(0, num_classes - 1).numpy()],
+                  _to_uint8(generated[row]), _to_uint8(target[row])]
+        for column, panel in enumerate(panels):
+            panel = panel.repeat(scale, axis=0).repeat(scale, axis=1)
+            left = column * (width + SEPARATOR)
+            grid[top:top + height, left:left + width] = panel
+    return grid
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
+    """Write an (H, W, 3) uint8 array as a PNG, atomically."""
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    atomic_write(path, lambda file: file.write(buffer.getvalue()))
+
+
+def read_log(path: str | os.PathLike) -> list[dict]:
+    """The records of a JSON-lines training log (one JSON object per line)."""
+    records = []
+    with open(path) as file:
+        for number, line in enumerate(file, 1):
+            if line.strip():
+                try:
+                    records.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise ValueError(f"{path}: line {number} is not JSON ({error})") from error
+    return records
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    kernel = np.ones(window) / window
+    return np.convolve(values, kernel, mode="valid")
+
+
+def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
+    """Plot every loss in ``records`` against the step (generator losses above, discriminator
+    losses below; a moving average over long runs) and write the PNG atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    if not records:
+        raise ValueError("no records to plot")
+    steps = np.array([r["step"] for r in records])
+    # the union over records: with d_steps_per_g > 1 some steps have no generator losses
+    names = list(dict.fromkeys(k for r in records for k in r if k.startswith(("G_", "D_"))))
+    figure = Figure(figsize=(8, 6), dpi=100)
+    FigureCanvasAgg(figure)
+    axes = {"G": figure.add_subplot(2, 1, 1), "D": figure.add_subplot(2, 1, 2)}
+    window = max(1, len(records) // 50)
+    for name in names:
+        values = np.array([r.get(name, np.nan) for r in records], dtype=float)
+        axis = axes[name[0]]
+        if window > 1:
+            line, = axis.plot(steps, values, alpha=0.25, linewidth=0.8)
+            axis.plot(steps[window - 1:], _moving_average(values, window), color=line.get_color(), label=name)
+        else:
+            axis.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
+    for kind, axis in axes.items():
+        axis.set_ylabel("generator" if kind == "G" else "discriminator")
+        axis.grid(alpha=0.3)
+        if axis.lines:
+            axis.legend(loc="upper right", fontsize="small")
+    axes["D"].set_xlabel("step")
+    figure.suptitle("ASAP-Net training losses" + (f" (moving average over {window} steps)" if window > 1 else ""))
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    atomic_write(Path(path), lambda file: file.write(buffer.getvalue()))
