@@ -6,6 +6,10 @@ Subcommands:
   autotune       time the kernels' launch configurations for given shapes and cache the best
   kernel-report  compile every kernel ahead of time for GPU architectures (no GPU needed) and
                  report registers, spills, shared memory, tensor-core instructions, occupancy
+  train          train ASAP-Net (GAN) on a dataset; checkpoints, samples, loss curve, --resume
+  translate      label maps (or images) of any size to PNGs with a trained generator
+  demo           train a small ASAP-Net on embedded procedural facades (~3 min on a CPU),
+                 translate held-out maps, report PSNR/SSIM and LR/HR stream timings
 """
 
 from __future__ import annotations
@@ -23,6 +27,13 @@ def _csv(kind):
     def parse(text: str):
         return [kind(item) for item in text.split(",") if item]
     return parse
+
+
+def _size(text: str) -> tuple[int, int]:
+    height, _, width = text.partition("x")
+    if not (height.isdigit() and width.isdigit()):
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 1024x1024, got {text!r}")
+    return int(height), int(width)
 
 
 def _add_model_arguments(p, *, height: int, width: int, cell_size: int) -> None:
@@ -81,6 +92,40 @@ def _parser() -> argparse.ArgumentParser:
 
     from .training.command import add_train_parser
     add_train_parser(sub)
+
+    p = sub.add_parser("translate", help="label maps (or images) to PNGs with a trained generator",
+                       description="Run a trained generator on each input file (a label map: single-channel PNG of "
+                                   "class indices; or an image, for image-input models) at its own size and write "
+                                   "OUT/<stem>.png. Inputs are never overwritten; existing outputs only with "
+                                   "--overwrite.")
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="label-map (or image) files")
+    p.add_argument("--checkpoint", required=True, help="a checkpoint written by asapnet train (or, with --official, "
+                                                       "a latest_net_G.pth of the published implementation)")
+    p.add_argument("--out", required=True, help="folder for the outputs (created if missing)")
+    p.add_argument("--official", action="store_true",
+                   help="the checkpoint comes from the published ASAP-Net code (see at.load_official_checkpoint)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+                   help="HR-stream backend (default: the checkpoint's, 'auto' for --official)")
+    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+                   help="HR-stream precision (default: the checkpoint's, fp32 for --official)")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
+
+    p = sub.add_parser("demo", help="train and evaluate a small ASAP-Net on embedded procedural facades",
+                       description="Build the embedded procedural facades dataset (CMP Facades classes; nothing is "
+                                   "downloaded), train a small ASAP-Net for a fixed time budget, translate held-out "
+                                   "label maps and write samples.png (label | generated | target), losses.png and "
+                                   "metrics.json; print PSNR/SSIM and the LR-/HR-stream timings.")
+    p.add_argument("--out", default=None, help="output folder, new or empty (default: the first of asapnet-demo, "
+                                               "asapnet-demo-1, ... that does not exist)")
+    p.add_argument("--time-budget", type=float, default=180.0, help="training seconds (default: 180)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps instead of the budget")
+    p.add_argument("--crop-size", type=int, default=128, help="training and held-out image size (default: 128)")
+    p.add_argument("--held-out", type=int, default=8, help="held-out label maps to translate (default: 8)")
+    p.add_argument("--timing-sizes", type=_csv(_size), default=[(128, 128), (1024, 1024)],
+                   help="image sizes HxW at which to time the LR and HR streams (default: 128x128,1024x1024)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
 
 
@@ -144,6 +189,48 @@ def _kernel_report(args) -> int:
     return 0
 
 
+def _translate(args) -> int:
+    from .translate import translate
+
+    if args.official:
+        from .checkpoints import load_official_checkpoint
+
+        generator = load_official_checkpoint(args.checkpoint, precision=args.precision or "fp32",
+                                             backend=args.backend or "auto")
+    else:
+        from .training import load_generator
+
+        generator = load_generator(args.checkpoint, backend=args.backend, precision=args.precision)
+    written = translate(generator, args.inputs, args.out, device=args.device, overwrite=args.overwrite)
+    print(f"wrote {len(written)} image(s) to {args.out}")
+    return 0
+
+
+def _free_folder(base: str) -> str:
+    candidate, index = base, 0
+    while os.path.exists(candidate):
+        index += 1
+        candidate = f"{base}-{index}"
+    return candidate
+
+
+def _demo(args) -> int:
+    import torch
+
+    from .demo import run_demo
+
+    out = args.out if args.out is not None else _free_folder("asapnet-demo")
+    result = run_demo(out, time_budget_s=None if args.max_steps is not None else args.time_budget,
+                      max_steps=args.max_steps, crop_size=args.crop_size, held_out=args.held_out, seed=args.seed,
+                      timing_sizes=args.timing_sizes, progress=not args.no_progress)
+    print(result.summary())
+    for size, timing in result.timings_ms.items():
+        print(f"one {size} image on this CPU ({torch.get_num_threads()} threads, fp32): LR stream "
+              f"{timing['lr_stream_ms']:.1f} ms, HR stream {timing['hr_stream_ms']:.1f} ms")
+    print(f"wrote {out}/samples.png (label | generated | target), {out}/losses.png, {out}/metrics.json")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
@@ -159,6 +246,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "train":
         from .training.command import run_train
         return run_train(args)
+    if args.command == "translate":
+        return _translate(args)
+    if args.command == "demo":
+        return _demo(args)
     wants_interpreter = (args.backend is not None and "interpret" in args.backend) if args.command == "compare" \
         else (args.backend == "interpret" or (args.backend is None and not _cuda_available()))
     if args.command == "compare" and "interpret" in args.backend and "triton" in args.backend:

@@ -9,14 +9,13 @@ overwritten, and existing outputs only with ``overwrite=True``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["read_image", "read_label_map", "save_image", "translate"]
+__all__ = ["read_image", "read_label_map", "translate"]
 
 
 def read_label_map(path: str | os.PathLike, num_classes: int) -> torch.Tensor:
@@ -47,20 +46,6 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1
 
 
-def save_image(image: torch.Tensor, path: str | os.PathLike) -> None:
-    """Write a (3, H, W) tensor in [-1, 1] as an 8-bit PNG, atomically (temp file + rename)."""
-    pixels = ((image.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    path = Path(path)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            Image.fromarray(pixels.permute(1, 2, 0).cpu().numpy()).save(handle, format="PNG")
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-
-
 def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu", overwrite: bool = False,
               progress: bool = True) -> list[Path]:
     """Run ``generator`` (an ``ASAPNetGenerator``) on every file of ``inputs`` and write
@@ -72,6 +57,8 @@ def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu",
     and ``overwrite`` is False.
     """
     from tqdm.auto import tqdm
+
+    from .training.visuals import image_to_uint8, save_png
 
     if getattr(generator, "instance_edges", False):
         raise ValueError("this generator was trained with instance edges; translate takes label maps only, "
@@ -106,5 +93,5 @@ def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu",
                 if x.shape[1] != num_classes:
                     raise ValueError(f"{path}: this generator takes {num_classes}-channel images, "
                                      f"translate reads RGB (3 channels)")
-            save_image(generator(x.to(device))[0], output)
+            save_png(image_to_uint8(generator(x.to(device))[0]), output)
     return outputs

@@ -77,3 +77,23 @@ def test_kernel_report_rejects_bad_arch(tmp_path):
     result = subprocess.run([sys.executable, "-m", "asapnet_triton", "kernel-report", "--arch", "hopper"],
                             env=env, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "sm_80 or sm_90" in (result.stderr + result.stdout)
+
+
+def test_demo_then_translate(tmp_path, capsys, generator):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), "--max-steps", "1", "--crop-size", "64", "--held-out", "2",
+                 "--timing-sizes", "64x80", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "PSNR" in printed and "one 64x80 image" in printed and "samples.png" in printed
+    checkpoint = next((out / "train" / "checkpoints").glob("step_*.pt"))
+    labels = torch.randint(0, 12, (50, 70), generator=generator)
+    Image.fromarray(labels.numpy().astype(np.uint8), mode="L").save(tmp_path / "map.png")
+    assert main(["translate", "--checkpoint", str(checkpoint), str(tmp_path / "map.png"),
+                 "--out", str(tmp_path / "translated")]) == 0
+    assert np.array(Image.open(tmp_path / "translated" / "map.png")).shape == (50, 70, 3)
+    with pytest.raises(SystemExit):
+        main(["demo", "--timing-sizes", "1024by1024"])

@@ -12,32 +12,18 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..data import palette
 from .checkpoint import atomic_write
 
-__all__ = ["label_colors", "plot_losses", "read_log", "sample_grid", "save_png"]
+__all__ = ["image_to_uint8", "plot_losses", "read_log", "sample_grid", "save_png"]
 
 SAMPLE_ROWS = 4         # batch items shown per grid
 SEPARATOR = 2           # pixels of white between panels
 MIN_PANEL_HEIGHT = 128  # smaller images are enlarged (nearest neighbour) to stay legible
 
 
-def label_colors(num_classes: int) -> np.ndarray:
-    """A fixed, distinct RGB colour per class (num_classes, 3) uint8: the bits of the class id
-    are spread over the high bits of the three channels (class 0 is black)."""
-    colors = np.zeros((num_classes, 3), dtype=np.uint8)
-    for label in range(num_classes):
-        value, r, g, b = label, 0, 0, 0
-        for bit in range(8):
-            r |= ((value >> 0) & 1) << (7 - bit)
-            g |= ((value >> 1) & 1) << (7 - bit)
-            b |= ((value >> 2) & 1) << (7 - bit)
-            value >>= 3
-        colors[label] = (r, g, b)
-    return colors
-
-
-def _to_uint8(image: torch.Tensor) -> np.ndarray:
-    # (3, H, W) in [-1, 1] -> (H, W, 3) uint8
+def image_to_uint8(image: torch.Tensor) -> np.ndarray:
+    """A (3, H, W) image in [-1, 1] as an (H, W, 3) uint8 array (clamped, rounded)."""
     array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return array.permute(1, 2, 0).numpy()
 
@@ -51,15 +37,15 @@ def sample_grid(labels: torch.Tensor, generated: torch.Tensor, target: torch.Ten
             or generated.shape[0] != labels.shape[0] or generated.shape[-2:] != labels.shape[-2:]:
         raise ValueError(f"expected labels (B, H, W) and generated, target (B, 3, H, W) of one size, got "
                          f"{tuple(labels.shape)}, {tuple(generated.shape)}, {tuple(target.shape)}")
-    palette = label_colors(num_classes)
+    colors = palette(num_classes).numpy()
     count = min(rows, labels.shape[0])
     scale = max(1, MIN_PANEL_HEIGHT // labels.shape[-2])
     height, width = labels.shape[-2] * scale, labels.shape[-1] * scale
     grid = np.full((count * height + (count - 1) * SEPARATOR, 3 * width + 2 * SEPARATOR, 3), 255, dtype=np.uint8)
     for row in range(count):
         top = row * (height + SEPARATOR)
-        panels = [palette[labels[row].cpu().long().clamp(0, num_classes - 1).numpy()],
-                  _to_uint8(generated[row]), _to_uint8(target[row])]
+        panels = [colors[labels[row].cpu().long().clamp(0, num_classes - 1).numpy()],
+                  image_to_uint8(generated[row]), image_to_uint8(target[row])]
         for column, panel in enumerate(panels):
             panel = panel.repeat(scale, axis=0).repeat(scale, axis=1)
             left = column * (width + SEPARATOR)
