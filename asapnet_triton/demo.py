@@ -69,8 +69,8 @@ def _stream_timings(generator, sizes, *, repeats: int) -> dict:
     with torch.inference_mode():
         for height, width in sizes:
             labels = torch.randint(0, num_classes, (1, height, width))
-            params = generator.lowres(generator.lowres_input(labels))
-            lr = median_seconds(lambda: generator.lowres(generator.lowres_input(labels)), repeats=repeats)
+            params = generator.lowres_params(labels)
+            lr = median_seconds(lambda: generator.lowres_params(labels), repeats=repeats)
             hr = median_seconds(lambda: generator.highres(labels, params), repeats=repeats)
             timings[f"{height}x{width}"] = {"lr_stream_ms": 1e3 * lr, "hr_stream_ms": 1e3 * hr}
     return timings

@@ -24,6 +24,7 @@ __all__ = ["ASAPNetGenerator", "LR_PADDINGS", "LR_PRECISIONS", "LowResStream", "
 LR_DOWNSAMPLING = 16  # the LR stream's own stride-2 convolutions: 2**4
 LR_PADDINGS = ("zeros", "reflect", "replicate")
 LR_PRECISIONS = ("fp32", "bf16", "fp16")
+INIT_GAIN = 0.02  # the published initialisation: Xavier-normal conv weights with gain 0.02
 _AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -77,6 +78,21 @@ class LowResStream(nn.Module):
         layers += [_conv_block(lr_max_width, lr_max_width, 1, padding) for _ in range(lr_depth)]
         self.body = nn.Sequential(*layers)
         self.to_params = nn.Conv2d(lr_max_width, param_channels, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self, gain: float = INIT_GAIN) -> None:
+        """The published initialisation: Xavier-normal conv weights with ``gain`` and zero conv
+        biases; the instance norms keep weight 1 and bias 0. A small gain makes the first
+        parameter grids small, so training starts from a near-constant image instead of a
+        saturated tanh."""
+        for module in self.modules():
+            if isinstance(module, nn.Conv2d):
+                nn.init.xavier_normal_(module.weight, gain=gain)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.InstanceNorm2d) and module.affine:
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.to_params(self.body(x))

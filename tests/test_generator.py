@@ -10,10 +10,28 @@ from asapnet_triton.testing import kernel_backends, rms_relative_error
 TINY = dict(lr_width=8, lr_max_width=16, lr_depth=1, hidden_width=16, depth=3)
 
 
+def _generator(*args, **kwargs):
+    """A generator whose LR stream has unit-gain Xavier weights: the published gain of 0.02 makes
+    near-constant outputs, too flat to tell one computation from another."""
+    model = at.ASAPNetGenerator(*args, **kwargs)
+    model.lowres.reset_parameters(gain=1.0)
+    return model
+
+
+def test_published_initialisation():
+    model = at.ASAPNetGenerator(5, cell_size=16, lr_width=32, lr_max_width=64, lr_depth=1)
+    for conv in [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]:
+        fan_in = conv.weight[0].numel()
+        fan_out = conv.weight.shape[0] * conv.weight[0, 0].numel()
+        expected = 0.02 * (2 / (fan_in + fan_out)) ** 0.5
+        assert abs(conv.weight.std().item() / expected - 1) < 0.15
+        assert conv.bias is None or not conv.bias.any()
+
+
 def generator_pair(classes, cell, **kwargs):
     """Two generators with the same weights: label input and image input."""
-    labels = at.ASAPNetGenerator(classes, cell_size=cell, label_input=True, **TINY, **kwargs)
-    images = at.ASAPNetGenerator(classes, cell_size=cell, label_input=False, **TINY, **kwargs)
+    labels = _generator(classes, cell_size=cell, label_input=True, **TINY, **kwargs)
+    images = _generator(classes, cell_size=cell, label_input=False, **TINY, **kwargs)
     images.load_state_dict(labels.state_dict())
     return labels, images
 
@@ -21,7 +39,7 @@ def generator_pair(classes, cell, **kwargs):
 @pytest.mark.parametrize("height, width, cell", [(64, 64, 32), (100, 70, 32), (33, 130, 64), (16, 17, 16)])
 def test_any_size_in_same_size_out(height, width, cell, generator):
     torch.manual_seed(0)
-    model = at.ASAPNetGenerator(5, cell_size=cell, **TINY)
+    model = _generator(5, cell_size=cell, **TINY)
     x = torch.randint(0, 5, (2, height, width), generator=generator)
     lowres = model.lowres_input(x)
     assert lowres.shape[-2:] == (-(-height // cell) * 16, -(-width // cell) * 16)
@@ -44,7 +62,7 @@ def test_labels_equal_their_one_hot_image(generator):
 
 def test_instance_edges_feed_the_lowres_stream_only(generator):
     torch.manual_seed(0)
-    model = at.ASAPNetGenerator(4, cell_size=16, instance_edges=True, **TINY)
+    model = _generator(4, cell_size=16, instance_edges=True, **TINY)
     x = torch.randint(0, 4, (1, 40, 24), generator=generator)
     edges = (torch.rand(1, 1, 40, 24, generator=generator) > 0.8).float()
     assert model.lowres_input(x, edges).shape[1] == 5
@@ -57,7 +75,7 @@ def test_instance_edges_feed_the_lowres_stream_only(generator):
 def test_gradients_reach_the_lowres_stream(backend, generator):
     """Gradients of every generator weight agree with autograd through the einsum reference."""
     torch.manual_seed(0)
-    model = at.ASAPNetGenerator(5, cell_size=16, backend="reference", **TINY).double()
+    model = _generator(5, cell_size=16, backend="reference", **TINY).double()
     x = torch.randint(0, 5, (2, 36, 20), generator=generator)
     target = torch.rand(2, 3, 36, 20, generator=generator, dtype=torch.float64)
     torch.nn.functional.mse_loss(model(x), target).backward()
@@ -73,16 +91,16 @@ def test_gradients_reach_the_lowres_stream(backend, generator):
 @pytest.mark.parametrize("cell", [8, 48])
 def test_bad_cell_size(cell):
     with pytest.raises(ValueError, match="cell_size must be a power of two >= 16"):
-        at.ASAPNetGenerator(5, cell_size=cell)
+        _generator(5, cell_size=cell)
 
 
 def test_bad_inputs(generator):
-    model = at.ASAPNetGenerator(5, cell_size=16, **TINY)
+    model = _generator(5, cell_size=16, **TINY)
     with pytest.raises(ValueError, match="more than one 16x16 cell"):
         model(torch.zeros(1, 16, 16, dtype=torch.long))
     with pytest.raises(ValueError, match="integer label map"):
         model(torch.rand(1, 5, 16, 16, generator=generator))
-    images = at.ASAPNetGenerator(3, cell_size=16, label_input=False, **TINY)
+    images = _generator(3, cell_size=16, label_input=False, **TINY)
     with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
         images(torch.rand(1, 4, 16, 16, generator=generator))
     with pytest.raises(ValueError, match="instance_edges=False"):
@@ -92,7 +110,7 @@ def test_bad_inputs(generator):
 def test_lowres_stream_is_the_published_one():
     """Widths and strides of the published LR stream: lr_width until the last strided conv widens to
     lr_max_width; 3x3 convs without bias, each with an affine instance norm and a ReLU."""
-    model = at.ASAPNetGenerator(5, cell_size=32, lr_width=8, lr_max_width=32, lr_depth=2, hidden_width=16, depth=3)
+    model = _generator(5, cell_size=32, lr_width=8, lr_max_width=32, lr_depth=2, hidden_width=16, depth=3)
     convs = [block[0] for block in model.lowres.body]
     assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [
         (5, 8, 1), (8, 8, 2), (8, 8, 2), (8, 8, 2), (8, 32, 2), (32, 32, 1), (32, 32, 1)]
@@ -120,15 +138,15 @@ def test_tent_downsample(factor, generator):
 
 
 def test_lr_padding(generator):
-    zeros = at.ASAPNetGenerator(4, cell_size=16, **TINY)
-    reflect = at.ASAPNetGenerator(4, cell_size=16, lr_padding="reflect", **TINY)
+    zeros = _generator(4, cell_size=16, **TINY)
+    reflect = _generator(4, cell_size=16, lr_padding="reflect", **TINY)
     reflect.load_state_dict(zeros.state_dict())
     assert all(block[0].padding_mode == "reflect" for block in reflect.lowres.body)
     x = torch.randint(0, 4, (1, 64, 48), generator=generator)
     with torch.no_grad():
         assert not torch.allclose(zeros(x), reflect(x), atol=1e-3)
     with pytest.raises(ValueError, match="lr_padding must be one of"):
-        at.ASAPNetGenerator(4, cell_size=16, lr_padding="circular")
+        _generator(4, cell_size=16, lr_padding="circular")
 
 
 def _conv_output_dtypes(model):
@@ -150,10 +168,10 @@ def test_bf16_generator(generator):
     """precision="bf16": the LR stream under bf16 autocast (its convs output bf16), the HR stream
     with bf16 operands; float32 out, within bf16 error of the fp32 generator with the same weights."""
     torch.manual_seed(0)
-    fp32 = at.ASAPNetGenerator(6, cell_size=16, **TINY)
+    fp32 = _generator(6, cell_size=16, **TINY)
     with torch.no_grad():
         fp32.lowres.to_params.weight.mul_(0.5)  # a grid of std ~0.25, like weights N(0, 1 / fan_in)
-    bf16 = at.ASAPNetGenerator(6, cell_size=16, precision="bf16", **TINY)
+    bf16 = _generator(6, cell_size=16, precision="bf16", **TINY)
     bf16.load_state_dict(fp32.state_dict())
     assert (bf16.precision, bf16.lr_precision) == ("bf16", "bf16")
     dtypes = _conv_output_dtypes(bf16)
@@ -171,8 +189,8 @@ def test_lr_precision_override(generator):
     """lr_precision="fp32" with precision="bf16": only the HR stream is bf16, and the LR stream stays
     fp32 even inside the caller's autocast region."""
     torch.manual_seed(0)
-    fp32 = at.ASAPNetGenerator(6, cell_size=16, **TINY)
-    hr_only = at.ASAPNetGenerator(6, cell_size=16, precision="bf16", lr_precision="fp32", **TINY)
+    fp32 = _generator(6, cell_size=16, **TINY)
+    hr_only = _generator(6, cell_size=16, precision="bf16", lr_precision="fp32", **TINY)
     hr_only.load_state_dict(fp32.state_dict())
     dtypes = _conv_output_dtypes(hr_only)
     x = torch.randint(0, 6, (2, 64, 48), generator=generator)
@@ -183,20 +201,20 @@ def test_lr_precision_override(generator):
     with torch.no_grad():
         assert torch.equal(grid, fp32.lowres_params(x))
         assert 1e-4 < rms_relative_error(image, fp32(x)) <= BF16_IMAGE_RMS
-    assert at.ASAPNetGenerator(6, cell_size=16, precision="fp16", **TINY).lr_precision == "fp16"
-    assert at.ASAPNetGenerator(6, cell_size=16, precision="tf32", **TINY).lr_precision == "fp32"
+    assert _generator(6, cell_size=16, precision="fp16", **TINY).lr_precision == "fp16"
+    assert _generator(6, cell_size=16, precision="tf32", **TINY).lr_precision == "fp32"
     with pytest.raises(ValueError, match="lr_precision must be one of"):
-        at.ASAPNetGenerator(6, cell_size=16, lr_precision="tf32", **TINY)
+        _generator(6, cell_size=16, lr_precision="tf32", **TINY)
     with pytest.raises(ValueError, match="precision must be one of"):
-        at.ASAPNetGenerator(6, cell_size=16, precision="bf8", **TINY)
+        _generator(6, cell_size=16, precision="bf8", **TINY)
 
 
 def test_lr_precision_on_a_device_without_autocast():
     """The meta device has no autocast: fp32 runs there, bf16 says why it cannot."""
     with torch.device("meta"):
         x = torch.randint(0, 5, (1, 32, 48))
-        fp32 = at.ASAPNetGenerator(5, cell_size=16, **TINY)
+        fp32 = _generator(5, cell_size=16, **TINY)
         assert fp32.lowres_params(x).shape == (1, fp32.shape.param_count, 2, 3)
-        bf16 = at.ASAPNetGenerator(5, cell_size=16, precision="bf16", **TINY)
+        bf16 = _generator(5, cell_size=16, precision="bf16", **TINY)
         with pytest.raises(ValueError, match="does not support on device type 'meta'"):
             bf16.lowres_params(x)
