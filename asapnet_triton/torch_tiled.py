@@ -1,10 +1,40 @@
 """The "torch" backend: the fused kernel's tiled algorithm in plain torch, for CPU and any device.
 
-Cells are processed in chunks: a chunk's pixels go through every layer as per-cell batched matmuls
-(``torch.bmm`` / ``torch.baddbmm`` with each cell's own weights), so no full-resolution copy of the
-parameter grid is ever made and at most one chunk's activations exist at a time. The positional
-encoding depends only on the pixel's position inside its cell (every period divides the cell size),
-so one (cell_size**2, channels) table serves all cells.
+Cells are processed in chunks of about ``_CHUNK_PIXELS`` pixels: a chunk's pixels go through every
+layer while its activations are still in cache, as per-cell batched matmuls (``torch.bmm`` with
+each cell's own weights, written into buffers allocated once per call: a freshly allocated
+multi-megabyte output costs more in page faults than the matmul itself), with bias, leaky ReLU and
+operand rounding applied in place. No full-resolution copy of the parameter grid or of any hidden
+activation is ever made; at most one chunk's activations exist at a time.
+
+The first layer of a label input gathers each pixel's label row of the cell's first weight (a
+gather, not a matmul: ``index_select`` over the chunk's stacked rows); a float input is multiplied.
+The positional encoding depends only on the pixel's position inside its cell (every period divides
+the cell size), so one (cell_size**2, channels) table serves every cell: its product with each
+cell's encoding rows is added to the gathered rows. The backward recomputes a chunk's forward,
+keeping its activations, then runs the chain rule through them; weight gradients are per-cell
+sums over the cell's pixels, written straight into the gradient grid.
+
+Precision semantics (``precision``): the operands of every product are rounded to that format and
+products are accumulated in fp32 (fp64 for "fp64"); biases, activations and the final tanh are
+computed in fp32. Two implementations of "bf16" give these semantics:
+
+- native (CPU with oneDNN bf16 support, cells of at least ``_NATIVE_BF16_MIN_PIXELS`` pixels):
+  each cell's first and hidden layers are one oneDNN bf16 matmul with fp32 accumulation whose bias
+  (fp32) and leaky ReLU are applied to the fp32 accumulator before its single rounding to bf16
+  (``torch.ops.mkldnn._linear_pointwise``): exactly the rounded operand the next layer needs. The
+  first layer multiplies the features ``[one-hot label or input | encoding]`` (the one-hot row
+  picks the label's weight row exactly), so its pre-activation is rounded once too: adding a
+  gathered row to a bf16 matmul output and then applying leaky ReLU in bf16 would round negative
+  activations twice, and later layers turn such differences into many flipped roundings (10x the
+  distance from the rounded-operand reference, measured). The last layer (to ``out_channels``,
+  before tanh) is an fp32 matmul of those bf16 operands, so the output is not rounded to bf16.
+  Only the forward uses it;
+- emulated (every device): operands rounded to bf16 in fp32 tensors, fp32 matmuls.
+
+Both agree to fp32 accumulation-order differences (which can flip a bf16 rounding). The backward
+pass always uses the emulated form: its weight gradients are fp32 sums over a cell's pixels, which
+a bf16-output matmul would round.
 """
 
 from __future__ import annotations
@@ -17,11 +47,34 @@ import torch.nn.functional as F
 from .layout import MLPShape
 from .precision import round_operand
 
-__all__ = ["cell_positional_encoding", "pixelwise_mlp_torch", "pixelwise_mlp_torch_backward"]
+__all__ = [
+    "BF16_MATMUL_MODES",
+    "cell_positional_encoding",
+    "native_bf16_supported",
+    "pixelwise_mlp_torch",
+    "pixelwise_mlp_torch_backward",
+]
 
-# Activations of one chunk of cells are kept near this size, so that a chunk stays in cache-sized
-# working sets on the CPU and memory stays bounded on any device.
-_CHUNK_BYTES = 8 * 2**20
+# A chunk holds about this many pixels (one 64x64 cell): its hidden activations (64 fp32 channels:
+# 1 MiB per buffer) stay in a core's L2 cache, so the in-place bias, activation and rounding passes
+# between matmuls run from cache. Measured at 1024x1024, cell 64, fp32, one thread (the 2-core
+# machine was shared): 1 / 2 / 4 / 8 cells per chunk: forward 295 / 340 / 356 / 359 ms, backward
+# 1052 / 1135 / 1131 / 1342 ms. With cells of 32 (1024 pixels), 4 cells per chunk beat 1 and 2.
+_CHUNK_PIXELS = 64 * 64
+
+# The native bf16 forward calls oneDNN once per cell and layer whatever the chunk; chunks only
+# batch its weight conversions and last layer, so larger ones pay (same measurement, 1 / 2 / 4
+# cells per chunk: 199 / 190 / 181 ms).
+_NATIVE_CHUNK_PIXELS = 4 * 64 * 64
+
+# The native bf16 path issues one oneDNN call per cell and layer: with smaller cells the per-call
+# overhead outweighs the faster matmuls. bf16 forward at 1024x1024 (one thread), native vs
+# emulated: cell 64 176 vs 406 ms, cell 32 258 vs 441 ms, cell 16 554 vs 484 ms, cell 8 1899 vs 748.
+_NATIVE_BF16_MIN_PIXELS = 32 * 32
+
+BF16_MATMUL_MODES = ("auto", "native", "emulated")
+
+_NEGATIVE_SLOPE = 0.01
 
 
 def cell_positional_encoding(cell_size: int, *, dtype=torch.float32, device=None) -> torch.Tensor:
@@ -43,80 +96,217 @@ def cell_positional_encoding(cell_size: int, *, dtype=torch.float32, device=None
     return torch.stack(columns, dim=1).to(dtype)
 
 
-def _cell_tiles(t: torch.Tensor, cell_size: int, grid: tuple[int, int]) -> torch.Tensor:
-    """(B, C, H, W) -> (B * Hc * Wc, cell_size**2, C), zero-padded at the bottom and right."""
+def native_bf16_supported(device: torch.device | str) -> bool:
+    """Whether the native bf16 path can run on ``device``: a CPU whose oneDNN build has bf16
+    matmuls, reachable through ``torch.ops.mkldnn._linear_pointwise``."""
+    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
+        return False
+    mkldnn = torch.ops.mkldnn
+    try:
+        return bool(mkldnn._is_mkldnn_bf16_supported()) and hasattr(mkldnn, "_linear_pointwise")
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def _round_(t: torch.Tensor, precision: str) -> torch.Tensor:
+    """Round ``t`` in place to the operand format of ``precision`` (the same values as
+    :func:`asapnet_triton.precision.round_operand`, without a full-size temporary for tf32)."""
+    if precision in ("fp64", "fp32"):
+        return t
+    if precision == "tf32":
+        bits = t.view(torch.int32)  # round to nearest, ties away, at 10 mantissa bits
+        bits.add_(0x1000).bitwise_and_(~0x1FFF)
+        return t
+    if precision == "bf16":
+        return t.copy_(t.to(torch.bfloat16))
+    if precision == "fp16":
+        return t.copy_(t.to(torch.float16))
+    raise ValueError(f"precision must be one of fp64, fp32, tf32, bf16, fp16, got {precision!r}")
+
+
+def _cell_tiles(t: torch.Tensor, cell_size: int, grid: tuple[int, int], *, channels_first: bool = False) -> torch.Tensor:
+    """(B, C, H, W) -> (B * Hc * Wc, cell_size**2, C), or (B * Hc * Wc, C, cell_size**2) when
+    ``channels_first``; zero-padded at the bottom and right."""
     batch, channels, height, width = t.shape
     rows, cols = grid
     t = F.pad(t, (0, cols * cell_size - width, 0, rows * cell_size - height))
-    t = t.view(batch, channels, rows, cell_size, cols, cell_size).permute(0, 2, 4, 3, 5, 1)
-    return t.reshape(batch * rows * cols, cell_size * cell_size, channels)
+    t = t.view(batch, channels, rows, cell_size, cols, cell_size)
+    if channels_first:
+        return t.permute(0, 2, 4, 1, 3, 5).reshape(batch * rows * cols, channels, cell_size * cell_size)
+    return t.permute(0, 2, 4, 3, 5, 1).reshape(batch * rows * cols, cell_size * cell_size, channels)
 
 
 class _Tiles:
     """A pixelwise-MLP problem cut into cells: shared by the forward and backward passes."""
 
-    def __init__(self, x, params, shape: MLPShape, labels: bool, precision: str):
+    def __init__(self, x, params, shape: MLPShape, labels: bool, precision: str, chunk_pixels: int | None = None):
         self.shape, self.labels, self.precision = shape, labels, precision
         self.compute = torch.float64 if precision == "fp64" else torch.float32
+        self.device = params.device
         self.batch, _, self.rows, self.cols = params.shape
         self.height, self.width = x.shape[-2:]
         cell = shape.cell_size
         self.pixels = cell * cell
         self.num_cells = self.batch * self.rows * self.cols
-        if labels:
-            self.x = _cell_tiles(x[:, None], cell, (self.rows, self.cols)).squeeze(2).long()  # (cells, pixels)
-        else:
-            self.x = _cell_tiles(x.to(self.compute), cell, (self.rows, self.cols))  # (cells, pixels, C_in)
+        self.chunk = max(1, min(self.num_cells, (chunk_pixels or _CHUNK_PIXELS) // self.pixels))
+        grid = (self.rows, self.cols)
+        if labels:  # (cells, pixels) labels, padding with label 0 (a valid row; cropped later)
+            self.x = _cell_tiles(x[:, None], cell, grid).squeeze(2)
+            # offset of the chunk's k-th cell in its stacked (n * C_in, hidden) label rows
+            self.label_offsets = shape.in_channels * torch.arange(self.chunk, device=self.device)[:, None]
+        else:  # (cells, pixels, C_in), rounded once: x is only ever a product operand
+            self.x = round_operand(_cell_tiles(x.to(self.compute), cell, grid), precision)
         self.params = params.permute(0, 2, 3, 1).reshape(self.num_cells, -1)  # free when channels-last
-        self.pe = (self.operand(cell_positional_encoding(cell, dtype=self.compute, device=x.device))
+        self.pe = (round_operand(cell_positional_encoding(cell, dtype=self.compute, device=self.device), precision)
                    if shape.pe_channels else None)
-        element = torch.finfo(self.compute).bits // 8
-        self.chunk = max(1, _CHUNK_BYTES // (self.pixels * shape.hidden_width * element))
-
-    def operand(self, t):
-        return round_operand(t, self.precision)
 
     def chunks(self):
         for start in range(0, self.num_cells, self.chunk):
             yield slice(start, min(start + self.chunk, self.num_cells))
 
-    def weights(self, cells: slice):
-        """Per layer (bias (n, 1, c_out), weight operand (n, c_in, c_out)) of a chunk of cells."""
-        p = self.params[cells].to(self.compute)
+    def buffer(self, channels: int, dtype=None) -> torch.Tensor:
+        """An uninitialised (chunk, pixels, channels) buffer, reused by every chunk."""
+        return torch.empty(self.chunk, self.pixels, channels, dtype=dtype or self.compute, device=self.device)
+
+    def chunk_params(self, cells: slice) -> torch.Tensor:
+        """(n, P) parameters of a chunk of cells in the compute dtype (a view when they are already)."""
+        return self.params[cells].to(self.compute)
+
+    def weights(self, p: torch.Tensor):
+        """Per layer (bias (n, 1, c_out), weight operand (n, c_in, c_out)) of a chunk's params."""
         n = p.shape[0]
         return [(p[:, layer.bias_offset:layer.weight_offset].unsqueeze(1),
-                 self.operand(p[:, layer.weight_offset:layer.end].view(n, layer.in_features, layer.out_features)))
+                 round_operand(p[:, layer.weight_offset:layer.end].view(n, layer.in_features, layer.out_features),
+                               self.precision))
                 for layer in self.shape.layers]
 
-    def one_hot(self, cells: slice):
-        return F.one_hot(self.x[cells], self.shape.in_channels).to(self.compute)
+    def label_rows(self, cells: slice) -> torch.Tensor:
+        """(n * pixels,) index of each pixel's label row in the chunk's (n * C_in, ...) stack of
+        per-cell first-layer input rows."""
+        n = cells.stop - cells.start
+        return (self.x[cells].long() + self.label_offsets[:n]).view(-1)
 
-    def forward(self, cells: slice, weights):
-        """(y, activations after each hidden layer) of a chunk of cells."""
-        (b0, w0), *hidden, (b_last, w_last) = weights
-        c_in = self.shape.in_channels
+    def one_hot(self, cells: slice, dtype=None) -> torch.Tensor:
+        """(n, pixels, C_in) one-hot rows of a chunk's labels."""
+        identity = torch.eye(self.shape.in_channels, dtype=dtype or self.compute, device=self.device)
+        return F.embedding(self.x[cells].long(), identity)
+
+    def first_layer_(self, cells: slice, w0: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """out = the first layer's product, bias not yet added: the label's row of w0 (a gather,
+        not a matmul) or x @ w0's input rows, plus the encoding (one table for every cell) @ the
+        encoding rows."""
+        n, c_in = out.shape[0], self.shape.in_channels
         if self.labels:
-            # one-hot @ W = the label's row of W: a gather, not a matmul
-            n = w0.shape[0]
-            index = self.x[cells, :, None].expand(n, self.pixels, self.shape.hidden_width)
-            h = torch.gather(w0[:, :c_in], 1, index)
+            rows = w0[:, :c_in].reshape(n * c_in, -1)
+            torch.index_select(rows, 0, self.label_rows(cells), out=out.view(n * self.pixels, -1))
         else:
-            h = torch.bmm(self.operand(self.x[cells]), w0[:, :c_in])
+            torch.bmm(self.x[cells], w0[:, :c_in], out=out)
         if self.pe is not None:
-            h = h + torch.matmul(self.pe, w0[:, c_in:])
-        h = F.leaky_relu_(h + b0, 0.01)
-        activations = [h]
-        for b, w in hidden:
-            h = F.leaky_relu_(torch.baddbmm(b, self.operand(h), w), 0.01)
-            activations.append(h)
-        return torch.tanh(torch.baddbmm(b_last, self.operand(h), w_last)), activations
+            out.baddbmm_(self.pe.expand(n, *self.pe.shape), w0[:, c_in:])
+        return out
 
-    def untile(self, tiles: torch.Tensor) -> torch.Tensor:
-        """(cells, pixels, C) -> (B, C, H, W), cropping the padding."""
-        cell, channels = self.shape.cell_size, tiles.shape[-1]
-        out = tiles.view(self.batch, self.rows, self.cols, cell, cell, channels).permute(0, 5, 1, 3, 2, 4)
+    def forward(self, cells: slice, weights, activations, out, operand=None) -> None:
+        """Run a chunk of n cells through the MLP: activations[i] (n, pixels, hidden) receives the
+        activation of hidden layer i, cycling through the buffers when fewer are given; out
+        (n, C_out, pixels) the output. Activations are rounded to the operand format in place,
+        unless an ``operand`` buffer (n, pixels, hidden) is given: then they keep their unrounded
+        values (the backward's leaky-ReLU slopes need their signs, and rounding to fp16 flushes
+        tiny positive values to zero) and each rounded copy goes through that buffer."""
+        (b0, w0), *hidden, (b_last, w_last) = weights
+        h = self.first_layer_(cells, w0, activations[0])
+        F.leaky_relu_(h.add_(b0), _NEGATIVE_SLOPE)
+        h = self.operand(h, operand)
+        for index, (b, w) in enumerate(hidden, start=1):
+            h = F.leaky_relu_(_affine_(activations[index % len(activations)], h, w, b), _NEGATIVE_SLOPE)
+            h = self.operand(h, operand)
+        _affine_transposed_(out, h, w_last, b_last).tanh_()
+
+    def operand(self, h: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """``h`` rounded to the operand format: ``h`` itself in fp32 and fp64, else rounded in
+        place, or rounded into ``buffer`` when one is given."""
+        if self.precision in ("fp32", "fp64"):
+            return h
+        return _round_(h if buffer is None else buffer.copy_(h), self.precision)
+
+    def untile(self, tiles: torch.Tensor, *, channels_first: bool = False) -> torch.Tensor:
+        """(cells, pixels, C), or (cells, C, pixels) when ``channels_first``, -> (B, C, H, W),
+        cropping the padding."""
+        cell = self.shape.cell_size
+        if channels_first:
+            channels = tiles.shape[1]
+            out = tiles.view(self.batch, self.rows, self.cols, channels, cell, cell).permute(0, 3, 1, 4, 2, 5)
+        else:
+            channels = tiles.shape[-1]
+            out = tiles.view(self.batch, self.rows, self.cols, cell, cell, channels).permute(0, 5, 1, 3, 2, 4)
         out = out.reshape(self.batch, channels, self.rows * cell, self.cols * cell)
         return out[:, :, :self.height, :self.width]
+
+
+def _affine_(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out = b + h @ w, batched; the bias starts the accumulation, as in torch.baddbmm (whose out=
+    form with a broadcast bias is 30x slower on CPU than this in-place one)."""
+    out.copy_(b.expand_as(out))
+    return out.baddbmm_(h, w)
+
+
+def _affine_transposed_(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """out (n, c_out, pixels) = (b + h @ w) transposed: for the few output channels, a matmul
+    with c_out rows and a contiguous (c_out, c_in) weight runs faster than one with c_out columns
+    (3.5x slower with a strided weight), and the output stays channel-major."""
+    out.copy_(b.transpose(1, 2).expand_as(out))
+    return out.baddbmm_(w.transpose(1, 2).contiguous(), h.transpose(1, 2))
+
+
+def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """out = a @ b (batched) for an ``out`` view into a larger tensor: written directly when it is
+    contiguous (one cell per chunk), else through a temporary (bmm's out= wants contiguous)."""
+    if out.is_contiguous():
+        torch.bmm(a, b, out=out)
+    else:
+        out.copy_(torch.bmm(a, b))
+
+
+def _check_bf16_matmul(bf16_matmul: str, precision: str, device: torch.device, pixels: int) -> bool:
+    """Whether to run the native bf16 forward; raises when "native" is asked but cannot run."""
+    if bf16_matmul not in BF16_MATMUL_MODES:
+        raise ValueError(f"bf16_matmul must be one of {BF16_MATMUL_MODES}, got {bf16_matmul!r}")
+    if bf16_matmul == "emulated" or precision != "bf16":
+        return False
+    supported = native_bf16_supported(device)
+    if bf16_matmul == "native" and not supported:
+        raise RuntimeError(f"bf16_matmul='native' needs a CPU with oneDNN bf16 matmuls "
+                           f"(torch.ops.mkldnn._is_mkldnn_bf16_supported()); got device {device}")
+    return supported and (bf16_matmul == "native" or pixels >= _NATIVE_BF16_MIN_PIXELS)
+
+
+def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
+    """The native bf16 forward (see the module doc) of every chunk, into ``out`` tiles."""
+    linear = torch.ops.mkldnn._linear_pointwise
+    shape = tiles.shape
+    c_in, last = shape.in_channels, shape.layers[-1]
+    # first-layer operand [input | encoding] in bf16; the encoding columns are written once
+    features = tiles.buffer(shape.layers[0].in_features, torch.bfloat16)
+    if tiles.pe is not None:
+        features[:, :, c_in:] = tiles.pe  # already rounded to bf16: exact
+    hidden = tiles.buffer(shape.hidden_width)  # the last hidden layer's bf16 operand, in fp32
+    for cells in tiles.chunks():
+        p = tiles.chunk_params(cells)
+        n = p.shape[0]
+        # per layer but the last: (fp32 bias (n, c_out), bf16 weight (n, c_out, c_in) as oneDNN wants)
+        layers = [(p[:, layer.bias_offset:layer.weight_offset],
+                   p[:, layer.weight_offset:layer.end].view(n, layer.in_features, layer.out_features)
+                   .to(torch.bfloat16).transpose(1, 2))
+                  for layer in shape.layers[:-1]]
+        chunk_features = features[:n]
+        chunk_features[:, :, :c_in] = tiles.one_hot(cells, torch.bfloat16) if tiles.labels else tiles.x[cells]
+        for cell in range(n):
+            h = chunk_features[cell]
+            for bias, weight in layers:
+                h = linear(h, weight[cell], bias[cell], "leaky_relu", [_NEGATIVE_SLOPE], "")
+            hidden[cell] = h
+        b_last = p[:, last.bias_offset:last.weight_offset].unsqueeze(1)
+        w_last = round_operand(p[:, last.weight_offset:last.end].view(n, last.in_features, last.out_features), "bf16")
+        _affine_transposed_(out[cells], hidden[:n], w_last, b_last).tanh_()
 
 
 def pixelwise_mlp_torch(
@@ -126,18 +316,30 @@ def pixelwise_mlp_torch(
     *,
     labels: bool,
     precision: str = "fp32",
+    bf16_matmul: str = "auto",
 ) -> torch.Tensor:
     """Per-pixel MLP by chunks of cells; same contract as the Triton launcher, on any device.
 
     x: (B, C_in, H, W) float, or (B, H, W) integer labels when ``labels`` (range checked by the
     caller). params: (B, P, Hc, Wc), any strides. Operands are rounded to ``precision`` and products
     accumulated in fp32 (fp64 for "fp64"). Returns (B, C_out, H, W) in params' dtype.
+
+    bf16_matmul (``precision="bf16"`` only): "native" runs oneDNN bf16 matmuls (see the module
+    doc; RuntimeError where :func:`native_bf16_supported` is false), "emulated" fp32 matmuls of
+    rounded operands, "auto" native where supported and cells have at least 1024 pixels.
     """
-    tiles = _Tiles(x, params, shape, labels, precision)
-    out = torch.empty(tiles.num_cells, tiles.pixels, shape.out_channels, dtype=tiles.compute, device=x.device)
-    for cells in tiles.chunks():
-        out[cells] = tiles.forward(cells, tiles.weights(cells))[0]
-    return tiles.untile(out).to(params.dtype).contiguous()
+    native = _check_bf16_matmul(bf16_matmul, precision, params.device, shape.cell_size**2)
+    tiles = _Tiles(x, params, shape, labels, precision, _NATIVE_CHUNK_PIXELS if native else None)
+    out = torch.empty(tiles.num_cells, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=x.device)
+    if native:
+        _forward_native_bf16(tiles, out)
+    else:
+        activations = [tiles.buffer(shape.hidden_width) for _ in range(min(2, shape.depth - 1))]
+        for cells in tiles.chunks():
+            weights = tiles.weights(tiles.chunk_params(cells))
+            n = cells.stop - cells.start
+            tiles.forward(cells, weights, [a[:n] for a in activations], out[cells])
+    return tiles.untile(out, channels_first=True).to(params.dtype).contiguous()
 
 
 def pixelwise_mlp_torch_backward(
@@ -152,44 +354,60 @@ def pixelwise_mlp_torch_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(grad_x or None, grad_params) of :func:`pixelwise_mlp_torch`, recomputing the forward chunk
     by chunk: memory beyond inputs and gradients is one chunk's activations. Operands rounded as
-    in the forward; the label scatter-add is a product with the one-hot (deterministic on every
-    device, unlike index_add_ on CUDA)."""
+    in the forward (emulated, see the module doc); bias gradients sum the unrounded upstream
+    gradient. The label rows' gradient is a scatter-add: index_add_ on CPU (sequential there), the
+    product with the one-hot rows on other devices (deterministic, unlike index_add_ on CUDA)."""
     tiles = _Tiles(x, params, shape, labels, precision)
-    operand = tiles.operand
-    dy_tiles = _cell_tiles(grad_out.to(tiles.compute), shape.cell_size, (tiles.rows, tiles.cols))
+    dy_tiles = _cell_tiles(grad_out.to(tiles.compute), shape.cell_size, (tiles.rows, tiles.cols), channels_first=True)
     grad_params = torch.empty(tiles.num_cells, shape.param_count, dtype=tiles.compute, device=params.device)
     need_grad_x = need_grad_x and not labels
     grad_x = (torch.empty(tiles.num_cells, tiles.pixels, shape.in_channels, dtype=tiles.compute, device=x.device)
               if need_grad_x else None)
     c_in = shape.in_channels
+    activations = [tiles.buffer(shape.hidden_width) for _ in range(shape.depth - 1)]
+    operand = tiles.buffer(shape.hidden_width) if precision not in ("fp32", "fp64") else None
+    upstream = [tiles.buffer(shape.hidden_width) for _ in range(2)]  # ping-pong gradients w.r.t. activations
+    y_buffer = torch.empty(tiles.chunk, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=params.device)
     for cells in tiles.chunks():
-        weights = tiles.weights(cells)
-        y, activations = tiles.forward(cells, weights)
-        dz = dy_tiles[cells] * (1 - y * y)  # through tanh
-        grads = []
+        p = tiles.chunk_params(cells)
+        n = p.shape[0]
+        weights = tiles.weights(p)
+        acts = [a[:n] for a in activations]
+        y = y_buffer[:n]
+        tiles.forward(cells, weights, acts, y, None if operand is None else operand[:n])
+        # last layer: (n, C_out, pixels), through tanh, in y's buffer
+        dz = y.mul_(y).neg_().add_(1).mul_(dy_tiles[cells])
+        last = shape.layers[-1]
+        torch.sum(dz, 2, out=grad_params[cells, last.bias_offset:last.weight_offset])
+        dz = _round_(dz, precision).transpose(1, 2)  # the bias gradient above sums the unrounded dz
         for index in range(len(weights) - 1, 0, -1):  # last layer down to the second
-            a_prev = activations[index - 1]
-            grads.append((dz.sum(1), torch.bmm(operand(a_prev).transpose(1, 2), operand(dz))))
-            da = torch.bmm(operand(dz), weights[index][1].transpose(1, 2))
-            dz = da * torch.where(a_prev > 0, 1.0, 0.01)
-        # first layer: input rows (or the one-hot scatter-add), then encoding rows
-        w0 = weights[0][1]
-        dz_op = operand(dz)
-        if labels:
-            grad_in = torch.bmm(tiles.one_hot(cells).transpose(1, 2), dz_op)
+            layer = shape.layers[index]
+            if index < len(weights) - 1:
+                torch.sum(dz, 1, out=grad_params[cells, layer.bias_offset:layer.weight_offset])
+                dz = _round_(dz, precision)
+            a_prev = acts[index - 1]  # unrounded: its signs give the leaky-ReLU slopes below
+            grad_w = grad_params[cells, layer.weight_offset:layer.end].view(n, layer.in_features, layer.out_features)
+            _bmm_into(grad_w, tiles.operand(a_prev, None if operand is None else operand[:n]).transpose(1, 2), dz)
+            da = torch.bmm(dz, weights[index][1].transpose(1, 2), out=upstream[index % 2][:n])
+            dz = torch.ops.aten.leaky_relu_backward.grad_input(da, a_prev, _NEGATIVE_SLOPE, True, grad_input=da)
+        # first layer: input rows (for labels the one-hot scatter-add), then encoding rows
+        first = shape.layers[0]
+        torch.sum(dz, 1, out=grad_params[cells, first.bias_offset:first.weight_offset])
+        dz = _round_(dz, precision)
+        grad_w0 = grad_params[cells, first.weight_offset:first.end].view(n, first.in_features, -1)
+        if labels and dz.device.type == "cpu":
+            # the label rows' scatter-add; CPU index_add_ adds in index order (deterministic) and
+            # runs 3x faster than the one-hot product used elsewhere
+            rows = torch.zeros(n * c_in, dz.shape[-1], dtype=dz.dtype, device=dz.device)
+            rows.index_add_(0, tiles.label_rows(cells), dz.reshape(n * tiles.pixels, -1))
+            grad_w0[:, :c_in] = rows.view(n, c_in, -1)
         else:
-            x_op = operand(tiles.x[cells])
-            grad_in = torch.bmm(x_op.transpose(1, 2), dz_op)
-            if need_grad_x:
-                grad_x[cells] = torch.bmm(dz_op, w0[:, :c_in].transpose(1, 2))
-        grad_w0 = grad_in
+            inputs = tiles.one_hot(cells) if labels else tiles.x[cells]
+            grad_w0[:, :c_in] = torch.bmm(inputs.transpose(1, 2), dz)
         if tiles.pe is not None:
-            grad_w0 = torch.cat([grad_in, torch.matmul(tiles.pe.t(), dz_op)], dim=1)
-        grads.append((dz.sum(1), grad_w0))
-        grads.reverse()
-        for layer, (g_bias, g_weight) in zip(shape.layers, grads):
-            grad_params[cells, layer.bias_offset:layer.weight_offset] = g_bias
-            grad_params[cells, layer.weight_offset:layer.end] = g_weight.flatten(1)
+            grad_w0[:, c_in:] = torch.matmul(tiles.pe.t(), dz)
+        if need_grad_x:
+            torch.bmm(dz, weights[0][1][:, :c_in].transpose(1, 2), out=grad_x[cells])
     grad_params = grad_params.view(tiles.batch, tiles.rows, tiles.cols, -1).permute(0, 3, 1, 2)
     if grad_x is not None:
         grad_x = tiles.untile(grad_x).to(x.dtype)

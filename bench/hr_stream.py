@@ -1,143 +1,408 @@
-"""High-resolution-stream benchmark: the backends side by side, in one run, on this machine.
+"""High-resolution-stream benchmark: the implementations side by side, in one run, on this machine.
 
-For every resolution x input x cell size x precision: the median time of forward and of forward +
-backward for the "torch" backend (CPU), "triton" (when a CUDA GPU is present), the published
-algorithm (fp32 under autograd) and, where its full-resolution weights fit in --einsum-max-gib,
-the einsum reference; the achieved GFLOP/s from an explicit FLOP count of the model's useful work,
-the same for every implementation (MLPShape.flops_per_pixel, label rows gathered, not multiplied:
-forward, and 3x that for forward + backward, i.e. recompute + input-side chain + weight
-gradients); and, measured in the same run, this machine's ceilings (a large fp32 and bf16 matmul)
-with each result as a fraction of them. Peak memory is bench/memory.py's job.
+For every resolution x batch x input x cell size, and every implementation x precision x pass
+(forward; forward + backward with respect to the parameters):
 
-Writes bench/results/<machine>/hr_stream.json and hr_stream.png. Defaults are sized for a 2-core
-CPU; widen them with the flags, e.g.
+- implementations: the "torch" backend (CPU, every precision), "triton" (the compiled kernels,
+  when a CUDA GPU is present), the published algorithm (fp32, under autograd) and the einsum
+  reference (fp32, where its full-resolution weights fit in --einsum-max-gib); the published
+  algorithm and the einsum run on the GPU when there is one, else on the CPU;
+- the median wall-clock time over --repeats runs (after one untimed run), with the min and max;
+- achieved GFLOP/s from an explicit FLOP count of the model's useful work, the same for every
+  implementation (MLPShape.flops_per_pixel; a label's first-layer row is gathered, not
+  multiplied): the forward's, and 3x that for forward + backward (recompute, the input-side chain
+  and the weight gradients);
+- each as a fraction of this machine's matmul ceilings, measured in the same run (at its start and
+  its end, so drift from other load shows): a large (2048^3) fp32 and bf16 matmul, and the
+  cell-shaped products the torch backend runs (per-cell (4096 x 64) @ (64 x 64): fp32 batched
+  torch.bmm, bf16 oneDNN per cell);
+- the peak memory of the first full-size run (after a warm-up call on a 2-cell input, which
+  loads modules, library code and thread pools): on the CPU the growth of the process's resident
+  set (the kernel's VmHWM, reset through /proc/self/clear_refs just before the run, minus VmRSS
+  before it: everything the run touched, allocator caches included); on a GPU
+  torch.cuda.max_memory_allocated minus the memory allocated before.
 
-    python bench/hr_stream.py --resolutions 512x512,1024x1024,1024x2048,2048x2048 --batches 1,4 \\
-        --inputs labels,float --cells 32,64 --precisions fp32,tf32,bf16,fp16
+Each (case, implementation, precision, pass) runs in a fresh subprocess, so that memory freed by
+one measurement cannot hide the next one's peak, under an address-space limit (--max-gib) and a
+time limit (--case-timeout): a case that exceeds them is recorded as failed with the reason.
+The load average (os.getloadavg) is recorded with every result: on a shared machine, read timings
+against it.
+
+Writes bench/results/<machine>/<output>.json and <output>.png (log-log time and peak memory
+against megapixels, one line per implementation and precision). Defaults are sized for a 2-core
+CPU (512x512 and 1024x1024, 35-class labels, cell 64, fp32 and bf16); --full runs the issue's
+whole matrix (512x512 to 2048x2048, batch 1 and 4, labels and 3-channel float input, cells 32 and
+64, every precision):
+
+    python bench/hr_stream.py
+    python bench/hr_stream.py --resolutions 1024x1024 --repeats 7 --output hr_stream_target.json
+    python bench/hr_stream.py --full --output hr_stream_full.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import statistics
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+FULL = dict(resolutions=["512x512", "1024x1024", "1024x2048", "2048x2048"], batches=[1, 4],
+            inputs=["labels", "float"], cells=[32, 64], precisions=["fp32", "tf32", "bf16", "fp16"])
+PASSES = ("forward", "forward_backward")
+NUM_CLASSES, FLOAT_CHANNELS = 35, 3
 
 
 def _list(kind):
     return lambda text: [kind(item) for item in text.split(",") if item]
 
 
-def matmul_ceiling(dtype, device: str, size: int = 2048) -> float:
-    """FLOP/s of a size^3 matmul in ``dtype`` (median of 5)."""
+def _resolution(text: str) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a resolution is HEIGHTxWIDTH, e.g. 1024x2048; got {text!r}") from None
+    return height, width
+
+
+# ---------------------------------------------------------------------------------------------
+# child: one measurement in a fresh process
+
+
+def _memory_status() -> dict:
+    fields = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            key, _, value = line.partition(":")
+            if key in ("VmHWM", "VmRSS"):
+                fields[key] = int(value.split()[0]) * 1024
+    return fields
+
+
+def _peak_of(fn, device: str) -> tuple[float | None, str]:
+    """(peak bytes of one call of fn, how it was measured)."""
     import torch
 
-    from asapnet_triton.timing import median_seconds
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated"
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")  # resets VmHWM to the current VmRSS
+        before = _memory_status()["VmRSS"]
+    except OSError as error:
+        fn()
+        return None, f"unavailable: {error}"
+    fn()
+    return _memory_status()["VmHWM"] - before, "VmHWM after (reset via clear_refs) - VmRSS before"
 
-    a = torch.randn(size, size, device=device).to(dtype)
-    b = torch.randn(size, size, device=device).to(dtype)
-    return 2 * size**3 / median_seconds(lambda: a @ b, repeats=5, device=device)
 
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--resolutions", type=_list(str), default=["512x512", "1024x1024"])
-    parser.add_argument("--batches", type=_list(int), default=[1])
-    parser.add_argument("--inputs", type=_list(str), default=["labels"], help="labels (35 classes) and/or float (3 channels)")
-    parser.add_argument("--cells", type=_list(int), default=[64])
-    parser.add_argument("--precisions", type=_list(str), default=["fp32", "bf16"])
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--einsum-max-gib", type=float, default=4.0)
-    args = parser.parse_args()
+def run_child(spec: dict) -> dict:
+    """Measure one (case, implementation, precision, pass); returns the result fields."""
+    import resource
 
     import torch
 
     import asapnet_triton as at
     from asapnet_triton.reference import pixelwise_mlp_einsum, pixelwise_mlp_published
     from asapnet_triton.testing import random_inputs
+
+    if spec["max_bytes"]:
+        resource.setrlimit(resource.RLIMIT_AS, (spec["max_bytes"], spec["max_bytes"]))
+    labels = spec["input"] == "labels"
+    shape = at.MLPShape(NUM_CLASSES if labels else FLOAT_CHANNELS, spec["cell_size"])
+    device = spec["device"]
+    kwargs = dict(cell_size=shape.cell_size, num_classes=NUM_CLASSES if labels else None)
+    impl, precision = spec["implementation"], spec["precision"]
+
+    def make_run(batch, height, width):
+        """The measured call on inputs of this size."""
+        generator = torch.Generator().manual_seed(0)
+        x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
+        grad = torch.randn(batch, 3, height, width, generator=generator).to(device)
+        x, params = x.to(device), params.to(device)
+        if impl == "published":
+            def op(p): return pixelwise_mlp_published(x, p, **kwargs)
+        elif impl == "einsum":
+            def op(p): return pixelwise_mlp_einsum(x, p, **kwargs)
+        else:
+            def op(p): return at.pixelwise_mlp(x, p, precision=precision, backend=impl, **kwargs)
+
+        if spec["pass"] == "forward":
+            def run():
+                with torch.no_grad():
+                    op(params)
+        else:
+            def run():
+                leaf = params.clone().requires_grad_()
+                op(leaf).backward(grad)
+        return run
+
+    # a warm-up on a 2-cell input first: module imports, library code, thread pools and kernel
+    # compilation are not the op's memory
+    make_run(1, shape.cell_size, 2 * shape.cell_size)()
+    fn = make_run(spec["batch"], spec["height"], spec["width"])
+
+    def timed():
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    peak, memory_method = _peak_of(fn, device)  # the first full-size run: also the timing's warm-up
+    times = sorted(timed() for _ in range(spec["repeats"]))
+    return dict(seconds_median=statistics.median(times), seconds_min=times[0], seconds_max=times[-1], seconds_all=times, peak_bytes=peak,
+                memory_method=memory_method, threads=torch.get_num_threads())
+
+
+# ---------------------------------------------------------------------------------------------
+# parent
+
+
+def matmul_ceilings(device: str) -> dict:
+    """FLOP/s of this machine's matmuls (median of 5 after a warm-up): large square fp32/bf16,
+    and the per-cell shapes of the torch backend."""
+    import torch
+
     from asapnet_triton.timing import median_seconds
-    from common import results_dir, write_json
 
-    cuda = torch.cuda.is_available()
-    ceilings = {"fp32": matmul_ceiling(torch.float32, "cpu"), "bf16": matmul_ceiling(torch.bfloat16, "cpu")}
-    if cuda:
-        ceilings |= {"cuda_fp32": matmul_ceiling(torch.float32, "cuda"), "cuda_bf16": matmul_ceiling(torch.bfloat16, "cuda")}
-    print("matmul ceilings (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings.items()), flush=True)
+    ceilings = {}
+    size = 2048
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size, device=device).to(dtype)
+        b = torch.randn(size, size, device=device).to(dtype)
+        ceilings[f"{name}_matmul_2048"] = 2 * size**3 / median_seconds(lambda: a @ b, repeats=5, device=device)
+    if device == "cuda":
+        a = torch.randn(size, size, device=device)
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        try:
+            ceilings["tf32_matmul_2048"] = 2 * size**3 / median_seconds(lambda: a @ a, repeats=5, device=device)
+        finally:
+            torch.backends.cuda.matmul.allow_tf32 = previous
+        h = a.half()
+        ceilings["fp16_matmul_2048"] = 2 * size**3 / median_seconds(lambda: h @ h, repeats=5, device=device)
+        return ceilings
+    cells, pixels, width = 4, 4096, 64
+    flops = 2 * cells * pixels * width * width
+    h = torch.randn(cells, pixels, width)
+    w = torch.randn(cells, width, width) / 8
+    out = torch.empty(cells, pixels, width)
+    ceilings["fp32_cell_bmm"] = flops / median_seconds(lambda: torch.bmm(h, w, out=out), repeats=7)
+    from asapnet_triton.torch_tiled import native_bf16_supported
 
-    rows = []
-    header = (f"{'res':>9} {'B':>2} {'input':<6} {'cell':>4} {'implementation':<16} {'fwd ms':>9} {'GFLOP/s':>8} "
-              f"{'of peak':>7} {'f+b ms':>9} {'GFLOP/s':>8} {'x published fwd':>15}")
-    print(header)
-    print("-" * len(header))
-    for resolution in args.resolutions:
-        height, width = map(int, resolution.split("x"))
+    if native_bf16_supported("cpu"):
+        linear = torch.ops.mkldnn._linear_pointwise
+        hb, wb = h.bfloat16(), w.transpose(1, 2).bfloat16()
+        ceilings["bf16_cell_onednn"] = flops / median_seconds(
+            lambda: [linear(hb[i], wb[i], None, "none", [], "") for i in range(cells)], repeats=7)
+    return ceilings
+
+
+def ceiling_keys(implementation: str, precision: str, device: str, passname: str) -> tuple[str, str | None]:
+    """(large-matmul ceiling, cell-shaped ceiling) that bound an implementation's matmuls."""
+    if device == "cuda":
+        return {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16"}[precision] + "_matmul_2048", None
+    native = implementation == "torch" and precision == "bf16" and passname == "forward"
+    if native:  # the native bf16 forward (its backward emulates bf16 in fp32)
+        return "bf16_matmul_2048", "bf16_cell_onednn"
+    return "fp32_matmul_2048", "fp32_cell_bmm" if implementation == "torch" else None
+
+
+def measure(spec: dict, timeout: float) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return dict(failed=f"timed out after {timeout:.0f} s")
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        return dict(failed=f"exit {result.returncode}: {lines[-1] if lines else 'no output'}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def plan(args, cuda: bool) -> list[dict]:
+    """Every measurement of the run, in order."""
+    specs = []
+    other_device = "cuda" if cuda else "cpu"
+    for height, width in args.resolutions:
         for batch in args.batches:
             for kind in args.inputs:
                 for cell in args.cells:
-                    labels = kind == "labels"
-                    shape = at.MLPShape(35 if labels else 3, cell)
-                    generator = torch.Generator().manual_seed(0)
-                    x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
-                    grad = torch.randn(batch, 3, height, width, generator=generator)
-                    flops = batch * height * width * shape.flops_per_pixel(label_input=labels)
-                    kwargs = dict(cell_size=cell, num_classes=35 if labels else None)
-                    impls = [("published", "fp32", "cpu", lambda p: pixelwise_mlp_published(x, p, **kwargs))]
+                    case = dict(height=height, width=width, batch=batch, input=kind, cell_size=cell)
+                    impls = []
+                    if "published" in args.implementations:
+                        impls.append(("published", "fp32", other_device))
                     for precision in args.precisions:
-                        impls.append((f"torch {precision}", precision, "cpu",
-                                      lambda p, q=precision: at.pixelwise_mlp(x, p, precision=q, backend="torch", **kwargs)))
-                        if cuda:
-                            xc = x.cuda()
-                            impls.append((f"triton {precision}", precision, "cuda",
-                                          lambda p, q=precision: at.pixelwise_mlp(xc, p, precision=q, backend="triton", **kwargs)))
-                    if 64 * 64 * 4 * batch * height * width * 3 <= args.einsum_max_gib * 2**30:
-                        impls.append(("einsum", "fp32", "cpu", lambda p: pixelwise_mlp_einsum(x, p, **kwargs)))
-                    published_forward = None
-                    for name, precision, device, fn in impls:
-                        p = params.to(device)
-                        g = grad.to(device)
-                        with torch.no_grad():
-                            forward = median_seconds(lambda: fn(p), repeats=args.repeats, device=device)
+                        if "torch" in args.implementations:
+                            impls.append(("torch", precision, "cpu"))
+                        if cuda and "triton" in args.implementations:
+                            impls.append(("triton", precision, "cuda"))
+                    einsum_bytes = 4 * batch * height * width * 64 * 64 * 2  # a layer's weights + products
+                    if "einsum" in args.implementations and einsum_bytes <= args.einsum_max_gib * 2**30:
+                        impls.append(("einsum", "fp32", other_device))
+                    for implementation, precision, device in impls:
+                        for passname in args.passes:
+                            specs.append(dict(case, implementation=implementation, precision=precision,
+                                              device=device, **{"pass": passname}, repeats=args.repeats,
+                                              max_bytes=int(args.max_gib * 2**30) if device == "cpu" else 0))
+    return specs
 
-                        def both():
-                            leaf = p.clone().requires_grad_()
-                            fn(leaf).backward(g)
 
-                        forward_backward = median_seconds(both, repeats=max(1, args.repeats - 1), device=device)
-                        published_forward = published_forward or forward
-                        peak = ceilings[("cuda_" if device == "cuda" else "") + ("fp32" if precision in ("fp32", "tf32") else "bf16")]
-                        row = dict(height=height, width=width, batch=batch, input=kind, cell_size=cell,
-                                   implementation=name, precision=precision, device=device,
-                                   forward_seconds=forward, forward_backward_seconds=forward_backward,
-                                   forward_gflops=flops / forward / 1e9,
-                                   forward_backward_gflops=3 * flops / forward_backward / 1e9,
-                                   fraction_of_peak=flops / forward / peak,
-                                   speedup_vs_published_forward=published_forward / forward)
-                        rows.append(row)
-                        print(f"{resolution:>9} {batch:>2} {kind:<6} {cell:>4} {name:<16} {forward * 1e3:>9.1f} "
-                              f"{row['forward_gflops']:>8.1f} {row['fraction_of_peak']:>7.3f} {forward_backward * 1e3:>9.1f} "
-                              f"{row['forward_backward_gflops']:>8.1f} {row['speedup_vs_published_forward']:>15.2f}", flush=True)
-    path = write_json("hr_stream.json", {"command": "python bench/hr_stream.py " + " ".join(sys.argv[1:]),
-                                         "config": vars(args), "ceilings_flops_per_s": ceilings, "results": rows})
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--resolutions", type=_list(_resolution), default=[(512, 512), (1024, 1024)],
+                        help="HEIGHTxWIDTH,... (default 512x512,1024x1024)")
+    parser.add_argument("--batches", type=_list(int), default=[1])
+    parser.add_argument("--inputs", type=_list(str), default=["labels"],
+                        help=f"labels ({NUM_CLASSES} classes) and/or float ({FLOAT_CHANNELS} channels)")
+    parser.add_argument("--cells", type=_list(int), default=[64])
+    parser.add_argument("--precisions", type=_list(str), default=["fp32", "bf16"])
+    parser.add_argument("--implementations", type=_list(str), default=["torch", "triton", "published", "einsum"])
+    parser.add_argument("--passes", type=_list(str), default=list(PASSES))
+    parser.add_argument("--full", action="store_true", help="the issue's whole matrix (overrides the five lists above)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement, after one untimed run")
+    parser.add_argument("--einsum-max-gib", type=float, default=4.0, help="skip the einsum above this estimate")
+    parser.add_argument("--max-gib", type=float, default=8.0, help="address-space limit of each CPU measurement")
+    parser.add_argument("--case-timeout", type=float, default=900.0, help="seconds before a measurement is abandoned")
+    parser.add_argument("--output", default="hr_stream.json", help="file name under bench/results/<machine>/")
+    parser.add_argument("--dry-run", action="store_true", help="list the planned measurements and exit")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child))))
+        return
+    if args.full:
+        args.resolutions = [_resolution(r) for r in FULL["resolutions"]]
+        args.batches, args.inputs, args.cells, args.precisions = (FULL[k] for k in ("batches", "inputs", "cells", "precisions"))
+    for name, values, allowed in (("--inputs", args.inputs, ("labels", "float")),
+                                  ("--precisions", args.precisions, ("fp32", "tf32", "bf16", "fp16")),
+                                  ("--implementations", args.implementations, ("torch", "triton", "published", "einsum")),
+                                  ("--passes", args.passes, PASSES)):
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            parser.error(f"{name}: unknown {unknown}; choose from {list(allowed)}")
+    if not args.output.endswith(".json") or "/" in args.output:
+        parser.error(f"--output must be a plain file name ending in .json, got {args.output!r}")
 
+    import torch
+    from tqdm import tqdm
+
+    import asapnet_triton as at
+    from common import results_dir, write_json
+
+    cuda = torch.cuda.is_available()
+    device = "cuda" if cuda else "cpu"
+    specs = plan(args, cuda)
+    if args.dry_run:
+        for spec in specs:
+            print(" ".join(f"{k}={v}" for k, v in spec.items() if k not in ("repeats", "max_bytes")))
+        print(f"{len(specs)} measurements")
+        return
+    load_start = os.getloadavg()
+    ceilings_start = matmul_ceilings("cpu") | ({f"cuda_{k}": v for k, v in matmul_ceilings("cuda").items()} if cuda else {})
+    print(f"threads {torch.get_num_threads()}, load average {load_start[0]:.2f}; ceilings (GFLOP/s): "
+          + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings_start.items()), flush=True)
+    header = (f"{'case':<24} {'implementation':<16} {'pass':<8} {'median ms':>10} {'GFLOP/s':>8} {'of peak':>7} "
+              f"{'of cell':>7} {'peak MiB':>9} {'x published':>11} {'load':>5}")
+    tqdm.write(header)
+    tqdm.write("-" * len(header))
+    rows = []
+    published = {}
+    for spec in tqdm(specs, desc="hr_stream", unit="measurement"):
+        load = os.getloadavg()[0]
+        result = measure(spec, args.case_timeout)
+        shape = at.MLPShape(NUM_CLASSES if spec["input"] == "labels" else FLOAT_CHANNELS, spec["cell_size"])
+        flops = spec["batch"] * spec["height"] * spec["width"] * shape.flops_per_pixel(label_input=spec["input"] == "labels")
+        flops *= 3 if spec["pass"] == "forward_backward" else 1
+        row = {k: v for k, v in spec.items() if k not in ("repeats", "max_bytes")} | result
+        row |= dict(flops=flops, load_average_1min=load, megapixels=spec["batch"] * spec["height"] * spec["width"] / 1e6)
+        case = (spec["height"], spec["width"], spec["batch"], spec["input"], spec["cell_size"], spec["pass"])
+        name = f"{spec['implementation']} {spec['precision']}"
+        passname = "fwd" if spec["pass"] == "forward" else "fwd+bwd"
+        label = f"{spec['height']}x{spec['width']} b{spec['batch']} {spec['input']} c{spec['cell_size']}"
+        if "failed" in result:
+            rows.append(row)
+            tqdm.write(f"{label:<24} {name:<16} {passname:<8} failed: {result['failed']}")
+            continue
+        seconds = result["seconds_median"]
+        large, cell = ceiling_keys(spec["implementation"], spec["precision"], spec["device"], spec["pass"])
+        prefix = "cuda_" if spec["device"] == "cuda" else ""
+        row["gflops"] = flops / seconds / 1e9
+        row["fraction_of_matmul_ceiling"] = flops / seconds / ceilings_start[prefix + large]
+        row["ceiling"] = prefix + large
+        if cell and cell in ceilings_start:
+            row["fraction_of_cell_ceiling"] = flops / seconds / ceilings_start[cell]
+            row["cell_ceiling"] = cell
+        if spec["implementation"] == "published":
+            published[case] = seconds
+        if case in published:
+            row["speedup_vs_published"] = published[case] / seconds
+        rows.append(row)
+        peak = "-" if result["peak_bytes"] is None else f"{result['peak_bytes'] / 2**20:.0f}"
+        tqdm.write(f"{label:<24} {name:<16} {passname:<8} {seconds * 1e3:>10.1f} {row['gflops']:>8.1f} "
+                   f"{row['fraction_of_matmul_ceiling']:>7.3f} {row.get('fraction_of_cell_ceiling', float('nan')):>7.3f} "
+                   f"{peak:>9} {row.get('speedup_vs_published', float('nan')):>11.2f} {load:>5.2f}")
+    ceilings_end = matmul_ceilings("cpu") | ({f"cuda_{k}": v for k, v in matmul_ceilings("cuda").items()} if cuda else {})
+    load_end = os.getloadavg()
+    print("ceilings at the end (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings_end.items())
+          + f"; load average {load_end[0]:.2f}")
+    config = {k: v for k, v in vars(args).items() if k != "child"}
+    path = write_json(args.output, {
+        "command": "python bench/hr_stream.py " + " ".join(sys.argv[1:]), "config": config, "device": device,
+        "flop_count": "batch * H * W * MLPShape.flops_per_pixel(label_input) per forward, 3x for forward + backward",
+        "ceilings_flops_per_s": ceilings_start, "ceilings_flops_per_s_at_end": ceilings_end,
+        "load_average_start": load_start, "load_average_end": load_end, "results": rows})
+    plot(rows, results_dir() / Path(args.output).with_suffix(".png").name)
+    print(f"wrote {path} and {path.with_suffix('.png')}")
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    """Log-log median time and peak memory against megapixels: a row of panels per (input, cell),
+    one line per implementation and precision."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, title in ((axes[0], "forward_seconds", "forward"), (axes[1], "forward_backward_seconds", "forward + backward")):
-        for name in dict.fromkeys(r["implementation"] for r in rows):
-            points = sorted((r for r in rows if r["implementation"] == name), key=lambda r: r["height"] * r["width"] * r["batch"])
-            ax.loglog([r["batch"] * r["height"] * r["width"] / 1e6 for r in points], [r[key] * 1e3 for r in points], "o-", label=name)
-        ax.set_title(title)
-        ax.set_xlabel("megapixels")
-        ax.grid(True, which="both", alpha=0.3)
-    axes[0].set_ylabel("median time (ms)")
-    axes[0].legend(fontsize=8)
+    rows = [r for r in rows if "failed" not in r]
+    groups = sorted({(r["input"], r["cell_size"]) for r in rows})
+    if not groups:
+        return
+    columns = [("forward", "seconds_median", "forward: median time (ms)"),
+               ("forward_backward", "seconds_median", "forward + backward: median time (ms)"),
+               ("forward_backward", "peak_bytes", "forward + backward: peak memory (MiB)")]
+    fig, axes = plt.subplots(len(groups), len(columns), figsize=(5 * len(columns), 3.8 * len(groups)), squeeze=False)
+    for (kind, cell), axes_row in zip(groups, axes):
+        for ax, (passname, key, title) in zip(axes_row, columns):
+            subset = [r for r in rows if (r["input"], r["cell_size"], r["pass"]) == (kind, cell, passname)
+                      and r.get(key) is not None]
+            for name in dict.fromkeys(f"{r['implementation']} {r['precision']}" for r in subset):
+                points = sorted((r for r in subset if f"{r['implementation']} {r['precision']}" == name),
+                                key=lambda r: r["megapixels"])
+                scale = 1e3 if key == "seconds_median" else 2.0**-20
+                ax.loglog([r["megapixels"] for r in points], [r[key] * scale for r in points], "o-", label=name)
+            ax.set_title(f"{kind}, cell {cell}: {title}", fontsize=9)
+            ax.set_xlabel("megapixels (batch x H x W)")
+            ax.grid(True, which="both", alpha=0.3)
+            if subset:
+                ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(results_dir() / "hr_stream.png", dpi=120)
-    print(f"wrote {path} and {results_dir() / 'hr_stream.png'}")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":

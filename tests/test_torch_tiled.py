@@ -1,0 +1,174 @@
+"""The "torch" backend's internals: in-place operand rounding, the native bf16 forward (oneDNN
+bf16 matmuls) against the rounded-operand reference, the choice between native and emulated bf16,
+and independence of the chunk size (partial last chunks, batch boundaries) in forward and backward.
+"""
+
+import pytest
+import torch
+
+import asapnet_triton as at
+import asapnet_triton.torch_tiled as tt
+from asapnet_triton.precision import round_operand
+from asapnet_triton.reference import pixelwise_mlp_einsum
+from asapnet_triton.testing import random_inputs, relative_error, rms_relative_error
+
+native_only = pytest.mark.skipif(not tt.native_bf16_supported("cpu"),
+                                 reason="this CPU's oneDNN has no bf16 matmuls")
+
+
+def kwargs_of(shape, labels):
+    return dict(cell_size=shape.cell_size, out_channels=shape.out_channels, hidden_width=shape.hidden_width,
+                depth=shape.depth, num_classes=shape.in_channels if labels else None,
+                pos_encoding=shape.pos_encoding)
+
+
+def reference(x, params, shape, labels, precision=None):
+    return pixelwise_mlp_einsum(x, params.double(), precision=precision, **kwargs_of(shape, labels))
+
+
+@pytest.mark.parametrize("precision", ["fp64", "fp32", "tf32", "bf16", "fp16"])
+def test_round_in_place_matches_round_operand(generator, precision):
+    values = torch.randn(4096, generator=generator) * torch.logspace(-40, 38, 4096).float()
+    # exact ties of bf16, fp16 and tf32 (1 + half an ulp), signed zeros and infinities
+    specials = torch.tensor([1 + 2.0**-8, 1 + 2.0**-11, -(1 + 2.0**-8), 3 * (1 + 2.0**-11), 0.0, -0.0,
+                             float("inf"), -float("inf"), 65520.0, 1e-8])
+    t = torch.cat([values, specials]).double() if precision == "fp64" else torch.cat([values, specials])
+    expected = round_operand(t, precision)
+    rounded = tt._round_(t.clone(), precision)
+    assert torch.equal(rounded.view(-1), expected.view(-1))
+    if precision not in ("fp64", "fp32"):
+        assert not torch.equal(rounded, t)  # it did round something
+
+
+@native_only
+@pytest.mark.parametrize("labels, channels", [(True, 35), (False, 6)])
+def test_native_bf16_rounds_each_activation_once(generator, labels, channels):
+    """oneDNN applies bias and leaky ReLU to the fp32 accumulator and rounds once, so the result
+    is the rounded-operand reference up to accumulation order: far closer to it (RMS) than to
+    the exact result. Rounding the pre-activation and then the activation again (a bf16 matmul
+    output, then leaky ReLU in bf16) is 5x to 10x farther from it and fails this."""
+    shape = at.MLPShape(channels, 32)
+    x, params = random_inputs(shape, 2, 40, 36, labels=labels, generator=generator)  # partial cells
+    native = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="native")
+    emulated = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="emulated")
+    exact, rounded = reference(x, params, shape, labels), reference(x, params, shape, labels, "bf16")
+    assert native.shape == (2, 3, 40, 36) and native.dtype == torch.float32
+    assert relative_error(native, exact) <= at.TOLERANCES["bf16"]
+    assert relative_error(native, rounded) <= 0.8 * relative_error(native, exact)
+    assert rms_relative_error(native, rounded) <= 0.1 * rms_relative_error(native, exact)
+    assert rms_relative_error(native, emulated) <= 1e-3
+
+
+@native_only
+@pytest.mark.parametrize("case", ["no_encoding_odd_cell", "depth2_one_channel", "bf16_params_contiguous"])
+def test_native_bf16_other_shapes(generator, case):
+    labels = False
+    if case == "no_encoding_odd_cell":  # no encoding columns, 33x33 cells, 4 outputs
+        shape, batch, size = at.MLPShape(5, 33, 4, 32, 3, pos_encoding=False), 1, (50, 70)
+    elif case == "depth2_one_channel":  # no hidden-to-hidden layer, one input channel, one output
+        shape, batch, size = at.MLPShape(1, 32, 1, 16, 2), 2, (32, 64)
+    else:  # bf16 parameters (bf16 output), not channels-last, labels
+        shape, batch, size, labels = at.MLPShape(9, 32, 3, 64, 4), 1, (64, 40), True
+    x, params = random_inputs(shape, batch, *size, labels=labels, generator=generator,
+                              channels_last_params=case != "bf16_params_contiguous")
+    if case == "bf16_params_contiguous":
+        params = params.to(torch.bfloat16)
+    out = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="native")
+    assert out.shape == (batch, shape.out_channels, *size) and out.dtype == params.dtype
+    exact, rounded = reference(x, params, shape, labels), reference(x, params, shape, labels, "bf16")
+    # (TOLERANCES hold for the default-sized MLPs; on these shapes bf16 operands alone can exceed
+    # them, in the emulated form too.) A bf16 output adds its own rounding (half an ulp, 2e-3
+    # relative) to both comparisons.
+    slack = 2**-9 if params.dtype == torch.bfloat16 else 0.0
+    assert relative_error(out, rounded) <= 0.8 * relative_error(out, exact) + slack
+    assert rms_relative_error(out, rounded) <= 0.1 * rms_relative_error(out, exact) + slack
+
+
+def test_bf16_matmul_choice(monkeypatch, generator):
+    choose = tt._check_bf16_matmul
+    supported = tt.native_bf16_supported("cpu")
+    assert choose("auto", "bf16", torch.device("cpu"), 32 * 32) == supported
+    assert not choose("auto", "bf16", torch.device("cpu"), 16 * 16)  # per-cell calls cost more there
+    assert not choose("emulated", "bf16", torch.device("cpu"), 64 * 64)
+    assert not choose("native", "fp32", torch.device("cpu"), 64 * 64)  # only bf16 has a native path
+    assert not tt.native_bf16_supported("meta")
+    shape = at.MLPShape(3, 32, 3, 16, 3)
+    x, params = random_inputs(shape, 1, 40, 40, generator=generator)
+    with pytest.raises(ValueError, match="bf16_matmul must be one of"):
+        tt.pixelwise_mlp_torch(x, params, shape, labels=False, precision="bf16", bf16_matmul="fast")
+    monkeypatch.setattr(tt, "native_bf16_supported", lambda device: False)
+    with pytest.raises(RuntimeError, match="bf16_matmul='native' needs a CPU with oneDNN bf16"):
+        tt.pixelwise_mlp_torch(x, params, shape, labels=False, precision="bf16", bf16_matmul="native")
+    assert not choose("auto", "bf16", torch.device("cpu"), 64 * 64)
+
+
+@native_only
+def test_public_op_uses_native_bf16_for_large_cells_only(monkeypatch, generator):
+    calls = []
+    native = tt._forward_native_bf16
+    monkeypatch.setattr(tt, "_forward_native_bf16", lambda *args: calls.append(1) or native(*args))
+    for cell, expected_calls in ((32, 1), (16, 1)):
+        shape = at.MLPShape(4, cell, 3, 16, 3)
+        x, params = random_inputs(shape, 1, 48, 40, generator=generator)
+        out = at.pixelwise_mlp(x, params, precision="bf16", backend="torch", **kwargs_of(shape, False))
+        assert len(calls) == expected_calls, cell
+        assert relative_error(out, reference(x, params, shape, False)) <= at.TOLERANCES["bf16"]
+
+
+@pytest.mark.parametrize("labels", [False, True])
+def test_chunk_size_does_not_change_results(monkeypatch, generator, labels):
+    """Chunks of 1 cell, 3 cells (a partial last chunk, crossing the batch boundary) and all 12
+    cells: every forward and gradient matches the reference, and they agree with each other."""
+    shape = at.MLPShape(7 if labels else 3, 16)
+    x, params = random_inputs(shape, 2, 40, 33, labels=labels, generator=generator)  # 2 x 3 x 3 cells
+    grad_out = torch.randn(2, 3, 40, 33, generator=generator)
+    x_ref = x if labels else x.double().requires_grad_()
+    params_ref = params.double().requires_grad_()
+    expected = pixelwise_mlp_einsum(x_ref, params_ref, **kwargs_of(shape, labels))
+    expected.backward(grad_out.double())
+    results = []
+    for cells_per_chunk in (1, 3, 18):
+        monkeypatch.setattr(tt, "_CHUNK_PIXELS", cells_per_chunk * 16 * 16)
+        out = tt.pixelwise_mlp_torch(x, params, shape, labels=labels)
+        grad_x, grad_params = tt.pixelwise_mlp_torch_backward(x, params, grad_out, shape, labels=labels,
+                                                              need_grad_x=not labels)
+        assert relative_error(out, expected) <= at.TOLERANCES["fp32"]
+        assert rms_relative_error(grad_params, params_ref.grad) <= 1e-5
+        if not labels:
+            assert rms_relative_error(grad_x, x_ref.grad) <= 1e-5
+        results.append((out, grad_params))
+    for out, grad_params in results[1:]:
+        assert relative_error(out, results[0][0]) <= 1e-6
+        assert rms_relative_error(grad_params, results[0][1]) <= 1e-6
+
+
+@native_only
+def test_native_bf16_chunk_size_does_not_change_results(monkeypatch, generator):
+    shape = at.MLPShape(35, 32, 3, 32, 4)
+    x, params = random_inputs(shape, 2, 64, 50, labels=True, generator=generator)  # 2 x 2 x 2 cells
+    outs = []
+    for cells_per_chunk in (1, 3, 8):
+        monkeypatch.setattr(tt, "_NATIVE_CHUNK_PIXELS", cells_per_chunk * 32 * 32)
+        outs.append(tt.pixelwise_mlp_torch(x, params, shape, labels=True, precision="bf16", bf16_matmul="native"))
+    # the same per-cell oneDNN calls whatever the chunk: bitwise equal
+    assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
+    assert relative_error(outs[0], reference(x, params, shape, True)) <= at.TOLERANCES["bf16"]
+
+
+def test_fp16_backward_slopes_come_from_unrounded_activations(generator):
+    """A hidden channel whose activation is a tiny positive value (1e-9, below fp16's smallest
+    subnormal) is rounded to zero as an operand, yet its leaky-ReLU slope is 1: its bias gradient
+    is the full upstream sum, not 1/100 of it (what the slopes of rounded activations give)."""
+    shape = at.MLPShape(3, 8, 3, 16, 3)
+    x, params = random_inputs(shape, 1, 16, 16, generator=generator)
+    hidden = shape.layers[1]
+    params[:, hidden.weight_offset:hidden.end].view(1, 16, 16, 2, 2)[:, :, 0] = 0  # channel 0's weights
+    params[:, hidden.bias_offset] = 1e-9
+    grad_out = torch.randn(1, 3, 16, 16, generator=generator)
+    params_ref = params.double().requires_grad_()
+    pixelwise_mlp_einsum(x, params_ref, precision="fp16", **kwargs_of(shape, False)).backward(grad_out.double())
+    _, grad_params = tt.pixelwise_mlp_torch_backward(x, params, grad_out, shape, labels=False, precision="fp16")
+    expected = params_ref.grad[:, hidden.bias_offset]
+    assert expected.abs().min() > 1e-3  # a real gradient flows through the channel
+    torch.testing.assert_close(grad_params[:, hidden.bias_offset].double(), expected, rtol=1e-2, atol=0)
+    assert rms_relative_error(grad_params, params_ref.grad) <= at.GRAD_TOLERANCES["fp16"]
