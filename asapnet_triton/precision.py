@@ -22,9 +22,11 @@ TOLERANCES = {"fp64": 1e-10, "fp32": 1e-5, "tf32": 2e-3, "bf16": 1e-2, "fp16": 1
 # of zero (seen in fp32: a pre-activation of -3e-10 in 4 million), each flip an O(1) error in one
 # pixel's gradient. No implementation avoids it, so gradients are held to the RMS norm
 # (||error||_2 / ||reference||_2), where such isolated flips stay small; fp64 to the max-norm.
+# fp32 without a flip lands near 4e-7; one flip among a 96x160 image's 15 cells measured 1.9e-3
+# (`asapnet compare --backward --seed 0`), hence 1e-2, still far below a wrong gradient's O(1).
 # (The test suite also holds fp32 gradients to the max-norm at 1e-5 on its fixed inputs, which
 # have no flips.)
-GRAD_TOLERANCES = {"fp64": 1e-10, "fp32": 1e-3, "tf32": 5e-2, "bf16": 1e-1, "fp16": 5e-2}
+GRAD_TOLERANCES = {"fp64": 1e-10, "fp32": 1e-2, "tf32": 5e-2, "bf16": 1e-1, "fp16": 5e-2}
 GRAD_NORMS = {"fp64": "max", "fp32": "rms", "tf32": "rms", "bf16": "rms", "fp16": "rms"}
 
 
