@@ -243,6 +243,19 @@ def main(argv: list[str] | None = None) -> int:
                 parser.error("kernel-report needs Triton's compiler, but the interpreter is already active")
             os.environ.pop("TRITON_INTERPRET")
         return _kernel_report(args)
+    if args.command == "compare":
+        wants_interpreter = "interpret" in args.backend
+        if wants_interpreter and "triton" in args.backend:
+            parser.error("--backend: 'triton' and 'interpret' cannot run in one process "
+                         "(Triton's interpreter is chosen when triton is first imported)")
+    elif args.command == "autotune":
+        wants_interpreter = args.backend == "interpret" or (args.backend is None and not _cuda_available())
+    else:  # train, translate, demo: only an explicit --backend interpret
+        wants_interpreter = getattr(args, "backend", None) == "interpret"
+    if wants_interpreter and not interpreting:
+        if "triton" in sys.modules:
+            parser.error("Triton's interpreter was requested, but triton was already imported without it")
+        os.environ["TRITON_INTERPRET"] = "1"
     if args.command == "train":
         from .training.command import run_train
         return run_train(args)
@@ -250,15 +263,6 @@ def main(argv: list[str] | None = None) -> int:
         return _translate(args)
     if args.command == "demo":
         return _demo(args)
-    wants_interpreter = (args.backend is not None and "interpret" in args.backend) if args.command == "compare" \
-        else (args.backend == "interpret" or (args.backend is None and not _cuda_available()))
-    if args.command == "compare" and "interpret" in args.backend and "triton" in args.backend:
-        parser.error("--backend: 'triton' and 'interpret' cannot run in one process "
-                     "(Triton's interpreter is chosen when triton is first imported)")
-    if wants_interpreter and not interpreting:
-        if "triton" in sys.modules:
-            parser.error("Triton's interpreter was requested, but triton was already imported without it")
-        os.environ["TRITON_INTERPRET"] = "1"
     if args.command == "compare":
         return _compare(args)
     return _autotune(args)
