@@ -38,6 +38,15 @@ TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
     """Write ``path`` all or nothing: ``write(file)`` fills a temporary file in the same folder,
     which is flushed, fsynced and renamed over ``path`` (``os.replace``, atomic on POSIX and
@@ -47,6 +56,8 @@ def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=path.parent)
     try:
+        # mkstemp makes the file owner-only (0600); give it the mode a plain open() would
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import sys
 
-from .config import RUN_CONTROL_FIELDS, TrainConfig
+from .config import TrainConfig
 
 __all__ = ["add_train_parser", "config_from_args", "run_train"]
 
@@ -149,18 +147,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         path = latest_checkpoint(given["out_dir"])
         if path is None:
             raise SystemExit(f"asapnet train: --resume latest: no checkpoint in {given['out_dir']!r}/checkpoints")
+    # the stored run-control settings too (keep-last, device, backend, ...): a resumed run keeps
+    # the checkpoints and the arithmetic the user chose unless a flag says otherwise
     stored = load_checkpoint(path)["config"]
-    run_control_defaults = {name: getattr(_DEFAULTS, name) for name in RUN_CONTROL_FIELDS if name != "dataroot"}
-    return TrainConfig(**{**stored, **run_control_defaults, **given})
+    return TrainConfig(**{**stored, **given})
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``asapnet train`` with parsed arguments; returns the exit status."""
-    if args.backend == "interpret" and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"):
-        # Triton picks its interpreter when first imported: set it before anything imports triton
-        if "triton" in sys.modules:
-            raise SystemExit("asapnet train: --backend interpret needs TRITON_INTERPRET=1 before triton is imported")
-        os.environ["TRITON_INTERPRET"] = "1"
     from .trainer import Trainer
 
     # errors in the settings or files given end the command with their message; errors during

@@ -523,9 +523,11 @@ class Trainer:
         log_path = self.out_dir / LOG_NAME
         if not log_path.is_file():
             return
-        records = read_log(log_path)
+        with open(log_path, "rb") as file:
+            torn = not file.read().endswith(b"\n")
+        records = read_log(log_path, allow_torn_tail=True)
         kept = [r for r in records if r["step"] <= self.step]
-        if len(kept) != len(records):
+        if len(kept) != len(records) or torn:
             atomic_write(log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
 
 

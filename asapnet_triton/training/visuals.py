@@ -60,16 +60,21 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
     atomic_write(path, lambda file: file.write(buffer.getvalue()))
 
 
-def read_log(path: str | os.PathLike) -> list[dict]:
-    """The records of a JSON-lines training log (one JSON object per line)."""
+def read_log(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> list[dict]:
+    """The records of a JSON-lines training log (one JSON object per line). With
+    ``allow_torn_tail``, a last line without its newline that is not JSON (a write cut short by a
+    crash) is dropped instead of being an error."""
     records = []
     with open(path) as file:
-        for number, line in enumerate(file, 1):
-            if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}: line {number} is not JSON ({error})") from error
+        lines = file.readlines()
+    for number, line in enumerate(lines, 1):
+        if line.strip():
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as error:
+                if allow_torn_tail and number == len(lines) and not line.endswith("\n"):
+                    break
+                raise ValueError(f"{path}: line {number} is not JSON ({error})") from error
     return records
 
 

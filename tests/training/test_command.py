@@ -2,6 +2,7 @@
 perceptual loss, instance edges)."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -29,7 +30,7 @@ def test_help_says_how_to_enable_the_perceptual_loss(capsys):
 def test_cli_trains_writes_outputs_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["train", *TINY_FLAGS, "--out", str(out), "--max-steps", "3", "--sample-every", "2",
-                 "--checkpoint-every", "2"]) == 0
+                 "--checkpoint-every", "2", "--keep-last", "2"]) == 0
     assert "perceptual (VGG19) loss is off: pass --vgg-weights PATH" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000002.png", "step_00000003.png"]
@@ -46,10 +47,19 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, capsys):
     # an occupied --out is refused without --resume ...
     with pytest.raises(SystemExit, match="not empty"):
         main(["train", *TINY_FLAGS, "--out", str(out)])
-    # ... and with it the run continues from its checkpoint, taking its settings from there
+    # files get the mode a plain open() would give them, not mkstemp's owner-only 0600
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (out / "config.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    # a crash mid-write can leave a torn last log line: resuming drops it
+    with open(out / "log.jsonl", "a") as log:
+        log.write('{"step": 4, "G_GA')
+    # ... and with it the run continues from its checkpoint, taking its settings from there,
+    # run-control ones included: --keep-last 2 still holds (the default would keep 3)
     assert main(["train", "--out", str(out), "--resume", "latest", "--max-steps", "4", "--no-progress"]) == 0
     assert "resumed from" in capsys.readouterr().err
-    assert (out / "checkpoints" / "step_00000004.pt").is_file()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003.pt", "step_00000004.pt"]
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
     with pytest.raises(SystemExit, match="hidden_width"):
         main(["train", "--out", str(out), "--resume", "latest", "--hidden-width", "32"])
 
