@@ -11,24 +11,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 __all__ = ["read_image", "read_label_map", "translate"]
 
 
 def read_label_map(path: str | os.PathLike, num_classes: int) -> torch.Tensor:
-    """A single-channel PNG of class indices (mode L, P, I or I;16) as a LongTensor (H, W); every
-    value must be below ``num_classes``."""
-    try:
-        with Image.open(path) as image:
-            if image.mode not in ("L", "P", "I", "I;16"):
-                raise ValueError(f"{path}: a label map must be a single-channel image of class indices "
-                                 f"(PNG mode L, P, I or I;16), got mode {image.mode}")
-            labels = np.array(image, dtype=np.int64)
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"{path}: cannot read it as an image ({error})") from error
+    """A single-channel PNG of class indices (PIL modes 1, L, P, I, I;16) as a LongTensor (H, W);
+    every value must be below ``num_classes``."""
+    from .data.paired import read_index_map
+
+    labels = read_index_map(Path(path), "label map")
     top = int(labels.max())
     if top >= num_classes or labels.min() < 0:
         raise ValueError(f"{path}: label values must lie in [0, {num_classes}) for this model, found "
@@ -38,12 +31,10 @@ def read_label_map(path: str | os.PathLike, num_classes: int) -> torch.Tensor:
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
     """An image file as a float tensor (3, H, W) in [-1, 1]."""
-    try:
-        with Image.open(path) as image:
-            pixels = np.asarray(image.convert("RGB"), dtype=np.float32)
-    except (OSError, SyntaxError) as error:
-        raise ValueError(f"{path}: cannot read it as an image ({error})") from error
-    return torch.from_numpy(pixels).permute(2, 0, 1) / 127.5 - 1
+    from .data.paired import read_photo
+    from .data.transforms import image_to_tensor
+
+    return image_to_tensor(read_photo(Path(path)))
 
 
 def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu", overwrite: bool = False,

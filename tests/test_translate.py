@@ -66,7 +66,7 @@ def test_label_map_errors_name_the_file(tmp_path, generator):
     with pytest.raises(ValueError, match=r"rgb\.png.*single-channel"):
         read_label_map(tmp_path / "rgb.png", 5)
     (tmp_path / "junk.png").write_bytes(b"not a png")
-    with pytest.raises(ValueError, match=r"junk\.png.*cannot read"):
+    with pytest.raises(ValueError, match=r"junk\.png.*cannot be read"):
         read_label_map(tmp_path / "junk.png", 5)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         translate(_tiny_generator(), [tmp_path / "missing.png"], tmp_path / "out", progress=False)
