@@ -37,6 +37,14 @@ def _conv_block(in_channels: int, out_channels: int, stride: int, padding_mode: 
     )
 
 
+def published_conv_init(conv: nn.Conv2d, gain: float = INIT_GAIN) -> None:
+    """The published initialisation of a convolution (generator and discriminator alike):
+    Xavier-normal weights with ``gain``, zero bias."""
+    nn.init.xavier_normal_(conv.weight, gain=gain)
+    if conv.bias is not None:
+        nn.init.zeros_(conv.bias)
+
+
 def tent_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     """Downsample (B, C, H, W) by ``factor`` with the published ASAP-Net input filter: a separable
     tent of taps 1, 3, ..., 2f-1, 2f-1, ..., 3, 1 (normalised; the antialiased bilinear filter for
@@ -87,9 +95,7 @@ class LowResStream(nn.Module):
         saturated tanh."""
         for module in self.modules():
             if isinstance(module, nn.Conv2d):
-                nn.init.xavier_normal_(module.weight, gain=gain)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                published_conv_init(module, gain)
             elif isinstance(module, nn.InstanceNorm2d) and module.affine:
                 nn.init.ones_(module.weight)
                 nn.init.zeros_(module.bias)

@@ -7,29 +7,43 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 
+from ..generator import published_conv_init
+
 __all__ = ["MultiscaleDiscriminator", "PatchDiscriminator", "SpectralNormConv2d", "conditional_input"]
 
 KERNEL_SIZE = 4
 PADDING = 2  # ceil((4 - 1) / 2), as published
 LEAKY_SLOPE = 0.2
-INIT_GAIN = 0.02  # published init: xavier normal with gain 0.02, zero biases
+
+
+def label_condition(labels: torch.Tensor, num_classes: int, dtype: torch.dtype,
+                    edges: torch.Tensor | None = None) -> torch.Tensor:
+    """What the discriminator is conditioned on: one-hot labels (B, num_classes, H, W), then the
+    instance edges (B, 1, H, W) when given, in ``dtype``."""
+    if labels.dim() != 3 or labels.dtype.is_floating_point:
+        raise ValueError(f"labels must be an integer label map (B, H, W), got {tuple(labels.shape)} {labels.dtype}")
+    parts = [F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).to(dtype)]
+    if edges is not None:
+        if edges.shape != (labels.shape[0], 1, *labels.shape[-2:]):
+            raise ValueError(f"edges must be {(labels.shape[0], 1, *labels.shape[-2:])}, got {tuple(edges.shape)}")
+        parts.append(edges.to(dtype))
+    return torch.cat(parts, dim=1)
+
+
+def with_image(condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
+    """The discriminator's input: ``condition`` (see :func:`label_condition`), then the image
+    (B, C, H, W), concatenated along channels."""
+    if image.dim() != 4 or image.shape[0] != condition.shape[0] or image.shape[-2:] != condition.shape[-2:]:
+        raise ValueError(f"image must be (B, C, H, W) matching labels {(condition.shape[0], *condition.shape[-2:])}, "
+                         f"got {tuple(image.shape)}")
+    return torch.cat([condition, image], dim=1)
 
 
 def conditional_input(labels: torch.Tensor, num_classes: int, image: torch.Tensor,
                       edges: torch.Tensor | None = None) -> torch.Tensor:
     """The discriminator's input: one-hot labels (B, num_classes, H, W), then the instance edges
     (B, 1, H, W) when given, then the image (B, C, H, W), concatenated along channels."""
-    if labels.dim() != 3 or labels.dtype.is_floating_point:
-        raise ValueError(f"labels must be an integer label map (B, H, W), got {tuple(labels.shape)} {labels.dtype}")
-    if image.dim() != 4 or image.shape[0] != labels.shape[0] or image.shape[-2:] != labels.shape[-2:]:
-        raise ValueError(f"image must be (B, C, H, W) matching labels {tuple(labels.shape)}, got {tuple(image.shape)}")
-    parts = [F.one_hot(labels.long(), num_classes).permute(0, 3, 1, 2).to(image.dtype)]
-    if edges is not None:
-        if edges.shape != (labels.shape[0], 1, *labels.shape[-2:]):
-            raise ValueError(f"edges must be {(labels.shape[0], 1, *labels.shape[-2:])}, got {tuple(edges.shape)}")
-        parts.append(edges.to(image.dtype))
-    parts.append(image)
-    return torch.cat(parts, dim=1)
+    return with_image(label_condition(labels, num_classes, image.dtype, edges), image)
 
 
 class SpectralNormConv2d(nn.Module):
@@ -66,19 +80,19 @@ class PatchDiscriminator(nn.Module):
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
         first = nn.Conv2d(in_channels, ndf, KERNEL_SIZE, stride=2, padding=PADDING)
-        _init_conv(first)
+        published_conv_init(first)
         blocks = [nn.Sequential(first, nn.LeakyReLU(LEAKY_SLOPE))]
         width = ndf
         for n in range(1, n_layers):
             next_width = min(2 * width, ndf_max)
             conv = nn.Conv2d(width, next_width, KERNEL_SIZE, stride=1 if n == n_layers - 1 else 2,
                              padding=PADDING, bias=False)
-            _init_conv(conv)
+            published_conv_init(conv)
             blocks.append(nn.Sequential(SpectralNormConv2d(conv), nn.InstanceNorm2d(next_width, affine=False),
                                         nn.LeakyReLU(LEAKY_SLOPE)))
             width = next_width
         last = nn.Conv2d(width, 1, KERNEL_SIZE, stride=1, padding=PADDING)
-        _init_conv(last)
+        published_conv_init(last)
         blocks.append(last)
         self.blocks = nn.ModuleList(blocks)
 
@@ -120,8 +134,3 @@ class MultiscaleDiscriminator(nn.Module):
             results.append(scale(x))
         return results
 
-
-def _init_conv(conv: nn.Conv2d) -> None:
-    nn.init.xavier_normal_(conv.weight, gain=INIT_GAIN)
-    if conv.bias is not None:
-        nn.init.zeros_(conv.bias)

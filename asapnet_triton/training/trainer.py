@@ -31,7 +31,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .config import TrainConfig
-from .discriminator import conditional_input
+from .discriminator import label_condition, with_image
 from .distributed import ResumableDistributedSampler, setup_distributed
 from .losses import (
     VGGLoss,
@@ -365,7 +365,7 @@ class Trainer:
         real = [[t[half:] for t in scale] for scale in predictions]
         return fake, real
 
-    def _generator_step(self, labels, image, edges) -> tuple[dict, torch.Tensor]:
+    def _generator_step(self, labels, image, edges, condition, real_input) -> tuple[dict, torch.Tensor]:
         config = self.config
         self.optimizer_g.zero_grad(set_to_none=True)
         # the discriminator's weights get no gradient here; it runs unwrapped, so DDP expects
@@ -374,9 +374,8 @@ class Trainer:
         try:
             fake = self.generator_ddp(labels, edges)
             with self._autocast():
-                pred_fake, pred_real = self._discriminate(
-                    self.discriminator, conditional_input(labels, self.num_classes, fake, edges),
-                    conditional_input(labels, self.num_classes, image, edges))
+                pred_fake, pred_real = self._discriminate(self.discriminator, with_image(condition, fake),
+                                                          real_input)
                 losses = {"G_GAN": generator_hinge_loss(pred_fake)}
                 if config.lambda_feat > 0:
                     losses["G_feat"] = config.lambda_feat * feature_matching_loss(pred_fake, pred_real)
@@ -388,14 +387,13 @@ class Trainer:
             self.discriminator.requires_grad_(True)
         return losses, fake.detach()
 
-    def _discriminator_step(self, labels, image, edges) -> tuple[dict, torch.Tensor]:
+    def _discriminator_step(self, labels, edges, condition, real_input) -> tuple[dict, torch.Tensor]:
         self.optimizer_d.zero_grad(set_to_none=True)
         with torch.no_grad():
             fake = self.generator(labels, edges)
         with self._autocast():
-            pred_fake, pred_real = self._discriminate(
-                self.discriminator_ddp, conditional_input(labels, self.num_classes, fake, edges),
-                conditional_input(labels, self.num_classes, image, edges))
+            pred_fake, pred_real = self._discriminate(self.discriminator_ddp, with_image(condition, fake),
+                                                      real_input)
             losses = {"D_fake": discriminator_hinge_loss(pred_fake, real=False),
                       "D_real": discriminator_hinge_loss(pred_real, real=True)}
         sum(losses.values()).backward()
@@ -406,11 +404,14 @@ class Trainer:
         """One optimisation step on ``batch`` (this process's shard); returns the losses,
         averaged over processes, as floats."""
         labels, image, edges = self._unpack(batch)
+        # the one-hot condition and the real input serve both steps: build them once
+        condition = label_condition(labels, self.num_classes, image.dtype, edges)
+        real_input = with_image(condition, image)
         losses = {}
         if self.step % self.config.d_steps_per_g == 0:
-            g_losses, fake = self._generator_step(labels, image, edges)
+            g_losses, fake = self._generator_step(labels, image, edges, condition, real_input)
             losses.update(g_losses)
-        d_losses, d_fake = self._discriminator_step(labels, image, edges)
+        d_losses, d_fake = self._discriminator_step(labels, edges, condition, real_input)
         losses.update(d_losses)
         self._last_batch = (labels, fake if "G_GAN" in losses else d_fake, image)
         names = sorted(losses)
