@@ -32,7 +32,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 from torch.utils.data import Dataset
 
 from .paired import (
@@ -49,7 +48,7 @@ from .paired import (
     nyu_samples,
 )
 from .procedural import CMP_CLASSES, ProceduralFacades, palette, random_facade_labels, render_facade
-from .transforms import item_generator, output_size
+from .transforms import is_int_at_least, item_generator, output_size
 
 __all__ = [
     "CMP_CLASSES",
@@ -75,10 +74,6 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
 
 
-def _is_positive_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value > 0
-
-
 def num_classes_of(name: str, label_nc: int | None = None) -> int:
     """The number of label classes the model needs for data set ``name``.
 
@@ -86,7 +81,7 @@ def num_classes_of(name: str, label_nc: int | None = None) -> int:
     ``label_nc`` says otherwise; folder: ``label_nc``, which it requires.
     """
     _check_name(name)
-    if label_nc is not None and not _is_positive_int(label_nc):
+    if label_nc is not None and not is_int_at_least(label_nc, 1):
         raise ValueError(f"label_nc must be a positive integer, got {label_nc!r}")
     if name in _FIXED_COUNTS:
         fixed = _FIXED_COUNTS[name]
@@ -128,11 +123,11 @@ def build_dataset(name: str, root: str | Path | None = None, *, split: str = "tr
     _check_name(name)
     if split not in SPLITS:
         raise ValueError(f"split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+    if not is_int_at_least(seed, 0):
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    if num_samples is not None and not _is_positive_int(num_samples):
+    if num_samples is not None and not is_int_at_least(num_samples, 1):
         raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}")
-    if load_size is not None and not _is_positive_int(load_size):
+    if load_size is not None and not is_int_at_least(load_size, 1):
         raise ValueError(f"load_size must be a positive integer, got {load_size!r}")
     output_size(crop_size, aspect_ratio)  # validates both before anything else uses them
     if instance and name != "cityscapes":

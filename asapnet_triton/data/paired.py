@@ -54,6 +54,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from .transforms import (
+    EpochAugmentation,
     crop_and_flip,
     image_to_tensor,
     instance_edges,
@@ -333,7 +334,7 @@ def direct_label_mapping(dataset: str, num_classes: int) -> Callable[[np.ndarray
     return check
 
 
-class PairedDataset(Dataset):
+class PairedDataset(EpochAugmentation, Dataset):
     """Label maps with their photos, preprocessed as published (see ``transforms``).
 
     Items: ``{"label": int64 (H, W) in [0, num_classes), "image": float32 (3, H, W) in [-1, 1],
@@ -364,12 +365,6 @@ class PairedDataset(Dataset):
                              "needs load_size >= crop_size")
         if instance and any(s.instance is None for s in self.samples):
             raise ValueError(f"{name}: instance=True needs an instance map for every item")
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation of epoch ``epoch`` (a non-negative integer)."""
-        if not isinstance(epoch, (int, np.integer)) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"set_epoch: epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return len(self.samples)

@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .transforms import (
+    EpochAugmentation,
     STREAM_PROCEDURAL_HELD_OUT,
     STREAM_PROCEDURAL_TRAIN,
+    is_int_at_least,
     item_generator,
     output_size,
 )
@@ -60,7 +61,7 @@ def palette(num_classes: int) -> torch.Tensor:
     alternating saturation and value, so neighbouring class indices get distinct colours; the same
     count always gives the same table.
     """
-    if not isinstance(num_classes, (int, np.integer)) or isinstance(num_classes, bool) or num_classes < 1:
+    if not is_int_at_least(num_classes, 1):
         raise ValueError(f"palette: num_classes must be a positive integer, got {num_classes!r}")
     if num_classes == len(CMP_CLASSES):
         t = torch.linspace(0.0, 1.0, num_classes, dtype=torch.float64)
@@ -122,7 +123,7 @@ def random_facade_labels(height: int, width: int, generator: torch.Generator) ->
     Deterministic given the generator's state; both sizes must be at least 16.
     """
     for name, value in (("height", height), ("width", width)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < MIN_SIZE:
+        if not is_int_at_least(value, MIN_SIZE):
             raise ValueError(f"random_facade_labels: {name} must be an integer >= {MIN_SIZE}, got {value!r}")
     g = generator
     canvas = _Canvas(height, width)
@@ -346,7 +347,7 @@ def render_facade(label: torch.Tensor, generator: torch.Generator) -> torch.Tens
     return image.clamp_(0.0, 1.0).mul_(2.0).sub_(1.0)
 
 
-class ProceduralFacades(Dataset):
+class ProceduralFacades(EpochAugmentation, Dataset):
     """Procedural facade label maps and renderings; no files, no downloads.
 
     Items are ``{"label": int64 (H, W) in 0..11, "image": float32 (3, H, W) in [-1, 1],
@@ -369,9 +370,9 @@ class ProceduralFacades(Dataset):
                              f"minimum {MIN_SIZE}x{MIN_SIZE}")
         if num_samples is None:
             num_samples = DEFAULT_TRAIN_SAMPLES if split == "train" else DEFAULT_HELD_OUT_SAMPLES
-        if not isinstance(num_samples, (int, np.integer)) or isinstance(num_samples, bool) or num_samples < 1:
+        if not is_int_at_least(num_samples, 1):
             raise ValueError(f"procedural: num_samples must be a positive integer, got {num_samples!r}")
-        if not isinstance(seed, (int, np.integer)) or isinstance(seed, bool) or seed < 0:
+        if not is_int_at_least(seed, 0):
             raise ValueError(f"procedural: seed must be a non-negative integer, got {seed!r}")
         self.name = "procedural"
         self.split = split
@@ -381,12 +382,6 @@ class ProceduralFacades(Dataset):
         self.seed = int(seed)
         self.epoch = 0
         self._stream = STREAM_PROCEDURAL_TRAIN if split == "train" else STREAM_PROCEDURAL_HELD_OUT
-
-    def set_epoch(self, epoch: int) -> None:
-        """Select the augmentation (flips) of epoch ``epoch`` (a non-negative integer)."""
-        if not isinstance(epoch, (int, np.integer)) or isinstance(epoch, bool) or epoch < 0:
-            raise ValueError(f"set_epoch: epoch must be a non-negative integer, got {epoch!r}")
-        self.epoch = int(epoch)
 
     def __len__(self) -> int:
         return self.num_samples

@@ -45,6 +45,23 @@ STREAM_PROCEDURAL_TRAIN = 1
 STREAM_PROCEDURAL_HELD_OUT = 2
 
 
+def is_int_at_least(value, minimum: int) -> bool:
+    """Whether ``value`` is an integer (Python or numpy; not a bool) of at least ``minimum``."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= minimum
+
+
+class EpochAugmentation:
+    """For datasets whose augmentation is a function of (seed, epoch, index): ``set_epoch``."""
+
+    epoch: int = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation of epoch ``epoch`` (a non-negative integer)."""
+        if not is_int_at_least(epoch, 0):
+            raise ValueError(f"set_epoch: epoch must be a non-negative integer, got {epoch!r}")
+        self.epoch = int(epoch)
+
+
 def item_generator(seed: int, epoch: int, index: int, stream: int = STREAM_AUGMENT) -> torch.Generator:
     """A CPU ``torch.Generator`` determined by ``(seed, epoch, index, stream)`` alone.
 
@@ -52,7 +69,7 @@ def item_generator(seed: int, epoch: int, index: int, stream: int = STREAM_AUGME
     tuples such as (0, 1, 2) and (0, 2, 1) give unrelated streams.
     """
     for name, value in (("seed", seed), ("epoch", epoch), ("index", index), ("stream", stream)):
-        if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 0:
+        if not is_int_at_least(value, 0):
             raise ValueError(f"item_generator: {name} must be a non-negative integer, got {value!r}")
     state = np.random.SeedSequence([int(seed), int(epoch), int(index), int(stream)]).generate_state(1, np.uint64)
     # torch.Generator.manual_seed takes a signed 64-bit value
@@ -61,7 +78,7 @@ def item_generator(seed: int, epoch: int, index: int, stream: int = STREAM_AUGME
 
 def output_size(crop_size: int, aspect_ratio: float) -> tuple[int, int]:
     """(height, width) of a crop: ``crop_size`` high, ``round(crop_size * aspect_ratio)`` wide."""
-    if not isinstance(crop_size, (int, np.integer)) or isinstance(crop_size, bool) or crop_size < 1:
+    if not is_int_at_least(crop_size, 1):
         raise ValueError(f"crop_size must be a positive integer, got {crop_size!r}")
     if not isinstance(aspect_ratio, (int, float)) or not aspect_ratio > 0 or not np.isfinite(aspect_ratio):
         raise ValueError(f"aspect_ratio (width / height) must be a positive number, got {aspect_ratio!r}")
