@@ -14,19 +14,16 @@ import subprocess
 import tempfile
 from dataclasses import asdict, dataclass
 
+import torch
 import triton
 
 from .layout import MLPShape
 
 __all__ = ["KernelResources", "compile_kernel", "kernel_resources", "measure", "occupancy"]
 
-KERNELS = ("forward", "backward")
-
 # Per-SM limits used for the theoretical occupancy: registers, shared memory (bytes), threads.
 _SM_LIMITS = {80: (65536, 164 * 1024, 2048), 86: (65536, 100 * 1024, 1536), 89: (65536, 100 * 1024, 1536),
               90: (65536, 228 * 1024, 2048)}
-
-_TORCH_TO_TRITON = {"fp32": "fp32", "bf16": "bf16", "fp16": "fp16", "fp64": "fp64"}
 
 
 @dataclass(frozen=True)
@@ -65,39 +62,27 @@ def _ptxas(arch: int) -> str:
 
 
 def compile_kernel(kernel: str, shape: MLPShape, *, labels: bool, precision: str, config, arch: int,
-                   params_dtype: str = "fp32", need_grad_x: bool = True):
-    """Compile the forward or backward kernel for ``arch`` (e.g. 80, 90); returns Triton's
+                   params_dtype: torch.dtype = torch.float32, need_grad_x: bool = True):
+    """Compile the forward or backward kernel for ``arch`` (e.g. 80, 90) exactly as the launchers
+    build it (``kernels.launch_config.kernel_build``: constants, argument types, launch options);
+    labels are uint8, float input and gradients have params' dtype. Returns Triton's
     CompiledKernel (``.asm["ptx"]``, ``.asm["cubin"]``, ``.metadata``)."""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .kernels import pixelwise_mlp as module
+    from .kernels.launch_config import kernel_build
+    from .kernels.pixelwise_mlp import kernel_function
 
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
-    fn = module._pixelwise_mlp_fwd_kernel if kernel == "forward" else module._pixelwise_mlp_bwd_kernel
+    fn = kernel_function(kernel)
     if not isinstance(fn, triton.runtime.jit.JITFunction):
         raise RuntimeError("ahead-of-time compilation needs Triton's compiler: unset TRITON_INTERPRET "
                            "before triton is imported")
-    constexprs = module.kernel_constexprs(shape, labels=labels, precision=precision, config=config,
-                                          interpret=False)
-    if kernel == "backward":
-        constexprs["NEED_GRAD_X"] = need_grad_x and not labels
-        constexprs["LABEL_GRAD_DOT"] = module.label_grad_by_dot(shape, arch, precision)
-    param_type = "*" + _TORCH_TO_TRITON[params_dtype]
-    signature = {}
-    for name in fn.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name == "x_ptr":
-            signature[name] = "*u8" if labels else "*fp32"
-        elif name.endswith("_ptr"):
-            signature[name] = param_type if name in ("params_ptr", "out_ptr") else "*fp32"
-        else:
-            signature[name] = "i32"
-    source = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+    build = kernel_build(kernel, shape, labels=labels, precision=precision, config=config, interpret=False,
+                         x_dtype=torch.uint8 if labels else params_dtype, params_dtype=params_dtype,
+                         need_grad_x=need_grad_x, arch=arch)
+    source = ASTSource(fn=fn, signature=build.signature(fn.arg_names), constexprs=build.constexprs)
     return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": config.num_warps, "num_stages": config.num_stages})
+                          options={"num_warps": build.num_warps, "num_stages": build.num_stages})
 
 
 def measure(compiled, arch: int) -> dict:

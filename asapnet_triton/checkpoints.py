@@ -18,6 +18,7 @@ from collections.abc import Mapping
 
 import torch
 
+from .fileio import load_weights_file
 from .generator import LR_DOWNSAMPLING, LR_PADDINGS, ASAPNetGenerator
 from .layout import MLPShape
 
@@ -68,12 +69,7 @@ def _read_state_dict(checkpoint, map_location) -> tuple[dict[str, torch.Tensor],
     """The state_dict and a name for messages: from a path, a state_dict, or a dict wrapping one."""
     if isinstance(checkpoint, (str, os.PathLike)):
         source = os.fspath(checkpoint)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"checkpoint {source} does not exist or is not a file")
-        try:
-            loaded = torch.load(source, map_location=map_location, weights_only=True)
-        except Exception as error:  # pickle, zip and weights-only errors all mean "not a state_dict file"
-            raise ValueError(f"checkpoint {source}: cannot read it as a torch state_dict ({error})") from error
+        loaded = load_weights_file(source, "checkpoint", map_location=map_location)
     elif isinstance(checkpoint, Mapping):
         source = "the given state_dict"
         loaded = checkpoint

@@ -19,21 +19,27 @@ import json
 import os
 import sys
 
-BACKEND_CHOICES = ["auto", "triton", "interpret", "torch", "reference"]
-PRECISION_CHOICES = ["fp32", "tf32", "bf16", "fp16"]
+from .functional import BACKENDS
+from .kernels.launch_config import KERNELS
+from .precision import FLOAT32_PRECISIONS
 
 
-def _csv(kind):
+def comma_list(kind):
+    """An argparse type: a comma-separated list of ``kind`` (e.g. ``int``, :func:`resolution`)."""
     def parse(text: str):
         return [kind(item) for item in text.split(",") if item]
     return parse
 
 
-def _size(text: str) -> tuple[int, int]:
-    height, _, width = text.partition("x")
-    if not (height.isdigit() and width.isdigit()):
-        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH such as 1024x1024, got {text!r}")
-    return int(height), int(width)
+def resolution(text: str) -> tuple[int, int]:
+    """An argparse type: HEIGHTxWIDTH (e.g. 1024x2048) as (height, width), both positive."""
+    try:
+        height, width = (int(side) for side in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a resolution is HEIGHTxWIDTH, e.g. 1024x2048; got {text!r}") from None
+    if height < 1 or width < 1:
+        raise argparse.ArgumentTypeError(f"a resolution needs positive sides, got {text!r}")
+    return height, width
 
 
 def _add_model_arguments(p, *, height: int, width: int, cell_size: int) -> None:
@@ -56,11 +62,11 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="check backends against the float64 reference on random inputs",
                        description="Run pixelwise_mlp and the float64 einsum reference on the same random inputs; "
                                    "print errors, tolerances and times; exit 1 when any result is out of tolerance.")
-    p.add_argument("--backend", nargs="+", default=["torch", "interpret"], choices=BACKEND_CHOICES,
+    p.add_argument("--backend", nargs="+", default=["torch", "interpret"], choices=BACKENDS,
                    help="backends to check (default: torch interpret). 'interpret' runs the Triton kernels with "
                         "Triton's CPU interpreter (this command sets TRITON_INTERPRET=1 for it); 'triton' needs a "
                         "CUDA GPU")
-    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=PRECISION_CHOICES,
+    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=FLOAT32_PRECISIONS,
                    help="precisions to check (default: fp32 bf16)")
     p.add_argument("--backward", action="store_true", help="also check the gradients of params and x")
     p.add_argument("--seed", type=int, default=0)
@@ -72,8 +78,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "($ASAPNET_TRITON_CACHE) that later processes load automatically.")
     p.add_argument("--backend", choices=["triton", "interpret"], default=None,
                    help="triton (CUDA GPU; the default when one is present) or interpret (CPU, small shapes)")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default="bf16")
-    p.add_argument("--kernels", nargs="+", choices=["forward", "backward"], default=["forward", "backward"])
+    p.add_argument("--precision", choices=FLOAT32_PRECISIONS, default="bf16")
+    p.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration on the CPU")
     _add_model_arguments(p, height=1024, width=2048, cell_size=64)
 
@@ -81,9 +87,10 @@ def _parser() -> argparse.ArgumentParser:
                        description="Compile every kernel with every default configuration ahead of time (no GPU "
                                    "needed) and report, per kernel x input x cell x precision x arch: registers, "
                                    "spill bytes, shared memory, HMMA/HGMMA instruction counts, theoretical occupancy.")
-    p.add_argument("--arch", type=_csv(str), default=["sm_80", "sm_90"], help="comma-separated, e.g. sm_80,sm_90")
-    p.add_argument("--precision", type=_csv(str), default=["tf32", "bf16", "fp16", "fp32"])
-    p.add_argument("--cell-size", type=_csv(int), default=[32, 64])
+    p.add_argument("--arch", type=comma_list(str), default=["sm_80", "sm_90"], help="comma-separated, e.g. sm_80,sm_90")
+    p.add_argument("--precision", type=comma_list(str), default=["tf32", "bf16", "fp16", "fp32"],
+                   help=f"comma-separated, of {','.join(FLOAT32_PRECISIONS)}")
+    p.add_argument("--cell-size", type=comma_list(int), default=[32, 64])
     p.add_argument("--num-classes", type=int, default=35)
     p.add_argument("--in-channels", type=int, default=3)
     p.add_argument("--hidden-width", type=int, default=64)
@@ -105,9 +112,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--official", action="store_true",
                    help="the checkpoint comes from the published ASAP-Net code (see at.load_official_checkpoint)")
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, default=None,
+    p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="HR-stream backend (default: the checkpoint's, 'auto' for --official)")
-    p.add_argument("--precision", choices=PRECISION_CHOICES, default=None,
+    p.add_argument("--precision", choices=FLOAT32_PRECISIONS, default=None,
                    help="HR-stream precision (default: the checkpoint's, fp32 for --official)")
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
 
@@ -122,7 +129,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps instead of the budget")
     p.add_argument("--crop-size", type=int, default=128, help="training and held-out image size (default: 128)")
     p.add_argument("--held-out", type=int, default=8, help="held-out label maps to translate (default: 8)")
-    p.add_argument("--timing-sizes", type=_csv(_size), default=[(128, 128), (1024, 1024)],
+    p.add_argument("--timing-sizes", type=comma_list(resolution), default=[(128, 128), (1024, 1024)],
                    help="image sizes HxW at which to time the LR and HR streams (default: 128x128,1024x1024)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -154,7 +161,7 @@ def _kernel_report(args) -> int:
     from tqdm.auto import tqdm
 
     from .aot import kernel_resources
-    from .kernels.pixelwise_mlp import default_config
+    from .kernels.launch_config import default_config
     from .layout import MLPShape
 
     archs = []
@@ -164,7 +171,7 @@ def _kernel_report(args) -> int:
         archs.append(int(arch[3:]))
     jobs = [(kernel, labels, cell, precision, arch)
             for arch in archs for precision in args.precision for cell in args.cell_size
-            for labels in (True, False) for kernel in ("forward", "backward")]
+            for labels in (True, False) for kernel in KERNELS]
     rows = []
     for kernel, labels, cell, precision, arch in tqdm(jobs, desc="compiling", unit="kernel"):
         shape = MLPShape(args.num_classes if labels else args.in_channels, cell,

@@ -86,7 +86,8 @@ def run_demo(out_dir: str | os.PathLike = "asapnet-demo", *, time_budget_s: floa
     from .metrics import psnr, ssim
     from .training import Trainer, load_generator
     from .training.checkpoint import latest_checkpoint
-    from .training.visuals import sample_grid, save_png
+    from .fileio import save_png
+    from .training.visuals import sample_grid
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):

@@ -1,4 +1,12 @@
-"""The functional API: ``pixelwise_mlp`` with argument checks and explicit backend dispatch."""
+"""The functional API: ``pixelwise_mlp`` with argument checks and explicit backend dispatch.
+
+Why triton is imported lazily (here, in ``ops.py`` and everywhere above the kernels): Triton
+chooses between its CPU interpreter and its compiler when it is first imported (``@triton.jit``
+decides at decoration time), so ``TRITON_INTERPRET=1`` must be in the environment before that
+import. ``asapnet`` sets it from its arguments after startup, and users may set it after
+importing this package; so importing ``asapnet_triton`` never imports triton, and the modules
+that need it (``kernels/pixelwise_mlp.py``) are imported inside the functions that launch kernels.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +15,11 @@ import torch
 from .layout import MLPShape, grid_size
 from .precision import check_precision
 
-__all__ = ["BACKENDS", "pixelwise_mlp", "resolve_backend"]
+__all__ = ["BACKENDS", "FUSED_BACKENDS", "pixelwise_mlp", "resolve_backend"]
 
-BACKENDS = ("auto", "triton", "interpret", "torch", "reference")
+# The backends that run through the custom op with a fused, recomputing backward (what training takes).
+FUSED_BACKENDS = ("triton", "interpret", "torch")
+BACKENDS = ("auto", *FUSED_BACKENDS, "reference")
 
 
 def resolve_backend(backend: str, device: torch.device | str) -> str:

@@ -5,7 +5,11 @@ runs the fused backward of the chosen backend.
 ``asapnet_triton::pixelwise_mlp`` and ``asapnet_triton::pixelwise_mlp_backward`` take the already
 resolved backend ("triton", "interpret" or "torch"); ``functional.pixelwise_mlp`` checks arguments
 and resolves the backend before calling them. What the forward saves for backward is its inputs
-(x and params): the backward recomputes every activation.
+(x and params): the backward recomputes every activation. The launch configuration of each kernel
+launch is resolved here (``tuning.chosen_config``: the autotuning cache, else the default).
+
+The kernels' module (and so triton) is imported inside the functions that launch kernels: see
+the top of ``functional.py`` for why.
 """
 
 from __future__ import annotations
@@ -25,6 +29,18 @@ def check_label_range(x: torch.Tensor, num_classes: int) -> None:
     if low < 0 or high >= num_classes:
         raise ValueError(f"x (labels) must lie in [0, num_classes) = [0, {num_classes}), "
                          f"found values in [{low}, {high}]")
+
+
+def _launch_config(kernel: str, shape: MLPShape, labels: bool, precision: str, x: torch.Tensor,
+                   params: torch.Tensor):
+    """The launch configuration of a kernel launch for these inputs: tuned or the default."""
+    from .kernels.pixelwise_mlp import interpreter_active
+    from .tuning import chosen_config
+
+    config, _ = chosen_config(kernel, shape, labels=labels, precision=precision, params_dtype=params.dtype,
+                              pixels=params.shape[0] * x.shape[-2] * x.shape[-1], device=params.device,
+                              interpret=interpreter_active())
+    return config
 
 
 def _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding) -> MLPShape:
@@ -48,7 +64,8 @@ def pixelwise_mlp_op(x: torch.Tensor, params: torch.Tensor, cell_size: int, out_
     if backend in _KERNEL_BACKENDS:
         from .kernels.pixelwise_mlp import pixelwise_mlp_forward
 
-        return pixelwise_mlp_forward(x, params, shape, labels=labels, precision=precision)
+        config = _launch_config("forward", shape, labels, precision, x, params)
+        return pixelwise_mlp_forward(x, params, shape, labels=labels, precision=precision, config=config)
     raise ValueError(f"backend must be 'triton', 'interpret' or 'torch' here, got {backend!r}")
 
 
@@ -66,13 +83,18 @@ def pixelwise_mlp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, params: t
     shape = _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding)
     labels = num_classes is not None
     if backend == "torch":
-        from .torch_tiled import pixelwise_mlp_torch_backward as backward
+        from .torch_tiled import pixelwise_mlp_torch_backward
+
+        grad_x, grad_params = pixelwise_mlp_torch_backward(x, params, grad_out, shape, labels=labels,
+                                                           precision=precision, need_grad_x=need_grad_x and not labels)
     elif backend in _KERNEL_BACKENDS:
-        from .kernels.pixelwise_mlp import pixelwise_mlp_backward as backward
+        from .kernels.pixelwise_mlp import pixelwise_mlp_backward
+
+        config = _launch_config("backward", shape, labels, precision, x, params)
+        grad_x, grad_params = pixelwise_mlp_backward(x, params, grad_out, shape, labels=labels, precision=precision,
+                                                     need_grad_x=need_grad_x and not labels, config=config)
     else:
         raise ValueError(f"backend must be 'triton', 'interpret' or 'torch' here, got {backend!r}")
-    grad_x, grad_params = backward(x, params, grad_out, shape, labels=labels, precision=precision,
-                                   need_grad_x=need_grad_x and not labels)
     if grad_x is None:
         grad_x = x.new_empty((0,), dtype=torch.float32)
     return grad_x.contiguous(), grad_params.contiguous()

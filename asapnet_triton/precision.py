@@ -8,9 +8,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["GRAD_NORMS", "GRAD_TOLERANCES", "PRECISIONS", "TOLERANCES", "check_precision", "round_operand"]
+__all__ = [
+    "FLOAT32_PRECISIONS",
+    "GRAD_NORMS",
+    "GRAD_TOLERANCES",
+    "PRECISIONS",
+    "TOLERANCES",
+    "check_precision",
+    "round_operand",
+    "round_tf32_",
+]
 
-PRECISIONS = ("fp64", "fp32", "tf32", "bf16", "fp16")
+# The operand formats for float32 (or 16-bit) parameters; "fp64" needs float64 parameters.
+FLOAT32_PRECISIONS = ("fp32", "tf32", "bf16", "fp16")
+PRECISIONS = ("fp64", *FLOAT32_PRECISIONS)
 
 # Relative tolerance of each precision against the float64 reference (max |error| / max |ref|),
 # for the default-sized MLPs of this project; tests and `compare` use these.
@@ -39,11 +50,12 @@ def check_precision(precision: str, params_dtype: torch.dtype) -> str:
     return precision
 
 
-def _round_to_tf32(t: torch.Tensor) -> torch.Tensor:
-    # Round to nearest (ties away from zero) at 10 mantissa bits, as cvt.rna.tf32.f32 does.
-    bits = t.to(torch.float32).contiguous().view(torch.int32)
-    bits = (bits + 0x1000) & ~0x1FFF
-    return bits.view(torch.float32).view(t.shape)
+def round_tf32_(t: torch.Tensor) -> torch.Tensor:
+    """Round the float32 tensor ``t`` in place to tf32: to nearest (ties away from zero) at 10
+    mantissa bits, as cvt.rna.tf32.f32 does. Returns ``t``."""
+    bits = t.view(torch.int32)
+    bits.add_(0x1000).bitwise_and_(~0x1FFF)
+    return t
 
 
 def round_operand(t: torch.Tensor, precision: str) -> torch.Tensor:
@@ -53,7 +65,7 @@ def round_operand(t: torch.Tensor, precision: str) -> torch.Tensor:
     if precision == "fp32":
         return t.to(torch.float32).to(t.dtype)
     if precision == "tf32":
-        return _round_to_tf32(t).to(t.dtype)
+        return round_tf32_(t.to(torch.float32, copy=True)).to(t.dtype)
     if precision == "bf16":
         return t.to(torch.bfloat16).to(t.dtype)
     if precision == "fp16":

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .layout import MLPShape
-from .precision import round_operand
+from .precision import PRECISIONS, round_operand, round_tf32_
 
 __all__ = [
     "BF16_MATMUL_MODES",
@@ -114,14 +114,12 @@ def _round_(t: torch.Tensor, precision: str) -> torch.Tensor:
     if precision in ("fp64", "fp32"):
         return t
     if precision == "tf32":
-        bits = t.view(torch.int32)  # round to nearest, ties away, at 10 mantissa bits
-        bits.add_(0x1000).bitwise_and_(~0x1FFF)
-        return t
+        return round_tf32_(t)
     if precision == "bf16":
         return t.copy_(t.to(torch.bfloat16))
     if precision == "fp16":
         return t.copy_(t.to(torch.float16))
-    raise ValueError(f"precision must be one of fp64, fp32, tf32, bf16, fp16, got {precision!r}")
+    raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
 def _cell_tiles(t: torch.Tensor, cell_size: int, grid: tuple[int, int], *, channels_first: bool = False) -> torch.Tensor:

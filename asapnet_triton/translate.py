@@ -49,7 +49,7 @@ def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu",
     """
     from tqdm.auto import tqdm
 
-    from .training.visuals import image_to_uint8, save_png
+    from .fileio import image_to_uint8, save_png
 
     if getattr(generator, "instance_edges", False):
         raise ValueError("this generator was trained with instance edges; translate takes label maps only, "

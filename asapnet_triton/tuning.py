@@ -27,8 +27,10 @@ from pathlib import Path
 
 import torch
 
+from .fileio import atomic_write_text
+from .kernels.launch_config import KERNELS, LaunchConfig, check_kernel, default_config, device_arch, pow2_at_least
 from .layout import MLPShape
-from .timing import median_seconds
+from .timing import gpu_seconds, median_seconds
 
 __all__ = [
     "CACHE_ENV",
@@ -44,7 +46,6 @@ __all__ = [
 
 CACHE_ENV = "ASAPNET_TRITON_CACHE"
 DISABLE_ENV = "ASAPNET_TRITON_AUTOTUNE"
-KERNELS = ("forward", "backward")
 _CACHE_VERSION = 1
 
 # On-chip budgets used for pruning when no CUDA device can be asked: an H100's opt-in shared
@@ -83,8 +84,7 @@ def pixel_bucket(pixels: int) -> int:
 def tuning_key(kernel: str, shape: MLPShape, *, labels: bool, precision: str, params_dtype: torch.dtype,
                pixels: int, device: str) -> str:
     """The cache key: everything that changes the best launch configuration."""
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    check_kernel(kernel)
     source = f"classes={shape.in_channels}" if labels else f"in={shape.in_channels}"
     return "|".join([kernel, source, f"hidden={shape.hidden_width}", f"depth={shape.depth}",
                      f"out={shape.out_channels}", f"cell={shape.cell_size}", f"pe={int(shape.pos_encoding)}",
@@ -97,13 +97,13 @@ def tuning_key(kernel: str, shape: MLPShape, *, labels: bool, precision: str, pa
 
 def _estimated_shared_bytes(shape: MLPShape, precision: str) -> int:
     # every layer's weights resident as dot operands (padded to the kernel's tile sizes)
-    from .kernels.pixelwise_mlp import pow2_at_least as pad
+    pad = pow2_at_least
     rows = pad(shape.in_channels) + pad(shape.pe_channels) + (shape.depth - 2) * shape.hidden_width
     elements = rows * shape.hidden_width + shape.hidden_width * pad(shape.out_channels)
     return elements * _OPERAND_BYTES[precision]
 
 
-def _estimated_registers(kernel: str, shape: MLPShape, config) -> int:
+def _estimated_registers(kernel: str, shape: MLPShape, config: LaunchConfig) -> int:
     # the live fp32 tiles per thread: a block's accumulator and operand copy; backward adds the
     # block's recomputed activations and every layer's gradient sums
     threads = 32 * config.num_warps
@@ -122,12 +122,10 @@ def _shared_limit() -> int:
 
 
 def config_space(kernel: str, shape: MLPShape, precision: str, *, labels: bool = True, interpret: bool = False,
-                 arch: int = 90) -> list:
+                 arch: int = 90) -> list[LaunchConfig]:
     """The launch configurations worth timing for ``kernel`` (the default among them), pruned of
     those whose resident weights exceed the shared memory or whose live tiles exceed the registers
     (estimates)."""
-    from .kernels.pixelwise_mlp import LaunchConfig, default_config, pow2_at_least
-
     default = default_config(kernel, shape, labels=labels, precision=precision, interpret=interpret, arch=arch)
     cell_pixels = pow2_at_least(shape.cell_size**2)
     if interpret:
@@ -185,20 +183,15 @@ def _entries() -> dict:
 
 
 def _write_cache(entries: dict) -> Path:
-    path = cache_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"version": _CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True) + "\n")
-    tmp.replace(path)  # atomic: readers see the old or the new file, never half of one
-    return path
+    # atomic: readers see the old or the new file, never half of one
+    text = json.dumps({"version": _CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True) + "\n"
+    return atomic_write_text(cache_path(), text)
 
 
 def chosen_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str, params_dtype: torch.dtype,
-                  pixels: int, device: torch.device | str, interpret: bool):
+                  pixels: int, device: torch.device | str, interpret: bool) -> tuple[LaunchConfig, str]:
     """(config, where it came from) for a launch without an explicit config: "tuned" (from the
-    cache), "default", or "default (tuning disabled)"."""
-    from .kernels.pixelwise_mlp import LaunchConfig, default_config, device_arch
-
+    cache), "default", or "default (tuning disabled)". The custom op asks this before every launch."""
     default = default_config(kernel, shape, labels=labels, precision=precision, interpret=interpret,
                              arch=device_arch(device))
     if not tuning_enabled():
@@ -220,12 +213,62 @@ def chosen_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str,
 
 
 def _timer(device: torch.device, repeats: int):
+    """seconds(fn): ``do_bench``'s median on a GPU, the interpreter's wall-clock median on the CPU."""
     if device.type == "cuda":
-        import triton.testing
-
-        return lambda fn: triton.testing.do_bench(fn, warmup=10, rep=max(25, 10 * repeats),
-                                                  return_mode="median") / 1e3
+        return lambda fn: gpu_seconds(fn, warmup_ms=10, rep_ms=max(25, 10 * repeats))["median"]
     return lambda fn: median_seconds(fn, repeats=repeats, device=device)
+
+
+def _tuning_device(device: str | None) -> tuple[torch.device, bool]:
+    """The device to tune on and whether the interpreter runs the kernels; refuses a mismatch."""
+    from .kernels.pixelwise_mlp import interpreter_active
+
+    if not tuning_enabled():
+        raise RuntimeError(f"autotuning is disabled by {DISABLE_ENV}=0 in the environment")
+    interpret = interpreter_active()
+    device = torch.device(device if device is not None else "cpu" if interpret else "cuda")
+    if interpret != (device.type == "cpu"):
+        raise RuntimeError("autotune needs a CUDA device for the compiled kernels, or Triton's interpreter "
+                           f"(TRITON_INTERPRET=1) for device='cpu'; got device={device} with the interpreter "
+                           f"{'on' if interpret else 'off'}")
+    return device, interpret
+
+
+def _time_configs(kernel: str, space: list[LaunchConfig], launch, timer, *, progress: bool,
+                  printer) -> list[tuple[float, LaunchConfig]]:
+    """(seconds, config) of every configuration of ``space`` that runs; ``launch(config)`` runs
+    the kernel once."""
+    iterator = space
+    if progress:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(space, desc=f"autotune {kernel}", unit="config", leave=False)
+    timings = []
+    for config in iterator:
+        try:
+            seconds = timer(lambda config=config: launch(config))
+        except Exception as error:  # e.g. out of shared memory on this device: not a candidate
+            printer(f"  {kernel} {config}: cannot run ({type(error).__name__}: {str(error)[:120]})")
+            continue
+        timings.append((seconds, config))
+    return timings
+
+
+def _print_timings(kernel: str, key: str, timings: list[tuple[float, LaunchConfig]], printer) -> None:
+    best_seconds = min(seconds for seconds, _ in timings)
+    printer(f"{kernel}: {key}")
+    printer(f"  {'block':>5} {'pixels/prog':>11} {'warps':>5} {'stages':>6} {'median ms':>10} {'vs best':>8}")
+    for seconds, config in sorted(timings, key=lambda t: t[0]):
+        printer(f"  {config.block_pixels:>5} {config.pixels_per_program:>11} {config.num_warps:>5} "
+                f"{config.num_stages:>6} {seconds * 1e3:>10.3f} {seconds / best_seconds:>8.2f}x")
+
+
+def _store_best(entries: dict) -> Path:
+    """Write the cache and make it what this process uses from now on."""
+    global _loaded, _loaded_from
+    path = _write_cache(entries)
+    _loaded, _loaded_from = entries, path
+    return path
 
 
 def autotune(height: int, width: int, *, cell_size: int, num_classes: int | None = None, in_channels: int = 3,
@@ -239,20 +282,10 @@ def autotune(height: int, width: int, *, cell_size: int, num_classes: int | None
     On a CUDA device the compiled kernels are timed; without one, Triton's interpreter must be
     active (TRITON_INTERPRET=1) and the shapes should be small.
     """
-    from .kernels.pixelwise_mlp import (device_arch, interpreter_active, pixelwise_mlp_backward,
-                                        pixelwise_mlp_forward)
+    from .kernels.pixelwise_mlp import pixelwise_mlp_backward, pixelwise_mlp_forward
     from .testing import random_inputs
 
-    if not tuning_enabled():
-        raise RuntimeError(f"autotuning is disabled by {DISABLE_ENV}=0 in the environment")
-    interpret = interpreter_active()
-    if device is None:
-        device = "cpu" if interpret else "cuda"
-    device = torch.device(device)
-    if interpret != (device.type == "cpu"):
-        raise RuntimeError("autotune needs a CUDA device for the compiled kernels, or Triton's interpreter "
-                           f"(TRITON_INTERPRET=1) for device='cpu'; got device={device} with the interpreter "
-                           f"{'on' if interpret else 'off'}")
+    device, interpret = _tuning_device(device)
     for name in kernels:
         if name not in KERNELS:
             raise ValueError(f"kernels must be a subset of {KERNELS}, got {name!r}")
@@ -263,6 +296,13 @@ def autotune(height: int, width: int, *, cell_size: int, num_classes: int | None
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
     x, params = x.to(device), params.to(device)
     grad_out = torch.randn(batch, out_channels, height, width, generator=generator).to(device)
+    launchers = {
+        "forward": lambda config: pixelwise_mlp_forward(x, params, shape, labels=labels, precision=precision,
+                                                        config=config),
+        "backward": lambda config: pixelwise_mlp_backward(x, params, grad_out, shape, labels=labels,
+                                                          precision=precision, need_grad_x=not labels,
+                                                          config=config),
+    }
     timer = _timer(device, repeats)
     rows = []
     entries = dict(_entries())
@@ -270,40 +310,15 @@ def autotune(height: int, width: int, *, cell_size: int, num_classes: int | None
         space = config_space(kernel, shape, precision, labels=labels, interpret=interpret, arch=device_arch(device))
         key = tuning_key(kernel, shape, labels=labels, precision=precision, params_dtype=params.dtype,
                          pixels=batch * height * width, device=device_name(device))
-        timings = []
-        iterator = space
-        if progress:
-            from tqdm.auto import tqdm
-
-            iterator = tqdm(space, desc=f"autotune {kernel}", unit="config", leave=False)
-        for config in iterator:
-            if kernel == "forward":
-                def run(config=config):
-                    pixelwise_mlp_forward(x, params, shape, labels=labels, precision=precision, config=config)
-            else:
-                def run(config=config):
-                    pixelwise_mlp_backward(x, params, grad_out, shape, labels=labels, precision=precision,
-                                           need_grad_x=not labels, config=config)
-            try:
-                seconds = timer(run)
-            except Exception as error:  # e.g. out of shared memory on this device: not a candidate
-                printer(f"  {kernel} {config}: cannot run ({type(error).__name__}: {str(error)[:120]})")
-                continue
-            timings.append((seconds, config))
+        timings = _time_configs(kernel, space, launchers[kernel], timer, progress=progress, printer=printer)
         if not timings:
             raise RuntimeError(f"no configuration of the {kernel} kernel could run for {key}")
+        _print_timings(kernel, key, timings, printer)
         best_seconds, best = min(timings, key=lambda t: t[0])
-        printer(f"{kernel}: {key}")
-        printer(f"  {'block':>5} {'pixels/prog':>11} {'warps':>5} {'stages':>6} {'median ms':>10} {'vs best':>8}")
-        for seconds, config in sorted(timings, key=lambda t: t[0]):
-            printer(f"  {config.block_pixels:>5} {config.pixels_per_program:>11} {config.num_warps:>5} "
-                    f"{config.num_stages:>6} {seconds * 1e3:>10.3f} {seconds / best_seconds:>8.2f}x")
-            rows.append(dict(kernel=kernel, key=key, config=asdict(config), seconds=seconds,
-                             relative=seconds / best_seconds))
+        rows += [dict(kernel=kernel, key=key, config=asdict(config), seconds=seconds, relative=seconds / best_seconds)
+                 for seconds, config in sorted(timings, key=lambda t: t[0])]
         entries[key] = {"config": asdict(best), "seconds": best_seconds,
                         "tuned": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    global _loaded, _loaded_from
-    path = _write_cache(entries)
-    _loaded, _loaded_from = entries, path
+    path = _store_best(entries)
     printer(f"best configurations saved to {path}")
     return rows

@@ -56,8 +56,7 @@ def results_dir(folder: str | None = None) -> Path:
 
 def write_json(name: str, payload: dict, folder: str | None = None) -> Path:
     """Write ``payload`` (with the machine's description) atomically to results/<folder>/<name>."""
-    path = results_dir(folder) / name
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps({"machine": machine_description(), **payload}, indent=2) + "\n")
-    tmp.replace(path)
-    return path
+    from asapnet_triton.fileio import atomic_write_text
+
+    text = json.dumps({"machine": machine_description(), **payload}, indent=2) + "\n"
+    return atomic_write_text(results_dir(folder) / name, text)

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import statistics
 import sys
@@ -43,6 +44,9 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from asapnet_triton.cli import comma_list, resolution
+from asapnet_triton.fileio import atomic_write, atomic_write_text
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -54,20 +58,6 @@ LR_DOWNSAMPLING = 16  # ASAP-Net's published rule: cell size = input height / 16
 PAPER_NOTE = ("The paper (Rott Shaham et al., CVPR 2021; NVIDIA GeForce RTX 2080 Ti) reports ASAP-Net 2-18x faster "
               "than these baselines depending on resolution, e.g. SPADE at 359 ms for 1024x1024 (as quoted in the "
               "issue).")
-
-
-def _resolution(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(side) for side in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a resolution is HEIGHTxWIDTH, e.g. 1024x2048; got {text!r}") from None
-    if height < 1 or width < 1:
-        raise argparse.ArgumentTypeError(f"a resolution needs positive sides, got {text!r}")
-    return height, width
-
-
-def _resolutions(text: str) -> list[tuple[int, int]]:
-    return [_resolution(item) for item in text.split(",") if item]
 
 
 def _methods(text: str) -> list[str]:
@@ -318,19 +308,12 @@ def write_results(args, rows, repeats, device, complete: bool) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     document = {"machine": machine_description(), **payload(args, rows, repeats, device, complete)}
     if not complete:
-        return [_atomic_write(out / "generators.partial.json", json.dumps(document, indent=2) + "\n")]
-    paths = [_atomic_write(out / "generators.json", json.dumps(document, indent=2) + "\n"),
-             _atomic_write(out / "generators.md", markdown(document)),
+        return [atomic_write_text(out / "generators.partial.json", json.dumps(document, indent=2) + "\n")]
+    paths = [atomic_write_text(out / "generators.json", json.dumps(document, indent=2) + "\n"),
+             atomic_write_text(out / "generators.md", markdown(document)),
              plot(document, out / "generators.png")]
     (out / "generators.partial.json").unlink(missing_ok=True)
     return paths
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
 
 
 def _fmt_time(seconds) -> str:
@@ -403,18 +386,17 @@ def plot(document: dict, path: Path) -> Path:
     else:
         ax.text(0.5, 0.5, "no method was timed (see the JSON's skip reasons)", ha="center", transform=ax.transAxes)
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
-    tmp.replace(path)
-    return path
+    return atomic_write(path, lambda file: file.write(buffer.getvalue()))
 
 
 def parse_args(argv=None):
     from common import results_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--resolutions", type=_resolutions, default=[_resolution(r) for r in DEFAULT_RESOLUTIONS],
+    parser.add_argument("--resolutions", type=comma_list(resolution), default=[resolution(r) for r in DEFAULT_RESOLUTIONS],
                         help="comma-separated HEIGHTxWIDTH (default: %(default)s)")
     parser.add_argument("--methods", type=_methods, default=list(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
     parser.add_argument("--repeats", type=int, default=None, help="timed calls per method (default: 3 on CPU, 10 on CUDA)")

@@ -52,22 +52,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from asapnet_triton.cli import comma_list, resolution  # noqa: E402
+
 FULL = dict(resolutions=["512x512", "1024x1024", "1024x2048", "2048x2048"], batches=[1, 4],
             inputs=["labels", "float"], cells=[32, 64], precisions=["fp32", "tf32", "bf16", "fp16"])
 PASSES = ("forward", "forward_backward")
 NUM_CLASSES, FLOAT_CHANNELS = 35, 3
-
-
-def _list(kind):
-    return lambda text: [kind(item) for item in text.split(",") if item]
-
-
-def _resolution(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"a resolution is HEIGHTxWIDTH, e.g. 1024x2048; got {text!r}") from None
-    return height, width
 
 
 # ---------------------------------------------------------------------------------------------
@@ -264,15 +254,15 @@ def plan(args, cuda: bool) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolutions", type=_list(_resolution), default=[(512, 512), (1024, 1024)],
+    parser.add_argument("--resolutions", type=comma_list(resolution), default=[(512, 512), (1024, 1024)],
                         help="HEIGHTxWIDTH,... (default 512x512,1024x1024)")
-    parser.add_argument("--batches", type=_list(int), default=[1])
-    parser.add_argument("--inputs", type=_list(str), default=["labels"],
+    parser.add_argument("--batches", type=comma_list(int), default=[1])
+    parser.add_argument("--inputs", type=comma_list(str), default=["labels"],
                         help=f"labels ({NUM_CLASSES} classes) and/or float ({FLOAT_CHANNELS} channels)")
-    parser.add_argument("--cells", type=_list(int), default=[64])
-    parser.add_argument("--precisions", type=_list(str), default=["fp32", "bf16"])
-    parser.add_argument("--implementations", type=_list(str), default=["torch", "triton", "published", "einsum"])
-    parser.add_argument("--passes", type=_list(str), default=list(PASSES))
+    parser.add_argument("--cells", type=comma_list(int), default=[64])
+    parser.add_argument("--precisions", type=comma_list(str), default=["fp32", "bf16"])
+    parser.add_argument("--implementations", type=comma_list(str), default=["torch", "triton", "published", "einsum"])
+    parser.add_argument("--passes", type=comma_list(str), default=list(PASSES))
     parser.add_argument("--full", action="store_true", help="the issue's whole matrix (overrides the five lists above)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement, after one untimed run")
     parser.add_argument("--einsum-max-gib", type=float, default=4.0, help="skip the einsum above this estimate")
@@ -286,7 +276,7 @@ def main() -> None:
         print(json.dumps(run_child(json.loads(args.child))))
         return
     if args.full:
-        args.resolutions = [_resolution(r) for r in FULL["resolutions"]]
+        args.resolutions = [resolution(r) for r in FULL["resolutions"]]
         args.batches, args.inputs, args.cells, args.precisions = (FULL[k] for k in ("batches", "inputs", "cells", "precisions"))
     for name, values, allowed in (("--inputs", args.inputs, ("labels", "float")),
                                   ("--precisions", args.precisions, ("fp32", "tf32", "bf16", "fp16")),

@@ -21,7 +21,6 @@ import argparse
 import os
 import statistics
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -51,13 +50,12 @@ def conv_flops(module, x) -> int:
 
 
 def median_ms(fn, repeats: int) -> tuple[float, list[float]]:
-    fn()  # warm-up: oneDNN primitive creation, weight reorders
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times), sorted(times)
+    """(median ms, every run's ms sorted) after one warm-up run (oneDNN primitive creation,
+    weight reorders)."""
+    from asapnet_triton.timing import run_seconds
+
+    times = sorted(seconds * 1e3 for seconds in run_seconds(fn, repeats=repeats, warmup=1))
+    return statistics.median(times), times
 
 
 def main() -> None:

@@ -10,14 +10,14 @@ Parameter layout (the published ASAP-Net one): for each layer, its bias (c_out) 
 (c_in x c_out, element [i, o] at i * c_out + o), on the channel axis of ``params`` (B, P, Hc, Wc).
 Layer 0's input features are the C_in input channels followed by the positional encoding.
 
-Layers of this file: kernel -> launcher (:func:`pixelwise_mlp_forward`: checks, grid, config).
+Layers of this file: kernel -> launcher (:func:`pixelwise_mlp_forward`: checks, grid). What a
+kernel is compiled with (constants, argument types, launch configurations) comes from
+``launch_config.py``; the layer above resolves the configuration (``asapnet_triton.tuning``).
 """
 
 from __future__ import annotations
 
-import math
 import os
-from dataclasses import dataclass
 
 import torch
 import triton
@@ -25,24 +25,18 @@ import triton.language as tl
 
 from asapnet_triton.layout import MLPShape
 
+from .launch_config import (SUPPORTED_HIDDEN_WIDTHS, LaunchConfig, accumulator_dtype, check_kernel, device_arch,
+                            kernel_build)
+
 __all__ = [
-    "SUPPORTED_HIDDEN_WIDTHS",
-    "LaunchConfig",
-    "default_config",
-    "device_arch",
-    "label_grad_by_dot",
     "interpreter_active",
+    "kernel_function",
     "pixelwise_mlp_backward",
     "pixelwise_mlp_forward",
 ]
 
-SUPPORTED_HIDDEN_WIDTHS = (16, 32, 64, 128)
-
 # Input gradients of at most this many channels are computed as row reductions, not a product.
 ROW_GRAD_X_MAX = tl.constexpr(16)
-
-# Operand rounding done by hand instead of by tl.dot (see _as_operand).
-_ROUND_NATIVE, _ROUND_BF16, _ROUND_TF32 = 0, 1, 2
 
 _TL_DTYPES = {
     torch.float16: tl.float16,
@@ -62,7 +56,7 @@ def _as_operand(t, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
     # Under Triton's interpreter tl.dot multiplies bf16 bit patterns as integers (triton #11584)
     # and ignores tf32, and its fp32 -> bf16 cast truncates; there the launcher asks for the
     # rounding to be done here on the bits and the product taken in fp32, which is exact for
-    # bf16 x bf16 and tf32 x tf32 products.
+    # bf16 x bf16 and tf32 x tf32 products. ROUNDING: launch_config.ROUND_NATIVE / _BF16 / _TF32.
     if ROUNDING == 1:
         # round to nearest even at 7 mantissa bits (cvt.rn.bf16.f32)
         bits = t.to(tl.float32).to(tl.int32, bitcast=True)
@@ -102,7 +96,8 @@ def _load_weight(cell_ptr, stride_c, OFFSET: tl.constexpr, ROW0: tl.constexpr, R
 
 
 @triton.jit
-def _load_bias(cell_ptr, stride_c, OFFSET: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+def _load_vector(cell_ptr, stride_c, OFFSET: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+    # COLS consecutive channels from OFFSET (a bias, or one row of a weight) as a zero-padded vector
     c = tl.arange(0, COLS_PAD)
     return tl.load(cell_ptr + (OFFSET + c).to(tl.int64) * stride_c, mask=c < COLS, other=0.0)
 
@@ -146,7 +141,8 @@ def _store_weight(cell_ptr, tile, OFFSET: tl.constexpr, ROW0: tl.constexpr, ROWS
 
 
 @triton.jit
-def _store_bias(cell_ptr, vector, OFFSET: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+def _store_vector(cell_ptr, vector, OFFSET: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+    # The inverse of _load_vector, into a contiguous channel axis.
     c = tl.arange(0, COLS_PAD)
     tl.store(cell_ptr + OFFSET + c, vector, mask=c < COLS)
 
@@ -166,14 +162,26 @@ def _program_cell(params_ptr, Hc, Wc, stride_pb, stride_ph, stride_pw):
 
 
 @triton.jit
+def _layer_offset(layer, C_IN: tl.constexpr, N_PE: tl.constexpr, HIDDEN: tl.constexpr):
+    # Channel of layer `layer`'s bias in the parameter layout (its weight follows the bias): layer 0
+    # has HIDDEN biases and (C_IN + N_PE) x HIDDEN weights, each hidden layer HIDDEN + HIDDEN x HIDDEN.
+    # The one place the kernels compute parameter offsets (for loads and gradient stores alike).
+    if layer == 0:
+        offset = 0
+    else:
+        offset = HIDDEN + (C_IN + N_PE) * HIDDEN + (layer - 1) * (HIDDEN + HIDDEN * HIDDEN)
+    return offset
+
+
+@triton.jit
 def _load_cell_mlp(p_cell, stride_pc, C_IN: tl.constexpr, LABELS: tl.constexpr, N_PE: tl.constexpr,
                    HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_OUT: tl.constexpr,
                    C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,
                    DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
     # The cell's biases (ACC_DTYPE) and weights (made dot operands), loaded once per program.
-    # Layer 0: bias [HIDDEN] at 0, weight [C_IN + N_PE, HIDDEN] at HIDDEN, split into its input
-    # rows w_in (not loaded for labels: those rows are gathered per pixel) and its encoding rows w_pe.
-    b0 = _load_bias(p_cell, stride_pc, 0, HIDDEN, HIDDEN).to(ACC_DTYPE)
+    # Layer 0's weight [C_IN + N_PE, HIDDEN] is split into its input rows w_in (not loaded for
+    # labels: those rows are gathered per pixel) and its encoding rows w_pe.
+    b0 = _load_vector(p_cell, stride_pc, 0, HIDDEN, HIDDEN).to(ACC_DTYPE)
     if LABELS:
         w_in = tl.zeros((C_IN_PAD, HIDDEN), DOT_DTYPE)  # placeholder, unused
     else:
@@ -184,22 +192,48 @@ def _load_cell_mlp(p_cell, stride_pc, C_IN: tl.constexpr, LABELS: tl.constexpr, 
                            DOT_DTYPE, ROUNDING)
     else:
         w_pe = tl.zeros((PE_PAD, HIDDEN), DOT_DTYPE)  # placeholder, unused
-    HIDDEN_OFFSET: tl.constexpr = HIDDEN + (C_IN + N_PE) * HIDDEN
-    HIDDEN_STRIDE: tl.constexpr = HIDDEN + HIDDEN * HIDDEN
     hidden_b = ()
     hidden_w = ()
-    for layer in tl.static_range(DEPTH - 2):
-        offset = HIDDEN_OFFSET + layer * HIDDEN_STRIDE
-        hidden_b = hidden_b + (_load_bias(p_cell, stride_pc, offset, HIDDEN, HIDDEN).to(ACC_DTYPE),)
+    for layer in tl.static_range(1, DEPTH - 1):
+        offset = _layer_offset(layer, C_IN, N_PE, HIDDEN)
+        hidden_b = hidden_b + (_load_vector(p_cell, stride_pc, offset, HIDDEN, HIDDEN).to(ACC_DTYPE),)
         hidden_w = hidden_w + (_as_operand(
             _load_weight(p_cell, stride_pc, offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
             DOT_DTYPE, ROUNDING),)
-    LAST_OFFSET: tl.constexpr = HIDDEN_OFFSET + (DEPTH - 2) * HIDDEN_STRIDE
-    b_last = _load_bias(p_cell, stride_pc, LAST_OFFSET, C_OUT, C_OUT_PAD).to(ACC_DTYPE)
+    last = _layer_offset(DEPTH - 1, C_IN, N_PE, HIDDEN)
+    b_last = _load_vector(p_cell, stride_pc, last, C_OUT, C_OUT_PAD).to(ACC_DTYPE)
     w_last = _as_operand(
-        _load_weight(p_cell, stride_pc, LAST_OFFSET + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD),
+        _load_weight(p_cell, stride_pc, last + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD),
         DOT_DTYPE, ROUNDING)
     return b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last
+
+
+@triton.jit
+def _store_cell_grads(g_cell, g_b0, g_w_in, g_w_in_t, g_w_in_rows, g_w_pe, g_hidden_b, g_hidden_w, g_b_last,
+                      g_w_last, C_IN: tl.constexpr, LABELS: tl.constexpr, LABEL_GRAD_DOT: tl.constexpr,
+                      N_PE: tl.constexpr, HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_OUT: tl.constexpr,
+                      C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr):
+    # The mirror of _load_cell_mlp: one program's parameter gradients, in the parameter layout,
+    # into its contiguous row of the partial sums. Layer 0's input rows come as g_w_in (float
+    # input), its transpose g_w_in_t (labels, one-hot product) or per-class rows g_w_in_rows.
+    _store_vector(g_cell, g_b0, 0, HIDDEN, HIDDEN)
+    if LABELS:
+        if LABEL_GRAD_DOT:
+            _store_weight(g_cell, tl.trans(g_w_in_t), HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
+        else:
+            for c in tl.static_range(C_IN):
+                _store_vector(g_cell, g_w_in_rows[c], HIDDEN + c * HIDDEN, HIDDEN, HIDDEN)
+    else:
+        _store_weight(g_cell, g_w_in, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
+    if N_PE > 0:
+        _store_weight(g_cell, g_w_pe, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN)
+    for layer in tl.static_range(1, DEPTH - 1):
+        offset = _layer_offset(layer, C_IN, N_PE, HIDDEN)
+        _store_vector(g_cell, g_hidden_b[layer - 1], offset, HIDDEN, HIDDEN)
+        _store_weight(g_cell, g_hidden_w[layer - 1], offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN)
+    last = _layer_offset(DEPTH - 1, C_IN, N_PE, HIDDEN)
+    _store_vector(g_cell, g_b_last, last, C_OUT, C_OUT_PAD)
+    _store_weight(g_cell, g_w_last, last + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD)
 
 
 @triton.jit
@@ -337,18 +371,16 @@ def _pixelwise_mlp_bwd_kernel(
     w_in_rows = ()
     if NEED_GRAD_X and C_IN <= ROW_GRAD_X_MAX:
         for c in tl.static_range(C_IN):  # row c of layer 0's weight, as an operand
-            w_in_rows = w_in_rows + (_as_operand(_load_bias(p_cell, stride_pc, HIDDEN + c * HIDDEN, HIDDEN, HIDDEN),
+            w_in_rows = w_in_rows + (_as_operand(_load_vector(p_cell, stride_pc, HIDDEN + c * HIDDEN, HIDDEN, HIDDEN),
                                                  DOT_DTYPE, ROUNDING).to(ACC_DTYPE),)
     g_b0 = tl.zeros((HIDDEN,), ACC_DTYPE)
-    g_w_in_rows = ()
-    if LABELS:
-        if LABEL_GRAD_DOT:
-            g_w_in_t = tl.zeros((HIDDEN, C_IN_PAD), ACC_DTYPE)  # transposed: the one-hot is the B operand
-        else:
-            for c in tl.static_range(C_IN):
-                g_w_in_rows = g_w_in_rows + (tl.zeros((HIDDEN,), ACC_DTYPE),)
-    else:
-        g_w_in = tl.zeros((C_IN_PAD, HIDDEN), ACC_DTYPE)
+    # layer 0's input rows in the formulation of this input (the other two stay unused and vanish):
+    g_w_in = tl.zeros((C_IN_PAD, HIDDEN), ACC_DTYPE)    # float input
+    g_w_in_t = tl.zeros((HIDDEN, C_IN_PAD), ACC_DTYPE)  # labels by one-hot product (the B operand)
+    g_w_in_rows = ()                                    # labels by per-class row sums
+    if LABELS and not LABEL_GRAD_DOT:
+        for c in tl.static_range(C_IN):
+            g_w_in_rows = g_w_in_rows + (tl.zeros((HIDDEN,), ACC_DTYPE),)
     g_w_pe = tl.zeros((PE_PAD, HIDDEN), ACC_DTYPE)
     g_hidden_b = ()
     g_hidden_w = ()
@@ -423,32 +455,14 @@ def _pixelwise_mlp_bwd_kernel(
                     tl.store(dx_img[:, None] + c_in[None, :] * stride_dxc, dx.to(grad_x_ptr.dtype.element_ty),
                              mask=valid[:, None] & (c_in[None, :] < C_IN))
 
-    # this program's parameter gradients, in the parameter layout
     g_cell = grad_params_ptr + (cell.to(tl.int64) * tl.num_programs(1) + part) * P
-    _store_bias(g_cell, g_b0, 0, HIDDEN, HIDDEN)
-    if LABELS:
-        if LABEL_GRAD_DOT:
-            _store_weight(g_cell, tl.trans(g_w_in_t), HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
-        else:
-            for c in tl.static_range(C_IN):
-                _store_bias(g_cell, g_w_in_rows[c], HIDDEN + c * HIDDEN, HIDDEN, HIDDEN)
-    else:
-        _store_weight(g_cell, g_w_in, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN)
-    if N_PE > 0:
-        _store_weight(g_cell, g_w_pe, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN)
-    HIDDEN_OFFSET: tl.constexpr = HIDDEN + (C_IN + N_PE) * HIDDEN
-    HIDDEN_STRIDE: tl.constexpr = HIDDEN + HIDDEN * HIDDEN
-    for layer in tl.static_range(DEPTH - 2):
-        offset = HIDDEN_OFFSET + layer * HIDDEN_STRIDE
-        _store_bias(g_cell, g_hidden_b[layer], offset, HIDDEN, HIDDEN)
-        _store_weight(g_cell, g_hidden_w[layer], offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN)
-    LAST_OFFSET: tl.constexpr = HIDDEN_OFFSET + (DEPTH - 2) * HIDDEN_STRIDE
-    _store_bias(g_cell, g_b_last, LAST_OFFSET, C_OUT, C_OUT_PAD)
-    _store_weight(g_cell, g_w_last, LAST_OFFSET + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD)
+    _store_cell_grads(g_cell, g_b0, g_w_in, g_w_in_t, g_w_in_rows, g_w_pe, g_hidden_b, g_hidden_w, g_b_last,
+                      g_w_last, C_IN, LABELS, LABEL_GRAD_DOT, N_PE, HIDDEN, DEPTH, C_OUT, C_IN_PAD, PE_PAD,
+                      C_OUT_PAD)
 
 
 # --------------------------------------------------------------------------------------------------
-# Launcher
+# Launchers
 # --------------------------------------------------------------------------------------------------
 
 
@@ -458,162 +472,6 @@ def interpreter_active() -> bool:
     if knobs is not None:
         return bool(knobs.runtime.interpret)
     return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
-
-
-@dataclass(frozen=True)
-class LaunchConfig:
-    """Launch configuration of the forward kernel (what autotuning chooses).
-
-    block_pixels: pixels per block, the M of every ``tl.dot`` (power of two, >= 16).
-    pixels_per_program: pixels of one cell handled by one program (a multiple of block_pixels);
-        a cell of cell_size**2 pixels is split over ceil(cell_size**2 / pixels_per_program) programs.
-    num_warps, num_stages: as for any Triton launch.
-    """
-
-    block_pixels: int = 64
-    pixels_per_program: int = 1024
-    num_warps: int = 4
-    num_stages: int = 1
-
-    def __post_init__(self):
-        for name in ("block_pixels", "pixels_per_program"):
-            value = getattr(self, name)
-            if value < 16 or value & (value - 1):
-                raise ValueError(f"LaunchConfig.{name} must be a power of two >= 16, got {value}")
-        if self.pixels_per_program < self.block_pixels:
-            raise ValueError(
-                f"LaunchConfig.pixels_per_program ({self.pixels_per_program}) must be >= "
-                f"block_pixels ({self.block_pixels})")
-        if self.num_warps not in (1, 2, 4, 8, 16):
-            raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
-        if self.num_stages < 1:
-            raise ValueError(f"LaunchConfig.num_stages must be >= 1, got {self.num_stages}")
-
-    def fitted(self, cell_size: int) -> "LaunchConfig":
-        """This config with blocks and program slices no larger than one cell needs."""
-        cell_pixels = pow2_at_least(cell_size * cell_size)
-        block = min(self.block_pixels, cell_pixels)
-        per_program = max(block, min(self.pixels_per_program, cell_pixels))
-        return LaunchConfig(block, per_program, self.num_warps, self.num_stages)
-
-
-def default_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str = "bf16",
-                   interpret: bool = False, arch: int = 90) -> LaunchConfig:
-    """The launch configuration of ``kernel`` ("forward" or "backward") used when none is given
-    and the autotuning cache has none; ``arch`` is the GPU's compute capability (80, 90, ...).
-
-    Interpreted: whole cells in one block, since the interpreter's cost is per operation.
-    Compiled: chosen from ahead-of-time compiles (``asapnet kernel-report``: ptxas spill counts,
-    default model, 35 labels and 3-channel input, cells 32 and 64) as the least-spilling
-    configuration tried:
-    - forward, 16-bit operands: 64-pixel blocks over 8 warps (no spills on sm_90, none for float
-      input on sm_80); tf32 operands: 32-pixel blocks over 4 warps; on sm_8x with labels, 16-pixel
-      blocks over 8 warps (larger ones spill there);
-    - forward, fp32 ("ieee", no tensor cores): 16-pixel blocks over 8 warps;
-    - backward: 16-pixel blocks over 8 warps (it holds a block's recomputed activations and every
-      layer's gradient sums besides the weights; with labels on sm_8x, per-class row sums for the
-      label-row gradient, see ``label_grad_by_dot``);
-    - hidden width 128 spills in every configuration tried and gets the least-spilling one.
-    """
-    if kernel not in ("forward", "backward"):
-        raise ValueError(f"kernel must be 'forward' or 'backward', got {kernel!r}")
-    if interpret:
-        return _interpreter_config(shape)
-    if shape.hidden_width >= 128:
-        config = LaunchConfig(block_pixels=32 if kernel == "forward" else 16, pixels_per_program=1024, num_warps=4
-                              if kernel == "forward" else 8)
-    elif kernel == "backward" or precision in ("fp32", "fp64") or (labels and arch < 90):
-        config = LaunchConfig(block_pixels=16, pixels_per_program=1024, num_warps=8)
-    elif precision == "tf32":
-        config = LaunchConfig(block_pixels=32, pixels_per_program=1024, num_warps=4)
-    else:
-        config = LaunchConfig(block_pixels=64, pixels_per_program=1024, num_warps=8)
-    return config.fitted(shape.cell_size)
-
-
-# Label maps with at most this many classes get their label-row weight gradient as per-class row
-# sums where the one-hot product spills (sm_8x).
-ROW_SUM_MAX_CLASSES = 64
-
-
-def label_grad_by_dot(shape: MLPShape, arch: int, precision: str) -> bool:
-    """Whether the backward kernel forms the label-row weight gradient as a one-hot product (the
-    tensor-core path, spill-free on sm_90, and with fp32 operands everywhere) rather than
-    per-class row sums (spill-free on sm_80 with tf32/16-bit operands, where the product spills:
-    `asapnet kernel-report`)."""
-    return arch >= 90 or precision in ("fp32", "fp64") or shape.in_channels > ROW_SUM_MAX_CLASSES
-
-
-def device_arch(device: torch.device | str) -> int:
-    """Compute capability of a CUDA device as 80, 90, ...; 90 for anything else."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        major, minor = torch.cuda.get_device_capability(device)
-        return 10 * major + minor
-    return 90
-
-
-def _interpreter_config(shape: MLPShape) -> LaunchConfig:
-    # the interpreter's cost is per operation: as few, large blocks as possible
-    return LaunchConfig(block_pixels=min(1024, pow2_at_least(shape.cell_size**2)),
-                        pixels_per_program=4096).fitted(shape.cell_size)
-
-
-def pow2_at_least(n: int, minimum: int = 16) -> int:
-    """The smallest power of two >= n and >= minimum: the kernels' padded tile sizes."""
-    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
-
-
-def _rounding_mode(precision: str, interpret: bool) -> tuple[tl.dtype | None, int, str]:
-    """(operand dtype, _as_operand rounding code, tl.dot input_precision) for a precision."""
-    if precision == "fp64":
-        return tl.float64, _ROUND_NATIVE, "ieee"
-    if precision == "fp32":
-        return tl.float32, _ROUND_NATIVE, "ieee"
-    if precision == "tf32":
-        if interpret:
-            return tl.float32, _ROUND_TF32, "ieee"
-        return tl.float32, _ROUND_NATIVE, "tf32"
-    if precision == "bf16":
-        if interpret:
-            return tl.float32, _ROUND_BF16, "ieee"
-        return tl.bfloat16, _ROUND_NATIVE, "ieee"
-    if precision == "fp16":
-        return tl.float16, _ROUND_NATIVE, "ieee"
-    raise ValueError(f"unknown precision {precision!r}")
-
-
-def kernel_constexprs(shape: MLPShape, *, labels: bool, precision: str, config: LaunchConfig,
-                      interpret: bool) -> dict:
-    """The compile-time constants shared by the forward and backward kernels."""
-    dot_dtype, rounding, input_precision = _rounding_mode(precision, interpret)
-    config = config.fitted(shape.cell_size)
-    return dict(
-        C_IN=shape.in_channels,
-        LABELS=labels,
-        CELL=shape.cell_size,
-        N_PE=shape.pe_channels,
-        HIDDEN=shape.hidden_width,
-        DEPTH=shape.depth,
-        C_OUT=shape.out_channels,
-        C_IN_PAD=pow2_at_least(shape.in_channels),
-        PE_PAD=pow2_at_least(shape.pe_channels),
-        C_OUT_PAD=pow2_at_least(shape.out_channels),
-        BLOCK_P=config.block_pixels,
-        BLOCKS_PER_PROGRAM=config.pixels_per_program // config.block_pixels,
-        DOT_DTYPE=dot_dtype,
-        ACC_DTYPE=tl.float64 if precision == "fp64" else tl.float32,
-        ROUNDING=rounding,
-        INPUT_PRECISION=input_precision,
-    )
-
-
-def chosen_config(*args, **kwargs):
-    """The launch configuration for a launch without one: tuned (from the autotuning cache) or
-    the default; see ``asapnet_triton.tuning.chosen_config``."""
-    from asapnet_triton.tuning import chosen_config as choose
-
-    return choose(*args, **kwargs)
 
 
 def _check_launch(shape: MLPShape, **tensors: torch.Tensor) -> bool:
@@ -658,17 +516,15 @@ def pixelwise_mlp_forward(
     shape: MLPShape,
     *,
     labels: bool,
+    config: LaunchConfig,
     precision: str = "fp32",
-    config: LaunchConfig | None = None,
     out: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Launch the fused forward kernel.
+    """Launch the fused forward kernel with launch configuration ``config``.
 
     x: (B, C_in, H, W) float, or (B, H, W) integer labels in [0, shape.in_channels) when ``labels``
     (the caller checks the label range). params: (B, P, Hc, Wc), any strides (channels-last is the
     fast case). Returns ``out`` (B, C_out, H, W) in params' dtype, allocated when not given.
-    Without ``config``: the autotuned configuration for these shapes if the cache has one, else
-    the default (``chosen_config`` tells which).
     Inputs must be CUDA tensors, or CPU tensors when Triton's interpreter is active.
     """
     interpret = _check_launch(shape, x=x, params=params)
@@ -680,18 +536,15 @@ def pixelwise_mlp_forward(
     elif out.shape != (B, shape.out_channels, H, W) or out.dtype != params.dtype:
         raise ValueError(f"out must have shape {(B, shape.out_channels, H, W)} and dtype {params.dtype}, "
                          f"got {tuple(out.shape)} {out.dtype}")
-    if config is None:
-        config, _ = chosen_config("forward", shape, labels=labels, precision=precision, params_dtype=params.dtype,
-                                  pixels=B * H * W, device=params.device, interpret=interpret)
-    constexprs = kernel_constexprs(shape, labels=labels, precision=precision, config=config,
-                                   interpret=interpret)
-    grid = _grid(shape, B * Hc * Wc, constexprs)
+    build = kernel_build("forward", shape, labels=labels, precision=precision, config=config, interpret=interpret,
+                         x_dtype=x.dtype, params_dtype=params.dtype)
+    grid = _grid(shape, B * Hc * Wc, build.constexprs)
     _pixelwise_mlp_fwd_kernel[grid](
         x, params, out,
         H, W, Hc, Wc,
         *_x_strides(x, labels), *params.stride(), *out.stride(),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-        **constexprs,
+        num_warps=build.num_warps, num_stages=build.num_stages,
+        **build.constexprs,
     )
     return out
 
@@ -703,34 +556,32 @@ def pixelwise_mlp_backward(
     shape: MLPShape,
     *,
     labels: bool,
+    config: LaunchConfig,
     precision: str = "fp32",
     need_grad_x: bool = False,
-    config: LaunchConfig | None = None,
     arch: int | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
-    """Launch the fused backward kernel: (grad_x or None, grad_params).
+    """Launch the fused backward kernel with launch configuration ``config``: (grad_x or None,
+    grad_params).
 
     Recomputes the forward block by block (nothing but x and params is needed), reduces each
     cell's parameter gradients deterministically (per-program sums in a fixed order, then a fixed
     order sum over the programs of a cell: bitwise identical run after run, no atomics). grad_x
     (x's dtype) only when ``need_grad_x`` and x is float; grad_params has params' shape and dtype,
     channels-last strides. ``arch`` (default: the device's) picks the label-gradient formulation
-    (``label_grad_by_dot``).
+    (``launch_config.label_grad_by_dot``).
     """
     interpret = _check_launch(shape, x=x, params=params, grad_out=grad_out)
     B, P, Hc, Wc = params.shape
     H, W = x.shape[-2:]
     if grad_out.shape != (B, shape.out_channels, H, W):
         raise ValueError(f"grad_out must have shape {(B, shape.out_channels, H, W)}, got {tuple(grad_out.shape)}")
-    if config is None:
-        config, _ = chosen_config("backward", shape, labels=labels, precision=precision, params_dtype=params.dtype,
-                                  pixels=B * H * W, device=params.device, interpret=interpret)
-    constexprs = kernel_constexprs(shape, labels=labels, precision=precision, config=config,
-                                   interpret=interpret)
-    grid = _grid(shape, B * Hc * Wc, constexprs)
-    acc_dtype = torch.float64 if precision == "fp64" else torch.float32
-    partial = _empty((grid[0], grid[1], P), device=params.device, dtype=acc_dtype)
     need_grad_x = need_grad_x and not labels
+    build = kernel_build("backward", shape, labels=labels, precision=precision, config=config, interpret=interpret,
+                         x_dtype=x.dtype, params_dtype=params.dtype, grad_out_dtype=grad_out.dtype,
+                         need_grad_x=need_grad_x, arch=device_arch(params.device) if arch is None else arch)
+    grid = _grid(shape, B * Hc * Wc, build.constexprs)
+    partial = _empty((grid[0], grid[1], P), device=params.device, dtype=accumulator_dtype(precision))
     grad_x = _empty(x.shape, device=x.device, dtype=x.dtype) if need_grad_x else None
     dx = grad_x if need_grad_x else partial  # any tensor: the kernel never touches it then
     _pixelwise_mlp_bwd_kernel[grid](
@@ -738,11 +589,16 @@ def pixelwise_mlp_backward(
         H, W, Hc, Wc, P,
         *_x_strides(x, labels), *params.stride(), *grad_out.stride(),
         *(dx.stride() if need_grad_x else (0, 0, 0, 0)),
-        NEED_GRAD_X=need_grad_x,
-        LABEL_GRAD_DOT=label_grad_by_dot(shape, device_arch(params.device) if arch is None else arch, precision),
-        num_warps=config.num_warps, num_stages=config.num_stages,
-        **constexprs,
+        num_warps=build.num_warps, num_stages=build.num_stages,
+        **build.constexprs,
     )
     grad_params = partial.sum(dim=1) if grid[1] > 1 else partial[:, 0]
     grad_params = grad_params.view(B, Hc, Wc, P).permute(0, 3, 1, 2).to(params.dtype)
     return grad_x, grad_params
+
+
+def kernel_function(kernel: str):
+    """The jitted Triton function of ``kernel`` ("forward" or "backward"), for ahead-of-time
+    compilation."""
+    check_kernel(kernel)
+    return _pixelwise_mlp_fwd_kernel if kernel == "forward" else _pixelwise_mlp_bwd_kernel

@@ -18,7 +18,7 @@ SCRIPT = r"""
 import json
 from asapnet_triton.aot import kernel_resources
 from asapnet_triton.layout import MLPShape
-from asapnet_triton.kernels.pixelwise_mlp import default_config
+from asapnet_triton.kernels.launch_config import default_config
 cases = [(arch, precision, cell) for arch in (80, 90) for precision in ("tf32", "bf16", "fp16") for cell in (32, 64)]
 cases += [(90, "fp32", 64), (80, "fp32", 64)]
 rows = []

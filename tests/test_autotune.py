@@ -8,7 +8,7 @@ import torch
 
 import asapnet_triton as at
 from asapnet_triton import tuning
-from asapnet_triton.kernels.pixelwise_mlp import LaunchConfig, default_config
+from asapnet_triton.kernels.launch_config import LaunchConfig, default_config
 from asapnet_triton.reference import pixelwise_mlp_einsum
 from asapnet_triton.testing import kernel_backends, random_inputs, relative_error
 

@@ -6,16 +6,13 @@ from __future__ import annotations
 import os
 import random
 import re
-import tempfile
 import warnings
-from collections.abc import Callable
-from contextlib import suppress
 from pathlib import Path
-from typing import BinaryIO
 
 import numpy as np
 import torch
 
+from ..fileio import atomic_write, load_weights_file
 from .config import TrainConfig
 
 __all__ = [
@@ -34,51 +31,7 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "asapnet-triton-train/1"
 CHECKPOINT_DIR = "checkpoints"
-TEMP_PREFIX = ".tmp-"
 _NAME = re.compile(r"^step_(\d+)\.pt$")
-
-
-def _current_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _current_umask()
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[BinaryIO], None]) -> None:
-    """Write ``path`` all or nothing: ``write(file)`` fills a temporary file in the same folder,
-    which is flushed, fsynced and renamed over ``path`` (``os.replace``, atomic on POSIX and
-    Windows). If ``write`` fails, the temporary file is removed, ``path`` keeps its old content
-    (if any), and the error propagates."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temp = tempfile.mkstemp(prefix=TEMP_PREFIX, suffix=".part", dir=path.parent)
-    try:
-        # mkstemp makes the file owner-only (0600); give it the mode a plain open() would
-        os.fchmod(fd, 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as file:
-            write(file)
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temp)
-        raise
-    _fsync_folder(path.parent)
-
-
-def _fsync_folder(folder: Path) -> None:
-    # makes the rename itself durable; folders cannot be opened for fsync on Windows
-    if os.name != "posix":
-        return
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def checkpoint_path(out_dir: str | os.PathLike, step: int) -> Path:
@@ -117,19 +70,14 @@ def prune_checkpoints(out_dir: str | os.PathLike, keep_last: int) -> list[Path]:
 
 
 def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
-    """``torch.save(state)`` to ``path`` atomically (see :func:`atomic_write`)."""
+    """``torch.save(state)`` to ``path`` atomically (see :func:`~asapnet_triton.fileio.atomic_write`)."""
     atomic_write(path, lambda file: torch.save(state, file))
 
 
 def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     """A training checkpoint written by the trainer; errors name the path."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is reported with its path
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({error})") from error
+    state = load_weights_file(path, "checkpoint", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(f"{str(path)!r} is not an asapnet-triton training checkpoint "

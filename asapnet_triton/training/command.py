@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .config import TrainConfig
+from .config import TRAIN_BACKENDS, TRAIN_PRECISIONS, TrainConfig
 
 __all__ = ["add_train_parser", "config_from_args", "run_train"]
 
@@ -58,9 +58,9 @@ def _options():
             ("--lr-width", "lr_width", int, f"LR stream first width (default {d.lr_width})"),
             ("--lr-max-width", "lr_max_width", int, f"LR stream widest layer (default {d.lr_max_width})"),
             ("--lr-depth", "lr_depth", int, f"LR stream blocks at full width (default {d.lr_depth})"),
-            ("--backend", "backend", ("auto", "triton", "interpret", "torch"), "HR stream backend (default auto: "
+            ("--backend", "backend", TRAIN_BACKENDS, "HR stream backend (default auto: "
                                                                                "triton on CUDA, torch otherwise)"),
-            ("--precision", "precision", ("fp32", "bf16"), "the generator's precision, and bf16 autocast for the "
+            ("--precision", "precision", TRAIN_PRECISIONS, "the generator's precision, and bf16 autocast for the "
                                                            "discriminator and losses (default fp32)"),
         ]),
         ("discriminator", [

@@ -6,7 +6,9 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
-__all__ = ["RUN_CONTROL_FIELDS", "TrainConfig", "default_cell_size"]
+from ..functional import FUSED_BACKENDS
+
+__all__ = ["RUN_CONTROL_FIELDS", "TRAIN_BACKENDS", "TRAIN_PRECISIONS", "TrainConfig", "default_cell_size"]
 
 # Fields that only steer how a run is executed, not what it computes (the HR stream's backends
 # compute the same function): a resumed run may change them. Every other field must match the checkpoint's, or the continuation would not be the same
@@ -16,7 +18,10 @@ RUN_CONTROL_FIELDS = frozenset({
     "num_workers", "device", "progress", "dataroot", "backend",
 })
 
-PRECISIONS = ("fp32", "bf16")
+# What a training run takes: the HR-stream backends with a fused backward, and the precisions of
+# the generator (bf16 also runs the discriminator and losses under autocast).
+TRAIN_BACKENDS = ("auto", *FUSED_BACKENDS)
+TRAIN_PRECISIONS = ("fp32", "bf16")
 
 
 def default_cell_size(crop_size: int) -> int:
@@ -120,7 +125,7 @@ class TrainConfig:
             if not condition:
                 raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
 
-        check(self.precision in PRECISIONS, "precision", f"one of {PRECISIONS}")
+        check(self.precision in TRAIN_PRECISIONS, "precision", f"one of {TRAIN_PRECISIONS}")
         check(self.batch_size >= 1, "batch_size", ">= 1")
         check(self.crop_size >= 1, "crop_size", ">= 1")
         check(self.label_nc is None or self.label_nc >= 1, "label_nc", "None or >= 1")

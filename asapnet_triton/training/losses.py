@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..fileio import load_weights_file
+
 __all__ = [
     "VGG19_LAYER_WEIGHTS",
     "VGG19Features",
@@ -116,14 +118,8 @@ def load_vgg19_features(path: str | os.PathLike) -> VGG19Features:
     is not such a state_dict (unreadable, missing keys, wrong shapes).
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"VGG19 weights: no file at {path!r} (expected a local torchvision vgg19 "
-                                f"state_dict, e.g. saved with torch.save(torchvision.models.vgg19(weights=...)"
-                                f".state_dict(), PATH))")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - any unreadable file is reported with its path
-        raise ValueError(f"VGG19 weights {path!r}: cannot be read as a torch state_dict ({error})") from error
+    state = load_weights_file(path, "VGG19 weights", hint=" (expected a local torchvision vgg19 state_dict, e.g. "
+                              "saved with torch.save(torchvision.models.vgg19(weights=...).state_dict(), PATH))")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"VGG19 weights {path!r}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
     if not any(key.startswith("features.") for key in state):

@@ -19,9 +19,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ..fileio import atomic_write, save_png
 from .checkpoint import (
     CHECKPOINT_FORMAT,
-    atomic_write,
     capture_rng_state,
     checkpoint_path,
     latest_checkpoint,
@@ -41,7 +41,7 @@ from .losses import (
     load_vgg19_features,
 )
 from .models import build_discriminator, build_generator
-from .visuals import plot_losses, read_log, sample_grid, save_png
+from .visuals import plot_losses, read_log, sample_grid
 
 __all__ = ["LinearDecay", "Trainer", "learning_rates", "train"]
 

@@ -10,22 +10,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 from ..data import palette
-from .checkpoint import atomic_write
+from ..fileio import atomic_write, image_to_uint8
 
-__all__ = ["image_to_uint8", "plot_losses", "read_log", "sample_grid", "save_png"]
+__all__ = ["plot_losses", "read_log", "sample_grid"]
 
 SAMPLE_ROWS = 4         # batch items shown per grid
 SEPARATOR = 2           # pixels of white between panels
 MIN_PANEL_HEIGHT = 128  # smaller images are enlarged (nearest neighbour) to stay legible
-
-
-def image_to_uint8(image: torch.Tensor) -> np.ndarray:
-    """A (3, H, W) image in [-1, 1] as an (H, W, 3) uint8 array (clamped, rounded)."""
-    array = ((image.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return array.permute(1, 2, 0).numpy()
 
 
 def sample_grid(labels: torch.Tensor, generated: torch.Tensor, target: torch.Tensor, num_classes: int,
@@ -51,13 +44,6 @@ def sample_grid(labels: torch.Tensor, generated: torch.Tensor, target: torch.Ten
             left = column * (width + SEPARATOR)
             grid[top:top + height, left:left + width] = panel
     return grid
-
-
-def save_png(array: np.ndarray, path: str | os.PathLike) -> None:
-    """Write an (H, W, 3) uint8 array as a PNG, atomically."""
-    buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
-    atomic_write(path, lambda file: file.write(buffer.getvalue()))
 
 
 def read_log(path: str | os.PathLike, *, allow_torn_tail: bool = False) -> list[dict]:

@@ -5,13 +5,20 @@ import pytest
 import torch
 
 import asapnet_triton as at
-from asapnet_triton.kernels.pixelwise_mlp import (LaunchConfig, default_config, pixelwise_mlp_backward,
-                                                  pixelwise_mlp_forward)
+from asapnet_triton.kernels.launch_config import LaunchConfig, default_config, label_grad_by_dot
+from asapnet_triton.kernels.pixelwise_mlp import pixelwise_mlp_backward, pixelwise_mlp_forward
 from asapnet_triton.reference import pixelwise_mlp_einsum
 from asapnet_triton.testing import device_for, kernel_backends, random_inputs, relative_error, rms_relative_error
 
 pytestmark = pytest.mark.skipif(not kernel_backends(), reason="no Triton kernel backend in this process")
 DEVICE = device_for(kernel_backends()[0]) if kernel_backends() else "cpu"
+
+
+def default_for(kernel, shape, labels, precision="fp32", config=None):
+    """``config``, or the default this process's kernels launch with when none is tuned."""
+    if config is not None:
+        return config
+    return default_config(kernel, shape, labels=labels, precision=precision, interpret=DEVICE == "cpu")
 
 
 def poisoned(shape, batch, height, width, dtype=torch.float32):
@@ -21,8 +28,8 @@ def poisoned(shape, batch, height, width, dtype=torch.float32):
 def check(shape, x, params, labels, config=None, precision="fp32", tol=None):
     batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
     out = poisoned(shape, batch, height, width, params.dtype)
-    returned = pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=labels,
-                                     precision=precision, config=config, out=out)
+    returned = pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=labels, precision=precision,
+                                     config=default_for("forward", shape, labels, precision, config), out=out)
     assert returned is out
     assert not out.isnan().any(), "a pixel was left unwritten"
     ref = pixelwise_mlp_einsum(x, params.double(), cell_size=shape.cell_size,
@@ -68,14 +75,14 @@ def test_out_must_match(generator):
     x, params = random_inputs(shape, 1, 8, 8, generator=generator)
     with pytest.raises(ValueError, match="out must have shape"):
         pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=False,
-                              out=torch.empty(1, 2, 8, 8, device=DEVICE))
+                              config=default_for("forward", shape, False), out=torch.empty(1, 2, 8, 8, device=DEVICE))
 
 
 def test_unsupported_hidden_width_is_refused(generator):
     shape = at.MLPShape(3, 8, 3, 48, 2)
     x, params = random_inputs(shape, 1, 8, 8, generator=generator)
     with pytest.raises(ValueError, match="hidden_width must be one of"):
-        pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=False)
+        pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=False, config=LaunchConfig())
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -126,7 +133,8 @@ def test_backward_every_config(generator, poisoned_buffers, config, labels):
     # a non-contiguous upstream gradient
     grad_out = torch.randn(2, 29, 37, 3, generator=generator).permute(0, 3, 2, 1)
     grad_x, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
-                                                 labels=labels, need_grad_x=True, config=config)
+                                                 labels=labels, need_grad_x=True,
+                                                 config=default_for("backward", shape, labels, config=config))
     ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
     assert relative_error(grad_params.cpu(), ref_params) <= 1e-5
     if labels:
@@ -140,7 +148,8 @@ def test_backward_without_input_gradient(generator, poisoned_buffers):
     x, params = random_inputs(shape, 1, 20, 13, generator=generator)
     grad_out = torch.randn(1, 2, 20, 13, generator=generator)
     grad_x, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
-                                                 labels=False, need_grad_x=False)
+                                                 labels=False, need_grad_x=False,
+                                                 config=default_for("backward", shape, False))
     assert grad_x is None
     assert relative_error(grad_params.cpu(), reference_grads(x, params, grad_out, shape, False)[1]) <= 1e-5
 
@@ -162,7 +171,7 @@ def test_backward_checks_grad_out(generator):
     x, params = random_inputs(shape, 1, 8, 8, generator=generator)
     with pytest.raises(ValueError, match="grad_out must have shape"):
         pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), torch.zeros(1, 3, 8, 7, device=DEVICE), shape,
-                               labels=False)
+                               labels=False, config=default_for("backward", shape, False))
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])
@@ -170,9 +179,8 @@ def test_backward_checks_grad_out(generator):
 def test_label_gradient_formulations_agree(generator, poisoned_buffers, precision, config):
     """The one-hot product (sm_90) and the per-class row sums (sm_8x, reduced precisions) sum the
     same rounded rows, within one block and across blocks and programs."""
-    from asapnet_triton.kernels.pixelwise_mlp import label_grad_by_dot
-
     shape = at.MLPShape(9, 16, 3, 32, 3)
+    config = default_for("backward", shape, True, precision, config)
     assert label_grad_by_dot(shape, 90, precision) and not label_grad_by_dot(shape, 80, precision)
     x, params = random_inputs(shape, 2, 40, 35, labels=True, generator=generator)
     grad_out = torch.randn(2, 3, 40, 35, generator=generator)

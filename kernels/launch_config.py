@@ -1,0 +1,249 @@
+"""What the pixelwise-MLP kernels are launched and compiled with: launch configurations, their
+defaults, and the one builder of each kernel's compile-time constants and argument types, shared
+by the launchers (``pixelwise_mlp.py``) and the ahead-of-time compiler (``asapnet_triton.aot``).
+
+This module imports only the shape layout and torch, and triton.language only inside
+:func:`kernel_build`: the autotuner and the command line import it before Triton's interpreter
+flag is settled (see ``asapnet_triton/functional.py``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from asapnet_triton.layout import MLPShape
+
+__all__ = [
+    "KERNELS",
+    "ROW_SUM_MAX_CLASSES",
+    "SUPPORTED_HIDDEN_WIDTHS",
+    "KernelBuild",
+    "LaunchConfig",
+    "default_config",
+    "device_arch",
+    "kernel_build",
+    "label_grad_by_dot",
+    "pow2_at_least",
+]
+
+KERNELS = ("forward", "backward")
+
+SUPPORTED_HIDDEN_WIDTHS = (16, 32, 64, 128)
+
+# Label maps with at most this many classes get their label-row weight gradient as per-class row
+# sums where the one-hot product spills (sm_8x).
+ROW_SUM_MAX_CLASSES = 64
+
+# Operand rounding done by the kernel's _as_operand instead of by tl.dot (the ROUNDING constexpr).
+ROUND_NATIVE, ROUND_BF16, ROUND_TF32 = 0, 1, 2
+
+# Triton's names for the element types of pointer arguments (the ahead-of-time signature).
+_POINTER_TYPES = {
+    torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
+    torch.uint8: "u8", torch.int8: "i8", torch.int16: "i16", torch.int32: "i32", torch.int64: "i64",
+}
+
+
+def check_kernel(kernel: str) -> str:
+    """Validate a kernel name (one of ``KERNELS``); returns it."""
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
+    return kernel
+
+
+def pow2_at_least(n: int, minimum: int = 16) -> int:
+    """The smallest power of two >= n and >= minimum: the kernels' padded tile sizes."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+@dataclass(frozen=True)
+class LaunchConfig:
+    """Launch configuration of a kernel (what autotuning chooses).
+
+    block_pixels: pixels per block, the M of every ``tl.dot`` (power of two, >= 16).
+    pixels_per_program: pixels of one cell handled by one program (a multiple of block_pixels);
+        a cell of cell_size**2 pixels is split over ceil(cell_size**2 / pixels_per_program) programs.
+    num_warps, num_stages: as for any Triton launch.
+    """
+
+    block_pixels: int = 64
+    pixels_per_program: int = 1024
+    num_warps: int = 4
+    num_stages: int = 1
+
+    def __post_init__(self):
+        for name in ("block_pixels", "pixels_per_program"):
+            value = getattr(self, name)
+            if value < 16 or value & (value - 1):
+                raise ValueError(f"LaunchConfig.{name} must be a power of two >= 16, got {value}")
+        if self.pixels_per_program < self.block_pixels:
+            raise ValueError(
+                f"LaunchConfig.pixels_per_program ({self.pixels_per_program}) must be >= "
+                f"block_pixels ({self.block_pixels})")
+        if self.num_warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
+        if self.num_stages < 1:
+            raise ValueError(f"LaunchConfig.num_stages must be >= 1, got {self.num_stages}")
+
+    def fitted(self, cell_size: int) -> "LaunchConfig":
+        """This config with blocks and program slices no larger than one cell needs."""
+        cell_pixels = pow2_at_least(cell_size * cell_size)
+        block = min(self.block_pixels, cell_pixels)
+        per_program = max(block, min(self.pixels_per_program, cell_pixels))
+        return LaunchConfig(block, per_program, self.num_warps, self.num_stages)
+
+
+def default_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str = "bf16",
+                   interpret: bool = False, arch: int = 90) -> LaunchConfig:
+    """The launch configuration of ``kernel`` ("forward" or "backward") used when none is given
+    and the autotuning cache has none; ``arch`` is the GPU's compute capability (80, 90, ...).
+
+    Interpreted: whole cells in one block, since the interpreter's cost is per operation.
+    Compiled: chosen from ahead-of-time compiles (``asapnet kernel-report``: ptxas spill counts,
+    default model, 35 labels and 3-channel input, cells 32 and 64) as the least-spilling
+    configuration tried:
+    - forward, 16-bit operands: 64-pixel blocks over 8 warps (no spills on sm_90, none for float
+      input on sm_80); tf32 operands: 32-pixel blocks over 4 warps; on sm_8x with labels, 16-pixel
+      blocks over 8 warps (larger ones spill there);
+    - forward, fp32 ("ieee", no tensor cores): 16-pixel blocks over 8 warps;
+    - backward: 16-pixel blocks over 8 warps (it holds a block's recomputed activations and every
+      layer's gradient sums besides the weights; with labels on sm_8x, per-class row sums for the
+      label-row gradient, see ``label_grad_by_dot``);
+    - hidden width 128 spills in every configuration tried and gets the least-spilling one.
+    """
+    check_kernel(kernel)
+    if interpret:
+        return _interpreter_config(shape)
+    if shape.hidden_width >= 128:
+        config = LaunchConfig(block_pixels=32 if kernel == "forward" else 16, pixels_per_program=1024,
+                              num_warps=4 if kernel == "forward" else 8)
+    elif kernel == "backward" or precision in ("fp32", "fp64") or (labels and arch < 90):
+        config = LaunchConfig(block_pixels=16, pixels_per_program=1024, num_warps=8)
+    elif precision == "tf32":
+        config = LaunchConfig(block_pixels=32, pixels_per_program=1024, num_warps=4)
+    else:
+        config = LaunchConfig(block_pixels=64, pixels_per_program=1024, num_warps=8)
+    return config.fitted(shape.cell_size)
+
+
+def _interpreter_config(shape: MLPShape) -> LaunchConfig:
+    # the interpreter's cost is per operation: as few, large blocks as possible
+    return LaunchConfig(block_pixels=min(1024, pow2_at_least(shape.cell_size**2)),
+                        pixels_per_program=4096).fitted(shape.cell_size)
+
+
+def label_grad_by_dot(shape: MLPShape, arch: int, precision: str) -> bool:
+    """Whether the backward kernel forms the label-row weight gradient as a one-hot product (the
+    tensor-core path, spill-free on sm_90, and with fp32 operands everywhere) rather than
+    per-class row sums (spill-free on sm_80 with tf32/16-bit operands, where the product spills:
+    `asapnet kernel-report`)."""
+    return arch >= 90 or precision in ("fp32", "fp64") or shape.in_channels > ROW_SUM_MAX_CLASSES
+
+
+def device_arch(device: torch.device | str) -> int:
+    """Compute capability of a CUDA device as 80, 90, ...; 90 for anything else."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        return 10 * major + minor
+    return 90
+
+
+def accumulator_dtype(precision: str) -> torch.dtype:
+    """The dtype products are accumulated in (and the backward's partial sums are kept in)."""
+    return torch.float64 if precision == "fp64" else torch.float32
+
+
+def _rounding_mode(precision: str, interpret: bool):
+    """(operand dtype, _as_operand rounding code, tl.dot input_precision) for a precision."""
+    import triton.language as tl
+
+    if precision == "fp64":
+        return tl.float64, ROUND_NATIVE, "ieee"
+    if precision == "fp32":
+        return tl.float32, ROUND_NATIVE, "ieee"
+    if precision == "tf32":
+        if interpret:
+            return tl.float32, ROUND_TF32, "ieee"
+        return tl.float32, ROUND_NATIVE, "tf32"
+    if precision == "bf16":
+        if interpret:
+            return tl.float32, ROUND_BF16, "ieee"
+        return tl.bfloat16, ROUND_NATIVE, "ieee"
+    if precision == "fp16":
+        return tl.float16, ROUND_NATIVE, "ieee"
+    raise ValueError(f"unknown precision {precision!r}")
+
+
+@dataclass(frozen=True)
+class KernelBuild:
+    """Everything one kernel is compiled with: its compile-time constants, the element type of
+    each pointer argument (the others are integers), and the launch options."""
+
+    kernel: str
+    constexprs: dict
+    pointer_dtypes: dict
+    num_warps: int
+    num_stages: int
+
+    def signature(self, arg_names) -> dict[str, str]:
+        """The ahead-of-time signature (``triton.compiler.ASTSource``) for the kernel's arguments."""
+        signature = {}
+        for name in arg_names:
+            if name in self.constexprs:
+                signature[name] = "constexpr"
+            elif name in self.pointer_dtypes:
+                signature[name] = "*" + _POINTER_TYPES[self.pointer_dtypes[name]]
+            else:
+                signature[name] = "i32"
+        return signature
+
+
+def kernel_build(kernel: str, shape: MLPShape, *, labels: bool, precision: str, config: LaunchConfig,
+                 interpret: bool, x_dtype: torch.dtype, params_dtype: torch.dtype,
+                 grad_out_dtype: torch.dtype | None = None, need_grad_x: bool = False,
+                 arch: int = 90) -> KernelBuild:
+    """How ``kernel`` ("forward" or "backward") is built for these shapes, dtypes and ``config``:
+    what the launchers launch and ``asapnet_triton.aot`` compiles.
+
+    Backward only: ``grad_out_dtype`` (default: params' dtype), ``need_grad_x`` (float input
+    only) and ``arch``, which picks the label-gradient formulation (``label_grad_by_dot``).
+    """
+    import triton.language as tl
+
+    check_kernel(kernel)
+    dot_dtype, rounding, input_precision = _rounding_mode(precision, interpret)
+    config = config.fitted(shape.cell_size)
+    constexprs = dict(
+        C_IN=shape.in_channels,
+        LABELS=labels,
+        CELL=shape.cell_size,
+        N_PE=shape.pe_channels,
+        HIDDEN=shape.hidden_width,
+        DEPTH=shape.depth,
+        C_OUT=shape.out_channels,
+        C_IN_PAD=pow2_at_least(shape.in_channels),
+        PE_PAD=pow2_at_least(shape.pe_channels),
+        C_OUT_PAD=pow2_at_least(shape.out_channels),
+        BLOCK_P=config.block_pixels,
+        BLOCKS_PER_PROGRAM=config.pixels_per_program // config.block_pixels,
+        DOT_DTYPE=dot_dtype,
+        ACC_DTYPE=tl.float64 if precision == "fp64" else tl.float32,
+        ROUNDING=rounding,
+        INPUT_PRECISION=input_precision,
+    )
+    if kernel == "forward":
+        pointers = {"x_ptr": x_dtype, "params_ptr": params_dtype, "out_ptr": params_dtype}
+    else:
+        need_grad_x = need_grad_x and not labels
+        constexprs.update(NEED_GRAD_X=need_grad_x, LABEL_GRAD_DOT=label_grad_by_dot(shape, arch, precision))
+        accumulator = accumulator_dtype(precision)
+        pointers = {"x_ptr": x_dtype, "params_ptr": params_dtype,
+                    "grad_out_ptr": params_dtype if grad_out_dtype is None else grad_out_dtype,
+                    "grad_params_ptr": accumulator,
+                    # without an input gradient the launcher passes the partial sums as a dummy
+                    "grad_x_ptr": x_dtype if need_grad_x else accumulator}
+    return KernelBuild(kernel, constexprs, pointers, config.num_warps, config.num_stages)
