@@ -11,11 +11,16 @@ import torch
 from .layout import MLPShape, grid_size
 
 __all__ = [
+    "MLP_CASES",
     "device_for",
     "gradient_error",
+    "implementations",
     "kernel_backends",
+    "mlp_kwargs",
     "random_inputs",
     "random_params",
+    "reference_grads",
+    "reference_output",
     "relative_error",
     "rms_relative_error",
 ]
@@ -96,3 +101,49 @@ def kernel_backends() -> list[str]:
 def device_for(backend: str) -> str:
     """The device whose tensors ``backend`` takes in tests ("cuda" for "triton", else "cpu")."""
     return "cuda" if backend == "triton" else "cpu"
+
+
+def implementations() -> list[str]:
+    """The backends tests compare with the reference in this process: "torch" and the Triton
+    kernel backends of :func:`kernel_backends`."""
+    return ["torch", *kernel_backends()]
+
+
+# Problem shapes the tests run every implementation on:
+# (batch, C_in or classes, H, W, cell, hidden, depth, out_channels, labels)
+MLP_CASES = [
+    (1, 3, 64, 64, 16, 64, 5, 3, False),    # multiples of the cell
+    (3, 3, 70, 45, 16, 64, 5, 3, False),    # non-multiples, batch 3, the default MLP
+    (2, 1, 37, 50, 8, 16, 2, 1, False),     # one input channel, narrowest, shallowest
+    (1, 40, 40, 72, 32, 32, 3, 4, False),   # many input channels, 4 outputs
+    (2, 12, 65, 33, 64, 64, 4, 3, True),    # labels, partial 64-cells
+    (1, 7, 20, 24, 8, 128, 6, 2, True),     # widest, deepest
+    (1, 35, 130, 70, 64, 64, 5, 3, True),   # the default model: 35 classes, cell 64
+]
+
+
+def mlp_kwargs(shape: MLPShape, labels: bool) -> dict:
+    """The keyword arguments of ``pixelwise_mlp`` (and the references) that describe ``shape``."""
+    return dict(cell_size=shape.cell_size, out_channels=shape.out_channels, hidden_width=shape.hidden_width,
+                depth=shape.depth, num_classes=shape.in_channels if labels else None,
+                pos_encoding=shape.pos_encoding)
+
+
+def reference_output(x: torch.Tensor, params: torch.Tensor, shape: MLPShape, labels: bool,
+                     precision: str | None = None) -> torch.Tensor:
+    """The float64 einsum reference's output (operands rounded to ``precision`` when given)."""
+    from .reference import pixelwise_mlp_einsum
+
+    return pixelwise_mlp_einsum(x, params.double(), precision=precision, **mlp_kwargs(shape, labels))
+
+
+def reference_grads(x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tensor, shape: MLPShape,
+                    labels: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+    """(grad_x or None for labels, grad_params) of sum(out * grad_out) through the float64 einsum
+    reference under autograd."""
+    from .reference import pixelwise_mlp_einsum
+
+    x = x if labels else x.double().requires_grad_()
+    params = params.double().requires_grad_()
+    pixelwise_mlp_einsum(x, params, **mlp_kwargs(shape, labels)).backward(grad_out.double())
+    return (None if labels else x.grad), params.grad

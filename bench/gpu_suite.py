@@ -10,7 +10,8 @@ Steps:
     backward, 35-class labels and 3-channel float input, against the float64 einsum reference;
  2. autotuning of the forward and backward kernels for the default model (35 classes, cell 64,
     bf16) at 1024x2048, stored in the autotuning cache that step 3 then uses;
- 3. timings (median of CUDA-synchronised runs) of forward and forward + backward at 512x512,
+ 3. timings (``triton.testing.do_bench``: median and 20th/80th percentiles; wall-clock medians
+    under --smoke) of forward and forward + backward at 512x512,
     1024x1024, 1024x2048 and 2048x2048 (batch 1, 35 classes, cell 64, the paper's 5x64 MLP): the fused
     kernels in bf16 and fp32 ("triton"), the published algorithm ("published", fp32, autograd) and
     the einsum reference ("einsum", fp32, only where its full-resolution weights fit in memory).
@@ -32,6 +33,18 @@ RESOLUTIONS = [(512, 512), (1024, 1024), (1024, 2048), (2048, 2048)]
 SMOKE_RESOLUTIONS = [(32, 32), (64, 64)]
 
 
+def measure(fn, device: str, repeats: int) -> dict:
+    """{"median", "p20", "p80"} seconds of ``fn`` and how they were measured: on a GPU with
+    ``triton.testing.do_bench`` (like autotuning), on the CPU (--smoke) as wall-clock runs."""
+    from asapnet_triton.timing import gpu_seconds, run_seconds
+
+    if device == "cuda":
+        return gpu_seconds(fn, rep_ms=max(100, 10 * repeats)) | {"method": "triton.testing.do_bench"}
+    times = sorted(run_seconds(fn, repeats=repeats, device=device))
+    pick = lambda q: times[min(len(times) - 1, int(q * len(times)))]  # noqa: E731
+    return {"median": pick(0.5), "p20": pick(0.2), "p80": pick(0.8), "method": "wall-clock"}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="run the flow on the CPU with the interpreter")
@@ -45,7 +58,6 @@ def main() -> int:
     import asapnet_triton as at
     from asapnet_triton.reference import pixelwise_mlp_einsum, pixelwise_mlp_published
     from asapnet_triton.testing import random_inputs
-    from asapnet_triton.timing import median_seconds
     from common import machine_name, results_dir, write_json
 
     if not args.smoke and not torch.cuda.is_available():
@@ -82,8 +94,8 @@ def main() -> int:
     shape = at.MLPShape(35, cell)
     memory = torch.cuda.get_device_properties(0).total_memory if device == "cuda" else 24 * 2**30
 
-    def timed(fn) -> float:
-        return median_seconds(fn, repeats=repeats, device=device)
+    def timed(fn) -> dict:
+        return measure(fn, device, repeats)
 
     timings = []
     header = f"{'resolution':>10} {'implementation':<16} {'forward ms':>11} {'fwd+bwd ms':>11}"
@@ -113,8 +125,10 @@ def main() -> int:
                 torch.cuda.empty_cache()
                 continue
             timings.append(dict(height=height, width=width, megapixels=height * width / 1e6, implementation=name,
-                                forward_seconds=forward, forward_backward_seconds=both))
-            print(f"{height}x{width:<5} {name:<16} {forward * 1e3:>11.3f} {both * 1e3:>11.3f}", flush=True)
+                                forward_seconds=forward["median"], forward_backward_seconds=both["median"],
+                                forward_quantiles=forward, forward_backward_quantiles=both))
+            print(f"{height}x{width:<5} {name:<16} {forward['median'] * 1e3:>11.3f} {both['median'] * 1e3:>11.3f}",
+                  flush=True)
     report["steps"]["timings"] = timings
     report["seconds"] = time.perf_counter() - started
     folder = "smoke-" + machine_name() if args.smoke else None

@@ -379,12 +379,12 @@ def _pixelwise_mlp_bwd_kernel(
     g_w_in_t = tl.zeros((HIDDEN, C_IN_PAD), ACC_DTYPE)  # labels by one-hot product (the B operand)
     g_w_in_rows = ()                                    # labels by per-class row sums
     if LABELS and not LABEL_GRAD_DOT:
-        for c in tl.static_range(C_IN):
+        for _ in tl.static_range(C_IN):
             g_w_in_rows = g_w_in_rows + (tl.zeros((HIDDEN,), ACC_DTYPE),)
     g_w_pe = tl.zeros((PE_PAD, HIDDEN), ACC_DTYPE)
     g_hidden_b = ()
     g_hidden_w = ()
-    for layer in tl.static_range(DEPTH - 2):
+    for _ in tl.static_range(DEPTH - 2):
         g_hidden_b = g_hidden_b + (tl.zeros((HIDDEN,), ACC_DTYPE),)
         g_hidden_w = g_hidden_w + (tl.zeros((HIDDEN, HIDDEN), ACC_DTYPE),)
     g_b_last = tl.zeros((C_OUT_PAD,), ACC_DTYPE)

@@ -13,18 +13,11 @@ import pytest
 import torch
 
 import asapnet_triton as at
-from asapnet_triton.reference import pixelwise_mlp_einsum
-from asapnet_triton.testing import (device_for, gradient_error, kernel_backends, random_inputs,
-                                    relative_error, rms_relative_error)
+from asapnet_triton.testing import (MLP_CASES, device_for, gradient_error, implementations, mlp_kwargs, random_inputs,
+                                    reference_grads, relative_error, rms_relative_error)
 
-IMPLEMENTATIONS = ["torch", *kernel_backends()]
+IMPLEMENTATIONS = implementations()
 FP32_MAX_NORM = 1e-5
-
-
-def kwargs_of(shape, labels):
-    return dict(cell_size=shape.cell_size, out_channels=shape.out_channels, hidden_width=shape.hidden_width,
-                depth=shape.depth, num_classes=shape.in_channels if labels else None,
-                pos_encoding=shape.pos_encoding)
 
 
 def grads(backend, x, params, grad_out, shape, labels, precision="fp32", x_grad=True):
@@ -34,27 +27,14 @@ def grads(backend, x, params, grad_out, shape, labels, precision="fp32", x_grad=
     if not labels and x_grad:
         x = x.clone().requires_grad_()
     params = params.to(device).clone().requires_grad_()
-    out = at.pixelwise_mlp(x, params, precision=precision, backend=backend, **kwargs_of(shape, labels))
+    out = at.pixelwise_mlp(x, params, precision=precision, backend=backend, **mlp_kwargs(shape, labels))
     out.backward(grad_out.to(device))
     grad_x = x.grad.cpu() if x.requires_grad else None
     return grad_x, params.grad.cpu()
 
 
-def reference_grads(x, params, grad_out, shape, labels):
-    x = x if labels else x.double().requires_grad_()
-    params = params.double().requires_grad_()
-    pixelwise_mlp_einsum(x, params, **kwargs_of(shape, labels)).backward(grad_out.double())
-    return (None if labels else x.grad), params.grad
-
-
-# (batch, C_in or classes, H, W, cell, hidden, depth, out_channels, labels)
-SHAPES = [
-    (3, 3, 70, 45, 16, 64, 5, 3, False),    # non-multiples, batch 3, the default MLP
-    (2, 1, 37, 50, 8, 16, 2, 1, False),     # one input channel, narrowest, shallowest
-    (1, 40, 40, 72, 32, 32, 3, 4, False),   # many input channels, 4 outputs
-    (2, 12, 65, 33, 64, 64, 4, 3, True),    # labels, partial 64-cells
-    (1, 7, 20, 24, 8, 128, 6, 2, True),     # widest, deepest
-]
+# the shared cases but the multiples-of-the-cell one and the default model (a slow backward)
+SHAPES = MLP_CASES[1:-1]
 
 
 @pytest.mark.parametrize("backend", IMPLEMENTATIONS)
@@ -99,7 +79,7 @@ def test_reduced_precision_gradients(generator, precision, labels):
 def test_gradcheck_fp64(backend, generator, labels):
     shape = at.MLPShape(3, 4, 2, 16, 3)
     x, params = random_inputs(shape, 2, 6, 7, labels=labels, dtype=torch.float64, generator=generator)
-    kwargs = kwargs_of(shape, labels) | dict(precision="fp64", backend=backend)
+    kwargs = mlp_kwargs(shape, labels) | dict(precision="fp64", backend=backend)
     inputs = (x, params.clone().requires_grad_()) if labels else (x.requires_grad_(), params.clone().requires_grad_())
 
     def fn(x, params):
@@ -160,7 +140,7 @@ def test_training_steps_agree_across_backends(generator, labels):
         losses = []
         for _ in range(5):
             optimizer.zero_grad()
-            out = at.pixelwise_mlp(x, params, backend=backend, **kwargs_of(shape, labels))
+            out = at.pixelwise_mlp(x, params, backend=backend, **mlp_kwargs(shape, labels))
             loss = torch.nn.functional.mse_loss(out, target.to(out.dtype))
             loss.backward()
             optimizer.step()

@@ -11,39 +11,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import asapnet_triton as at
-from asapnet_triton.reference import pixelwise_mlp_einsum
-from asapnet_triton.testing import device_for, kernel_backends, random_inputs, relative_error
+from asapnet_triton.testing import (MLP_CASES, device_for, implementations, kernel_backends, mlp_kwargs, random_inputs,
+                                    reference_output, relative_error)
 
-IMPLEMENTATIONS = ["torch", *kernel_backends()]
+IMPLEMENTATIONS = implementations()
 
 
 def run(backend, x, params, shape, labels, precision="fp32"):
     device = device_for(backend)
-    return at.pixelwise_mlp(
-        x.to(device), params.to(device), cell_size=shape.cell_size, out_channels=shape.out_channels,
-        hidden_width=shape.hidden_width, depth=shape.depth,
-        num_classes=shape.in_channels if labels else None, pos_encoding=shape.pos_encoding,
-        precision=precision, backend=backend).cpu()
+    return at.pixelwise_mlp(x.to(device), params.to(device), precision=precision, backend=backend,
+                            **mlp_kwargs(shape, labels)).cpu()
 
 
-def reference(x, params, shape, labels, precision=None):
-    return pixelwise_mlp_einsum(
-        x, params.double(), cell_size=shape.cell_size, out_channels=shape.out_channels,
-        hidden_width=shape.hidden_width, depth=shape.depth,
-        num_classes=shape.in_channels if labels else None, pos_encoding=shape.pos_encoding,
-        precision=precision)
-
-
-# (batch, C_in or classes, H, W, cell, hidden, depth, out_channels, labels)
-SHAPES = [
-    (1, 3, 64, 64, 16, 64, 5, 3, False),    # multiples of the cell
-    (3, 3, 70, 45, 16, 64, 5, 3, False),    # non-multiples, batch 3
-    (2, 1, 37, 50, 8, 16, 2, 1, False),     # one input channel, narrowest, shallowest
-    (1, 40, 40, 72, 32, 32, 3, 4, False),   # many input channels, 4 outputs
-    (2, 12, 65, 33, 64, 64, 4, 3, True),    # labels, partial 64-cells
-    (1, 7, 20, 24, 8, 128, 6, 2, True),     # widest, deepest
-    (1, 35, 130, 70, 64, 64, 5, 3, True),   # the default model: 35 classes, cell 64
-]
+SHAPES = MLP_CASES
 
 
 @pytest.mark.parametrize("backend", IMPLEMENTATIONS)
@@ -54,7 +34,7 @@ def test_forward_matches_reference(backend, generator, batch, channels, height, 
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
     out = run(backend, x, params, shape, labels)
     assert out.shape == (batch, out_channels, height, width) and out.dtype == torch.float32
-    assert relative_error(out, reference(x, params, shape, labels)) <= at.TOLERANCES["fp32"]
+    assert relative_error(out, reference_output(x, params, shape, labels)) <= at.TOLERANCES["fp32"]
 
 
 @pytest.mark.parametrize("backend", IMPLEMENTATIONS)
@@ -62,7 +42,7 @@ def test_without_pos_encoding_any_cell_size(backend, generator):
     shape = at.MLPShape(4, 12, 3, 32, 3, pos_encoding=False)
     x, params = random_inputs(shape, 2, 30, 25, generator=generator)
     out = run(backend, x, params, shape, False)
-    assert relative_error(out, reference(x, params, shape, False)) <= at.TOLERANCES["fp32"]
+    assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES["fp32"]
 
 
 @pytest.mark.parametrize("backend", IMPLEMENTATIONS)
@@ -75,8 +55,8 @@ def test_reduced_precision_rounds_operands(backend, generator, precision, labels
     shape = at.MLPShape(6, 16, 3, 64, 5)
     x, params = random_inputs(shape, 2, 70, 45, labels=labels, generator=generator)
     out = run(backend, x, params, shape, labels, precision)
-    exact = relative_error(out, reference(x, params, shape, labels))
-    rounded = relative_error(out, reference(x, params, shape, labels, precision))
+    exact = relative_error(out, reference_output(x, params, shape, labels))
+    rounded = relative_error(out, reference_output(x, params, shape, labels, precision))
     assert exact <= at.TOLERANCES[precision]
     assert rounded <= 0.8 * exact, (precision, rounded, exact)
 
@@ -87,7 +67,7 @@ def test_fp64_precision(backend, generator):
     x, params = random_inputs(shape, 2, 21, 18, dtype=torch.float64, generator=generator)
     out = run(backend, x, params, shape, False, "fp64")
     assert out.dtype == torch.float64
-    assert relative_error(out, reference(x, params, shape, False)) <= at.TOLERANCES["fp64"]
+    assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES["fp64"]
 
 
 @pytest.mark.parametrize("backend", IMPLEMENTATIONS)
@@ -100,7 +80,7 @@ def test_output_dtype_follows_params(backend, generator, dtype, precision):
     assert out.dtype == dtype
     # the reference sees the same (already rounded) parameters; the output's own rounding adds
     # half an ulp of the 16-bit format
-    assert relative_error(out, reference(x, params, shape, False)) <= at.TOLERANCES[precision]
+    assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES[precision]
 
 
 @pytest.mark.parametrize("backend", IMPLEMENTATIONS)
@@ -113,7 +93,7 @@ def test_labels_equal_their_one_hot(backend, generator, label_dtype):
     from_labels = run(backend, labels, params, shape, True)
     from_one_hot = run(backend, one_hot, params, shape, False)
     assert relative_error(from_labels, from_one_hot) <= at.TOLERANCES["fp32"]
-    assert relative_error(from_labels, reference(labels, params, shape, True)) <= at.TOLERANCES["fp32"]
+    assert relative_error(from_labels, reference_output(labels, params, shape, True)) <= at.TOLERANCES["fp32"]
 
 
 def _layouts(params, x, labels):
@@ -138,7 +118,7 @@ def _layouts(params, x, labels):
 def test_any_memory_layout(backend, generator, labels):
     shape = at.MLPShape(5, 16, 3, 32, 3)
     x, params = random_inputs(shape, 2, 40, 35, labels=labels, generator=generator)
-    expected = reference(x, params, shape, labels)
+    expected = reference_output(x, params, shape, labels)
     for name, p, xx in _layouts(params, x, labels):
         assert not (name == "strided" and p.is_contiguous())
         out = run(backend, xx, p, shape, labels)
@@ -154,7 +134,7 @@ def test_module_is_a_shell_over_the_function(backend, generator):
     labels, params = random_inputs(shape, 1, 50, 70, labels=True, generator=generator)
     device = device_for(backend)
     out = module(labels.to(device), params.to(device)).cpu()
-    assert relative_error(out, reference(labels, params, shape, True)) <= at.TOLERANCES["fp32"]
+    assert relative_error(out, reference_output(labels, params, shape, True)) <= at.TOLERANCES["fp32"]
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -168,7 +148,7 @@ def test_torch_backend_random_shapes(batch, channels, height, width, log_cell, h
     g = torch.Generator().manual_seed(seed)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=g)
     out = run("torch", x, params, shape, labels)
-    assert relative_error(out, reference(x, params, shape, labels)) <= at.TOLERANCES["fp32"]
+    assert relative_error(out, reference_output(x, params, shape, labels)) <= at.TOLERANCES["fp32"]
 
 
 @pytest.mark.skipif(not kernel_backends(), reason="no Triton kernel backend in this process")
@@ -183,7 +163,7 @@ def test_kernel_random_shapes(batch, channels, height, width, log_cell, hidden, 
     g = torch.Generator().manual_seed(seed)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=g)
     out = run(kernel_backends()[0], x, params, shape, labels)
-    assert relative_error(out, reference(x, params, shape, labels)) <= at.TOLERANCES["fp32"]
+    assert relative_error(out, reference_output(x, params, shape, labels)) <= at.TOLERANCES["fp32"]
 
 
 def test_reference_backend_and_auto_dispatch(generator):
@@ -194,4 +174,4 @@ def test_reference_backend_and_auto_dispatch(generator):
     auto = run("auto", x, params, shape, False)
     torch.testing.assert_close(auto, run("torch", x, params, shape, False), rtol=0, atol=0)
     ref = run("reference", x, params, shape, False)
-    assert relative_error(ref, reference(x, params, shape, False)) <= at.TOLERANCES["fp32"]
+    assert relative_error(ref, reference_output(x, params, shape, False)) <= at.TOLERANCES["fp32"]

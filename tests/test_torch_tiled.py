@@ -10,20 +10,10 @@ import asapnet_triton as at
 import asapnet_triton.torch_tiled as tt
 from asapnet_triton.precision import round_operand
 from asapnet_triton.reference import pixelwise_mlp_einsum
-from asapnet_triton.testing import random_inputs, relative_error, rms_relative_error
+from asapnet_triton.testing import mlp_kwargs, random_inputs, reference_output, relative_error, rms_relative_error
 
 native_only = pytest.mark.skipif(not tt.native_bf16_supported("cpu"),
                                  reason="this CPU's oneDNN has no bf16 matmuls")
-
-
-def kwargs_of(shape, labels):
-    return dict(cell_size=shape.cell_size, out_channels=shape.out_channels, hidden_width=shape.hidden_width,
-                depth=shape.depth, num_classes=shape.in_channels if labels else None,
-                pos_encoding=shape.pos_encoding)
-
-
-def reference(x, params, shape, labels, precision=None):
-    return pixelwise_mlp_einsum(x, params.double(), precision=precision, **kwargs_of(shape, labels))
 
 
 @pytest.mark.parametrize("precision", ["fp64", "fp32", "tf32", "bf16", "fp16"])
@@ -51,7 +41,7 @@ def test_native_bf16_rounds_each_activation_once(generator, labels, channels):
     x, params = random_inputs(shape, 2, 40, 36, labels=labels, generator=generator)  # partial cells
     native = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="native")
     emulated = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="emulated")
-    exact, rounded = reference(x, params, shape, labels), reference(x, params, shape, labels, "bf16")
+    exact, rounded = reference_output(x, params, shape, labels), reference_output(x, params, shape, labels, "bf16")
     assert native.shape == (2, 3, 40, 36) and native.dtype == torch.float32
     assert relative_error(native, exact) <= at.TOLERANCES["bf16"]
     assert relative_error(native, rounded) <= 0.8 * relative_error(native, exact)
@@ -75,7 +65,7 @@ def test_native_bf16_other_shapes(generator, case):
         params = params.to(torch.bfloat16)
     out = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="native")
     assert out.shape == (batch, shape.out_channels, *size) and out.dtype == params.dtype
-    exact, rounded = reference(x, params, shape, labels), reference(x, params, shape, labels, "bf16")
+    exact, rounded = reference_output(x, params, shape, labels), reference_output(x, params, shape, labels, "bf16")
     # (TOLERANCES hold for the default-sized MLPs; on these shapes bf16 operands alone can exceed
     # them, in the emulated form too.) A bf16 output adds its own rounding (half an ulp, 2e-3
     # relative) to both comparisons.
@@ -110,9 +100,9 @@ def test_public_op_uses_native_bf16_for_large_cells_only(monkeypatch, generator)
     for cell, expected_calls in ((32, 1), (16, 1)):
         shape = at.MLPShape(4, cell, 3, 16, 3)
         x, params = random_inputs(shape, 1, 48, 40, generator=generator)
-        out = at.pixelwise_mlp(x, params, precision="bf16", backend="torch", **kwargs_of(shape, False))
+        out = at.pixelwise_mlp(x, params, precision="bf16", backend="torch", **mlp_kwargs(shape, False))
         assert len(calls) == expected_calls, cell
-        assert relative_error(out, reference(x, params, shape, False)) <= at.TOLERANCES["bf16"]
+        assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES["bf16"]
 
 
 @pytest.mark.parametrize("labels", [False, True])
@@ -124,7 +114,7 @@ def test_chunk_size_does_not_change_results(monkeypatch, generator, labels):
     grad_out = torch.randn(2, 3, 40, 33, generator=generator)
     x_ref = x if labels else x.double().requires_grad_()
     params_ref = params.double().requires_grad_()
-    expected = pixelwise_mlp_einsum(x_ref, params_ref, **kwargs_of(shape, labels))
+    expected = pixelwise_mlp_einsum(x_ref, params_ref, **mlp_kwargs(shape, labels))
     expected.backward(grad_out.double())
     results = []
     for cells_per_chunk in (1, 3, 18):
@@ -152,7 +142,7 @@ def test_native_bf16_chunk_size_does_not_change_results(monkeypatch, generator):
         outs.append(tt.pixelwise_mlp_torch(x, params, shape, labels=True, precision="bf16", bf16_matmul="native"))
     # the same per-cell oneDNN calls whatever the chunk: bitwise equal
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
-    assert relative_error(outs[0], reference(x, params, shape, True)) <= at.TOLERANCES["bf16"]
+    assert relative_error(outs[0], reference_output(x, params, shape, True)) <= at.TOLERANCES["bf16"]
 
 
 def test_fp16_backward_slopes_come_from_unrounded_activations(generator):
@@ -166,7 +156,7 @@ def test_fp16_backward_slopes_come_from_unrounded_activations(generator):
     params[:, hidden.bias_offset] = 1e-9
     grad_out = torch.randn(1, 3, 16, 16, generator=generator)
     params_ref = params.double().requires_grad_()
-    pixelwise_mlp_einsum(x, params_ref, precision="fp16", **kwargs_of(shape, False)).backward(grad_out.double())
+    pixelwise_mlp_einsum(x, params_ref, precision="fp16", **mlp_kwargs(shape, False)).backward(grad_out.double())
     _, grad_params = tt.pixelwise_mlp_torch_backward(x, params, grad_out, shape, labels=False, precision="fp16")
     expected = params_ref.grad[:, hidden.bias_offset]
     assert expected.abs().min() > 1e-3  # a real gradient flows through the channel

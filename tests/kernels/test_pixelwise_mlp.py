@@ -7,8 +7,8 @@ import torch
 import asapnet_triton as at
 from asapnet_triton.kernels.launch_config import LaunchConfig, default_config, label_grad_by_dot
 from asapnet_triton.kernels.pixelwise_mlp import pixelwise_mlp_backward, pixelwise_mlp_forward
-from asapnet_triton.reference import pixelwise_mlp_einsum
-from asapnet_triton.testing import device_for, kernel_backends, random_inputs, relative_error, rms_relative_error
+from asapnet_triton.testing import (device_for, kernel_backends, random_inputs, reference_grads, reference_output,
+                                    relative_error, rms_relative_error)
 
 pytestmark = pytest.mark.skipif(not kernel_backends(), reason="no Triton kernel backend in this process")
 DEVICE = device_for(kernel_backends()[0]) if kernel_backends() else "cpu"
@@ -32,11 +32,7 @@ def check(shape, x, params, labels, config=None, precision="fp32", tol=None):
                                      config=default_for("forward", shape, labels, precision, config), out=out)
     assert returned is out
     assert not out.isnan().any(), "a pixel was left unwritten"
-    ref = pixelwise_mlp_einsum(x, params.double(), cell_size=shape.cell_size,
-                               out_channels=shape.out_channels, hidden_width=shape.hidden_width,
-                               depth=shape.depth, num_classes=shape.in_channels if labels else None,
-                               pos_encoding=shape.pos_encoding)
-    assert relative_error(out.cpu(), ref) <= (tol or at.TOLERANCES[precision])
+    assert relative_error(out.cpu(), reference_output(x, params, shape, labels)) <= (tol or at.TOLERANCES[precision])
 
 
 @pytest.mark.parametrize("config", [
@@ -109,15 +105,6 @@ def poisoned_buffers(monkeypatch):
         return torch.full(shape, float("nan"), device=device, dtype=dtype)
 
     monkeypatch.setattr(module, "_empty", nan_empty)
-
-
-def reference_grads(x, params, grad_out, shape, labels):
-    xd = x if labels else x.double().requires_grad_()
-    pd = params.double().requires_grad_()
-    pixelwise_mlp_einsum(xd, pd, cell_size=shape.cell_size, out_channels=shape.out_channels,
-                         hidden_width=shape.hidden_width, depth=shape.depth,
-                         num_classes=shape.in_channels if labels else None).backward(grad_out.double())
-    return (None if labels else xd.grad), pd.grad
 
 
 @pytest.mark.parametrize("config", [

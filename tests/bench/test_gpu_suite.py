@@ -1,0 +1,49 @@
+"""bench/gpu_suite.py's CPU-testable parts: it imports without a GPU, and its timing goes through
+``triton.testing.do_bench`` with quantiles on a GPU (checked with a stand-in) and wall-clock runs
+on the CPU. No timing is asserted."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[2] / "bench"
+sys.path.insert(0, str(BENCH))
+
+import gpu_suite  # noqa: E402
+
+
+def test_gpu_figures_come_from_do_bench_with_quantiles(monkeypatch):
+    import triton.testing
+
+    calls = []
+
+    def fake_do_bench(fn, *, warmup, rep, quantiles):
+        calls.append(dict(warmup=warmup, rep=rep, quantiles=quantiles))
+        fn()
+        return [3.0, 2.0, 5.0]  # milliseconds, in the order of `quantiles`
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_do_bench)
+    runs = []
+    result = gpu_suite.measure(lambda: runs.append(1), "cuda", repeats=10)
+    assert calls and calls[0]["quantiles"] == [0.5, 0.2, 0.8]
+    assert runs, "the measured function was not run"
+    assert result == {"median": 3e-3, "p20": 2e-3, "p80": 5e-3, "method": "triton.testing.do_bench"}
+
+
+def test_cpu_smoke_figures_are_ordered_wall_clock_quantiles():
+    runs = []
+    result = gpu_suite.measure(lambda: runs.append(1), "cpu", repeats=5)
+    assert len(runs) == 6  # one warm-up, five timed
+    assert result["method"] == "wall-clock"
+    assert 0 <= result["p20"] <= result["median"] <= result["p80"]
+
+
+def test_without_a_gpu_it_refuses_with_exit_status_2(monkeypatch, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    monkeypatch.setattr(sys, "argv", ["gpu_suite.py"])
+    assert gpu_suite.main() == 2
+    assert "no CUDA GPU" in capsys.readouterr().out
