@@ -22,8 +22,12 @@ from .layout import MLPShape
 __all__ = ["KernelResources", "compile_kernel", "kernel_resources", "measure", "occupancy"]
 
 # Per-SM limits used for the theoretical occupancy: registers, shared memory (bytes), threads.
-_SM_LIMITS = {80: (65536, 164 * 1024, 2048), 86: (65536, 100 * 1024, 1536), 89: (65536, 100 * 1024, 1536),
-              90: (65536, 228 * 1024, 2048)}
+_SM_LIMITS = {
+    80: (65536, 164 * 1024, 2048),
+    86: (65536, 100 * 1024, 1536),
+    89: (65536, 100 * 1024, 1536),
+    90: (65536, 228 * 1024, 2048),
+}
 
 
 @dataclass(frozen=True)
@@ -61,8 +65,17 @@ def _ptxas(arch: int) -> str:
     return get_ptxas(arch).path
 
 
-def compile_kernel(kernel: str, shape: MLPShape, *, labels: bool, precision: str, config, arch: int,
-                   params_dtype: torch.dtype = torch.float32, need_grad_x: bool = True):
+def compile_kernel(
+    kernel: str,
+    shape: MLPShape,
+    *,
+    labels: bool,
+    precision: str,
+    config,
+    arch: int,
+    params_dtype: torch.dtype = torch.float32,
+    need_grad_x: bool = True,
+):
     """Compile the forward or backward kernel for ``arch`` (e.g. 80, 90) exactly as the launchers
     build it (``kernels.launch_config.kernel_build``: constants, argument types, launch options);
     labels are uint8, float input and gradients have params' dtype. Returns Triton's
@@ -75,14 +88,27 @@ def compile_kernel(kernel: str, shape: MLPShape, *, labels: bool, precision: str
 
     fn = kernel_function(kernel)
     if not isinstance(fn, triton.runtime.jit.JITFunction):
-        raise RuntimeError("ahead-of-time compilation needs Triton's compiler: unset TRITON_INTERPRET "
-                           "before triton is imported")
-    build = kernel_build(kernel, shape, labels=labels, precision=precision, config=config, interpret=False,
-                         x_dtype=torch.uint8 if labels else params_dtype, params_dtype=params_dtype,
-                         need_grad_x=need_grad_x, arch=arch)
+        raise RuntimeError(
+            "ahead-of-time compilation needs Triton's compiler: unset TRITON_INTERPRET before triton is imported"
+        )
+    build = kernel_build(
+        kernel,
+        shape,
+        labels=labels,
+        precision=precision,
+        config=config,
+        interpret=False,
+        x_dtype=torch.uint8 if labels else params_dtype,
+        params_dtype=params_dtype,
+        need_grad_x=need_grad_x,
+        arch=arch,
+    )
     source = ASTSource(fn=fn, signature=build.signature(fn.arg_names), constexprs=build.constexprs)
-    return triton.compile(source, target=GPUTarget("cuda", arch, 32),
-                          options={"num_warps": build.num_warps, "num_stages": build.num_stages})
+    return triton.compile(
+        source,
+        target=GPUTarget("cuda", arch, 32),
+        options={"num_warps": build.num_warps, "num_stages": build.num_stages},
+    )
 
 
 def measure(compiled, arch: int) -> dict:
@@ -96,8 +122,9 @@ def measure(compiled, arch: int) -> dict:
         with open(cubin, "wb") as f:
             f.write(compiled.asm["cubin"])
         gpu = "sm_90a" if arch == 90 else f"sm_{arch}"
-        report = subprocess.run([_ptxas(arch), "-v", f"--gpu-name={gpu}", ptx, "-o", os.devnull],
-                                capture_output=True, text=True, check=True).stderr
+        report = subprocess.run(
+            [_ptxas(arch), "-v", f"--gpu-name={gpu}", ptx, "-o", os.devnull], capture_output=True, text=True, check=True
+        ).stderr
         sass = subprocess.run([_tool("nvdisasm"), cubin], capture_output=True, text=True, check=True).stdout
 
     def number(pattern):
@@ -120,20 +147,32 @@ def occupancy(registers: int, shared_bytes: int, num_warps: int, arch: int) -> f
     (allocated per warp in units of 256), shared memory and threads."""
     max_regs, max_shared, max_threads = _SM_LIMITS.get(arch, _SM_LIMITS[80])
     regs_per_warp = -(-max(registers, 1) * 32 // 256) * 256
-    blocks = min(max_regs // (regs_per_warp * num_warps),
-                 max_shared // shared_bytes if shared_bytes else 32,
-                 max_threads // (32 * num_warps), 32)
+    blocks = min(
+        max_regs // (regs_per_warp * num_warps),
+        max_shared // shared_bytes if shared_bytes else 32,
+        max_threads // (32 * num_warps),
+        32,
+    )
     return blocks * num_warps * 32 / max_threads
 
 
-def kernel_resources(kernel: str, shape: MLPShape, *, labels: bool, precision: str, config, arch: int,
-                     need_grad_x: bool = True) -> KernelResources:
+def kernel_resources(
+    kernel: str, shape: MLPShape, *, labels: bool, precision: str, config, arch: int, need_grad_x: bool = True
+) -> KernelResources:
     """Compile one kernel and measure it."""
-    compiled = compile_kernel(kernel, shape, labels=labels, precision=precision, config=config, arch=arch,
-                              need_grad_x=need_grad_x)
+    compiled = compile_kernel(
+        kernel, shape, labels=labels, precision=precision, config=config, arch=arch, need_grad_x=need_grad_x
+    )
     usage = measure(compiled, arch)
     return KernelResources(
-        kernel=kernel, arch=arch, precision=precision, labels=labels,
-        block_pixels=config.block_pixels, pixels_per_program=config.pixels_per_program,
-        num_warps=config.num_warps, num_stages=config.num_stages, **usage,
-        occupancy=occupancy(usage["registers"], usage["shared_memory_bytes"], config.num_warps, arch))
+        kernel=kernel,
+        arch=arch,
+        precision=precision,
+        labels=labels,
+        block_pixels=config.block_pixels,
+        pixels_per_program=config.pixels_per_program,
+        num_warps=config.num_warps,
+        num_stages=config.num_stages,
+        **usage,
+        occupancy=occupancy(usage["registers"], usage["shared_memory_bytes"], config.num_warps, arch),
+    )

@@ -61,8 +61,11 @@ def _our_key_names(lr_depth: int) -> list[str]:
 
 
 def _is_tensor_dict(value) -> bool:
-    return isinstance(value, Mapping) and len(value) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    return (
+        isinstance(value, Mapping)
+        and len(value) > 0
+        and all(isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in value.items())
+    )
 
 
 def _read_state_dict(checkpoint, map_location) -> tuple[dict[str, torch.Tensor], str]:
@@ -76,28 +79,43 @@ def _read_state_dict(checkpoint, map_location) -> tuple[dict[str, torch.Tensor],
         if isinstance(map_location, (str, torch.device)):
             loaded = {k: v.to(map_location) if isinstance(v, torch.Tensor) else v for k, v in loaded.items()}
     else:
-        raise TypeError(f"checkpoint must be a path or a state_dict (a mapping of names to tensors), "
-                        f"got {type(checkpoint).__name__}")
+        raise TypeError(
+            f"checkpoint must be a path or a state_dict (a mapping of names to tensors), "
+            f"got {type(checkpoint).__name__}"
+        )
     if not _is_tensor_dict(loaded):
         wrapped = [k for k in _WRAPPER_KEYS if isinstance(loaded, Mapping) and _is_tensor_dict(loaded.get(k))]
         if not wrapped:
             found = list(loaded)[:10] if isinstance(loaded, Mapping) else type(loaded).__name__
-            raise ValueError(f"{source}: expected a generator state_dict (names -> tensors) or a dict holding one "
-                             f"under one of {_WRAPPER_KEYS}, found {found}")
+            raise ValueError(
+                f"{source}: expected a generator state_dict (names -> tensors) or a dict holding one "
+                f"under one of {_WRAPPER_KEYS}, found {found}"
+            )
         loaded = loaded[wrapped[0]]
     state = {}
     for key, value in loaded.items():
         name = key
         while name.startswith("module."):  # saved from (nested) DataParallel
-            name = name[len("module."):]
+            name = name[len("module.") :]
         if name in state:
             raise ValueError(f"{source}: key {key!r} appears both with and without a 'module.' prefix")
         state[name] = value
     return state, source
 
 
-def _solve_mlp(param_count: int, lr_inputs: int, *, num_classes, cell_size, instance_edges, hidden_width, depth,
-               out_channels, source: str, final_key: str) -> tuple[int, int, bool]:
+def _solve_mlp(
+    param_count: int,
+    lr_inputs: int,
+    *,
+    num_classes,
+    cell_size,
+    instance_edges,
+    hidden_width,
+    depth,
+    out_channels,
+    source: str,
+    final_key: str,
+) -> tuple[int, int, bool]:
     """(num_classes, cell_size, instance_edges) whose per-pixel MLP has ``param_count`` parameters
     and whose LR stream has ``lr_inputs`` input channels."""
     cells = [cell_size] if cell_size is not None else [2**k for k in range(4, _MAX_CELL_LOG2 + 1)]
@@ -110,27 +128,44 @@ def _solve_mlp(param_count: int, lr_inputs: int, *, num_classes, cell_size, inst
         for cell in cells:
             if MLPShape(classes, cell, out_channels, hidden_width, depth).param_count == param_count:
                 fits.append((classes, cell, edges))
-    given = (f"hidden_width={hidden_width}, depth={depth}, out_channels={out_channels}"
-             + "".join(f", {name}={value}" for name, value in (("num_classes", num_classes), ("cell_size", cell_size),
-                                                              ("instance_edges", instance_edges)) if value is not None))
+    given = f"hidden_width={hidden_width}, depth={depth}, out_channels={out_channels}" + "".join(
+        f", {name}={value}"
+        for name, value in (("num_classes", num_classes), ("cell_size", cell_size), ("instance_edges", instance_edges))
+        if value is not None
+    )
     if not fits:
         raise ValueError(
             f"{source}: its LR stream predicts P={param_count} parameters per cell ({final_key}) from {lr_inputs} input "
             f"channels, which fits no per-pixel MLP with {given} (cell_size a power of two 16..{2**_MAX_CELL_LOG2}, "
             f"with or without an instance-edge channel): pass hidden_width= and depth= as trained (the published "
-            f"--hr_width, --hr_depth; defaults 64 and 5) and out_channels= (--output_nc)")
+            f"--hr_width, --hr_depth; defaults 64 and 5) and out_channels= (--output_nc)"
+        )
     if len(fits) > 1:
         options = "; ".join(f"num_classes={c}, cell_size={s}, instance_edges={e}" for c, s, e in fits)
-        raise ValueError(f"{source}: P={param_count} fits several generators with {given}: {options}; "
-                         f"pass cell_size= and instance_edges= to choose")
+        raise ValueError(
+            f"{source}: P={param_count} fits several generators with {given}: {options}; "
+            f"pass cell_size= and instance_edges= to choose"
+        )
     return fits[0]
 
 
-def load_official_checkpoint(checkpoint, *, num_classes: int | None = None, cell_size: int | None = None,
-                             hidden_width: int = 64, depth: int = 5, out_channels: int = 3,
-                             instance_edges: bool | None = None, label_input: bool = True,
-                             lr_padding: str | None = None, precision: str = "fp32", lr_precision: str | None = None,
-                             backend: str = "auto", map_location="cpu", strict: bool = True) -> ASAPNetGenerator:
+def load_official_checkpoint(
+    checkpoint,
+    *,
+    num_classes: int | None = None,
+    cell_size: int | None = None,
+    hidden_width: int = 64,
+    depth: int = 5,
+    out_channels: int = 3,
+    instance_edges: bool | None = None,
+    label_input: bool = True,
+    lr_padding: str | None = None,
+    precision: str = "fp32",
+    lr_precision: str | None = None,
+    backend: str = "auto",
+    map_location="cpu",
+    strict: bool = True,
+) -> ASAPNetGenerator:
     """An :class:`ASAPNetGenerator` holding a generator saved by the published ASAP-Net code.
 
     For inputs whose height and width are multiples of the cell size (all the published code
@@ -172,36 +207,50 @@ def load_official_checkpoint(checkpoint, *, num_classes: int | None = None, cell
     state, source = _read_state_dict(checkpoint, map_location)
     spectral = [k for k in state if re.search(r"\.weight_(orig|u|v)$", k)]
     if spectral:
-        raise ValueError(f"{source}: {spectral[0]!r} is a spectral-norm parameter (--norm_G spectral...): only the "
-                         f"published generator's default norm, instanceaffine, is supported")
+        raise ValueError(
+            f"{source}: {spectral[0]!r} is a spectral-norm parameter (--norm_G spectral...): only the "
+            f"published generator's default norm, instanceaffine, is supported"
+        )
     padded = f"{_PREFIX}1.0.weight" in state
     if not padded and f"{_PREFIX}0.0.weight" not in state:
-        raise ValueError(f"{source}: missing key {_PREFIX}0.0.weight (or {_PREFIX}1.0.weight with padding modules): "
-                         f"the first conv of the published LR stream; found keys {sorted(state)[:8]}")
+        raise ValueError(
+            f"{source}: missing key {_PREFIX}0.0.weight (or {_PREFIX}1.0.weight with padding modules): "
+            f"the first conv of the published LR stream; found keys {sorted(state)[:8]}"
+        )
     if padded:
         if lr_padding not in ("reflect", "replicate"):
-            raise ValueError(f"{source}: the LR stream was trained with padding modules (--reflection_pad or "
-                             f"--replicate_pad; its first conv is {_PREFIX}1.0.weight), which the file cannot tell "
-                             f"apart: pass lr_padding='reflect' or lr_padding='replicate', got {lr_padding!r}")
+            raise ValueError(
+                f"{source}: the LR stream was trained with padding modules (--reflection_pad or "
+                f"--replicate_pad; its first conv is {_PREFIX}1.0.weight), which the file cannot tell "
+                f"apart: pass lr_padding='reflect' or lr_padding='replicate', got {lr_padding!r}"
+            )
     elif lr_padding not in (None, "zeros"):
-        raise ValueError(f"{source}: the LR stream pads with zeros (no padding modules: its first conv is "
-                         f"{_PREFIX}0.0.weight), but lr_padding={lr_padding!r} was given; pass lr_padding=None or "
-                         f"'zeros' (one of {LR_PADDINGS})")
+        raise ValueError(
+            f"{source}: the LR stream pads with zeros (no padding modules: its first conv is "
+            f"{_PREFIX}0.0.weight), but lr_padding={lr_padding!r} was given; pass lr_padding=None or "
+            f"'zeros' (one of {LR_PADDINGS})"
+        )
     block_pattern = re.compile(re.escape(_PREFIX) + r"(\d+)\.conv_block\.")
     lr_depth = len({m.group(1) for k in state if (m := block_pattern.match(k))})
     strided = len({m.group(1) for k in state if (m := re.match(re.escape(_PREFIX) + r"(\d+)\.0\.weight$", k))}) - 1
     if strided != _STRIDED_CONVS:
-        raise ValueError(f"{source}: its LR stream has {strided} strided convs (learned_ds_factor {2**max(strided, 0)}); "
-                         f"only the published learned_ds_factor {LR_DOWNSAMPLING} ({_STRIDED_CONVS} convs) is supported")
+        raise ValueError(
+            f"{source}: its LR stream has {strided} strided convs (learned_ds_factor {2 ** max(strided, 0)}); "
+            f"only the published learned_ds_factor {LR_DOWNSAMPLING} ({_STRIDED_CONVS} convs) is supported"
+        )
     expected = official_key_names(lr_depth, padded)
     missing = [k for k in expected if k not in state]
     if missing:
-        raise ValueError(f"{source}: missing key(s) {missing} of the published generator with lr_depth={lr_depth}"
-                         f"{' and padding modules' if padded else ''}")
+        raise ValueError(
+            f"{source}: missing key(s) {missing} of the published generator with lr_depth={lr_depth}"
+            f"{' and padding modules' if padded else ''}"
+        )
     unexpected = sorted(set(state) - set(expected))
     if unexpected:
-        message = (f"{source}: unexpected key(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}: not part "
-                   f"of the published generator with lr_depth={lr_depth}")
+        message = (
+            f"{source}: unexpected key(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}: not part "
+            f"of the published generator with lr_depth={lr_depth}"
+        )
         if strict:
             raise ValueError(message + " (strict=False ignores them)")
         warnings.warn(message + "; ignored (strict=False)", stacklevel=2)
@@ -209,25 +258,50 @@ def load_official_checkpoint(checkpoint, *, num_classes: int | None = None, cell
     first, final = state[expected[0]], state[expected[-2]]
     for key in (expected[0], expected[-2]):
         if state[key].dim() != 4:
-            raise ValueError(f"{source}: {key} must be a conv weight (4 dimensions), got shape {tuple(state[key].shape)}")
+            raise ValueError(
+                f"{source}: {key} must be a conv weight (4 dimensions), got shape {tuple(state[key].shape)}"
+            )
     lr_width, lr_inputs = first.shape[:2]
     param_count, lr_max_width = final.shape[:2]
     num_classes, cell_size, instance_edges = _solve_mlp(
-        param_count, lr_inputs, num_classes=num_classes, cell_size=cell_size, instance_edges=instance_edges,
-        hidden_width=hidden_width, depth=depth, out_channels=out_channels, source=source, final_key=expected[-2])
+        param_count,
+        lr_inputs,
+        num_classes=num_classes,
+        cell_size=cell_size,
+        instance_edges=instance_edges,
+        hidden_width=hidden_width,
+        depth=depth,
+        out_channels=out_channels,
+        source=source,
+        final_key=expected[-2],
+    )
 
-    model = ASAPNetGenerator(num_classes, cell_size=cell_size, out_channels=out_channels, hidden_width=hidden_width,
-                             depth=depth, lr_width=lr_width, lr_max_width=lr_max_width, lr_depth=lr_depth,
-                             label_input=label_input, instance_edges=instance_edges, precision=precision,
-                             backend=backend, lr_padding=lr_padding or "zeros", lr_precision=lr_precision)
+    model = ASAPNetGenerator(
+        num_classes,
+        cell_size=cell_size,
+        out_channels=out_channels,
+        hidden_width=hidden_width,
+        depth=depth,
+        lr_width=lr_width,
+        lr_max_width=lr_max_width,
+        lr_depth=lr_depth,
+        label_input=label_input,
+        instance_edges=instance_edges,
+        precision=precision,
+        backend=backend,
+        lr_padding=lr_padding or "zeros",
+        lr_precision=lr_precision,
+    )
     ours = model.state_dict()
     mapped = {}
     for official, name in zip(expected, _our_key_names(lr_depth), strict=True):
         tensor = state[official]
         if tensor.shape != ours[name].shape:
-            raise ValueError(f"{source}: {official} has shape {tuple(tensor.shape)}, expected {tuple(ours[name].shape)} "
-                             f"for the published generator with lr_width={lr_width}, lr_max_width={lr_max_width}, "
-                             f"{lr_inputs} input channels and P={param_count}")
+            raise ValueError(
+                f"{source}: {official} has shape {tuple(tensor.shape)}, expected {tuple(ours[name].shape)} "
+                f"for the published generator with lr_width={lr_width}, lr_max_width={lr_max_width}, "
+                f"{lr_inputs} input channels and P={param_count}"
+            )
         mapped[name] = tensor
     model.load_state_dict(mapped, strict=True)
     return model.to(first.device).eval()

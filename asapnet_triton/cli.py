@@ -26,8 +26,10 @@ from .precision import FLOAT32_PRECISIONS
 
 def comma_list(kind):
     """An argparse type: a comma-separated list of ``kind`` (e.g. ``int``, :func:`resolution`)."""
+
     def parse(text: str):
         return [kind(item) for item in text.split(",") if item]
+
     return parse
 
 
@@ -47,8 +49,12 @@ def _add_model_arguments(p, *, height: int, width: int, cell_size: int) -> None:
     p.add_argument("--width", type=int, default=width)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--cell-size", type=int, default=cell_size)
-    p.add_argument("--num-classes", type=int, default=35,
-                   help="label-map input with this many classes (0: float input, see --in-channels)")
+    p.add_argument(
+        "--num-classes",
+        type=int,
+        default=35,
+        help="label-map input with this many classes (0: float input, see --in-channels)",
+    )
     p.add_argument("--in-channels", type=int, default=3, help="channels of float input (with --num-classes 0)")
     p.add_argument("--out-channels", type=int, default=3)
     p.add_argument("--hidden-width", type=int, default=64)
@@ -59,37 +65,64 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asapnet", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("compare", help="check backends against the float64 reference on random inputs",
-                       description="Run pixelwise_mlp and the float64 einsum reference on the same random inputs; "
-                                   "print errors, tolerances and times; exit 1 when any result is out of tolerance.")
-    p.add_argument("--backend", nargs="+", default=["torch", "interpret"], choices=BACKENDS,
-                   help="backends to check (default: torch interpret). 'interpret' runs the Triton kernels with "
-                        "Triton's CPU interpreter (this command sets TRITON_INTERPRET=1 for it); 'triton' needs a "
-                        "CUDA GPU")
-    p.add_argument("--precision", nargs="+", default=["fp32", "bf16"], choices=FLOAT32_PRECISIONS,
-                   help="precisions to check (default: fp32 bf16)")
+    p = sub.add_parser(
+        "compare",
+        help="check backends against the float64 reference on random inputs",
+        description="Run pixelwise_mlp and the float64 einsum reference on the same random inputs; "
+        "print errors, tolerances and times; exit 1 when any result is out of tolerance.",
+    )
+    p.add_argument(
+        "--backend",
+        nargs="+",
+        default=["torch", "interpret"],
+        choices=BACKENDS,
+        help="backends to check (default: torch interpret). 'interpret' runs the Triton kernels with "
+        "Triton's CPU interpreter (this command sets TRITON_INTERPRET=1 for it); 'triton' needs a "
+        "CUDA GPU",
+    )
+    p.add_argument(
+        "--precision",
+        nargs="+",
+        default=["fp32", "bf16"],
+        choices=FLOAT32_PRECISIONS,
+        help="precisions to check (default: fp32 bf16)",
+    )
     p.add_argument("--backward", action="store_true", help="also check the gradients of params and x")
     p.add_argument("--seed", type=int, default=0)
     _add_model_arguments(p, height=96, width=160, cell_size=32)
 
-    p = sub.add_parser("autotune", help="tune the kernels' launch configurations and cache the best",
-                       description="Time every launch configuration of the forward and backward kernels for these "
-                                   "shapes, print a table, and store the best in the autotuning cache "
-                                   "($ASAPNET_TRITON_CACHE) that later processes load automatically.")
-    p.add_argument("--backend", choices=["triton", "interpret"], default=None,
-                   help="triton (CUDA GPU; the default when one is present) or interpret (CPU, small shapes)")
+    p = sub.add_parser(
+        "autotune",
+        help="tune the kernels' launch configurations and cache the best",
+        description="Time every launch configuration of the forward and backward kernels for these "
+        "shapes, print a table, and store the best in the autotuning cache "
+        "($ASAPNET_TRITON_CACHE) that later processes load automatically.",
+    )
+    p.add_argument(
+        "--backend",
+        choices=["triton", "interpret"],
+        default=None,
+        help="triton (CUDA GPU; the default when one is present) or interpret (CPU, small shapes)",
+    )
     p.add_argument("--precision", choices=FLOAT32_PRECISIONS, default="bf16")
     p.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration on the CPU")
     _add_model_arguments(p, height=1024, width=2048, cell_size=64)
 
-    p = sub.add_parser("kernel-report", help="compile the kernels for GPUs and report their resources",
-                       description="Compile every kernel with every default configuration ahead of time (no GPU "
-                                   "needed) and report, per kernel x input x cell x precision x arch: registers, "
-                                   "spill bytes, shared memory, HMMA/HGMMA instruction counts, theoretical occupancy.")
+    p = sub.add_parser(
+        "kernel-report",
+        help="compile the kernels for GPUs and report their resources",
+        description="Compile every kernel with every default configuration ahead of time (no GPU "
+        "needed) and report, per kernel x input x cell x precision x arch: registers, "
+        "spill bytes, shared memory, HMMA/HGMMA instruction counts, theoretical occupancy.",
+    )
     p.add_argument("--arch", type=comma_list(str), default=["sm_80", "sm_90"], help="comma-separated, e.g. sm_80,sm_90")
-    p.add_argument("--precision", type=comma_list(str), default=["tf32", "bf16", "fp16", "fp32"],
-                   help=f"comma-separated, of {','.join(FLOAT32_PRECISIONS)}")
+    p.add_argument(
+        "--precision",
+        type=comma_list(str),
+        default=["tf32", "bf16", "fp16", "fp32"],
+        help=f"comma-separated, of {','.join(FLOAT32_PRECISIONS)}",
+    )
     p.add_argument("--cell-size", type=comma_list(int), default=[32, 64])
     p.add_argument("--num-classes", type=int, default=35)
     p.add_argument("--in-channels", type=int, default=3)
@@ -98,39 +131,69 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
 
     from .training.command import add_train_parser
+
     add_train_parser(sub)
 
-    p = sub.add_parser("translate", help="label maps (or images) to PNGs with a trained generator",
-                       description="Run a trained generator on each input file (a label map: single-channel PNG of "
-                                   "class indices; or an image, for image-input models) at its own size and write "
-                                   "OUT/<stem>.png. Inputs are never overwritten; existing outputs only with "
-                                   "--overwrite.")
+    p = sub.add_parser(
+        "translate",
+        help="label maps (or images) to PNGs with a trained generator",
+        description="Run a trained generator on each input file (a label map: single-channel PNG of "
+        "class indices; or an image, for image-input models) at its own size and write "
+        "OUT/<stem>.png. Inputs are never overwritten; existing outputs only with "
+        "--overwrite.",
+    )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="label-map (or image) files")
-    p.add_argument("--checkpoint", required=True, help="a checkpoint written by asapnet train (or, with --official, "
-                                                       "a latest_net_G.pth of the published implementation)")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="a checkpoint written by asapnet train (or, with --official, "
+        "a latest_net_G.pth of the published implementation)",
+    )
     p.add_argument("--out", required=True, help="folder for the outputs (created if missing)")
-    p.add_argument("--official", action="store_true",
-                   help="the checkpoint comes from the published ASAP-Net code (see at.load_official_checkpoint)")
+    p.add_argument(
+        "--official",
+        action="store_true",
+        help="the checkpoint comes from the published ASAP-Net code (see at.load_official_checkpoint)",
+    )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--backend", choices=BACKENDS, default=None,
-                   help="HR-stream backend (default: the checkpoint's, 'auto' for --official)")
-    p.add_argument("--precision", choices=FLOAT32_PRECISIONS, default=None,
-                   help="HR-stream precision (default: the checkpoint's, fp32 for --official)")
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="HR-stream backend (default: the checkpoint's, 'auto' for --official)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=FLOAT32_PRECISIONS,
+        default=None,
+        help="HR-stream precision (default: the checkpoint's, fp32 for --official)",
+    )
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
 
-    p = sub.add_parser("demo", help="train and evaluate a small ASAP-Net on embedded procedural facades",
-                       description="Build the embedded procedural facades dataset (CMP Facades classes; nothing is "
-                                   "downloaded), train a small ASAP-Net for a fixed time budget, translate held-out "
-                                   "label maps and write samples.png (label | generated | target), losses.png and "
-                                   "metrics.json; print PSNR/SSIM and the LR-/HR-stream timings.")
-    p.add_argument("--out", default=None, help="output folder, new or empty (default: the first of asapnet-demo, "
-                                               "asapnet-demo-1, ... that does not exist)")
+    p = sub.add_parser(
+        "demo",
+        help="train and evaluate a small ASAP-Net on embedded procedural facades",
+        description="Build the embedded procedural facades dataset (CMP Facades classes; nothing is "
+        "downloaded), train a small ASAP-Net for a fixed time budget, translate held-out "
+        "label maps and write samples.png (label | generated | target), losses.png and "
+        "metrics.json; print PSNR/SSIM and the LR-/HR-stream timings.",
+    )
+    p.add_argument(
+        "--out",
+        default=None,
+        help="output folder, new or empty (default: the first of asapnet-demo, "
+        "asapnet-demo-1, ... that does not exist)",
+    )
     p.add_argument("--time-budget", type=float, default=180.0, help="training seconds (default: 180)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps instead of the budget")
     p.add_argument("--crop-size", type=int, default=128, help="training and held-out image size (default: 128)")
     p.add_argument("--held-out", type=int, default=8, help="held-out label maps to translate (default: 8)")
-    p.add_argument("--timing-sizes", type=comma_list(resolution), default=[(128, 128), (1024, 1024)],
-                   help="image sizes HxW at which to time the LR and HR streams (default: 128x128,1024x1024)")
+    p.add_argument(
+        "--timing-sizes",
+        type=comma_list(resolution),
+        default=[(128, 128), (1024, 1024)],
+        help="image sizes HxW at which to time the LR and HR streams (default: 128x128,1024x1024)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -139,21 +202,41 @@ def _parser() -> argparse.ArgumentParser:
 def _compare(args) -> int:
     from .comparison import compare
 
-    rows = compare(args.height, args.width, cell_size=args.cell_size,
-                   num_classes=args.num_classes or None, in_channels=args.in_channels,
-                   out_channels=args.out_channels, hidden_width=args.hidden_width, depth=args.depth,
-                   batch=args.batch, backends=args.backend, precisions=args.precision, backward=args.backward,
-                   seed=args.seed)
+    rows = compare(
+        args.height,
+        args.width,
+        cell_size=args.cell_size,
+        num_classes=args.num_classes or None,
+        in_channels=args.in_channels,
+        out_channels=args.out_channels,
+        hidden_width=args.hidden_width,
+        depth=args.depth,
+        batch=args.batch,
+        backends=args.backend,
+        precisions=args.precision,
+        backward=args.backward,
+        seed=args.seed,
+    )
     return 0 if all(row["ok"] for row in rows) else 1
 
 
 def _autotune(args) -> int:
     from .tuning import autotune
 
-    autotune(args.height, args.width, cell_size=args.cell_size, num_classes=args.num_classes or None,
-             in_channels=args.in_channels, out_channels=args.out_channels, hidden_width=args.hidden_width,
-             depth=args.depth, precision=args.precision, batch=args.batch, kernels=args.kernels,
-             repeats=args.repeats)
+    autotune(
+        args.height,
+        args.width,
+        cell_size=args.cell_size,
+        num_classes=args.num_classes or None,
+        in_channels=args.in_channels,
+        out_channels=args.out_channels,
+        hidden_width=args.hidden_width,
+        depth=args.depth,
+        precision=args.precision,
+        batch=args.batch,
+        kernels=args.kernels,
+        repeats=args.repeats,
+    )
     return 0
 
 
@@ -169,26 +252,36 @@ def _kernel_report(args) -> int:
         if not arch.startswith("sm_") or not arch[3:].isdigit():
             raise SystemExit(f"asapnet kernel-report: --arch entries look like sm_80 or sm_90, got {arch!r}")
         archs.append(int(arch[3:]))
-    jobs = [(kernel, labels, cell, precision, arch)
-            for arch in archs for precision in args.precision for cell in args.cell_size
-            for labels in (True, False) for kernel in KERNELS]
+    jobs = [
+        (kernel, labels, cell, precision, arch)
+        for arch in archs
+        for precision in args.precision
+        for cell in args.cell_size
+        for labels in (True, False)
+        for kernel in KERNELS
+    ]
     rows = []
     for kernel, labels, cell, precision, arch in tqdm(jobs, desc="compiling", unit="kernel"):
-        shape = MLPShape(args.num_classes if labels else args.in_channels, cell,
-                         hidden_width=args.hidden_width, depth=args.depth)
+        shape = MLPShape(
+            args.num_classes if labels else args.in_channels, cell, hidden_width=args.hidden_width, depth=args.depth
+        )
         config = default_config(kernel, shape, labels=labels, precision=precision, arch=arch)
         row = kernel_resources(kernel, shape, labels=labels, precision=precision, config=config, arch=arch).as_dict()
         row.update(input=f"{args.num_classes} labels" if labels else f"{args.in_channels}-ch float", cell_size=cell)
         rows.append(row)
-    header = (f"{'kernel':<8} {'input':<11} {'cell':>4} {'prec':<5} {'arch':<5} {'block':>5} {'px/prog':>7} "
-              f"{'warps':>5} {'regs':>4} {'spill st/ld B':>13} {'smem KiB':>8} {'HMMA':>5} {'HGMMA':>5} {'occup':>5}")
+    header = (
+        f"{'kernel':<8} {'input':<11} {'cell':>4} {'prec':<5} {'arch':<5} {'block':>5} {'px/prog':>7} "
+        f"{'warps':>5} {'regs':>4} {'spill st/ld B':>13} {'smem KiB':>8} {'HMMA':>5} {'HGMMA':>5} {'occup':>5}"
+    )
     print(header)
     print("-" * len(header))
     for r in rows:
-        print(f"{r['kernel']:<8} {r['input']:<11} {r['cell_size']:>4} {r['precision']:<5} {'sm_' + str(r['arch']):<5} "
-              f"{r['block_pixels']:>5} {r['pixels_per_program']:>7} {r['num_warps']:>5} {r['registers']:>4} "
-              f"{str(r['spill_store_bytes']) + '/' + str(r['spill_load_bytes']):>13} "
-              f"{r['shared_memory_bytes'] / 1024:>8.1f} {r['hmma']:>5} {r['hgmma']:>5} {r['occupancy']:>5.2f}")
+        print(
+            f"{r['kernel']:<8} {r['input']:<11} {r['cell_size']:>4} {r['precision']:<5} {'sm_' + str(r['arch']):<5} "
+            f"{r['block_pixels']:>5} {r['pixels_per_program']:>7} {r['num_warps']:>5} {r['registers']:>4} "
+            f"{str(r['spill_store_bytes']) + '/' + str(r['spill_load_bytes']):>13} "
+            f"{r['shared_memory_bytes'] / 1024:>8.1f} {r['hmma']:>5} {r['hgmma']:>5} {r['occupancy']:>5.2f}"
+        )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -202,8 +295,9 @@ def _translate(args) -> int:
     if args.official:
         from .checkpoints import load_official_checkpoint
 
-        generator = load_official_checkpoint(args.checkpoint, precision=args.precision or "fp32",
-                                             backend=args.backend or "auto")
+        generator = load_official_checkpoint(
+            args.checkpoint, precision=args.precision or "fp32", backend=args.backend or "auto"
+        )
     else:
         from .training import load_generator
 
@@ -227,13 +321,22 @@ def _demo(args) -> int:
     from .demo import run_demo
 
     out = args.out if args.out is not None else _free_folder("asapnet-demo")
-    result = run_demo(out, time_budget_s=None if args.max_steps is not None else args.time_budget,
-                      max_steps=args.max_steps, crop_size=args.crop_size, held_out=args.held_out, seed=args.seed,
-                      timing_sizes=args.timing_sizes, progress=not args.no_progress)
+    result = run_demo(
+        out,
+        time_budget_s=None if args.max_steps is not None else args.time_budget,
+        max_steps=args.max_steps,
+        crop_size=args.crop_size,
+        held_out=args.held_out,
+        seed=args.seed,
+        timing_sizes=args.timing_sizes,
+        progress=not args.no_progress,
+    )
     print(result.summary())
     for size, timing in result.timings_ms.items():
-        print(f"one {size} image on this CPU ({torch.get_num_threads()} threads, fp32): LR stream "
-              f"{timing['lr_stream_ms']:.1f} ms, HR stream {timing['hr_stream_ms']:.1f} ms")
+        print(
+            f"one {size} image on this CPU ({torch.get_num_threads()} threads, fp32): LR stream "
+            f"{timing['lr_stream_ms']:.1f} ms, HR stream {timing['hr_stream_ms']:.1f} ms"
+        )
     print(f"wrote {out}/samples.png (label | generated | target), {out}/losses.png, {out}/metrics.json")
     return 0
 
@@ -253,8 +356,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         wants_interpreter = "interpret" in args.backend
         if wants_interpreter and "triton" in args.backend:
-            parser.error("--backend: 'triton' and 'interpret' cannot run in one process "
-                         "(Triton's interpreter is chosen when triton is first imported)")
+            parser.error(
+                "--backend: 'triton' and 'interpret' cannot run in one process "
+                "(Triton's interpreter is chosen when triton is first imported)"
+            )
     elif args.command == "autotune":
         wants_interpreter = args.backend == "interpret" or (args.backend is None and not _cuda_available())
     else:  # train, translate, demo: only an explicit --backend interpret
@@ -265,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_INTERPRET"] = "1"
     if args.command == "train":
         from .training.command import run_train
+
         return run_train(args)
     if args.command == "translate":
         return _translate(args)

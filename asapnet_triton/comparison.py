@@ -34,8 +34,9 @@ def _reference_results(x, params, grad_out, kwargs: dict, labels: bool, backward
     return _timed(reference, "cpu")
 
 
-def _backend_results(x, params, grad_out, kwargs: dict, labels: bool, backward: bool, backend: str,
-                     precision: str, device: str):
+def _backend_results(
+    x, params, grad_out, kwargs: dict, labels: bool, backward: bool, backend: str, precision: str, device: str
+):
     """(output, grad params, grad x or None) of ``pixelwise_mlp`` on ``backend``, and its seconds."""
 
     def run():
@@ -65,10 +66,23 @@ def _checks(results, reference, precision: str, backward: bool) -> list[tuple]:
     return checks
 
 
-def compare(height: int = 96, width: int = 160, *, cell_size: int = 32, num_classes: int | None = 35,
-            in_channels: int = 3, out_channels: int = 3, hidden_width: int = 64, depth: int = 5, batch: int = 1,
-            backends=("torch",), precisions=("fp32",), backward: bool = False, seed: int = 0,
-            printer=print) -> list[dict]:
+def compare(
+    height: int = 96,
+    width: int = 160,
+    *,
+    cell_size: int = 32,
+    num_classes: int | None = 35,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    hidden_width: int = 64,
+    depth: int = 5,
+    batch: int = 1,
+    backends=("torch",),
+    precisions=("fp32",),
+    backward: bool = False,
+    seed: int = 0,
+    printer=print,
+) -> list[dict]:
     """Run ``pixelwise_mlp`` on each backend and precision and the float64 einsum reference on the
     same random inputs; print and return one row per result (output, and with ``backward`` the
     gradients of params and of a float x) with its error, the precision's tolerance and times.
@@ -80,16 +94,21 @@ def compare(height: int = 96, width: int = 160, *, cell_size: int = 32, num_clas
     generator = torch.Generator().manual_seed(seed)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
     grad_out = torch.randn(batch, out_channels, height, width, generator=generator)
-    kwargs = dict(cell_size=cell_size, out_channels=out_channels, hidden_width=hidden_width, depth=depth,
-                  num_classes=num_classes)
+    kwargs = dict(
+        cell_size=cell_size, out_channels=out_channels, hidden_width=hidden_width, depth=depth, num_classes=num_classes
+    )
     inputs = (x, params, grad_out, kwargs, labels, backward)
 
     reference, ref_seconds = _reference_results(*inputs)
     what = f"{num_classes}-class labels" if labels else f"{in_channels}-channel input"
-    printer(f"pixelwise MLP {batch}x{height}x{width}, {what}, cell {cell_size}, {depth} layers x {hidden_width}; "
-            f"float64 einsum reference{' (forward + backward)' if backward else ''}: {ref_seconds * 1e3:.1f} ms")
-    header = (f"{'backend':<10} {'runs as':<10} {'precision':<9} {'result':<12} {'max abs err':>11} "
-              f"{'error':>9} {'norm':>4} {'tolerance':>9} {'time ms':>9}  verdict")
+    printer(
+        f"pixelwise MLP {batch}x{height}x{width}, {what}, cell {cell_size}, {depth} layers x {hidden_width}; "
+        f"float64 einsum reference{' (forward + backward)' if backward else ''}: {ref_seconds * 1e3:.1f} ms"
+    )
+    header = (
+        f"{'backend':<10} {'runs as':<10} {'precision':<9} {'result':<12} {'max abs err':>11} "
+        f"{'error':>9} {'norm':>4} {'tolerance':>9} {'time ms':>9}  verdict"
+    )
     printer(header)
     printer("-" * len(header))
     rows = []
@@ -107,8 +126,21 @@ def compare(height: int = 96, width: int = 160, *, cell_size: int = 32, num_clas
             for result, value, ref, error, norm, tol in _checks(results, reference, precision, backward):
                 max_abs = (value.cpu().double() - ref).abs().max().item()
                 ok = error <= tol
-                rows.append(base | dict(result=result, max_abs_error=max_abs, error=error, norm=norm, tolerance=tol,
-                                        seconds=seconds, reference_seconds=ref_seconds, ok=ok))
-                printer(f"{backend:<10} {resolved:<10} {precision:<9} {result:<12} {max_abs:>11.2e} {error:>9.2e} "
-                        f"{norm:>4} {tol:>9.0e} {seconds * 1e3:>9.1f}  {'ok' if ok else 'OUT OF TOLERANCE'}")
+                rows.append(
+                    base
+                    | dict(
+                        result=result,
+                        max_abs_error=max_abs,
+                        error=error,
+                        norm=norm,
+                        tolerance=tol,
+                        seconds=seconds,
+                        reference_seconds=ref_seconds,
+                        ok=ok,
+                    )
+                )
+                printer(
+                    f"{backend:<10} {resolved:<10} {precision:<9} {result:<12} {max_abs:>11.2e} {error:>9.2e} "
+                    f"{norm:>4} {tol:>9.0e} {seconds * 1e3:>9.1f}  {'ok' if ok else 'OUT OF TOLERANCE'}"
+                )
     return rows

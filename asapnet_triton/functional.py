@@ -35,8 +35,9 @@ def resolve_backend(backend: str, device: torch.device | str) -> str:
     return backend
 
 
-def _check_inputs(x, params, *, cell_size, out_channels, hidden_width, depth, num_classes,
-                  pos_encoding, precision) -> tuple[MLPShape, bool]:
+def _check_inputs(
+    x, params, *, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding, precision
+) -> tuple[MLPShape, bool]:
     """Validate the arguments of pixelwise_mlp; returns the MLP shape and whether x holds labels."""
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
@@ -48,13 +49,16 @@ def _check_inputs(x, params, *, cell_size, out_channels, hidden_width, depth, nu
             raise TypeError(f"x must be an integer label map (B, H, W) when num_classes is given, got dtype {x.dtype}")
         if x.dim() != 3:
             hint = " (squeeze the channel axis: x[:, 0])" if x.dim() == 4 and x.shape[1] == 1 else ""
-            raise ValueError(f"x must be a label map of shape (B, H, W) when num_classes is given, "
-                             f"got shape {tuple(x.shape)}{hint}")
+            raise ValueError(
+                f"x must be a label map of shape (B, H, W) when num_classes is given, got shape {tuple(x.shape)}{hint}"
+            )
         in_channels = num_classes
     else:
         if not x.dtype.is_floating_point:
-            raise TypeError(f"x must be a float tensor (B, C_in, H, W); got dtype {x.dtype} "
-                            f"(for an integer label map (B, H, W) pass num_classes)")
+            raise TypeError(
+                f"x must be a float tensor (B, C_in, H, W); got dtype {x.dtype} "
+                f"(for an integer label map (B, H, W) pass num_classes)"
+            )
         if x.dim() != 4:
             raise ValueError(f"x must have shape (B, C_in, H, W), got shape {tuple(x.shape)}")
         in_channels = x.shape[1]
@@ -71,12 +75,18 @@ def _check_inputs(x, params, *, cell_size, out_channels, hidden_width, depth, nu
         raise ValueError(f"x must have a non-empty batch and image, got shape {tuple(x.shape)}")
     expected = (batch, shape.param_count, *grid_size(height, width, cell_size))
     if tuple(params.shape) != expected:
-        what = ("batch size" if params.shape[0] != batch else
-                "parameter count P" if params.shape[1] != shape.param_count else "grid size (Hc, Wc)")
+        what = (
+            "batch size"
+            if params.shape[0] != batch
+            else "parameter count P"
+            if params.shape[1] != shape.param_count
+            else "grid size (Hc, Wc)"
+        )
         raise ValueError(
             f"params must have shape (B, P, Hc, Wc) = {expected} for x of shape {tuple(x.shape)}, "
             f"cell_size={cell_size} and this MLP (P = param_count(...) = {shape.param_count}, "
-            f"Hc, Wc = ceil(H / cell_size), ceil(W / cell_size)); got {tuple(params.shape)}: wrong {what}")
+            f"Hc, Wc = ceil(H / cell_size), ceil(W / cell_size)); got {tuple(params.shape)}: wrong {what}"
+        )
     check_precision(precision, params.dtype)
     return shape, labels
 
@@ -121,8 +131,16 @@ def pixelwise_mlp(
         "torch" backends save only their inputs and recompute activations in a fused backward.
     """
     shape, labels = _check_inputs(
-        x, params, cell_size=cell_size, out_channels=out_channels, hidden_width=hidden_width,
-        depth=depth, num_classes=num_classes, pos_encoding=pos_encoding, precision=precision)
+        x,
+        params,
+        cell_size=cell_size,
+        out_channels=out_channels,
+        hidden_width=hidden_width,
+        depth=depth,
+        num_classes=num_classes,
+        pos_encoding=pos_encoding,
+        precision=precision,
+    )
     name = resolve_backend(backend, x.device)
     if name == "reference":
         from .ops import check_label_range
@@ -131,18 +149,31 @@ def pixelwise_mlp(
         if labels:
             check_label_range(x, num_classes)
         return pixelwise_mlp_einsum(
-            x, params, cell_size=cell_size, out_channels=out_channels, hidden_width=hidden_width,
-            depth=depth, num_classes=num_classes, pos_encoding=pos_encoding, precision=precision)
+            x,
+            params,
+            cell_size=cell_size,
+            out_channels=out_channels,
+            hidden_width=hidden_width,
+            depth=depth,
+            num_classes=num_classes,
+            pos_encoding=pos_encoding,
+            precision=precision,
+        )
     if name in ("triton", "interpret"):
         from .kernels.pixelwise_mlp import interpreter_active
 
         if name == "triton" and interpreter_active():
-            raise RuntimeError("backend='triton' needs compiled kernels, but Triton's interpreter is active "
-                               "(TRITON_INTERPRET=1 was set when triton was imported); use backend='interpret'")
+            raise RuntimeError(
+                "backend='triton' needs compiled kernels, but Triton's interpreter is active "
+                "(TRITON_INTERPRET=1 was set when triton was imported); use backend='interpret'"
+            )
         if name == "interpret" and not interpreter_active():
-            raise RuntimeError("backend='interpret' needs TRITON_INTERPRET=1 in the environment before triton "
-                               "is first imported (e.g. `TRITON_INTERPRET=1 python ...`)")
+            raise RuntimeError(
+                "backend='interpret' needs TRITON_INTERPRET=1 in the environment before triton "
+                "is first imported (e.g. `TRITON_INTERPRET=1 python ...`)"
+            )
     from .ops import pixelwise_mlp_op
 
-    return pixelwise_mlp_op(x, params, cell_size, out_channels, hidden_width, depth, num_classes,
-                            pos_encoding, precision, name)
+    return pixelwise_mlp_op(
+        x, params, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding, precision, name
+    )

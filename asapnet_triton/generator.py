@@ -53,8 +53,9 @@ def tent_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     if factor == 1:
         return x
     if x.shape[-2] % factor or x.shape[-1] % factor:
-        raise ValueError(f"x must have a height and width that are multiples of factor={factor}, "
-                         f"got {tuple(x.shape[-2:])}")
+        raise ValueError(
+            f"x must have a height and width that are multiples of factor={factor}, got {tuple(x.shape[-2:])}"
+        )
     ramp = torch.arange(1, 2 * factor, 2, dtype=torch.float64)
     taps = torch.cat([ramp, ramp.flip(0)])
     taps = taps / taps.sum()
@@ -74,8 +75,16 @@ class LowResStream(nn.Module):
     "replicate" (the published ``--reflection_pad`` / ``--replicate_pad``).
     """
 
-    def __init__(self, in_channels: int, param_channels: int, *, lr_width: int = 64, lr_max_width: int = 1024,
-                 lr_depth: int = 7, padding: str = "zeros"):
+    def __init__(
+        self,
+        in_channels: int,
+        param_channels: int,
+        *,
+        lr_width: int = 64,
+        lr_max_width: int = 1024,
+        lr_depth: int = 7,
+        padding: str = "zeros",
+    ):
         super().__init__()
         if padding not in LR_PADDINGS:
             raise ValueError(f"padding must be one of {LR_PADDINGS}, got {padding!r}")
@@ -142,14 +151,30 @@ class ASAPNetGenerator(nn.Module):
     parameters contiguous.
     """
 
-    def __init__(self, in_channels: int, *, cell_size: int = 64, out_channels: int = 3, hidden_width: int = 64,
-                 depth: int = 5, lr_width: int = 64, lr_max_width: int = 1024, lr_depth: int = 7,
-                 label_input: bool = True, instance_edges: bool = False, precision: str = "fp32",
-                 backend: str = "auto", lr_padding: str = "zeros", lr_precision: str | None = None):
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        cell_size: int = 64,
+        out_channels: int = 3,
+        hidden_width: int = 64,
+        depth: int = 5,
+        lr_width: int = 64,
+        lr_max_width: int = 1024,
+        lr_depth: int = 7,
+        label_input: bool = True,
+        instance_edges: bool = False,
+        precision: str = "fp32",
+        backend: str = "auto",
+        lr_padding: str = "zeros",
+        lr_precision: str | None = None,
+    ):
         super().__init__()
         if cell_size < LR_DOWNSAMPLING or cell_size & (cell_size - 1):
-            raise ValueError(f"cell_size must be a power of two >= {LR_DOWNSAMPLING} (the LR stream downsamples "
-                             f"by {LR_DOWNSAMPLING} itself), got {cell_size}")
+            raise ValueError(
+                f"cell_size must be a power of two >= {LR_DOWNSAMPLING} (the LR stream downsamples "
+                f"by {LR_DOWNSAMPLING} itself), got {cell_size}"
+            )
         if precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
         if lr_precision is None:
@@ -163,11 +188,24 @@ class ASAPNetGenerator(nn.Module):
         self.instance_edges = instance_edges
         self.lr_precision = lr_precision
         self.input_downsampling = cell_size // LR_DOWNSAMPLING
-        self.lowres = LowResStream(in_channels + int(instance_edges), self.shape.param_count, lr_width=lr_width,
-                                   lr_max_width=lr_max_width, lr_depth=lr_depth, padding=lr_padding)
+        self.lowres = LowResStream(
+            in_channels + int(instance_edges),
+            self.shape.param_count,
+            lr_width=lr_width,
+            lr_max_width=lr_max_width,
+            lr_depth=lr_depth,
+            padding=lr_padding,
+        )
         self.lowres.to(memory_format=torch.channels_last)
-        self.highres = PixelwiseMLP(in_channels, cell_size=cell_size, out_channels=out_channels,
-                                    hidden_width=hidden_width, depth=depth, precision=precision, backend=backend)
+        self.highres = PixelwiseMLP(
+            in_channels,
+            cell_size=cell_size,
+            out_channels=out_channels,
+            hidden_width=hidden_width,
+            depth=depth,
+            precision=precision,
+            backend=backend,
+        )
 
     @property
     def precision(self) -> str:
@@ -188,16 +226,20 @@ class ASAPNetGenerator(nn.Module):
             features = x.to(dtype)
         if self.instance_edges:
             if edges is None or edges.shape != (x.shape[0], 1, *x.shape[-2:]):
-                raise ValueError(f"edges must have shape {(x.shape[0], 1, *x.shape[-2:])} for a generator built "
-                                 f"with instance_edges=True, got {None if edges is None else tuple(edges.shape)}")
+                raise ValueError(
+                    f"edges must have shape {(x.shape[0], 1, *x.shape[-2:])} for a generator built "
+                    f"with instance_edges=True, got {None if edges is None else tuple(edges.shape)}"
+                )
             features = torch.cat([features, edges.to(features.dtype)], dim=1)
         elif edges is not None:
             raise ValueError("edges given to a generator built with instance_edges=False")
         cell = self.shape.cell_size
         height, width = features.shape[-2:]
         if height <= cell and width <= cell:
-            raise ValueError(f"x must span more than one {cell}x{cell} cell (the LR stream's instance norms need "
-                             f"more than one element at its coarsest level), got {height}x{width}")
+            raise ValueError(
+                f"x must span more than one {cell}x{cell} cell (the LR stream's instance norms need "
+                f"more than one element at its coarsest level), got {height}x{width}"
+            )
         pad_h, pad_w = -height % cell, -width % cell
         if pad_h or pad_w:
             features = F.pad(features, (0, pad_w, 0, pad_h), mode="replicate")
@@ -212,12 +254,16 @@ class ASAPNetGenerator(nn.Module):
         device_type = features.device.type
         if not torch.amp.is_autocast_available(device_type):
             if autocast_dtype is not None:
-                raise ValueError(f"lr_precision={self.lr_precision!r} runs the LR stream under torch.autocast, which "
-                                 f"torch does not support on device type {device_type!r}; use lr_precision='fp32'")
+                raise ValueError(
+                    f"lr_precision={self.lr_precision!r} runs the LR stream under torch.autocast, which "
+                    f"torch does not support on device type {device_type!r}; use lr_precision='fp32'"
+                )
             params = self.lowres(features)  # no autocast region can be active on such a device
         else:
             # enabled=False also switches off an autocast region around the call: "fp32" means fp32
-            with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+            ):
                 params = self.lowres(features)
         return params.to(self.lowres.to_params.weight.dtype)
 

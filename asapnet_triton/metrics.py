@@ -31,8 +31,9 @@ def _as_batch(name: str, image: torch.Tensor) -> torch.Tensor:
 def _pair(prediction: torch.Tensor, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     prediction, target = _as_batch("prediction", prediction), _as_batch("target", target)
     if prediction.shape != target.shape:
-        raise ValueError(f"prediction and target must have the same shape, got {tuple(prediction.shape)} "
-                         f"and {tuple(target.shape)}")
+        raise ValueError(
+            f"prediction and target must have the same shape, got {tuple(prediction.shape)} and {tuple(target.shape)}"
+        )
     return prediction, target
 
 
@@ -40,12 +41,12 @@ def psnr(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
     """Peak signal-to-noise ratio in dB, per image: 10 log10(data_range^2 / MSE) (inf for equal images)."""
     prediction, target = _pair(prediction, target)
     mse = (prediction - target).pow(2).flatten(1).mean(1)
-    return 10 * torch.log10(data_range ** 2 / mse)
+    return 10 * torch.log10(data_range**2 / mse)
 
 
 def _gaussian_window(dtype: torch.dtype) -> torch.Tensor:
     offsets = torch.arange(SSIM_WINDOW, dtype=dtype) - (SSIM_WINDOW - 1) / 2
-    taps = torch.exp(-offsets ** 2 / (2 * SSIM_SIGMA ** 2))
+    taps = torch.exp(-(offsets**2) / (2 * SSIM_SIGMA**2))
     return taps / taps.sum()
 
 
@@ -64,9 +65,9 @@ def ssim(prediction: torch.Tensor, target: torch.Tensor, data_range: float = 1.0
         return F.conv2d(F.conv2d(image, rows, groups=channels), cols, groups=channels)
 
     mu_p, mu_t = local_mean(prediction), local_mean(target)
-    var_p = local_mean(prediction * prediction) - mu_p ** 2
-    var_t = local_mean(target * target) - mu_t ** 2
+    var_p = local_mean(prediction * prediction) - mu_p**2
+    var_t = local_mean(target * target) - mu_t**2
     cov = local_mean(prediction * target) - mu_p * mu_t
     c1, c2 = (SSIM_K1 * data_range) ** 2, (SSIM_K2 * data_range) ** 2
-    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p ** 2 + mu_t ** 2 + c1) * (var_p + var_t + c2))
+    ssim_map = ((2 * mu_p * mu_t + c1) * (2 * cov + c2)) / ((mu_p**2 + mu_t**2 + c1) * (var_p + var_t + c2))
     return ssim_map.flatten(1).mean(1)

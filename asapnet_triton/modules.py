@@ -21,9 +21,18 @@ class PixelwiseMLP(nn.Module):
     low-resolution stream. Returns (B, out_channels, H, W). See ``asapnet_triton.pixelwise_mlp``.
     """
 
-    def __init__(self, in_channels: int, *, cell_size: int, out_channels: int = 3,
-                 hidden_width: int = 64, depth: int = 5, pos_encoding: bool = True,
-                 precision: str = "fp32", backend: str = "auto"):
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        cell_size: int,
+        out_channels: int = 3,
+        hidden_width: int = 64,
+        depth: int = 5,
+        pos_encoding: bool = True,
+        precision: str = "fp32",
+        backend: str = "auto",
+    ):
         super().__init__()
         self.shape = MLPShape(in_channels, cell_size, out_channels, hidden_width, depth, pos_encoding)
         if precision not in PRECISIONS:
@@ -41,13 +50,22 @@ class PixelwiseMLP(nn.Module):
         s = self.shape
         labels = not x.dtype.is_floating_point
         return pixelwise_mlp(
-            x, params, cell_size=s.cell_size, out_channels=s.out_channels,
-            hidden_width=s.hidden_width, depth=s.depth,
-            num_classes=s.in_channels if labels else None, pos_encoding=s.pos_encoding,
-            precision=self.precision, backend=self.backend)
+            x,
+            params,
+            cell_size=s.cell_size,
+            out_channels=s.out_channels,
+            hidden_width=s.hidden_width,
+            depth=s.depth,
+            num_classes=s.in_channels if labels else None,
+            pos_encoding=s.pos_encoding,
+            precision=self.precision,
+            backend=self.backend,
+        )
 
     def extra_repr(self) -> str:
         s = self.shape
-        return (f"{s.in_channels}, cell_size={s.cell_size}, out_channels={s.out_channels}, "
-                f"hidden_width={s.hidden_width}, depth={s.depth}, pos_encoding={s.pos_encoding}, "
-                f"precision={self.precision!r}, backend={self.backend!r}, param_count={s.param_count}")
+        return (
+            f"{s.in_channels}, cell_size={s.cell_size}, out_channels={s.out_channels}, "
+            f"hidden_width={s.hidden_width}, depth={s.depth}, pos_encoding={s.pos_encoding}, "
+            f"precision={self.precision!r}, backend={self.backend!r}, param_count={s.param_count}"
+        )

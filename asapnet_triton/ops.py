@@ -27,19 +27,26 @@ def check_label_range(x: torch.Tensor, num_classes: int) -> None:
     """Raise ValueError when a label of ``x`` lies outside [0, num_classes)."""
     low, high = (int(v) for v in torch.aminmax(x))
     if low < 0 or high >= num_classes:
-        raise ValueError(f"x (labels) must lie in [0, num_classes) = [0, {num_classes}), "
-                         f"found values in [{low}, {high}]")
+        raise ValueError(
+            f"x (labels) must lie in [0, num_classes) = [0, {num_classes}), found values in [{low}, {high}]"
+        )
 
 
-def _launch_config(kernel: str, shape: MLPShape, labels: bool, precision: str, x: torch.Tensor,
-                   params: torch.Tensor):
+def _launch_config(kernel: str, shape: MLPShape, labels: bool, precision: str, x: torch.Tensor, params: torch.Tensor):
     """The launch configuration of a kernel launch for these inputs: tuned or the default."""
     from .kernels.pixelwise_mlp import interpreter_active
     from .tuning import chosen_config
 
-    config, _ = chosen_config(kernel, shape, labels=labels, precision=precision, params_dtype=params.dtype,
-                              pixels=params.shape[0] * x.shape[-2] * x.shape[-1], device=params.device,
-                              interpret=interpreter_active())
+    config, _ = chosen_config(
+        kernel,
+        shape,
+        labels=labels,
+        precision=precision,
+        params_dtype=params.dtype,
+        pixels=params.shape[0] * x.shape[-2] * x.shape[-1],
+        device=params.device,
+        interpret=interpreter_active(),
+    )
     return config
 
 
@@ -49,9 +56,18 @@ def _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_enc
 
 
 @torch.library.custom_op("asapnet_triton::pixelwise_mlp", mutates_args=())
-def pixelwise_mlp_op(x: torch.Tensor, params: torch.Tensor, cell_size: int, out_channels: int,
-                     hidden_width: int, depth: int, num_classes: int | None, pos_encoding: bool,
-                     precision: str, backend: str) -> torch.Tensor:
+def pixelwise_mlp_op(
+    x: torch.Tensor,
+    params: torch.Tensor,
+    cell_size: int,
+    out_channels: int,
+    hidden_width: int,
+    depth: int,
+    num_classes: int | None,
+    pos_encoding: bool,
+    precision: str,
+    backend: str,
+) -> torch.Tensor:
     """Forward of the resolved ``backend`` ("triton", "interpret" or "torch")."""
     shape = _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding)
     labels = num_classes is not None
@@ -75,24 +91,43 @@ def _(x, params, cell_size, out_channels, hidden_width, depth, num_classes, pos_
 
 
 @torch.library.custom_op("asapnet_triton::pixelwise_mlp_backward", mutates_args=())
-def pixelwise_mlp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, params: torch.Tensor,
-                              cell_size: int, out_channels: int, hidden_width: int, depth: int,
-                              num_classes: int | None, pos_encoding: bool, precision: str,
-                              backend: str, need_grad_x: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def pixelwise_mlp_backward_op(
+    grad_out: torch.Tensor,
+    x: torch.Tensor,
+    params: torch.Tensor,
+    cell_size: int,
+    out_channels: int,
+    hidden_width: int,
+    depth: int,
+    num_classes: int | None,
+    pos_encoding: bool,
+    precision: str,
+    backend: str,
+    need_grad_x: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(grad_x, grad_params); grad_x is an empty tensor unless ``need_grad_x`` (float x only)."""
     shape = _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding)
     labels = num_classes is not None
     if backend == "torch":
         from .torch_tiled import pixelwise_mlp_torch_backward
 
-        grad_x, grad_params = pixelwise_mlp_torch_backward(x, params, grad_out, shape, labels=labels,
-                                                           precision=precision, need_grad_x=need_grad_x and not labels)
+        grad_x, grad_params = pixelwise_mlp_torch_backward(
+            x, params, grad_out, shape, labels=labels, precision=precision, need_grad_x=need_grad_x and not labels
+        )
     elif backend in _KERNEL_BACKENDS:
         from .kernels.pixelwise_mlp import pixelwise_mlp_backward
 
         config = _launch_config("backward", shape, labels, precision, x, params)
-        grad_x, grad_params = pixelwise_mlp_backward(x, params, grad_out, shape, labels=labels, precision=precision,
-                                                     need_grad_x=need_grad_x and not labels, config=config)
+        grad_x, grad_params = pixelwise_mlp_backward(
+            x,
+            params,
+            grad_out,
+            shape,
+            labels=labels,
+            precision=precision,
+            need_grad_x=need_grad_x and not labels,
+            config=config,
+        )
     else:
         raise ValueError(f"backend must be 'triton', 'interpret' or 'torch' here, got {backend!r}")
     if grad_x is None:
@@ -101,8 +136,20 @@ def pixelwise_mlp_backward_op(grad_out: torch.Tensor, x: torch.Tensor, params: t
 
 
 @pixelwise_mlp_backward_op.register_fake
-def _(grad_out, x, params, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding,
-      precision, backend, need_grad_x):
+def _(
+    grad_out,
+    x,
+    params,
+    cell_size,
+    out_channels,
+    hidden_width,
+    depth,
+    num_classes,
+    pos_encoding,
+    precision,
+    backend,
+    need_grad_x,
+):
     grad_x = torch.empty_like(x) if need_grad_x and num_classes is None else x.new_empty((0,), dtype=torch.float32)
     return grad_x, torch.empty_like(params, memory_format=torch.contiguous_format)
 

@@ -26,37 +26,65 @@ __all__ = [
 ]
 
 
-def random_params(shape: MLPShape, batch: int, grid: tuple[int, int], *, dtype=torch.float32,
-                  device="cpu", generator: torch.Generator | None = None,
-                  channels_last: bool = False) -> torch.Tensor:
+def random_params(
+    shape: MLPShape,
+    batch: int,
+    grid: tuple[int, int],
+    *,
+    dtype=torch.float32,
+    device="cpu",
+    generator: torch.Generator | None = None,
+    channels_last: bool = False,
+) -> torch.Tensor:
     """A (batch, P, *grid) parameter grid like a trained network's: weights ~ N(0, 1 / fan_in),
     biases ~ N(0, 0.1^2), so activations stay O(1) through every layer."""
     rows, cols = grid
     params = torch.empty(batch, shape.param_count, rows, cols, dtype=torch.float64)
     for layer in shape.layers:
-        params[:, layer.bias_offset:layer.weight_offset] = 0.1 * torch.randn(
-            batch, layer.out_features, rows, cols, generator=generator, dtype=torch.float64)
-        params[:, layer.weight_offset:layer.end] = torch.randn(
-            batch, layer.in_features * layer.out_features, rows, cols, generator=generator,
-            dtype=torch.float64) / layer.in_features**0.5
+        params[:, layer.bias_offset : layer.weight_offset] = 0.1 * torch.randn(
+            batch, layer.out_features, rows, cols, generator=generator, dtype=torch.float64
+        )
+        params[:, layer.weight_offset : layer.end] = (
+            torch.randn(
+                batch, layer.in_features * layer.out_features, rows, cols, generator=generator, dtype=torch.float64
+            )
+            / layer.in_features**0.5
+        )
     params = params.to(device=device, dtype=dtype)
     if channels_last:
         params = params.contiguous(memory_format=torch.channels_last)
     return params
 
 
-def random_inputs(shape: MLPShape, batch: int, height: int, width: int, *, labels: bool = False,
-                  dtype=torch.float32, device="cpu", generator: torch.Generator | None = None,
-                  channels_last_params: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def random_inputs(
+    shape: MLPShape,
+    batch: int,
+    height: int,
+    width: int,
+    *,
+    labels: bool = False,
+    dtype=torch.float32,
+    device="cpu",
+    generator: torch.Generator | None = None,
+    channels_last_params: bool = True,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(x, params) for ``shape``: x ~ N(0, 1) floats (B, C_in, H, W), or uniform integer labels
     (B, H, W) in [0, C_in) as uint8 when ``labels``; params from :func:`random_params`."""
     if labels:
-        x = torch.randint(0, shape.in_channels, (batch, height, width), generator=generator,
-                          dtype=torch.int64).to(device=device, dtype=torch.uint8 if shape.in_channels <= 256 else torch.int64)
+        x = torch.randint(0, shape.in_channels, (batch, height, width), generator=generator, dtype=torch.int64).to(
+            device=device, dtype=torch.uint8 if shape.in_channels <= 256 else torch.int64
+        )
     else:
         x = torch.randn(batch, shape.in_channels, height, width, generator=generator).to(device=device, dtype=dtype)
-    params = random_params(shape, batch, grid_size(height, width, shape.cell_size), dtype=dtype,
-                           device=device, generator=generator, channels_last=channels_last_params)
+    params = random_params(
+        shape,
+        batch,
+        grid_size(height, width, shape.cell_size),
+        dtype=dtype,
+        device=device,
+        generator=generator,
+        channels_last=channels_last_params,
+    )
     return x, params
 
 
@@ -112,33 +140,40 @@ def implementations() -> list[str]:
 # Problem shapes the tests run every implementation on:
 # (batch, C_in or classes, H, W, cell, hidden, depth, out_channels, labels)
 MLP_CASES = [
-    (1, 3, 64, 64, 16, 64, 5, 3, False),    # multiples of the cell
-    (3, 3, 70, 45, 16, 64, 5, 3, False),    # non-multiples, batch 3, the default MLP
-    (2, 1, 37, 50, 8, 16, 2, 1, False),     # one input channel, narrowest, shallowest
-    (1, 40, 40, 72, 32, 32, 3, 4, False),   # many input channels, 4 outputs
-    (2, 12, 65, 33, 64, 64, 4, 3, True),    # labels, partial 64-cells
-    (1, 7, 20, 24, 8, 128, 6, 2, True),     # widest, deepest
-    (1, 35, 130, 70, 64, 64, 5, 3, True),   # the default model: 35 classes, cell 64
+    (1, 3, 64, 64, 16, 64, 5, 3, False),  # multiples of the cell
+    (3, 3, 70, 45, 16, 64, 5, 3, False),  # non-multiples, batch 3, the default MLP
+    (2, 1, 37, 50, 8, 16, 2, 1, False),  # one input channel, narrowest, shallowest
+    (1, 40, 40, 72, 32, 32, 3, 4, False),  # many input channels, 4 outputs
+    (2, 12, 65, 33, 64, 64, 4, 3, True),  # labels, partial 64-cells
+    (1, 7, 20, 24, 8, 128, 6, 2, True),  # widest, deepest
+    (1, 35, 130, 70, 64, 64, 5, 3, True),  # the default model: 35 classes, cell 64
 ]
 
 
 def mlp_kwargs(shape: MLPShape, labels: bool) -> dict:
     """The keyword arguments of ``pixelwise_mlp`` (and the references) that describe ``shape``."""
-    return dict(cell_size=shape.cell_size, out_channels=shape.out_channels, hidden_width=shape.hidden_width,
-                depth=shape.depth, num_classes=shape.in_channels if labels else None,
-                pos_encoding=shape.pos_encoding)
+    return dict(
+        cell_size=shape.cell_size,
+        out_channels=shape.out_channels,
+        hidden_width=shape.hidden_width,
+        depth=shape.depth,
+        num_classes=shape.in_channels if labels else None,
+        pos_encoding=shape.pos_encoding,
+    )
 
 
-def reference_output(x: torch.Tensor, params: torch.Tensor, shape: MLPShape, labels: bool,
-                     precision: str | None = None) -> torch.Tensor:
+def reference_output(
+    x: torch.Tensor, params: torch.Tensor, shape: MLPShape, labels: bool, precision: str | None = None
+) -> torch.Tensor:
     """The float64 einsum reference's output (operands rounded to ``precision`` when given)."""
     from .reference import pixelwise_mlp_einsum
 
     return pixelwise_mlp_einsum(x, params.double(), precision=precision, **mlp_kwargs(shape, labels))
 
 
-def reference_grads(x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tensor, shape: MLPShape,
-                    labels: bool) -> tuple[torch.Tensor | None, torch.Tensor]:
+def reference_grads(
+    x: torch.Tensor, params: torch.Tensor, grad_out: torch.Tensor, shape: MLPShape, labels: bool
+) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(grad_x or None for labels, grad_params) of sum(out * grad_out) through the float64 einsum
     reference under autograd."""
     from .reference import pixelwise_mlp_einsum

@@ -122,7 +122,9 @@ def _round_(t: torch.Tensor, precision: str) -> torch.Tensor:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
-def _cell_tiles(t: torch.Tensor, cell_size: int, grid: tuple[int, int], *, channels_first: bool = False) -> torch.Tensor:
+def _cell_tiles(
+    t: torch.Tensor, cell_size: int, grid: tuple[int, int], *, channels_first: bool = False
+) -> torch.Tensor:
     """(B, C, H, W) -> (B * Hc * Wc, cell_size**2, C), or (B * Hc * Wc, C, cell_size**2) when
     ``channels_first``; zero-padded at the bottom and right."""
     batch, channels, height, width = t.shape
@@ -155,8 +157,11 @@ class _Tiles:
         else:  # (cells, pixels, C_in), rounded once: x is only ever a product operand
             self.x = round_operand(_cell_tiles(x.to(self.compute), cell, grid), precision)
         self.params = params.permute(0, 2, 3, 1).reshape(self.num_cells, -1)  # free when channels-last
-        self.pe = (round_operand(cell_positional_encoding(cell, dtype=self.compute, device=self.device), precision)
-                   if shape.pe_channels else None)
+        self.pe = (
+            round_operand(cell_positional_encoding(cell, dtype=self.compute, device=self.device), precision)
+            if shape.pe_channels
+            else None
+        )
 
     def chunks(self):
         for start in range(0, self.num_cells, self.chunk):
@@ -173,10 +178,15 @@ class _Tiles:
     def weights(self, p: torch.Tensor):
         """Per layer (bias (n, 1, c_out), weight operand (n, c_in, c_out)) of a chunk's params."""
         n = p.shape[0]
-        return [(p[:, layer.bias_offset:layer.weight_offset].unsqueeze(1),
-                 round_operand(p[:, layer.weight_offset:layer.end].view(n, layer.in_features, layer.out_features),
-                               self.precision))
-                for layer in self.shape.layers]
+        return [
+            (
+                p[:, layer.bias_offset : layer.weight_offset].unsqueeze(1),
+                round_operand(
+                    p[:, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features), self.precision
+                ),
+            )
+            for layer in self.shape.layers
+        ]
 
     def label_rows(self, cells: slice) -> torch.Tensor:
         """(n * pixels,) index of each pixel's label row in the chunk's (n * C_in, ...) stack of
@@ -237,7 +247,7 @@ class _Tiles:
             channels = tiles.shape[-1]
             out = tiles.view(self.batch, self.rows, self.cols, cell, cell, channels).permute(0, 5, 1, 3, 2, 4)
         out = out.reshape(self.batch, channels, self.rows * cell, self.cols * cell)
-        return out[:, :, :self.height, :self.width]
+        return out[:, :, : self.height, : self.width]
 
 
 def _affine_(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -272,8 +282,10 @@ def _check_bf16_matmul(bf16_matmul: str, precision: str, device: torch.device, p
         return False
     supported = native_bf16_supported(device)
     if bf16_matmul == "native" and not supported:
-        raise RuntimeError(f"bf16_matmul='native' needs a CPU with oneDNN bf16 matmuls "
-                           f"(torch.ops.mkldnn._is_mkldnn_bf16_supported()); got device {device}")
+        raise RuntimeError(
+            f"bf16_matmul='native' needs a CPU with oneDNN bf16 matmuls "
+            f"(torch.ops.mkldnn._is_mkldnn_bf16_supported()); got device {device}"
+        )
     return supported and (bf16_matmul == "native" or pixels >= _NATIVE_BF16_MIN_PIXELS)
 
 
@@ -291,10 +303,16 @@ def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
         p = tiles.chunk_params(cells)
         n = p.shape[0]
         # per layer but the last: (fp32 bias (n, c_out), bf16 weight (n, c_out, c_in) as oneDNN wants)
-        layers = [(p[:, layer.bias_offset:layer.weight_offset],
-                   p[:, layer.weight_offset:layer.end].view(n, layer.in_features, layer.out_features)
-                   .to(torch.bfloat16).transpose(1, 2))
-                  for layer in shape.layers[:-1]]
+        layers = [
+            (
+                p[:, layer.bias_offset : layer.weight_offset],
+                p[:, layer.weight_offset : layer.end]
+                .view(n, layer.in_features, layer.out_features)
+                .to(torch.bfloat16)
+                .transpose(1, 2),
+            )
+            for layer in shape.layers[:-1]
+        ]
         chunk_features = features[:n]
         chunk_features[:, :, :c_in] = tiles.one_hot(cells, torch.bfloat16) if tiles.labels else tiles.x[cells]
         for cell in range(n):
@@ -302,8 +320,8 @@ def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
             for bias, weight in layers:
                 h = linear(h, weight[cell], bias[cell], "leaky_relu", [_NEGATIVE_SLOPE], "")
             hidden[cell] = h
-        b_last = p[:, last.bias_offset:last.weight_offset].unsqueeze(1)
-        w_last = round_operand(p[:, last.weight_offset:last.end].view(n, last.in_features, last.out_features), "bf16")
+        b_last = p[:, last.bias_offset : last.weight_offset].unsqueeze(1)
+        w_last = round_operand(p[:, last.weight_offset : last.end].view(n, last.in_features, last.out_features), "bf16")
         _affine_transposed_(out[cells], hidden[:n], w_last, b_last).tanh_()
 
 
@@ -359,8 +377,11 @@ def pixelwise_mlp_torch_backward(
     dy_tiles = _cell_tiles(grad_out.to(tiles.compute), shape.cell_size, (tiles.rows, tiles.cols), channels_first=True)
     grad_params = torch.empty(tiles.num_cells, shape.param_count, dtype=tiles.compute, device=params.device)
     need_grad_x = need_grad_x and not labels
-    grad_x = (torch.empty(tiles.num_cells, tiles.pixels, shape.in_channels, dtype=tiles.compute, device=x.device)
-              if need_grad_x else None)
+    grad_x = (
+        torch.empty(tiles.num_cells, tiles.pixels, shape.in_channels, dtype=tiles.compute, device=x.device)
+        if need_grad_x
+        else None
+    )
     c_in = shape.in_channels
     activations = [tiles.buffer(shape.hidden_width) for _ in range(shape.depth - 1)]
     operand = tiles.buffer(shape.hidden_width) if precision not in ("fp32", "fp64") else None
@@ -376,23 +397,23 @@ def pixelwise_mlp_torch_backward(
         # last layer: (n, C_out, pixels), through tanh, in y's buffer
         dz = y.mul_(y).neg_().add_(1).mul_(dy_tiles[cells])
         last = shape.layers[-1]
-        torch.sum(dz, 2, out=grad_params[cells, last.bias_offset:last.weight_offset])
+        torch.sum(dz, 2, out=grad_params[cells, last.bias_offset : last.weight_offset])
         dz = _round_(dz, precision).transpose(1, 2)  # the bias gradient above sums the unrounded dz
         for index in range(len(weights) - 1, 0, -1):  # last layer down to the second
             layer = shape.layers[index]
             if index < len(weights) - 1:
-                torch.sum(dz, 1, out=grad_params[cells, layer.bias_offset:layer.weight_offset])
+                torch.sum(dz, 1, out=grad_params[cells, layer.bias_offset : layer.weight_offset])
                 dz = _round_(dz, precision)
             a_prev = acts[index - 1]  # unrounded: its signs give the leaky-ReLU slopes below
-            grad_w = grad_params[cells, layer.weight_offset:layer.end].view(n, layer.in_features, layer.out_features)
+            grad_w = grad_params[cells, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features)
             _bmm_into(grad_w, tiles.operand(a_prev, None if operand is None else operand[:n]).transpose(1, 2), dz)
             da = torch.bmm(dz, weights[index][1].transpose(1, 2), out=upstream[index % 2][:n])
             dz = torch.ops.aten.leaky_relu_backward.grad_input(da, a_prev, _NEGATIVE_SLOPE, True, grad_input=da)
         # first layer: input rows (for labels the one-hot scatter-add), then encoding rows
         first = shape.layers[0]
-        torch.sum(dz, 1, out=grad_params[cells, first.bias_offset:first.weight_offset])
+        torch.sum(dz, 1, out=grad_params[cells, first.bias_offset : first.weight_offset])
         dz = _round_(dz, precision)
-        grad_w0 = grad_params[cells, first.weight_offset:first.end].view(n, first.in_features, -1)
+        grad_w0 = grad_params[cells, first.weight_offset : first.end].view(n, first.in_features, -1)
         if labels and dz.device.type == "cpu":
             # the label rows' scatter-add; CPU index_add_ adds in index order (deterministic) and
             # runs 3x faster than the one-hot product used elsewhere

@@ -24,8 +24,9 @@ def read_label_map(path: str | os.PathLike, num_classes: int) -> torch.Tensor:
     labels = read_index_map(Path(path), "label map")
     top = int(labels.max())
     if top >= num_classes or labels.min() < 0:
-        raise ValueError(f"{path}: label values must lie in [0, {num_classes}) for this model, found "
-                         f"{int(labels.min())}..{top}")
+        raise ValueError(
+            f"{path}: label values must lie in [0, {num_classes}) for this model, found {int(labels.min())}..{top}"
+        )
     return torch.from_numpy(labels)
 
 
@@ -37,8 +38,9 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
     return image_to_tensor(read_photo(Path(path)))
 
 
-def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu", overwrite: bool = False,
-              progress: bool = True) -> list[Path]:
+def translate(
+    generator, inputs, out_dir, *, device: str | torch.device = "cpu", overwrite: bool = False, progress: bool = True
+) -> list[Path]:
     """Run ``generator`` (an ``ASAPNetGenerator``) on every file of ``inputs`` and write
     ``out_dir/<stem>.png``; returns the paths written.
 
@@ -52,8 +54,10 @@ def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu",
     from .fileio import image_to_uint8, save_png
 
     if getattr(generator, "instance_edges", False):
-        raise ValueError("this generator was trained with instance edges; translate takes label maps only, "
-                         "call the generator directly with edges=")
+        raise ValueError(
+            "this generator was trained with instance edges; translate takes label maps only, "
+            "call the generator directly with edges="
+        )
     inputs = [Path(p) for p in inputs]
     if not inputs:
         raise ValueError("inputs: expected at least one file, got none")
@@ -82,7 +86,8 @@ def translate(generator, inputs, out_dir, *, device: str | torch.device = "cpu",
             else:
                 x = read_image(path).unsqueeze(0)
                 if x.shape[1] != num_classes:
-                    raise ValueError(f"{path}: this generator takes {num_classes}-channel images, "
-                                     f"translate reads RGB (3 channels)")
+                    raise ValueError(
+                        f"{path}: this generator takes {num_classes}-channel images, translate reads RGB (3 channels)"
+                    )
             save_png(image_to_uint8(generator(x.to(device))[0]), output)
     return outputs

@@ -81,15 +81,27 @@ def pixel_bucket(pixels: int) -> int:
     return 1 << max(0, round(math.log2(max(pixels, 1))))
 
 
-def tuning_key(kernel: str, shape: MLPShape, *, labels: bool, precision: str, params_dtype: torch.dtype,
-               pixels: int, device: str) -> str:
+def tuning_key(
+    kernel: str, shape: MLPShape, *, labels: bool, precision: str, params_dtype: torch.dtype, pixels: int, device: str
+) -> str:
     """The cache key: everything that changes the best launch configuration."""
     check_kernel(kernel)
     source = f"classes={shape.in_channels}" if labels else f"in={shape.in_channels}"
-    return "|".join([kernel, source, f"hidden={shape.hidden_width}", f"depth={shape.depth}",
-                     f"out={shape.out_channels}", f"cell={shape.cell_size}", f"pe={int(shape.pos_encoding)}",
-                     f"precision={precision}", f"dtype={str(params_dtype).removeprefix('torch.')}",
-                     f"pixels~{pixel_bucket(pixels)}", f"device={device}"])
+    return "|".join(
+        [
+            kernel,
+            source,
+            f"hidden={shape.hidden_width}",
+            f"depth={shape.depth}",
+            f"out={shape.out_channels}",
+            f"cell={shape.cell_size}",
+            f"pe={int(shape.pos_encoding)}",
+            f"precision={precision}",
+            f"dtype={str(params_dtype).removeprefix('torch.')}",
+            f"pixels~{pixel_bucket(pixels)}",
+            f"device={device}",
+        ]
+    )
 
 
 # ---- the configuration space ----------------------------------------------------------------
@@ -121,8 +133,9 @@ def _shared_limit() -> int:
     return _DEFAULT_SHARED_BYTES
 
 
-def config_space(kernel: str, shape: MLPShape, precision: str, *, labels: bool = True, interpret: bool = False,
-                 arch: int = 90) -> list[LaunchConfig]:
+def config_space(
+    kernel: str, shape: MLPShape, precision: str, *, labels: bool = True, interpret: bool = False, arch: int = 90
+) -> list[LaunchConfig]:
     """The launch configurations worth timing for ``kernel`` (the default among them), pruned of
     those whose resident weights exceed the shared memory or whose live tiles exceed the registers
     (estimates)."""
@@ -141,8 +154,9 @@ def config_space(kernel: str, shape: MLPShape, precision: str, *, labels: bool =
                         continue
                     config = LaunchConfig(block, pixels, num_warps, num_stages).fitted(shape.cell_size)
                     if not interpret and (
-                            _estimated_shared_bytes(shape, precision) > _shared_limit()
-                            or _estimated_registers(kernel, shape, config) > _MAX_REGISTERS):
+                        _estimated_shared_bytes(shape, precision) > _shared_limit()
+                        or _estimated_registers(kernel, shape, config) > _MAX_REGISTERS
+                    ):
                         continue
                     space.add(config)
     return sorted(space, key=lambda c: (c.block_pixels, c.pixels_per_program, c.num_warps, c.num_stages))
@@ -161,16 +175,20 @@ def _read_cache(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
         if not isinstance(data, dict) or data.get("version") != _CACHE_VERSION:
-            raise ValueError(f"version {data.get('version') if isinstance(data, dict) else None!r}, "
-                             f"expected {_CACHE_VERSION}")
+            raise ValueError(
+                f"version {data.get('version') if isinstance(data, dict) else None!r}, expected {_CACHE_VERSION}"
+            )
         entries = data["entries"]
         if not isinstance(entries, dict):
             raise ValueError("'entries' is not an object")
         return entries
     except (OSError, ValueError, KeyError, TypeError) as error:
-        warnings.warn(f"ignoring the autotuning cache {path}: unreadable or stale ({error}); "
-                      f"default launch configurations are used until `asapnet autotune` rewrites it",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn(
+            f"ignoring the autotuning cache {path}: unreadable or stale ({error}); "
+            f"default launch configurations are used until `asapnet autotune` rewrites it",
+            RuntimeWarning,
+            stacklevel=3,
+        )
         return {}
 
 
@@ -188,24 +206,42 @@ def _write_cache(entries: dict) -> Path:
     return atomic_write_text(cache_path(), text)
 
 
-def chosen_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str, params_dtype: torch.dtype,
-                  pixels: int, device: torch.device | str, interpret: bool) -> tuple[LaunchConfig, str]:
+def chosen_config(
+    kernel: str,
+    shape: MLPShape,
+    *,
+    labels: bool,
+    precision: str,
+    params_dtype: torch.dtype,
+    pixels: int,
+    device: torch.device | str,
+    interpret: bool,
+) -> tuple[LaunchConfig, str]:
     """(config, where it came from) for a launch without an explicit config: "tuned" (from the
     cache), "default", or "default (tuning disabled)". The custom op asks this before every launch."""
-    default = default_config(kernel, shape, labels=labels, precision=precision, interpret=interpret,
-                             arch=device_arch(device))
+    default = default_config(
+        kernel, shape, labels=labels, precision=precision, interpret=interpret, arch=device_arch(device)
+    )
     if not tuning_enabled():
         return default, f"default ({DISABLE_ENV}=0)"
-    key = tuning_key(kernel, shape, labels=labels, precision=precision, params_dtype=params_dtype,
-                     pixels=pixels, device=device_name(device))
+    key = tuning_key(
+        kernel,
+        shape,
+        labels=labels,
+        precision=precision,
+        params_dtype=params_dtype,
+        pixels=pixels,
+        device=device_name(device),
+    )
     entry = _entries().get(key)
     if entry is None:
         return default, "default"
     try:
         return LaunchConfig(**entry["config"]).fitted(shape.cell_size), "tuned"
     except (KeyError, TypeError, ValueError) as error:
-        warnings.warn(f"ignoring the stale autotuning entry {key!r} in {cache_path()}: {error}",
-                      RuntimeWarning, stacklevel=2)
+        warnings.warn(
+            f"ignoring the stale autotuning entry {key!r} in {cache_path()}: {error}", RuntimeWarning, stacklevel=2
+        )
         return default, "default"
 
 
@@ -228,14 +264,17 @@ def _tuning_device(device: str | None) -> tuple[torch.device, bool]:
     interpret = interpreter_active()
     device = torch.device(device if device is not None else "cpu" if interpret else "cuda")
     if interpret != (device.type == "cpu"):
-        raise RuntimeError("autotune needs a CUDA device for the compiled kernels, or Triton's interpreter "
-                           f"(TRITON_INTERPRET=1) for device='cpu'; got device={device} with the interpreter "
-                           f"{'on' if interpret else 'off'}")
+        raise RuntimeError(
+            "autotune needs a CUDA device for the compiled kernels, or Triton's interpreter "
+            f"(TRITON_INTERPRET=1) for device='cpu'; got device={device} with the interpreter "
+            f"{'on' if interpret else 'off'}"
+        )
     return device, interpret
 
 
-def _time_configs(kernel: str, space: list[LaunchConfig], launch, timer, *, progress: bool,
-                  printer) -> list[tuple[float, LaunchConfig]]:
+def _time_configs(
+    kernel: str, space: list[LaunchConfig], launch, timer, *, progress: bool, printer
+) -> list[tuple[float, LaunchConfig]]:
     """(seconds, config) of every configuration of ``space`` that runs; ``launch(config)`` runs
     the kernel once."""
     iterator = space
@@ -259,8 +298,10 @@ def _print_timings(kernel: str, key: str, timings: list[tuple[float, LaunchConfi
     printer(f"{kernel}: {key}")
     printer(f"  {'block':>5} {'pixels/prog':>11} {'warps':>5} {'stages':>6} {'median ms':>10} {'vs best':>8}")
     for seconds, config in sorted(timings, key=lambda t: t[0]):
-        printer(f"  {config.block_pixels:>5} {config.pixels_per_program:>11} {config.num_warps:>5} "
-                f"{config.num_stages:>6} {seconds * 1e3:>10.3f} {seconds / best_seconds:>8.2f}x")
+        printer(
+            f"  {config.block_pixels:>5} {config.pixels_per_program:>11} {config.num_warps:>5} "
+            f"{config.num_stages:>6} {seconds * 1e3:>10.3f} {seconds / best_seconds:>8.2f}x"
+        )
 
 
 def _store_best(entries: dict) -> Path:
@@ -271,10 +312,25 @@ def _store_best(entries: dict) -> Path:
     return path
 
 
-def autotune(height: int, width: int, *, cell_size: int, num_classes: int | None = None, in_channels: int = 3,
-             out_channels: int = 3, hidden_width: int = 64, depth: int = 5, pos_encoding: bool = True,
-             precision: str = "bf16", batch: int = 1, kernels=KERNELS, repeats: int = 3,
-             device: str | None = None, progress: bool = True, printer=print) -> list[dict]:
+def autotune(
+    height: int,
+    width: int,
+    *,
+    cell_size: int,
+    num_classes: int | None = None,
+    in_channels: int = 3,
+    out_channels: int = 3,
+    hidden_width: int = 64,
+    depth: int = 5,
+    pos_encoding: bool = True,
+    precision: str = "bf16",
+    batch: int = 1,
+    kernels=KERNELS,
+    repeats: int = 3,
+    device: str | None = None,
+    progress: bool = True,
+    printer=print,
+) -> list[dict]:
     """Time every configuration of ``kernels`` for these shapes, print a table, and store the best
     per kernel in the cache. Returns one row per kernel and configuration
     (kernel, key, config, seconds, relative to the best).
@@ -290,35 +346,43 @@ def autotune(height: int, width: int, *, cell_size: int, num_classes: int | None
         if name not in KERNELS:
             raise ValueError(f"kernels must be a subset of {KERNELS}, got {name!r}")
     labels = num_classes is not None
-    shape = MLPShape(num_classes if labels else in_channels, cell_size, out_channels, hidden_width, depth,
-                     pos_encoding)
+    shape = MLPShape(num_classes if labels else in_channels, cell_size, out_channels, hidden_width, depth, pos_encoding)
     generator = torch.Generator().manual_seed(0)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
     x, params = x.to(device), params.to(device)
     grad_out = torch.randn(batch, out_channels, height, width, generator=generator).to(device)
     launchers = {
-        "forward": lambda config: pixelwise_mlp_forward(x, params, shape, labels=labels, precision=precision,
-                                                        config=config),
-        "backward": lambda config: pixelwise_mlp_backward(x, params, grad_out, shape, labels=labels,
-                                                          precision=precision, need_grad_x=not labels,
-                                                          config=config),
+        "forward": lambda config: pixelwise_mlp_forward(
+            x, params, shape, labels=labels, precision=precision, config=config
+        ),
+        "backward": lambda config: pixelwise_mlp_backward(
+            x, params, grad_out, shape, labels=labels, precision=precision, need_grad_x=not labels, config=config
+        ),
     }
     timer = _timer(device, repeats)
     rows = []
     entries = dict(_entries())
     for kernel in kernels:
         space = config_space(kernel, shape, precision, labels=labels, interpret=interpret, arch=device_arch(device))
-        key = tuning_key(kernel, shape, labels=labels, precision=precision, params_dtype=params.dtype,
-                         pixels=batch * height * width, device=device_name(device))
+        key = tuning_key(
+            kernel,
+            shape,
+            labels=labels,
+            precision=precision,
+            params_dtype=params.dtype,
+            pixels=batch * height * width,
+            device=device_name(device),
+        )
         timings = _time_configs(kernel, space, launchers[kernel], timer, progress=progress, printer=printer)
         if not timings:
             raise RuntimeError(f"no configuration of the {kernel} kernel could run for {key}")
         _print_timings(kernel, key, timings, printer)
         best_seconds, best = min(timings, key=lambda t: t[0])
-        rows += [dict(kernel=kernel, key=key, config=asdict(config), seconds=seconds, relative=seconds / best_seconds)
-                 for seconds, config in sorted(timings, key=lambda t: t[0])]
-        entries[key] = {"config": asdict(best), "seconds": best_seconds,
-                        "tuned": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        rows += [
+            dict(kernel=kernel, key=key, config=asdict(config), seconds=seconds, relative=seconds / best_seconds)
+            for seconds, config in sorted(timings, key=lambda t: t[0])
+        ]
+        entries[key] = {"config": asdict(best), "seconds": best_seconds, "tuned": time.strftime("%Y-%m-%dT%H:%M:%S")}
     path = _store_best(entries)
     printer(f"best configurations saved to {path}")
     return rows

@@ -34,14 +34,21 @@ def machine_name() -> str:
 
 
 def machine_description() -> dict:
-    info = {"name": machine_name(), "platform": platform.platform(), "cpus": os.cpu_count(),
-            "python": platform.python_version()}
+    info = {
+        "name": machine_name(),
+        "platform": platform.platform(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+    }
     try:
         import torch
         import triton
 
-        info |= {"torch": torch.__version__, "triton": triton.__version__,
-                 "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+        info |= {
+            "torch": torch.__version__,
+            "triton": triton.__version__,
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        }
     except ImportError:
         pass
     return info

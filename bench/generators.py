@@ -55,9 +55,11 @@ METHODS = (ASAP, "pix2pixHD", "SPADE", "CRN", "CC-FPSE", "SIMS")
 DEFAULT_RESOLUTIONS = ("256x512", "512x1024", "1024x1024", "1024x2048")
 NUM_CLASSES = 35
 LR_DOWNSAMPLING = 16  # ASAP-Net's published rule: cell size = input height / 16
-PAPER_NOTE = ("The paper (Rott Shaham et al., CVPR 2021; NVIDIA GeForce RTX 2080 Ti) reports ASAP-Net 2-18x faster "
-              "than these baselines depending on resolution, e.g. SPADE at 359 ms for 1024x1024 (as quoted in the "
-              "issue).")
+PAPER_NOTE = (
+    "The paper (Rott Shaham et al., CVPR 2021; NVIDIA GeForce RTX 2080 Ti) reports ASAP-Net 2-18x faster "
+    "than these baselines depending on resolution, e.g. SPADE at 359 ms for 1024x1024 (as quoted in the "
+    "issue)."
+)
 
 
 def _methods(text: str) -> list[str]:
@@ -84,8 +86,9 @@ class Method:
         self.name, self.height, self.width, self.precision = name, height, width, precision
 
     def build(self, device):
-        import asapnet_triton as at
         from baselines import BASELINES
+
+        import asapnet_triton as at
 
         if self.name == ASAP:
             hr_precision = "bf16" if self.precision == "bf16" else "fp32"
@@ -118,9 +121,12 @@ class Method:
         if self.name == ASAP:
             # the HR stream is no conv module: its per-pixel MLPs, counted from their shape
             flops += model.shape.flops_per_pixel(label_input=True) * self.height * self.width
-        return {"params": parameter_count(model), "flops": flops,
-                "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
-                "peak_activation_bytes": peak_activation_bytes(traced, *inputs)}
+        return {
+            "params": parameter_count(model),
+            "flops": flops,
+            "param_bytes": sum(p.numel() * p.element_size() for p in model.parameters()),
+            "peak_activation_bytes": peak_activation_bytes(traced, *inputs),
+        }
 
     def context(self, precision: str, device):
         """What the timed call runs under: autocast to bf16 for a baseline in bf16; nothing for
@@ -167,9 +173,8 @@ def timed_call(model, inputs, device, context):
 
 
 def run(args) -> dict:
-    from tqdm import tqdm
-
     from baselines import BASELINES
+    from tqdm import tqdm
 
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -190,9 +195,18 @@ def run(args) -> dict:
         entries: dict[str, dict] = {}
         live: dict[str, tuple] = {}
         for method in methods:
-            row = {"resolution": resolution, "height": height, "width": width, "megapixels": height * width / 1e6,
-                   "method": method.name, "precision": args.precision, "status": "ok", "reason": None,
-                   "times_s": [], "median_s": None}
+            row = {
+                "resolution": resolution,
+                "height": height,
+                "width": width,
+                "megapixels": height * width / 1e6,
+                "method": method.name,
+                "precision": args.precision,
+                "status": "ok",
+                "reason": None,
+                "times_s": [],
+                "median_s": None,
+            }
             if method.name == ASAP:
                 row["cell_size"] = asap_cell_size(height)
             else:
@@ -206,17 +220,22 @@ def run(args) -> dict:
                 progress.update(args.warmup + repeats)
                 continue
             if method.name in too_slow:
-                row |= {"status": "skipped", "reason": f"exceeded --max-seconds {args.max_seconds} at {too_slow[method.name]}"}
+                row |= {
+                    "status": "skipped",
+                    "reason": f"exceeded --max-seconds {args.max_seconds} at {too_slow[method.name]}",
+                }
                 progress.update(args.warmup + repeats)
                 continue
             need = row["param_bytes"] + args.memory_margin * row["peak_activation_bytes"]
             free = available_bytes(device)
             if need > args.memory_fraction * free:
-                row |= {"status": "skipped",
-                        "reason": f"memory: needs ~{need / 2**30:.1f} GiB (parameters {row['param_bytes'] / 2**30:.1f} + "
-                                  f"{args.memory_margin} x estimated peak activations "
-                                  f"{row['peak_activation_bytes'] / 2**30:.1f}), {args.memory_fraction} x available "
-                                  f"{free / 2**30:.1f} GiB"}
+                row |= {
+                    "status": "skipped",
+                    "reason": f"memory: needs ~{need / 2**30:.1f} GiB (parameters {row['param_bytes'] / 2**30:.1f} + "
+                    f"{args.memory_margin} x estimated peak activations "
+                    f"{row['peak_activation_bytes'] / 2**30:.1f}), {args.memory_fraction} x available "
+                    f"{free / 2**30:.1f} GiB",
+                }
                 progress.update(args.warmup + repeats)
                 continue
             torch.manual_seed(args.seed)
@@ -250,7 +269,9 @@ def run(args) -> dict:
                 stop(name, f"memory: out of memory during the call ({str(error).splitlines()[0]})")
                 return
             if tuple(output.shape) != (1, 3, height, width):
-                raise RuntimeError(f"{name} at {resolution} returned shape {tuple(output.shape)}, expected (1, 3, {height}, {width})")
+                raise RuntimeError(
+                    f"{name} at {resolution} returned shape {tuple(output.shape)}, expected (1, 3, {height}, {width})"
+                )
             del output
             calls[name] += 1
             progress.update(1)
@@ -288,14 +309,24 @@ def payload(args, rows, repeats, device, complete: bool) -> dict:
     return {
         "command": "python bench/generators.py " + " ".join(args.argv),
         "complete": complete,
-        "config": {"resolutions": [f"{h}x{w}" for h, w in args.resolutions], "methods": args.methods,
-                   "repeats": repeats, "warmup": args.warmup, "precision": args.precision, "device": str(device),
-                   "max_seconds": args.max_seconds, "memory_fraction": args.memory_fraction,
-                   "memory_margin": args.memory_margin, "seed": args.seed, "num_classes": NUM_CLASSES, "batch": 1,
-                   "threads": torch.get_num_threads()},
+        "config": {
+            "resolutions": [f"{h}x{w}" for h, w in args.resolutions],
+            "methods": args.methods,
+            "repeats": repeats,
+            "warmup": args.warmup,
+            "precision": args.precision,
+            "device": str(device),
+            "max_seconds": args.max_seconds,
+            "memory_fraction": args.memory_fraction,
+            "memory_margin": args.memory_margin,
+            "seed": args.seed,
+            "num_classes": NUM_CLASSES,
+            "batch": 1,
+            "threads": torch.get_num_threads(),
+        },
         "flops_convention": "2 x multiply-accumulates of conv, transposed-conv and linear layers (and CC-FPSE's "
-                            "per-pixel depthwise convs); ASAP-Net: LR-stream convs + MLPShape.flops_per_pixel("
-                            "label_input=True) x pixels",
+        "per-pixel depthwise convs); ASAP-Net: LR-stream convs + MLPShape.flops_per_pixel("
+        "label_input=True) x pixels",
         "paper": PAPER_NOTE,
         "results": rows,
     }
@@ -309,9 +340,11 @@ def write_results(args, rows, repeats, device, complete: bool) -> list[Path]:
     document = {"machine": machine_description(), **payload(args, rows, repeats, device, complete)}
     if not complete:
         return [atomic_write_text(out / "generators.partial.json", json.dumps(document, indent=2) + "\n")]
-    paths = [atomic_write_text(out / "generators.json", json.dumps(document, indent=2) + "\n"),
-             atomic_write_text(out / "generators.md", markdown(document)),
-             plot(document, out / "generators.png")]
+    paths = [
+        atomic_write_text(out / "generators.json", json.dumps(document, indent=2) + "\n"),
+        atomic_write_text(out / "generators.md", markdown(document)),
+        plot(document, out / "generators.png"),
+    ]
     (out / "generators.partial.json").unlink(missing_ok=True)
     return paths
 
@@ -322,8 +355,10 @@ def _fmt_time(seconds) -> str:
 
 def table_lines(rows: list[dict]) -> list[str]:
     """The results as markdown table lines."""
-    lines = ["| resolution | method | median ms | x ASAP-Net | GFLOPs | params (M) | est. peak act. (GiB) | note |",
-             "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    lines = [
+        "| resolution | method | median ms | x ASAP-Net | GFLOPs | params (M) | est. peak act. (GiB) | note |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
     for row in rows:
         ratio = "-" if row.get("x_asap") is None else f"{row['x_asap']:.1f}"
         flops = "-" if row.get("flops") is None else f"{row['flops'] / 1e9:,.0f}"
@@ -332,8 +367,10 @@ def table_lines(rows: list[dict]) -> list[str]:
         note = "" if row["status"] == "ok" else f"{row['status']}: {row['reason']}"
         if row["method"] == ASAP:
             note = f"cell {row['cell_size']}" + (f"; {note}" if note else "")
-        lines.append(f"| {row['resolution']} | {row['method']} | {_fmt_time(row['median_s'])} | {ratio} | {flops} | "
-                     f"{params} | {peak} | {note} |")
+        lines.append(
+            f"| {row['resolution']} | {row['method']} | {_fmt_time(row['median_s'])} | {ratio} | {flops} | "
+            f"{params} | {peak} | {note} |"
+        )
     return lines
 
 
@@ -371,15 +408,23 @@ def plot(document: dict, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
     rows = document["results"]
     for name in dict.fromkeys(row["method"] for row in rows):
-        points = sorted((row for row in rows if row["method"] == name and row["median_s"]), key=lambda r: r["megapixels"])
+        points = sorted(
+            (row for row in rows if row["method"] == name and row["median_s"]), key=lambda r: r["megapixels"]
+        )
         if points:
-            ax.loglog([r["megapixels"] for r in points], [r["median_s"] * 1e3 for r in points], "o-", label=name,
-                      linewidth=2.5 if name == ASAP else 1.5)
+            ax.loglog(
+                [r["megapixels"] for r in points],
+                [r["median_s"] * 1e3 for r in points],
+                "o-",
+                label=name,
+                linewidth=2.5 if name == ASAP else 1.5,
+            )
     ax.set_xlabel("megapixels")
     ax.set_ylabel("median forward time (ms)")
     machine = document["machine"]
-    ax.set_title(f"generator forward, {document['config']['precision']}, "
-                 f"{machine.get('gpu') or machine['name']}", fontsize=9)
+    ax.set_title(
+        f"generator forward, {document['config']['precision']}, {machine.get('gpu') or machine['name']}", fontsize=9
+    )
     ax.grid(True, which="both", alpha=0.3)
     if ax.get_lines():
         ax.legend(fontsize=8)
@@ -396,24 +441,52 @@ def parse_args(argv=None):
     from common import results_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--resolutions", type=comma_list(resolution), default=[resolution(r) for r in DEFAULT_RESOLUTIONS],
-                        help="comma-separated HEIGHTxWIDTH (default: %(default)s)")
-    parser.add_argument("--methods", type=_methods, default=list(METHODS), help=f"comma-separated, from {', '.join(METHODS)}")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls per method (default: 3 on CPU, 10 on CUDA)")
+    parser.add_argument(
+        "--resolutions",
+        type=comma_list(resolution),
+        default=[resolution(r) for r in DEFAULT_RESOLUTIONS],
+        help="comma-separated HEIGHTxWIDTH (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--methods", type=_methods, default=list(METHODS), help=f"comma-separated, from {', '.join(METHODS)}"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls per method (default: 3 on CPU, 10 on CUDA)"
+    )
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per method first (default: 1)")
-    parser.add_argument("--precision", choices=("fp32", "bf16"), default="fp32",
-                        help="bf16: the baselines under torch.autocast(bfloat16); ASAP-Net built with precision='bf16'")
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16"),
+        default="fp32",
+        help="bf16: the baselines under torch.autocast(bfloat16); ASAP-Net built with precision='bf16'",
+    )
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    parser.add_argument("--max-seconds", type=float, default=120.0,
-                        help="a method whose call takes longer is not called again (default: %(default)s)")
-    parser.add_argument("--memory-fraction", type=float, default=0.8,
-                        help="use at most this fraction of the available memory (default: %(default)s)")
-    parser.add_argument("--memory-margin", type=float, default=1.3,
-                        help="factor on the estimated peak activations, for kernels' own buffers (default: %(default)s)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's own choice). On a CPU shared with other jobs, 1 "
-                             "avoids OpenMP oversubscription, which slows methods made of many small ops (ASAP-Net's "
-                             "HR stream) far more than those made of a few large convolutions")
+    parser.add_argument(
+        "--max-seconds",
+        type=float,
+        default=120.0,
+        help="a method whose call takes longer is not called again (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-fraction",
+        type=float,
+        default=0.8,
+        help="use at most this fraction of the available memory (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--memory-margin",
+        type=float,
+        default=1.3,
+        help="factor on the estimated peak activations, for kernels' own buffers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's own choice). On a CPU shared with other jobs, 1 "
+        "avoids OpenMP oversubscription, which slows methods made of many small ops (ASAP-Net's "
+        "HR stream) far more than those made of a few large convolutions",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: bench/results/<machine>/)")
     args = parser.parse_args(argv)

@@ -54,11 +54,11 @@ def main() -> int:
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
     import torch
+    from common import machine_name, results_dir, write_json
 
     import asapnet_triton as at
     from asapnet_triton.reference import pixelwise_mlp_einsum, pixelwise_mlp_published
     from asapnet_triton.testing import random_inputs
-    from common import machine_name, results_dir, write_json
 
     if not args.smoke and not torch.cuda.is_available():
         print("gpu_suite: no CUDA GPU here; run it on a GPU machine, or with --smoke to check the flow on the CPU")
@@ -75,8 +75,14 @@ def main() -> int:
     size = (32, 48) if args.smoke else (128, 256)
     checks = []
     for num_classes, cell in ((35, 32), (None, 16)):
-        checks += at.compare(*size, cell_size=cell if not args.smoke else 16, num_classes=num_classes,
-                             backends=[backend], precisions=["fp32", "tf32", "bf16", "fp16"], backward=True)
+        checks += at.compare(
+            *size,
+            cell_size=cell if not args.smoke else 16,
+            num_classes=num_classes,
+            backends=[backend],
+            precisions=["fp32", "tf32", "bf16", "fp16"],
+            backward=True,
+        )
     failed = [row for row in checks if not row["ok"]]
     report["steps"]["correctness"] = {"rows": checks, "failed": len(failed)}
 
@@ -84,8 +90,14 @@ def main() -> int:
     if not args.skip_tuning:
         print("== 2. autotuning (default model, bf16)", flush=True)
         tune_size = (64, 64) if args.smoke else (1024, 2048)
-        rows = at.autotune(*tune_size, cell_size=16 if args.smoke else 64, num_classes=35, precision="bf16",
-                           repeats=1 if args.smoke else 3, device=device)
+        rows = at.autotune(
+            *tune_size,
+            cell_size=16 if args.smoke else 64,
+            num_classes=35,
+            precision="bf16",
+            repeats=1 if args.smoke else 3,
+            device=device,
+        )
         report["steps"]["autotune"] = rows
 
     # 3. timings
@@ -124,11 +136,22 @@ def main() -> int:
                 print(f"{height}x{width:<5} {name:<16} out of memory", flush=True)
                 torch.cuda.empty_cache()
                 continue
-            timings.append(dict(height=height, width=width, megapixels=height * width / 1e6, implementation=name,
-                                forward_seconds=forward["median"], forward_backward_seconds=both["median"],
-                                forward_quantiles=forward, forward_backward_quantiles=both))
-            print(f"{height}x{width:<5} {name:<16} {forward['median'] * 1e3:>11.3f} {both['median'] * 1e3:>11.3f}",
-                  flush=True)
+            timings.append(
+                dict(
+                    height=height,
+                    width=width,
+                    megapixels=height * width / 1e6,
+                    implementation=name,
+                    forward_seconds=forward["median"],
+                    forward_backward_seconds=both["median"],
+                    forward_quantiles=forward,
+                    forward_backward_quantiles=both,
+                )
+            )
+            print(
+                f"{height}x{width:<5} {name:<16} {forward['median'] * 1e3:>11.3f} {both['median'] * 1e3:>11.3f}",
+                flush=True,
+            )
     report["steps"]["timings"] = timings
     report["seconds"] = time.perf_counter() - started
     folder = "smoke-" + machine_name() if args.smoke else None
@@ -140,7 +163,10 @@ def main() -> int:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
-    for ax, key, title in ((axes[0], "forward_seconds", "forward"), (axes[1], "forward_backward_seconds", "forward + backward")):
+    for ax, key, title in (
+        (axes[0], "forward_seconds", "forward"),
+        (axes[1], "forward_backward_seconds", "forward + backward"),
+    ):
         for name in dict.fromkeys(t["implementation"] for t in timings):
             points = [t for t in timings if t["implementation"] == name]
             ax.loglog([t["megapixels"] for t in points], [t[key] * 1e3 for t in points], "o-", label=name)

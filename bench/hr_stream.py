@@ -54,8 +54,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from asapnet_triton.cli import comma_list, resolution  # noqa: E402
 
-FULL = dict(resolutions=["512x512", "1024x1024", "1024x2048", "2048x2048"], batches=[1, 4],
-            inputs=["labels", "float"], cells=[32, 64], precisions=["fp32", "tf32", "bf16", "fp16"])
+FULL = dict(
+    resolutions=["512x512", "1024x1024", "1024x2048", "2048x2048"],
+    batches=[1, 4],
+    inputs=["labels", "float"],
+    cells=[32, 64],
+    precisions=["fp32", "tf32", "bf16", "fp16"],
+)
 PASSES = ("forward", "forward_backward")
 NUM_CLASSES, FLOAT_CHANNELS = 35, 3
 
@@ -121,20 +126,29 @@ def run_child(spec: dict) -> dict:
         grad = torch.randn(batch, 3, height, width, generator=generator).to(device)
         x, params = x.to(device), params.to(device)
         if impl == "published":
-            def op(p): return pixelwise_mlp_published(x, p, **kwargs)
+
+            def op(p):
+                return pixelwise_mlp_published(x, p, **kwargs)
         elif impl == "einsum":
-            def op(p): return pixelwise_mlp_einsum(x, p, **kwargs)
+
+            def op(p):
+                return pixelwise_mlp_einsum(x, p, **kwargs)
         else:
-            def op(p): return at.pixelwise_mlp(x, p, precision=precision, backend=impl, **kwargs)
+
+            def op(p):
+                return at.pixelwise_mlp(x, p, precision=precision, backend=impl, **kwargs)
 
         if spec["pass"] == "forward":
+
             def run():
                 with torch.no_grad():
                     op(params)
         else:
+
             def run():
                 leaf = params.clone().requires_grad_()
                 op(leaf).backward(grad)
+
         return run
 
     # a warm-up on a 2-cell input first: module imports, library code, thread pools and kernel
@@ -153,8 +167,15 @@ def run_child(spec: dict) -> dict:
 
     peak, memory_method = _peak_of(fn, device)  # the first full-size run: also the timing's warm-up
     times = sorted(timed() for _ in range(spec["repeats"]))
-    return dict(seconds_median=statistics.median(times), seconds_min=times[0], seconds_max=times[-1], seconds_all=times, peak_bytes=peak,
-                memory_method=memory_method, threads=torch.get_num_threads())
+    return dict(
+        seconds_median=statistics.median(times),
+        seconds_min=times[0],
+        seconds_max=times[-1],
+        seconds_all=times,
+        peak_bytes=peak,
+        memory_method=memory_method,
+        threads=torch.get_num_threads(),
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -197,7 +218,8 @@ def matmul_ceilings(device: str) -> dict:
         linear = torch.ops.mkldnn._linear_pointwise
         hb, wb = h.bfloat16(), w.transpose(1, 2).bfloat16()
         ceilings["bf16_cell_onednn"] = flops / median_seconds(
-            lambda: [linear(hb[i], wb[i], None, "none", [], "") for i in range(cells)], repeats=7)
+            lambda: [linear(hb[i], wb[i], None, "none", [], "") for i in range(cells)], repeats=7
+        )
     return ceilings
 
 
@@ -245,20 +267,37 @@ def plan(args, cuda: bool) -> list[dict]:
                         impls.append(("einsum", "fp32", other_device))
                     for implementation, precision, device in impls:
                         for passname in args.passes:
-                            specs.append(dict(case, implementation=implementation, precision=precision,
-                                              device=device, **{"pass": passname}, repeats=args.repeats,
-                                              max_bytes=int(args.max_gib * 2**30) if device == "cpu" else 0))
+                            specs.append(
+                                dict(
+                                    case,
+                                    implementation=implementation,
+                                    precision=precision,
+                                    device=device,
+                                    **{"pass": passname},
+                                    repeats=args.repeats,
+                                    max_bytes=int(args.max_gib * 2**30) if device == "cpu" else 0,
+                                )
+                            )
     return specs
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--resolutions", type=comma_list(resolution), default=[(512, 512), (1024, 1024)],
-                        help="HEIGHTxWIDTH,... (default 512x512,1024x1024)")
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--resolutions",
+        type=comma_list(resolution),
+        default=[(512, 512), (1024, 1024)],
+        help="HEIGHTxWIDTH,... (default 512x512,1024x1024)",
+    )
     parser.add_argument("--batches", type=comma_list(int), default=[1])
-    parser.add_argument("--inputs", type=comma_list(str), default=["labels"],
-                        help=f"labels ({NUM_CLASSES} classes) and/or float ({FLOAT_CHANNELS} channels)")
+    parser.add_argument(
+        "--inputs",
+        type=comma_list(str),
+        default=["labels"],
+        help=f"labels ({NUM_CLASSES} classes) and/or float ({FLOAT_CHANNELS} channels)",
+    )
     parser.add_argument("--cells", type=comma_list(int), default=[64])
     parser.add_argument("--precisions", type=comma_list(str), default=["fp32", "bf16"])
     parser.add_argument("--implementations", type=comma_list(str), default=["torch", "triton", "published", "einsum"])
@@ -277,11 +316,15 @@ def main() -> None:
         return
     if args.full:
         args.resolutions = [resolution(r) for r in FULL["resolutions"]]
-        args.batches, args.inputs, args.cells, args.precisions = (FULL[k] for k in ("batches", "inputs", "cells", "precisions"))
-    for name, values, allowed in (("--inputs", args.inputs, ("labels", "float")),
-                                  ("--precisions", args.precisions, ("fp32", "tf32", "bf16", "fp16")),
-                                  ("--implementations", args.implementations, ("torch", "triton", "published", "einsum")),
-                                  ("--passes", args.passes, PASSES)):
+        args.batches, args.inputs, args.cells, args.precisions = (
+            FULL[k] for k in ("batches", "inputs", "cells", "precisions")
+        )
+    for name, values, allowed in (
+        ("--inputs", args.inputs, ("labels", "float")),
+        ("--precisions", args.precisions, ("fp32", "tf32", "bf16", "fp16")),
+        ("--implementations", args.implementations, ("torch", "triton", "published", "einsum")),
+        ("--passes", args.passes, PASSES),
+    ):
         unknown = [v for v in values if v not in allowed]
         if unknown:
             parser.error(f"{name}: unknown {unknown}; choose from {list(allowed)}")
@@ -289,10 +332,10 @@ def main() -> None:
         parser.error(f"--output must be a plain file name ending in .json, got {args.output!r}")
 
     import torch
+    from common import results_dir, write_json
     from tqdm import tqdm
 
     import asapnet_triton as at
-    from common import results_dir, write_json
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -303,11 +346,18 @@ def main() -> None:
         print(f"{len(specs)} measurements")
         return
     load_start = os.getloadavg()
-    ceilings_start = matmul_ceilings("cpu") | ({f"cuda_{k}": v for k, v in matmul_ceilings("cuda").items()} if cuda else {})
-    print(f"threads {torch.get_num_threads()}, load average {load_start[0]:.2f}; ceilings (GFLOP/s): "
-          + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings_start.items()), flush=True)
-    header = (f"{'case':<24} {'implementation':<16} {'pass':<8} {'median ms':>10} {'GFLOP/s':>8} {'of peak':>7} "
-              f"{'of cell':>7} {'peak MiB':>9} {'x published':>11} {'load':>5}")
+    ceilings_start = matmul_ceilings("cpu") | (
+        {f"cuda_{k}": v for k, v in matmul_ceilings("cuda").items()} if cuda else {}
+    )
+    print(
+        f"threads {torch.get_num_threads()}, load average {load_start[0]:.2f}; ceilings (GFLOP/s): "
+        + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings_start.items()),
+        flush=True,
+    )
+    header = (
+        f"{'case':<24} {'implementation':<16} {'pass':<8} {'median ms':>10} {'GFLOP/s':>8} {'of peak':>7} "
+        f"{'of cell':>7} {'peak MiB':>9} {'x published':>11} {'load':>5}"
+    )
     tqdm.write(header)
     tqdm.write("-" * len(header))
     rows = []
@@ -316,10 +366,17 @@ def main() -> None:
         load = os.getloadavg()[0]
         result = measure(spec, args.case_timeout)
         shape = at.MLPShape(NUM_CLASSES if spec["input"] == "labels" else FLOAT_CHANNELS, spec["cell_size"])
-        flops = spec["batch"] * spec["height"] * spec["width"] * shape.flops_per_pixel(label_input=spec["input"] == "labels")
+        flops = (
+            spec["batch"]
+            * spec["height"]
+            * spec["width"]
+            * shape.flops_per_pixel(label_input=spec["input"] == "labels")
+        )
         flops *= 3 if spec["pass"] == "forward_backward" else 1
         row = {k: v for k, v in spec.items() if k not in ("repeats", "max_bytes")} | result
-        row |= dict(flops=flops, load_average_1min=load, megapixels=spec["batch"] * spec["height"] * spec["width"] / 1e6)
+        row |= dict(
+            flops=flops, load_average_1min=load, megapixels=spec["batch"] * spec["height"] * spec["width"] / 1e6
+        )
         case = (spec["height"], spec["width"], spec["batch"], spec["input"], spec["cell_size"], spec["pass"])
         name = f"{spec['implementation']} {spec['precision']}"
         passname = "fwd" if spec["pass"] == "forward" else "fwd+bwd"
@@ -343,19 +400,35 @@ def main() -> None:
             row["speedup_vs_published"] = published[case] / seconds
         rows.append(row)
         peak = "-" if result["peak_bytes"] is None else f"{result['peak_bytes'] / 2**20:.0f}"
-        tqdm.write(f"{label:<24} {name:<16} {passname:<8} {seconds * 1e3:>10.1f} {row['gflops']:>8.1f} "
-                   f"{row['fraction_of_matmul_ceiling']:>7.3f} {row.get('fraction_of_cell_ceiling', float('nan')):>7.3f} "
-                   f"{peak:>9} {row.get('speedup_vs_published', float('nan')):>11.2f} {load:>5.2f}")
-    ceilings_end = matmul_ceilings("cpu") | ({f"cuda_{k}": v for k, v in matmul_ceilings("cuda").items()} if cuda else {})
+        tqdm.write(
+            f"{label:<24} {name:<16} {passname:<8} {seconds * 1e3:>10.1f} {row['gflops']:>8.1f} "
+            f"{row['fraction_of_matmul_ceiling']:>7.3f} {row.get('fraction_of_cell_ceiling', float('nan')):>7.3f} "
+            f"{peak:>9} {row.get('speedup_vs_published', float('nan')):>11.2f} {load:>5.2f}"
+        )
+    ceilings_end = matmul_ceilings("cpu") | (
+        {f"cuda_{k}": v for k, v in matmul_ceilings("cuda").items()} if cuda else {}
+    )
     load_end = os.getloadavg()
-    print("ceilings at the end (GFLOP/s): " + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings_end.items())
-          + f"; load average {load_end[0]:.2f}")
+    print(
+        "ceilings at the end (GFLOP/s): "
+        + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings_end.items())
+        + f"; load average {load_end[0]:.2f}"
+    )
     config = {k: v for k, v in vars(args).items() if k != "child"}
-    path = write_json(args.output, {
-        "command": "python bench/hr_stream.py " + " ".join(sys.argv[1:]), "config": config, "device": device,
-        "flop_count": "batch * H * W * MLPShape.flops_per_pixel(label_input) per forward, 3x for forward + backward",
-        "ceilings_flops_per_s": ceilings_start, "ceilings_flops_per_s_at_end": ceilings_end,
-        "load_average_start": load_start, "load_average_end": load_end, "results": rows})
+    path = write_json(
+        args.output,
+        {
+            "command": "python bench/hr_stream.py " + " ".join(sys.argv[1:]),
+            "config": config,
+            "device": device,
+            "flop_count": "batch * H * W * MLPShape.flops_per_pixel(label_input) per forward, 3x for forward + backward",
+            "ceilings_flops_per_s": ceilings_start,
+            "ceilings_flops_per_s_at_end": ceilings_end,
+            "load_average_start": load_start,
+            "load_average_end": load_end,
+            "results": rows,
+        },
+    )
     plot(rows, results_dir() / Path(args.output).with_suffix(".png").name)
     print(f"wrote {path} and {path.with_suffix('.png')}")
 
@@ -372,17 +445,24 @@ def plot(rows: list[dict], path: Path) -> None:
     groups = sorted({(r["input"], r["cell_size"]) for r in rows})
     if not groups:
         return
-    columns = [("forward", "seconds_median", "forward: median time (ms)"),
-               ("forward_backward", "seconds_median", "forward + backward: median time (ms)"),
-               ("forward_backward", "peak_bytes", "forward + backward: peak memory (MiB)")]
+    columns = [
+        ("forward", "seconds_median", "forward: median time (ms)"),
+        ("forward_backward", "seconds_median", "forward + backward: median time (ms)"),
+        ("forward_backward", "peak_bytes", "forward + backward: peak memory (MiB)"),
+    ]
     fig, axes = plt.subplots(len(groups), len(columns), figsize=(5 * len(columns), 3.8 * len(groups)), squeeze=False)
     for (kind, cell), axes_row in zip(groups, axes):
         for ax, (passname, key, title) in zip(axes_row, columns):
-            subset = [r for r in rows if (r["input"], r["cell_size"], r["pass"]) == (kind, cell, passname)
-                      and r.get(key) is not None]
+            subset = [
+                r
+                for r in rows
+                if (r["input"], r["cell_size"], r["pass"]) == (kind, cell, passname) and r.get(key) is not None
+            ]
             for name in dict.fromkeys(f"{r['implementation']} {r['precision']}" for r in subset):
-                points = sorted((r for r in subset if f"{r['implementation']} {r['precision']}" == name),
-                                key=lambda r: r["megapixels"])
+                points = sorted(
+                    (r for r in subset if f"{r['implementation']} {r['precision']}" == name),
+                    key=lambda r: r["megapixels"],
+                )
                 scale = 1e3 if key == "seconds_median" else 2.0**-20
                 ax.loglog([r["megapixels"] for r in points], [r[key] * scale for r in points], "o-", label=name)
             ax.set_title(f"{kind}, cell {cell}: {title}", fontsize=9)

@@ -68,23 +68,29 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     if args.cell_size < 16 or args.cell_size & (args.cell_size - 1):
-        parser.error(f"--cell-size must be a power of two >= 16 (the LR stream downsamples by 16), got {args.cell_size}")
+        parser.error(
+            f"--cell-size must be a power of two >= 16 (the LR stream downsamples by 16), got {args.cell_size}"
+        )
     if args.height % args.cell_size or args.width % args.cell_size:
-        parser.error(f"--height and --width must be multiples of --cell-size {args.cell_size}, "
-                     f"got {args.height}x{args.width}")
+        parser.error(
+            f"--height and --width must be multiples of --cell-size {args.cell_size}, got {args.height}x{args.width}"
+        )
 
     import torch
+    from common import write_json
+    from hr_stream import matmul_ceilings
     from tqdm import tqdm
 
     import asapnet_triton as at
     from asapnet_triton.generator import LowResStream
-    from common import write_json
-    from hr_stream import matmul_ceilings
 
     load_start = os.getloadavg()
     ceilings = matmul_ceilings("cpu")
-    print(f"threads {torch.get_num_threads()}, load average {load_start[0]:.2f}; ceilings (GFLOP/s): "
-          + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings.items()), flush=True)
+    print(
+        f"threads {torch.get_num_threads()}, load average {load_start[0]:.2f}; ceilings (GFLOP/s): "
+        + ", ".join(f"{k} {v / 1e9:.0f}" for k, v in ceilings.items()),
+        flush=True,
+    )
     scale = args.cell_size // 16
     shape = (args.batch, args.num_classes, args.height // scale, args.width // scale)
     generator = torch.Generator().manual_seed(0)
@@ -116,25 +122,44 @@ def main() -> None:
         forward_ms, forward_all = median_ms(forward, args.repeats)
         both_ms, both_all = median_ms(forward_backward, max(1, args.repeats - 2))
         peak = ceilings[f"{precision}_matmul_2048"]
-        row = dict(precision=precision, channels_last=channels_last, forward_ms=forward_ms,
-                   forward_backward_ms=both_ms, forward_ms_all=forward_all, forward_backward_ms_all=both_all,
-                   forward_gflops=flops / forward_ms / 1e6, forward_backward_gflops=3 * flops / both_ms / 1e6,
-                   forward_fraction_of_ceiling=flops / forward_ms * 1e3 / peak,
-                   load_average_1min=os.getloadavg()[0])
+        row = dict(
+            precision=precision,
+            channels_last=channels_last,
+            forward_ms=forward_ms,
+            forward_backward_ms=both_ms,
+            forward_ms_all=forward_all,
+            forward_backward_ms_all=both_all,
+            forward_gflops=flops / forward_ms / 1e6,
+            forward_backward_gflops=3 * flops / both_ms / 1e6,
+            forward_fraction_of_ceiling=flops / forward_ms * 1e3 / peak,
+            load_average_1min=os.getloadavg()[0],
+        )
         rows.append(row)
     base = rows[0]["forward_ms"]
     print(f"{'variant':<22} {'fwd ms':>8} {'GFLOP/s':>8} {'of peak':>7} {'x fp32 NCHW':>11} {'f+b ms':>8} {'load':>5}")
     for row in rows:
         name = f"{row['precision']} {'channels-last' if row['channels_last'] else 'contiguous'}"
         row["forward_speedup_vs_fp32_contiguous"] = base / row["forward_ms"]
-        print(f"{name:<22} {row['forward_ms']:>8.1f} {row['forward_gflops']:>8.1f} {row['forward_fraction_of_ceiling']:>7.3f} "
-              f"{row['forward_speedup_vs_fp32_contiguous']:>11.2f} {row['forward_backward_ms']:>8.1f} "
-              f"{row['load_average_1min']:>5.2f}")
-    path = write_json("lr_stream.json", {
-        "command": "python bench/lr_stream.py " + " ".join(sys.argv[1:]), "config": vars(args),
-        "input_shape": list(shape), "grid": list(grid), "forward_flops": flops, "threads": torch.get_num_threads(),
-        "ceilings_flops_per_s": ceilings, "load_average_start": load_start, "load_average_end": os.getloadavg(),
-        "results": rows})
+        print(
+            f"{name:<22} {row['forward_ms']:>8.1f} {row['forward_gflops']:>8.1f} {row['forward_fraction_of_ceiling']:>7.3f} "
+            f"{row['forward_speedup_vs_fp32_contiguous']:>11.2f} {row['forward_backward_ms']:>8.1f} "
+            f"{row['load_average_1min']:>5.2f}"
+        )
+    path = write_json(
+        "lr_stream.json",
+        {
+            "command": "python bench/lr_stream.py " + " ".join(sys.argv[1:]),
+            "config": vars(args),
+            "input_shape": list(shape),
+            "grid": list(grid),
+            "forward_flops": flops,
+            "threads": torch.get_num_threads(),
+            "ceilings_flops_per_s": ceilings,
+            "load_average_start": load_start,
+            "load_average_end": os.getloadavg(),
+            "results": rows,
+        },
+    )
     print(f"wrote {path}")
 
 

@@ -54,8 +54,17 @@ print(json.dumps({"implementation": impl, "peak_bytes": peak, "grad_norm": param
 
 
 def measure(impl: str, args) -> dict:
-    cmd = [sys.executable, "-c", CHILD, impl, str(args.height), str(args.width), str(args.num_classes),
-           str(args.cell_size), args.precision]
+    cmd = [
+        sys.executable,
+        "-c",
+        CHILD,
+        impl,
+        str(args.height),
+        str(args.width),
+        str(args.num_classes),
+        str(args.cell_size),
+        args.precision,
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True, check=True)
     return json.loads(result.stdout.strip().splitlines()[-1])
 
@@ -80,10 +89,11 @@ def main() -> None:
     published = rows[0]["peak_bytes"]
     for row in rows:
         row["fraction_of_published"] = row["peak_bytes"] / published
-    print("torch backend peak / published peak = "
-          f"{rows[1]['fraction_of_published']:.3f} (target: <= 0.25)")
-    path = write_json("memory.json", {"config": vars(args), "command": "python bench/memory.py " + " ".join(sys.argv[1:]),
-                                      "results": rows})
+    print(f"torch backend peak / published peak = {rows[1]['fraction_of_published']:.3f} (target: <= 0.25)")
+    path = write_json(
+        "memory.json",
+        {"config": vars(args), "command": "python bench/memory.py " + " ".join(sys.argv[1:]), "results": rows},
+    )
 
     import matplotlib
 
@@ -91,7 +101,11 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.bar([r["implementation"] for r in rows], [r["peak_bytes"] / 2**20 for r in rows], color=["#999", "#2a7", "#27a"][:len(rows)])
+    ax.bar(
+        [r["implementation"] for r in rows],
+        [r["peak_bytes"] / 2**20 for r in rows],
+        color=["#999", "#2a7", "#27a"][: len(rows)],
+    )
     ax.set_ylabel("peak memory, forward + backward (MiB)")
     ax.set_title(f"{args.height}x{args.width}, {args.num_classes} classes, cell {args.cell_size}, {args.precision}")
     fig.tight_layout()

@@ -88,10 +88,16 @@ def fused_counts(shape: at.MLPShape, labels: bool, height: int, width: int, batc
     out_bytes = pixels * shape.out_channels * FP32
     forward_bytes = x_bytes + param_bytes + out_bytes
     backward_bytes = x_bytes + param_bytes + out_bytes + param_bytes + (0 if labels else x_bytes)
-    return {"pixels": pixels, "cells": cells,
-            "forward_flops": pixels * forward_pp, "forward_bytes": forward_bytes,
-            "backward_flops": pixels * backward_pp, "backward_bytes": backward_bytes,
-            "fwd_bwd_flops": pixels * (forward_pp + backward_pp), "fwd_bwd_bytes": forward_bytes + backward_bytes}
+    return {
+        "pixels": pixels,
+        "cells": cells,
+        "forward_flops": pixels * forward_pp,
+        "forward_bytes": forward_bytes,
+        "backward_flops": pixels * backward_pp,
+        "backward_bytes": backward_bytes,
+        "fwd_bwd_flops": pixels * (forward_pp + backward_pp),
+        "fwd_bwd_bytes": forward_bytes + backward_bytes,
+    }
 
 
 def published_counts(in_channels: int, labels: bool, cell: int, height: int, width: int, batch: int = 1) -> dict:
@@ -124,35 +130,51 @@ def roofline_rows(num_classes: int, float_channels: int) -> list[dict]:
                     fwd_s, fwd_bound = floor_seconds(fused["forward_flops"], fused["forward_bytes"], peak)
                     fb_s, fb_bound = floor_seconds(fused["fwd_bwd_flops"], fused["fwd_bwd_bytes"], peak)
                     pub_s, pub_bound = floor_seconds(published["flops"], published["bytes"], H100_FP32_FLOPS_PER_S)
-                    rows.append({
-                        "input": f"{num_classes} labels" if labels else f"{float_channels}ch float",
-                        "labels": labels, "in_channels": in_channels, "cell_size": cell,
-                        "precision": precision, "operand_bytes": OPERAND_BYTES[precision],
-                        "height": height, "width": width, "megapixels": height * width / 1e6,
-                        "param_count_per_cell": shape.param_count, **fused,
-                        "forward_intensity": fused["forward_flops"] / fused["forward_bytes"],
-                        "forward_floor_s": fwd_s, "forward_bound": fwd_bound,
-                        "fwd_bwd_intensity": fused["fwd_bwd_flops"] / fused["fwd_bwd_bytes"],
-                        "fwd_bwd_floor_s": fb_s, "fwd_bwd_bound": fb_bound,
-                        "published_flops": published["flops"], "published_bytes": published["bytes"],
-                        "published_intensity": published["flops"] / published["bytes"],
-                        "published_floor_s": pub_s, "published_bound": pub_bound,
-                        "published_over_fused_forward_floor": pub_s / fwd_s,
-                    })
+                    rows.append(
+                        {
+                            "input": f"{num_classes} labels" if labels else f"{float_channels}ch float",
+                            "labels": labels,
+                            "in_channels": in_channels,
+                            "cell_size": cell,
+                            "precision": precision,
+                            "operand_bytes": OPERAND_BYTES[precision],
+                            "height": height,
+                            "width": width,
+                            "megapixels": height * width / 1e6,
+                            "param_count_per_cell": shape.param_count,
+                            **fused,
+                            "forward_intensity": fused["forward_flops"] / fused["forward_bytes"],
+                            "forward_floor_s": fwd_s,
+                            "forward_bound": fwd_bound,
+                            "fwd_bwd_intensity": fused["fwd_bwd_flops"] / fused["fwd_bwd_bytes"],
+                            "fwd_bwd_floor_s": fb_s,
+                            "fwd_bwd_bound": fb_bound,
+                            "published_flops": published["flops"],
+                            "published_bytes": published["bytes"],
+                            "published_intensity": published["flops"] / published["bytes"],
+                            "published_floor_s": pub_s,
+                            "published_bound": pub_bound,
+                            "published_over_fused_forward_floor": pub_s / fwd_s,
+                        }
+                    )
     return rows
 
 
-HEADER = (f"{'input':<11} {'cell':>4} {'prec':<4} {'resolution':>10} {'GFLOP fwd':>9} {'MB fwd':>7} "
-          f"{'us fwd':>8} {'bound':<7} {'F/B fwd':>7} {'GFLOP f+b':>9} {'us f+b':>8} {'bound':<7} "
-          f"{'MB pub':>8} {'us pub':>8} {'pub/fused':>9}")
+HEADER = (
+    f"{'input':<11} {'cell':>4} {'prec':<4} {'resolution':>10} {'GFLOP fwd':>9} {'MB fwd':>7} "
+    f"{'us fwd':>8} {'bound':<7} {'F/B fwd':>7} {'GFLOP f+b':>9} {'us f+b':>8} {'bound':<7} "
+    f"{'MB pub':>8} {'us pub':>8} {'pub/fused':>9}"
+)
 
 
 def format_row(r: dict) -> str:
-    return (f"{r['input']:<11} {r['cell_size']:>4} {r['precision']:<4} {r['height']:>4}x{r['width']:<5} "
-            f"{r['forward_flops'] / 1e9:9.2f} {r['forward_bytes'] / 1e6:7.1f} {r['forward_floor_s'] * 1e6:8.1f} "
-            f"{r['forward_bound']:<7} {r['forward_intensity']:7.0f} {r['fwd_bwd_flops'] / 1e9:9.2f} "
-            f"{r['fwd_bwd_floor_s'] * 1e6:8.1f} {r['fwd_bwd_bound']:<7} {r['published_bytes'] / 1e6:8.0f} "
-            f"{r['published_floor_s'] * 1e6:8.0f} {r['published_over_fused_forward_floor']:8.1f}x")
+    return (
+        f"{r['input']:<11} {r['cell_size']:>4} {r['precision']:<4} {r['height']:>4}x{r['width']:<5} "
+        f"{r['forward_flops'] / 1e9:9.2f} {r['forward_bytes'] / 1e6:7.1f} {r['forward_floor_s'] * 1e6:8.1f} "
+        f"{r['forward_bound']:<7} {r['forward_intensity']:7.0f} {r['fwd_bwd_flops'] / 1e9:9.2f} "
+        f"{r['fwd_bwd_floor_s'] * 1e6:8.1f} {r['fwd_bwd_bound']:<7} {r['published_bytes'] / 1e6:8.0f} "
+        f"{r['published_floor_s'] * 1e6:8.0f} {r['published_over_fused_forward_floor']:8.1f}x"
+    )
 
 
 def plot(rows: list[dict], num_classes: int, float_channels: int, path: Path) -> None:
@@ -164,9 +186,11 @@ def plot(rows: list[dict], num_classes: int, float_channels: int, path: Path) ->
 
     panels = [(True, f"{num_classes}-class labels"), (False, f"{float_channels}-channel float input")]
     fig, axes = plt.subplots(1, 2, figsize=(10, 4.6), sharey=True)
-    series = [("forward_floor_s", "forward_bound", "fused forward", "#27a"),
-              ("fwd_bwd_floor_s", "fwd_bwd_bound", "fused forward + backward", "#2a7"),
-              ("published_floor_s", "published_bound", "published forward (fp32)", "#999")]
+    series = [
+        ("forward_floor_s", "forward_bound", "fused forward", "#27a"),
+        ("fwd_bwd_floor_s", "fwd_bwd_bound", "fused forward + backward", "#2a7"),
+        ("published_floor_s", "published_bound", "published forward (fp32)", "#999"),
+    ]
     for ax, (labels, title) in zip(axes, panels):
         sel = [r for r in rows if r["labels"] == labels and r["cell_size"] == 64 and r["precision"] == "bf16"]
         mp = [r["megapixels"] for r in sel]
@@ -184,8 +208,13 @@ def plot(rows: list[dict], num_classes: int, float_channels: int, path: Path) ->
         ax.set_title(f"{title}, cell 64, bf16", fontsize=10)
         ax.grid(True, which="major", alpha=0.3)
     axes[0].set_ylabel("H100 roofline floor (us)")
-    fig.legend(loc="lower center", ncol=3, fontsize=8, title="marker filled: memory-bound, open: compute-bound",
-               title_fontsize=7)
+    fig.legend(
+        loc="lower center",
+        ncol=3,
+        fontsize=8,
+        title="marker filled: memory-bound, open: compute-bound",
+        title_fontsize=7,
+    )
     fig.suptitle("max(FLOPs / peak, bytes / 3.0 TB/s); bf16 800 TFLOP/s, fp32 60 TFLOP/s", fontsize=9)
     fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path, dpi=120)
@@ -207,16 +236,29 @@ def main() -> None:
             print()
         previous = group
         print(format_row(r))
-    print("us = floor in microseconds on an H100; F/B = FLOPs per byte; pub/fused = published forward "
-          "floor / fused forward floor")
+    print(
+        "us = floor in microseconds on an H100; F/B = FLOPs per byte; pub/fused = published forward "
+        "floor / fused forward floor"
+    )
 
-    constants = {"bandwidth_bytes_per_s": H100_BANDWIDTH_BYTES_PER_S, "bf16_flops_per_s": H100_BF16_FLOPS_PER_S,
-                 "fp32_flops_per_s": H100_FP32_FLOPS_PER_S, "tf32_flops_per_s_not_used": H100_TF32_FLOPS_PER_S,
-                 "note": "H100 SXM: measured copy bandwidth and bf16 matmul; fp32 CUDA-core peak for fp32 operands"}
-    path = write_json("roofline.json", folder=OUTPUT_FOLDER, payload={"config": vars(args), "constants": constants,
-                                        "command": "python bench/roofline.py " + " ".join(sys.argv[1:]),
-                                        "models": __doc__.split("\n\n", 2)[2].rsplit("\n\nWrites", 1)[0],
-                                        "results": rows})
+    constants = {
+        "bandwidth_bytes_per_s": H100_BANDWIDTH_BYTES_PER_S,
+        "bf16_flops_per_s": H100_BF16_FLOPS_PER_S,
+        "fp32_flops_per_s": H100_FP32_FLOPS_PER_S,
+        "tf32_flops_per_s_not_used": H100_TF32_FLOPS_PER_S,
+        "note": "H100 SXM: measured copy bandwidth and bf16 matmul; fp32 CUDA-core peak for fp32 operands",
+    }
+    path = write_json(
+        "roofline.json",
+        folder=OUTPUT_FOLDER,
+        payload={
+            "config": vars(args),
+            "constants": constants,
+            "command": "python bench/roofline.py " + " ".join(sys.argv[1:]),
+            "models": __doc__.split("\n\n", 2)[2].rsplit("\n\nWrites", 1)[0],
+            "results": rows,
+        },
+    )
     png = results_dir(OUTPUT_FOLDER) / "roofline.png"
     plot(rows, args.num_classes, args.float_channels, png)
     print(f"wrote {path} and {png}")

@@ -42,8 +42,15 @@ ROUND_NATIVE, ROUND_BF16, ROUND_TF32 = 0, 1, 2
 
 # Triton's names for the element types of pointer arguments (the ahead-of-time signature).
 _POINTER_TYPES = {
-    torch.float16: "fp16", torch.bfloat16: "bf16", torch.float32: "fp32", torch.float64: "fp64",
-    torch.uint8: "u8", torch.int8: "i8", torch.int16: "i16", torch.int32: "i32", torch.int64: "i64",
+    torch.float16: "fp16",
+    torch.bfloat16: "bf16",
+    torch.float32: "fp32",
+    torch.float64: "fp64",
+    torch.uint8: "u8",
+    torch.int8: "i8",
+    torch.int16: "i16",
+    torch.int32: "i32",
+    torch.int64: "i64",
 }
 
 
@@ -82,13 +89,14 @@ class LaunchConfig:
         if self.pixels_per_program < self.block_pixels:
             raise ValueError(
                 f"LaunchConfig.pixels_per_program ({self.pixels_per_program}) must be >= "
-                f"block_pixels ({self.block_pixels})")
+                f"block_pixels ({self.block_pixels})"
+            )
         if self.num_warps not in (1, 2, 4, 8, 16):
             raise ValueError(f"LaunchConfig.num_warps must be 1, 2, 4, 8 or 16, got {self.num_warps}")
         if self.num_stages < 1:
             raise ValueError(f"LaunchConfig.num_stages must be >= 1, got {self.num_stages}")
 
-    def fitted(self, cell_size: int) -> "LaunchConfig":
+    def fitted(self, cell_size: int) -> LaunchConfig:
         """This config with blocks and program slices no larger than one cell needs."""
         cell_pixels = pow2_at_least(cell_size * cell_size)
         block = min(self.block_pixels, cell_pixels)
@@ -96,8 +104,9 @@ class LaunchConfig:
         return LaunchConfig(block, per_program, self.num_warps, self.num_stages)
 
 
-def default_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str = "bf16",
-                   interpret: bool = False, arch: int = 90) -> LaunchConfig:
+def default_config(
+    kernel: str, shape: MLPShape, *, labels: bool, precision: str = "bf16", interpret: bool = False, arch: int = 90
+) -> LaunchConfig:
     """The launch configuration of ``kernel`` ("forward" or "backward") used when none is given
     and the autotuning cache has none; ``arch`` is the GPU's compute capability (80, 90, ...).
 
@@ -118,8 +127,11 @@ def default_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str
     if interpret:
         return _interpreter_config(shape)
     if shape.hidden_width >= 128:
-        config = LaunchConfig(block_pixels=32 if kernel == "forward" else 16, pixels_per_program=1024,
-                              num_warps=4 if kernel == "forward" else 8)
+        config = LaunchConfig(
+            block_pixels=32 if kernel == "forward" else 16,
+            pixels_per_program=1024,
+            num_warps=4 if kernel == "forward" else 8,
+        )
     elif kernel == "backward" or precision in ("fp32", "fp64") or (labels and arch < 90):
         config = LaunchConfig(block_pixels=16, pixels_per_program=1024, num_warps=8)
     elif precision == "tf32":
@@ -131,8 +143,9 @@ def default_config(kernel: str, shape: MLPShape, *, labels: bool, precision: str
 
 def _interpreter_config(shape: MLPShape) -> LaunchConfig:
     # the interpreter's cost is per operation: as few, large blocks as possible
-    return LaunchConfig(block_pixels=min(1024, pow2_at_least(shape.cell_size**2)),
-                        pixels_per_program=4096).fitted(shape.cell_size)
+    return LaunchConfig(block_pixels=min(1024, pow2_at_least(shape.cell_size**2)), pixels_per_program=4096).fitted(
+        shape.cell_size
+    )
 
 
 def label_grad_by_dot(shape: MLPShape, arch: int, precision: str) -> bool:
@@ -202,10 +215,20 @@ class KernelBuild:
         return signature
 
 
-def kernel_build(kernel: str, shape: MLPShape, *, labels: bool, precision: str, config: LaunchConfig,
-                 interpret: bool, x_dtype: torch.dtype, params_dtype: torch.dtype,
-                 grad_out_dtype: torch.dtype | None = None, need_grad_x: bool = False,
-                 arch: int = 90) -> KernelBuild:
+def kernel_build(
+    kernel: str,
+    shape: MLPShape,
+    *,
+    labels: bool,
+    precision: str,
+    config: LaunchConfig,
+    interpret: bool,
+    x_dtype: torch.dtype,
+    params_dtype: torch.dtype,
+    grad_out_dtype: torch.dtype | None = None,
+    need_grad_x: bool = False,
+    arch: int = 90,
+) -> KernelBuild:
     """How ``kernel`` ("forward" or "backward") is built for these shapes, dtypes and ``config``:
     what the launchers launch and ``asapnet_triton.aot`` compiles.
 
@@ -241,9 +264,12 @@ def kernel_build(kernel: str, shape: MLPShape, *, labels: bool, precision: str, 
         need_grad_x = need_grad_x and not labels
         constexprs.update(NEED_GRAD_X=need_grad_x, LABEL_GRAD_DOT=label_grad_by_dot(shape, arch, precision))
         accumulator = accumulator_dtype(precision)
-        pointers = {"x_ptr": x_dtype, "params_ptr": params_dtype,
-                    "grad_out_ptr": params_dtype if grad_out_dtype is None else grad_out_dtype,
-                    "grad_params_ptr": accumulator,
-                    # without an input gradient the launcher passes the partial sums as a dummy
-                    "grad_x_ptr": x_dtype if need_grad_x else accumulator}
+        pointers = {
+            "x_ptr": x_dtype,
+            "params_ptr": params_dtype,
+            "grad_out_ptr": params_dtype if grad_out_dtype is None else grad_out_dtype,
+            "grad_params_ptr": accumulator,
+            # without an input gradient the launcher passes the partial sums as a dummy
+            "grad_x_ptr": x_dtype if need_grad_x else accumulator,
+        }
     return KernelBuild(kernel, constexprs, pointers, config.num_warps, config.num_stages)

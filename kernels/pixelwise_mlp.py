@@ -25,8 +25,14 @@ import triton.language as tl
 
 from asapnet_triton.layout import MLPShape
 
-from .launch_config import (SUPPORTED_HIDDEN_WIDTHS, LaunchConfig, accumulator_dtype, check_kernel, device_arch,
-                            kernel_build)
+from .launch_config import (
+    SUPPORTED_HIDDEN_WIDTHS,
+    LaunchConfig,
+    accumulator_dtype,
+    check_kernel,
+    device_arch,
+    kernel_build,
+)
 
 __all__ = [
     "interpreter_active",
@@ -71,11 +77,9 @@ def _as_operand(t, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
 
 
 @triton.jit
-def _dot(a, w, ACC_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
-         INPUT_PRECISION: tl.constexpr):
+def _dot(a, w, ACC_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr, INPUT_PRECISION: tl.constexpr):
     # a: [M, K] activations (any float dtype); w: [K, N] weights already made operands.
-    return tl.dot(_as_operand(a, DOT_DTYPE, ROUNDING), w, input_precision=INPUT_PRECISION,
-                  out_dtype=ACC_DTYPE)
+    return tl.dot(_as_operand(a, DOT_DTYPE, ROUNDING), w, input_precision=INPUT_PRECISION, out_dtype=ACC_DTYPE)
 
 
 @triton.jit
@@ -85,8 +89,16 @@ def _dot_acc(a, w, acc, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr, INPUT_P
 
 
 @triton.jit
-def _load_weight(cell_ptr, stride_c, OFFSET: tl.constexpr, ROW0: tl.constexpr, ROWS: tl.constexpr,
-                 ROWS_PAD: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+def _load_weight(
+    cell_ptr,
+    stride_c,
+    OFFSET: tl.constexpr,
+    ROW0: tl.constexpr,
+    ROWS: tl.constexpr,
+    ROWS_PAD: tl.constexpr,
+    COLS: tl.constexpr,
+    COLS_PAD: tl.constexpr,
+):
     # Rows ROW0 .. ROW0+ROWS of the [*, COLS] weight matrix stored from channel OFFSET,
     # as a zero-padded [ROWS_PAD, COLS_PAD] tile.
     r = tl.arange(0, ROWS_PAD)[:, None]
@@ -103,8 +115,7 @@ def _load_vector(cell_ptr, stride_c, OFFSET: tl.constexpr, COLS: tl.constexpr, C
 
 
 @triton.jit
-def _pos_encoding(lx, ly, CELL: tl.constexpr, N_PE: tl.constexpr, PE_PAD: tl.constexpr,
-                  ACC_DTYPE: tl.constexpr):
+def _pos_encoding(lx, ly, CELL: tl.constexpr, N_PE: tl.constexpr, PE_PAD: tl.constexpr, ACC_DTYPE: tl.constexpr):
     # [BLOCK_P, PE_PAD] encoding; channel j: frequency j // 4 (period CELL >> (j // 4)),
     # kind j % 4 in (cos x, sin x, cos y, sin y). Periods divide CELL, so the cell-local
     # coordinates lx, ly give the same values as global ones, and the phase is exact integer
@@ -132,8 +143,16 @@ def _tanh(y):
 
 
 @triton.jit
-def _store_weight(cell_ptr, tile, OFFSET: tl.constexpr, ROW0: tl.constexpr, ROWS: tl.constexpr,
-                  ROWS_PAD: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
+def _store_weight(
+    cell_ptr,
+    tile,
+    OFFSET: tl.constexpr,
+    ROW0: tl.constexpr,
+    ROWS: tl.constexpr,
+    ROWS_PAD: tl.constexpr,
+    COLS: tl.constexpr,
+    COLS_PAD: tl.constexpr,
+):
     # The inverse of _load_weight, into a contiguous channel axis.
     r = tl.arange(0, ROWS_PAD)[:, None]
     c = tl.arange(0, COLS_PAD)[None, :]
@@ -174,10 +193,22 @@ def _layer_offset(layer, C_IN: tl.constexpr, N_PE: tl.constexpr, HIDDEN: tl.cons
 
 
 @triton.jit
-def _load_cell_mlp(p_cell, stride_pc, C_IN: tl.constexpr, LABELS: tl.constexpr, N_PE: tl.constexpr,
-                   HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_OUT: tl.constexpr,
-                   C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,
-                   DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
+def _load_cell_mlp(
+    p_cell,
+    stride_pc,
+    C_IN: tl.constexpr,
+    LABELS: tl.constexpr,
+    N_PE: tl.constexpr,
+    HIDDEN: tl.constexpr,
+    DEPTH: tl.constexpr,
+    C_OUT: tl.constexpr,
+    C_IN_PAD: tl.constexpr,
+    PE_PAD: tl.constexpr,
+    C_OUT_PAD: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
     # The cell's biases (ACC_DTYPE) and weights (made dot operands), loaded once per program.
     # Layer 0's weight [C_IN + N_PE, HIDDEN] is split into its input rows w_in (not loaded for
     # labels: those rows are gathered per pixel) and its encoding rows w_pe.
@@ -185,11 +216,13 @@ def _load_cell_mlp(p_cell, stride_pc, C_IN: tl.constexpr, LABELS: tl.constexpr, 
     if LABELS:
         w_in = tl.zeros((C_IN_PAD, HIDDEN), DOT_DTYPE)  # placeholder, unused
     else:
-        w_in = _as_operand(_load_weight(p_cell, stride_pc, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN),
-                           DOT_DTYPE, ROUNDING)
+        w_in = _as_operand(
+            _load_weight(p_cell, stride_pc, HIDDEN, 0, C_IN, C_IN_PAD, HIDDEN, HIDDEN), DOT_DTYPE, ROUNDING
+        )
     if N_PE > 0:
-        w_pe = _as_operand(_load_weight(p_cell, stride_pc, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN),
-                           DOT_DTYPE, ROUNDING)
+        w_pe = _as_operand(
+            _load_weight(p_cell, stride_pc, HIDDEN, C_IN, N_PE, PE_PAD, HIDDEN, HIDDEN), DOT_DTYPE, ROUNDING
+        )
     else:
         w_pe = tl.zeros((PE_PAD, HIDDEN), DOT_DTYPE)  # placeholder, unused
     hidden_b = ()
@@ -197,22 +230,42 @@ def _load_cell_mlp(p_cell, stride_pc, C_IN: tl.constexpr, LABELS: tl.constexpr, 
     for layer in tl.static_range(1, DEPTH - 1):
         offset = _layer_offset(layer, C_IN, N_PE, HIDDEN)
         hidden_b = hidden_b + (_load_vector(p_cell, stride_pc, offset, HIDDEN, HIDDEN).to(ACC_DTYPE),)
-        hidden_w = hidden_w + (_as_operand(
-            _load_weight(p_cell, stride_pc, offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
-            DOT_DTYPE, ROUNDING),)
+        hidden_w = hidden_w + (
+            _as_operand(
+                _load_weight(p_cell, stride_pc, offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN), DOT_DTYPE, ROUNDING
+            ),
+        )
     last = _layer_offset(DEPTH - 1, C_IN, N_PE, HIDDEN)
     b_last = _load_vector(p_cell, stride_pc, last, C_OUT, C_OUT_PAD).to(ACC_DTYPE)
     w_last = _as_operand(
-        _load_weight(p_cell, stride_pc, last + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD),
-        DOT_DTYPE, ROUNDING)
+        _load_weight(p_cell, stride_pc, last + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD), DOT_DTYPE, ROUNDING
+    )
     return b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last
 
 
 @triton.jit
-def _store_cell_grads(g_cell, g_b0, g_w_in, g_w_in_t, g_w_in_rows, g_w_pe, g_hidden_b, g_hidden_w, g_b_last,
-                      g_w_last, C_IN: tl.constexpr, LABELS: tl.constexpr, LABEL_GRAD_DOT: tl.constexpr,
-                      N_PE: tl.constexpr, HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_OUT: tl.constexpr,
-                      C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr):
+def _store_cell_grads(
+    g_cell,
+    g_b0,
+    g_w_in,
+    g_w_in_t,
+    g_w_in_rows,
+    g_w_pe,
+    g_hidden_b,
+    g_hidden_w,
+    g_b_last,
+    g_w_last,
+    C_IN: tl.constexpr,
+    LABELS: tl.constexpr,
+    LABEL_GRAD_DOT: tl.constexpr,
+    N_PE: tl.constexpr,
+    HIDDEN: tl.constexpr,
+    DEPTH: tl.constexpr,
+    C_OUT: tl.constexpr,
+    C_IN_PAD: tl.constexpr,
+    PE_PAD: tl.constexpr,
+    C_OUT_PAD: tl.constexpr,
+):
     # The mirror of _load_cell_mlp: one program's parameter gradients, in the parameter layout,
     # into its contiguous row of the partial sums. Layer 0's input rows come as g_w_in (float
     # input), its transpose g_w_in_t (labels, one-hot product) or per-class rows g_w_in_rows.
@@ -237,8 +290,7 @@ def _store_cell_grads(g_cell, g_b0, g_w_in, g_w_in_t, g_w_in_rows, g_w_pe, g_hid
 
 
 @triton.jit
-def _block_pixels(part, blk, cy, cx, H, W, CELL: tl.constexpr, BLOCK_P: tl.constexpr,
-                  BLOCKS_PER_PROGRAM: tl.constexpr):
+def _block_pixels(part, blk, cy, cx, H, W, CELL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr):
     # Block `blk` of program slice `part` of cell (cy, cx): cell-local and global coordinates.
     i = (part * BLOCKS_PER_PROGRAM + blk) * BLOCK_P + tl.arange(0, BLOCK_P)
     ly = i // CELL
@@ -250,12 +302,38 @@ def _block_pixels(part, blk, cy, cx, H, W, CELL: tl.constexpr, BLOCK_P: tl.const
 
 
 @triton.jit
-def _mlp_block(x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly, gy, gx, valid,
-               b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last,
-               C_IN: tl.constexpr, LABELS: tl.constexpr, CELL: tl.constexpr, N_PE: tl.constexpr,
-               HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr,
-               DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
-               INPUT_PRECISION: tl.constexpr):
+def _mlp_block(
+    x_img,
+    p_cell,
+    stride_xc,
+    stride_xh,
+    stride_xw,
+    stride_pc,
+    lx,
+    ly,
+    gy,
+    gx,
+    valid,
+    b0,
+    w_in,
+    w_pe,
+    hidden_b,
+    hidden_w,
+    b_last,
+    w_last,
+    C_IN: tl.constexpr,
+    LABELS: tl.constexpr,
+    CELL: tl.constexpr,
+    N_PE: tl.constexpr,
+    HIDDEN: tl.constexpr,
+    DEPTH: tl.constexpr,
+    C_IN_PAD: tl.constexpr,
+    PE_PAD: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
     # One block's MLP. Returns y [BLOCK_P, C_OUT_PAD] (after tanh), the tuple of the DEPTH - 1
     # hidden activations (after leaky ReLU; the backward kernel's recomputation), the block's
     # layer-0 input (labels [BLOCK_P] or x [BLOCK_P, C_IN_PAD]) and its encoding [BLOCK_P, PE_PAD].
@@ -279,8 +357,9 @@ def _mlp_block(x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly
     h = _leaky_relu(acc + b0[None, :])
     activations = (h,)
     for layer in tl.static_range(DEPTH - 2):
-        h = _leaky_relu(_dot(h, hidden_w[layer], ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
-                        + hidden_b[layer][None, :])
+        h = _leaky_relu(
+            _dot(h, hidden_w[layer], ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) + hidden_b[layer][None, :]
+        )
         activations = activations + (h,)
     y = _tanh(_dot(h, w_last, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) + b_last[None, :])
     return y, activations, layer_in, pe
@@ -293,40 +372,98 @@ def _mlp_block(x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly
 
 @triton.jit
 def _pixelwise_mlp_fwd_kernel(
-    x_ptr, params_ptr, out_ptr,
-    H, W, Hc, Wc,
-    stride_xb, stride_xc, stride_xh, stride_xw,  # x: (B, C_IN, H, W), or labels (B, H, W): stride_xc unused
-    stride_pb, stride_pc, stride_ph, stride_pw,  # params: (B, P, Hc, Wc)
-    stride_ob, stride_oc, stride_oh, stride_ow,  # out: (B, C_OUT, H, W)
-    C_IN: tl.constexpr,        # input channels, or number of classes when LABELS
-    LABELS: tl.constexpr,      # x holds integer labels; layer 0 gathers a weight row
-    CELL: tl.constexpr,        # cell size (pixels per coarse cell side)
-    N_PE: tl.constexpr,        # positional-encoding channels (0: none)
+    x_ptr,
+    params_ptr,
+    out_ptr,
+    H,
+    W,
+    Hc,
+    Wc,
+    stride_xb,
+    stride_xc,
+    stride_xh,
+    stride_xw,  # x: (B, C_IN, H, W), or labels (B, H, W): stride_xc unused
+    stride_pb,
+    stride_pc,
+    stride_ph,
+    stride_pw,  # params: (B, P, Hc, Wc)
+    stride_ob,
+    stride_oc,
+    stride_oh,
+    stride_ow,  # out: (B, C_OUT, H, W)
+    C_IN: tl.constexpr,  # input channels, or number of classes when LABELS
+    LABELS: tl.constexpr,  # x holds integer labels; layer 0 gathers a weight row
+    CELL: tl.constexpr,  # cell size (pixels per coarse cell side)
+    N_PE: tl.constexpr,  # positional-encoding channels (0: none)
     HIDDEN: tl.constexpr,
     DEPTH: tl.constexpr,
     C_OUT: tl.constexpr,
-    C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,  # >= 16, powers of 2
-    BLOCK_P: tl.constexpr,     # pixels per block (rows of every tl.dot)
+    C_IN_PAD: tl.constexpr,
+    PE_PAD: tl.constexpr,
+    C_OUT_PAD: tl.constexpr,  # >= 16, powers of 2
+    BLOCK_P: tl.constexpr,  # pixels per block (rows of every tl.dot)
     BLOCKS_PER_PROGRAM: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     cell, b, cy, cx, p_cell = _program_cell(params_ptr, Hc, Wc, stride_pb, stride_ph, stride_pw)
     part = tl.program_id(1)  # which BLOCKS_PER_PROGRAM * BLOCK_P pixels of the cell
     # the cell's weights, loaded once, kept on chip across the pixel loop
     b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last = _load_cell_mlp(
-        p_cell, stride_pc, C_IN, LABELS, N_PE, HIDDEN, DEPTH, C_OUT, C_IN_PAD, PE_PAD, C_OUT_PAD,
-        DOT_DTYPE, ACC_DTYPE, ROUNDING)
+        p_cell,
+        stride_pc,
+        C_IN,
+        LABELS,
+        N_PE,
+        HIDDEN,
+        DEPTH,
+        C_OUT,
+        C_IN_PAD,
+        PE_PAD,
+        C_OUT_PAD,
+        DOT_DTYPE,
+        ACC_DTYPE,
+        ROUNDING,
+    )
     c_out = tl.arange(0, C_OUT_PAD)
     x_img = x_ptr + b * stride_xb
     out_img = out_ptr + b * stride_ob
     for blk in range(BLOCKS_PER_PROGRAM):
         lx, ly, gy, gx, valid = _block_pixels(part, blk, cy, cx, H, W, CELL, BLOCK_P, BLOCKS_PER_PROGRAM)
         y, _, _, _ = _mlp_block(
-            x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly, gy, gx, valid,
-            b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last,
-            C_IN, LABELS, CELL, N_PE, HIDDEN, DEPTH, C_IN_PAD, PE_PAD,
-            DOT_DTYPE, ACC_DTYPE, ROUNDING, INPUT_PRECISION)
+            x_img,
+            p_cell,
+            stride_xc,
+            stride_xh,
+            stride_xw,
+            stride_pc,
+            lx,
+            ly,
+            gy,
+            gx,
+            valid,
+            b0,
+            w_in,
+            w_pe,
+            hidden_b,
+            hidden_w,
+            b_last,
+            w_last,
+            C_IN,
+            LABELS,
+            CELL,
+            N_PE,
+            HIDDEN,
+            DEPTH,
+            C_IN_PAD,
+            PE_PAD,
+            DOT_DTYPE,
+            ACC_DTYPE,
+            ROUNDING,
+            INPUT_PRECISION,
+        )
         out_ptrs = out_img + gy[:, None] * stride_oh + gx[:, None] * stride_ow + c_out[None, :] * stride_oc
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=valid[:, None] & (c_out[None, :] < C_OUT))
 
@@ -344,17 +481,47 @@ def _leaky_relu_grad(activation):
 
 @triton.jit
 def _pixelwise_mlp_bwd_kernel(
-    x_ptr, params_ptr, grad_out_ptr, grad_params_ptr, grad_x_ptr,
-    H, W, Hc, Wc, P,
-    stride_xb, stride_xc, stride_xh, stride_xw,      # x, as in the forward kernel
-    stride_pb, stride_pc, stride_ph, stride_pw,      # params
-    stride_gb, stride_gc, stride_gh, stride_gw,      # grad_out: (B, C_OUT, H, W)
-    stride_dxb, stride_dxc, stride_dxh, stride_dxw,  # grad_x: (B, C_IN, H, W), when NEED_GRAD_X
-    C_IN: tl.constexpr, LABELS: tl.constexpr, CELL: tl.constexpr, N_PE: tl.constexpr,
-    HIDDEN: tl.constexpr, DEPTH: tl.constexpr, C_OUT: tl.constexpr,
-    C_IN_PAD: tl.constexpr, PE_PAD: tl.constexpr, C_OUT_PAD: tl.constexpr,
-    BLOCK_P: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr,
-    DOT_DTYPE: tl.constexpr, ACC_DTYPE: tl.constexpr, ROUNDING: tl.constexpr,
+    x_ptr,
+    params_ptr,
+    grad_out_ptr,
+    grad_params_ptr,
+    grad_x_ptr,
+    H,
+    W,
+    Hc,
+    Wc,
+    P,
+    stride_xb,
+    stride_xc,
+    stride_xh,
+    stride_xw,  # x, as in the forward kernel
+    stride_pb,
+    stride_pc,
+    stride_ph,
+    stride_pw,  # params
+    stride_gb,
+    stride_gc,
+    stride_gh,
+    stride_gw,  # grad_out: (B, C_OUT, H, W)
+    stride_dxb,
+    stride_dxc,
+    stride_dxh,
+    stride_dxw,  # grad_x: (B, C_IN, H, W), when NEED_GRAD_X
+    C_IN: tl.constexpr,
+    LABELS: tl.constexpr,
+    CELL: tl.constexpr,
+    N_PE: tl.constexpr,
+    HIDDEN: tl.constexpr,
+    DEPTH: tl.constexpr,
+    C_OUT: tl.constexpr,
+    C_IN_PAD: tl.constexpr,
+    PE_PAD: tl.constexpr,
+    C_OUT_PAD: tl.constexpr,
+    BLOCK_P: tl.constexpr,
+    BLOCKS_PER_PROGRAM: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
     NEED_GRAD_X: tl.constexpr,
     LABEL_GRAD_DOT: tl.constexpr,  # label-row weight gradient as a one-hot product (else row sums)
@@ -366,18 +533,34 @@ def _pixelwise_mlp_bwd_kernel(
     cell, b, cy, cx, p_cell = _program_cell(params_ptr, Hc, Wc, stride_pb, stride_ph, stride_pw)
     part = tl.program_id(1)
     b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last = _load_cell_mlp(
-        p_cell, stride_pc, C_IN, LABELS, N_PE, HIDDEN, DEPTH, C_OUT, C_IN_PAD, PE_PAD, C_OUT_PAD,
-        DOT_DTYPE, ACC_DTYPE, ROUNDING)
+        p_cell,
+        stride_pc,
+        C_IN,
+        LABELS,
+        N_PE,
+        HIDDEN,
+        DEPTH,
+        C_OUT,
+        C_IN_PAD,
+        PE_PAD,
+        C_OUT_PAD,
+        DOT_DTYPE,
+        ACC_DTYPE,
+        ROUNDING,
+    )
     w_in_rows = ()
     if NEED_GRAD_X and C_IN <= ROW_GRAD_X_MAX:
         for c in tl.static_range(C_IN):  # row c of layer 0's weight, as an operand
-            w_in_rows = w_in_rows + (_as_operand(_load_vector(p_cell, stride_pc, HIDDEN + c * HIDDEN, HIDDEN, HIDDEN),
-                                                 DOT_DTYPE, ROUNDING).to(ACC_DTYPE),)
+            w_in_rows = w_in_rows + (
+                _as_operand(
+                    _load_vector(p_cell, stride_pc, HIDDEN + c * HIDDEN, HIDDEN, HIDDEN), DOT_DTYPE, ROUNDING
+                ).to(ACC_DTYPE),
+            )
     g_b0 = tl.zeros((HIDDEN,), ACC_DTYPE)
     # layer 0's input rows in the formulation of this input (the other two stay unused and vanish):
-    g_w_in = tl.zeros((C_IN_PAD, HIDDEN), ACC_DTYPE)    # float input
+    g_w_in = tl.zeros((C_IN_PAD, HIDDEN), ACC_DTYPE)  # float input
     g_w_in_t = tl.zeros((HIDDEN, C_IN_PAD), ACC_DTYPE)  # labels by one-hot product (the B operand)
-    g_w_in_rows = ()                                    # labels by per-class row sums
+    g_w_in_rows = ()  # labels by per-class row sums
     if LABELS and not LABEL_GRAD_DOT:
         for _ in tl.static_range(C_IN):
             g_w_in_rows = g_w_in_rows + (tl.zeros((HIDDEN,), ACC_DTYPE),)
@@ -396,26 +579,72 @@ def _pixelwise_mlp_bwd_kernel(
     for blk in range(BLOCKS_PER_PROGRAM):
         lx, ly, gy, gx, valid = _block_pixels(part, blk, cy, cx, H, W, CELL, BLOCK_P, BLOCKS_PER_PROGRAM)
         y, acts, layer_in, pe = _mlp_block(
-            x_img, p_cell, stride_xc, stride_xh, stride_xw, stride_pc, lx, ly, gy, gx, valid,
-            b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last,
-            C_IN, LABELS, CELL, N_PE, HIDDEN, DEPTH, C_IN_PAD, PE_PAD,
-            DOT_DTYPE, ACC_DTYPE, ROUNDING, INPUT_PRECISION)
+            x_img,
+            p_cell,
+            stride_xc,
+            stride_xh,
+            stride_xw,
+            stride_pc,
+            lx,
+            ly,
+            gy,
+            gx,
+            valid,
+            b0,
+            w_in,
+            w_pe,
+            hidden_b,
+            hidden_w,
+            b_last,
+            w_last,
+            C_IN,
+            LABELS,
+            CELL,
+            N_PE,
+            HIDDEN,
+            DEPTH,
+            C_IN_PAD,
+            PE_PAD,
+            DOT_DTYPE,
+            ACC_DTYPE,
+            ROUNDING,
+            INPUT_PRECISION,
+        )
         # dL/dy, zero outside the image so that padding pixels contribute nothing below
-        g_ptrs = (grad_out_ptr + b * stride_gb + gy[:, None] * stride_gh + gx[:, None] * stride_gw
-                  + c_out[None, :] * stride_gc)
+        g_ptrs = (
+            grad_out_ptr
+            + b * stride_gb
+            + gy[:, None] * stride_gh
+            + gx[:, None] * stride_gw
+            + c_out[None, :] * stride_gc
+        )
         dy = tl.load(g_ptrs, mask=valid[:, None] & (c_out[None, :] < C_OUT), other=0.0).to(ACC_DTYPE)
         dz = dy * (1.0 - y * y)  # through tanh
         g_b_last += tl.sum(dz, axis=0)
-        g_w_last = _dot_acc(tl.trans(acts[DEPTH - 2]), _as_operand(dz, DOT_DTYPE, ROUNDING), g_w_last,
-                            DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        g_w_last = _dot_acc(
+            tl.trans(acts[DEPTH - 2]),
+            _as_operand(dz, DOT_DTYPE, ROUNDING),
+            g_w_last,
+            DOT_DTYPE,
+            ROUNDING,
+            INPUT_PRECISION,
+        )
         da = _dot(dz, tl.trans(w_last), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         new_b = ()
         new_w = ()
         for layer in tl.static_range(DEPTH - 3, -1, -1):  # hidden layers from the last to the first
             dz = da * _leaky_relu_grad(acts[layer + 1])
             new_b = (g_hidden_b[layer] + tl.sum(dz, axis=0),) + new_b
-            new_w = (_dot_acc(tl.trans(acts[layer]), _as_operand(dz, DOT_DTYPE, ROUNDING), g_hidden_w[layer],
-                              DOT_DTYPE, ROUNDING, INPUT_PRECISION),) + new_w
+            new_w = (
+                _dot_acc(
+                    tl.trans(acts[layer]),
+                    _as_operand(dz, DOT_DTYPE, ROUNDING),
+                    g_hidden_w[layer],
+                    DOT_DTYPE,
+                    ROUNDING,
+                    INPUT_PRECISION,
+                ),
+            ) + new_w
             da = _dot(dz, tl.trans(hidden_w[layer]), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         g_hidden_b = new_b
         g_hidden_w = new_w
@@ -452,13 +681,35 @@ def _pixelwise_mlp_bwd_kernel(
                         tl.store(dx_img + c * stride_dxc, dx_c.to(grad_x_ptr.dtype.element_ty), mask=valid)
                 else:
                     dx = _dot(dz, tl.trans(w_in), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
-                    tl.store(dx_img[:, None] + c_in[None, :] * stride_dxc, dx.to(grad_x_ptr.dtype.element_ty),
-                             mask=valid[:, None] & (c_in[None, :] < C_IN))
+                    tl.store(
+                        dx_img[:, None] + c_in[None, :] * stride_dxc,
+                        dx.to(grad_x_ptr.dtype.element_ty),
+                        mask=valid[:, None] & (c_in[None, :] < C_IN),
+                    )
 
     g_cell = grad_params_ptr + (cell.to(tl.int64) * tl.num_programs(1) + part) * P
-    _store_cell_grads(g_cell, g_b0, g_w_in, g_w_in_t, g_w_in_rows, g_w_pe, g_hidden_b, g_hidden_w, g_b_last,
-                      g_w_last, C_IN, LABELS, LABEL_GRAD_DOT, N_PE, HIDDEN, DEPTH, C_OUT, C_IN_PAD, PE_PAD,
-                      C_OUT_PAD)
+    _store_cell_grads(
+        g_cell,
+        g_b0,
+        g_w_in,
+        g_w_in_t,
+        g_w_in_rows,
+        g_w_pe,
+        g_hidden_b,
+        g_hidden_w,
+        g_b_last,
+        g_w_last,
+        C_IN,
+        LABELS,
+        LABEL_GRAD_DOT,
+        N_PE,
+        HIDDEN,
+        DEPTH,
+        C_OUT,
+        C_IN_PAD,
+        PE_PAD,
+        C_OUT_PAD,
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -479,18 +730,25 @@ def _check_launch(shape: MLPShape, **tensors: torch.Tensor) -> bool:
     interpret = interpreter_active()
     for name, t in tensors.items():
         if interpret and t.device.type != "cpu":
-            raise ValueError(f"{name} must be a CPU tensor under Triton's interpreter (TRITON_INTERPRET=1), "
-                             f"got a tensor on {t.device}")
+            raise ValueError(
+                f"{name} must be a CPU tensor under Triton's interpreter (TRITON_INTERPRET=1), "
+                f"got a tensor on {t.device}"
+            )
         if not interpret and t.device.type != "cuda":
-            raise ValueError(f"{name} must be a CUDA tensor for the compiled Triton kernels, got a tensor on "
-                             f"{t.device} (run on CPU with backend='torch', or set TRITON_INTERPRET=1 before "
-                             f"importing triton for backend='interpret')")
+            raise ValueError(
+                f"{name} must be a CUDA tensor for the compiled Triton kernels, got a tensor on "
+                f"{t.device} (run on CPU with backend='torch', or set TRITON_INTERPRET=1 before "
+                f"importing triton for backend='interpret')"
+            )
     if shape.hidden_width not in SUPPORTED_HIDDEN_WIDTHS:
-        raise ValueError(f"hidden_width must be one of {SUPPORTED_HIDDEN_WIDTHS} for the Triton kernels, "
-                         f"got {shape.hidden_width}")
+        raise ValueError(
+            f"hidden_width must be one of {SUPPORTED_HIDDEN_WIDTHS} for the Triton kernels, got {shape.hidden_width}"
+        )
     if tensors["params"].dtype not in _TL_DTYPES:
-        raise TypeError(f"params must be float16, bfloat16, float32 or float64 for the Triton kernels, "
-                        f"got {tensors['params'].dtype}")
+        raise TypeError(
+            f"params must be float16, bfloat16, float32 or float64 for the Triton kernels, "
+            f"got {tensors['params'].dtype}"
+        )
     return interpret
 
 
@@ -534,16 +792,34 @@ def pixelwise_mlp_forward(
     if out is None:
         out = _empty((B, shape.out_channels, H, W), device=params.device, dtype=params.dtype)
     elif out.shape != (B, shape.out_channels, H, W) or out.dtype != params.dtype:
-        raise ValueError(f"out must have shape {(B, shape.out_channels, H, W)} and dtype {params.dtype}, "
-                         f"got {tuple(out.shape)} {out.dtype}")
-    build = kernel_build("forward", shape, labels=labels, precision=precision, config=config, interpret=interpret,
-                         x_dtype=x.dtype, params_dtype=params.dtype)
+        raise ValueError(
+            f"out must have shape {(B, shape.out_channels, H, W)} and dtype {params.dtype}, "
+            f"got {tuple(out.shape)} {out.dtype}"
+        )
+    build = kernel_build(
+        "forward",
+        shape,
+        labels=labels,
+        precision=precision,
+        config=config,
+        interpret=interpret,
+        x_dtype=x.dtype,
+        params_dtype=params.dtype,
+    )
     grid = _grid(shape, B * Hc * Wc, build.constexprs)
     _pixelwise_mlp_fwd_kernel[grid](
-        x, params, out,
-        H, W, Hc, Wc,
-        *_x_strides(x, labels), *params.stride(), *out.stride(),
-        num_warps=build.num_warps, num_stages=build.num_stages,
+        x,
+        params,
+        out,
+        H,
+        W,
+        Hc,
+        Wc,
+        *_x_strides(x, labels),
+        *params.stride(),
+        *out.stride(),
+        num_warps=build.num_warps,
+        num_stages=build.num_stages,
         **build.constexprs,
     )
     return out
@@ -577,19 +853,40 @@ def pixelwise_mlp_backward(
     if grad_out.shape != (B, shape.out_channels, H, W):
         raise ValueError(f"grad_out must have shape {(B, shape.out_channels, H, W)}, got {tuple(grad_out.shape)}")
     need_grad_x = need_grad_x and not labels
-    build = kernel_build("backward", shape, labels=labels, precision=precision, config=config, interpret=interpret,
-                         x_dtype=x.dtype, params_dtype=params.dtype, grad_out_dtype=grad_out.dtype,
-                         need_grad_x=need_grad_x, arch=device_arch(params.device) if arch is None else arch)
+    build = kernel_build(
+        "backward",
+        shape,
+        labels=labels,
+        precision=precision,
+        config=config,
+        interpret=interpret,
+        x_dtype=x.dtype,
+        params_dtype=params.dtype,
+        grad_out_dtype=grad_out.dtype,
+        need_grad_x=need_grad_x,
+        arch=device_arch(params.device) if arch is None else arch,
+    )
     grid = _grid(shape, B * Hc * Wc, build.constexprs)
     partial = _empty((grid[0], grid[1], P), device=params.device, dtype=accumulator_dtype(precision))
     grad_x = _empty(x.shape, device=x.device, dtype=x.dtype) if need_grad_x else None
     dx = grad_x if need_grad_x else partial  # any tensor: the kernel never touches it then
     _pixelwise_mlp_bwd_kernel[grid](
-        x, params, grad_out, partial, dx,
-        H, W, Hc, Wc, P,
-        *_x_strides(x, labels), *params.stride(), *grad_out.stride(),
+        x,
+        params,
+        grad_out,
+        partial,
+        dx,
+        H,
+        W,
+        Hc,
+        Wc,
+        P,
+        *_x_strides(x, labels),
+        *params.stride(),
+        *grad_out.stride(),
         *(dx.stride() if need_grad_x else (0, 0, 0, 0)),
-        num_warps=build.num_warps, num_stages=build.num_stages,
+        num_warps=build.num_warps,
+        num_stages=build.num_stages,
         **build.constexprs,
     )
     grad_params = partial.sum(dim=1) if grid[1] > 1 else partial[:, 0]

@@ -17,8 +17,7 @@ from asapnet_triton.layout import MLPShape
 from asapnet_triton.precision import round_operand
 
 
-def positional_encoding(height: int, width: int, cell_size: int, *, dtype=torch.float64,
-                        device=None) -> torch.Tensor:
+def positional_encoding(height: int, width: int, cell_size: int, *, dtype=torch.float64, device=None) -> torch.Tensor:
     """(4 * log2(cell_size), height, width): for f = cell_size, cell_size/2, ..., 2 the channels
     cos(2 pi x / f), sin(2 pi x / f), cos(2 pi y / f), sin(2 pi y / f), with x, y the global column
     and row of the pixel."""

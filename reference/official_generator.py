@@ -45,8 +45,7 @@ __all__ = ["OfficialASAPNetsGenerator", "instance_edges", "one_hot_semantics"]
 def one_hot_semantics(labels: torch.Tensor, num_classes: int, edges: torch.Tensor | None = None) -> torch.Tensor:
     """The published generator's input: labels (B, H, W) one-hot encoded to (B, num_classes, H, W)
     float, with the instance edge map (B, 1, H, W) appended when given."""
-    semantics = torch.zeros(labels.shape[0], num_classes, *labels.shape[1:], dtype=torch.float32,
-                            device=labels.device)
+    semantics = torch.zeros(labels.shape[0], num_classes, *labels.shape[1:], dtype=torch.float32, device=labels.device)
     semantics.scatter_(1, labels.long().unsqueeze(1), 1.0)
     if edges is not None:
         semantics = torch.cat([semantics, edges.float()], dim=1)
@@ -88,8 +87,10 @@ class _TentDownsample(nn.Module):
 
 def _conv_norm(in_channels: int, out_channels: int, kernel: int, stride: int, padding: int) -> nn.Sequential:
     # the published norm wrapper deletes the conv's bias and pairs the conv with an affine instance norm
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False),
-                         nn.InstanceNorm2d(out_channels, affine=True))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=padding, bias=False),
+        nn.InstanceNorm2d(out_channels, affine=True),
+    )
 
 
 class _ASAPNetsBlock(nn.Module):
@@ -104,8 +105,9 @@ class _ASAPNetsBlock(nn.Module):
 
 
 class _LRStream(nn.Module):
-    def __init__(self, num_in: int, num_out: int, *, width: int, max_width: int, depth: int,
-                 learned_ds_factor: int, pad_module):
+    def __init__(
+        self, num_in: int, num_out: int, *, width: int, max_width: int, depth: int, learned_ds_factor: int, pad_module
+    ):
         super().__init__()
         padding = 0 if pad_module else 1
         pad = [] if pad_module is None else [pad_module(1)]
@@ -133,10 +135,12 @@ def _cosine_coordinates(batch: int, height: int, width: int, cell: int, device) 
         y = torch.arange(height, dtype=torch.float32, device=device)
         x_angle = 2 * math.pi * torch.remainder(x, f) / f
         y_angle = 2 * math.pi * torch.remainder(y, f) / f
-        channels += [torch.cos(x_angle).view(1, 1, 1, width).expand(batch, 1, height, width),
-                     torch.sin(x_angle).view(1, 1, 1, width).expand(batch, 1, height, width),
-                     torch.cos(y_angle).view(1, 1, height, 1).expand(batch, 1, height, width),
-                     torch.sin(y_angle).view(1, 1, height, 1).expand(batch, 1, height, width)]
+        channels += [
+            torch.cos(x_angle).view(1, 1, 1, width).expand(batch, 1, height, width),
+            torch.sin(x_angle).view(1, 1, 1, width).expand(batch, 1, height, width),
+            torch.cos(y_angle).view(1, 1, height, 1).expand(batch, 1, height, width),
+            torch.sin(y_angle).view(1, 1, height, 1).expand(batch, 1, height, width),
+        ]
         f //= 2
     return torch.cat(channels, dim=1)
 
@@ -158,8 +162,10 @@ class _HRStream(nn.Module):
         batch, _, height, width = highres.shape
         rows, cols = lr_params.shape[-2:]
         if (height, width) != (rows * k, cols * k):
-            raise ValueError(f"the published HR stream needs an image of exactly the grid's size times the cell "
-                             f"({rows * k}x{cols * k}), got {height}x{width}")
+            raise ValueError(
+                f"the published HR stream needs an image of exactly the grid's size times the cell "
+                f"({rows * k}x{cols * k}), got {height}x{width}"
+            )
         features = torch.cat([highres, _cosine_coordinates(batch, height, width, k, highres.device)], dim=1)
         # (B, C, rows, cols, k, k) -> (B, rows, cols, k * k, C): the pixels of one cell share one MLP
         tiles = features.unfold(2, k, k).unfold(3, k, k).permute(0, 2, 3, 4, 5, 1)
@@ -168,9 +174,9 @@ class _HRStream(nn.Module):
         offset = 0
         layers = list(zip(self.channels[:-1], self.channels[1:]))
         for index, (c_in, c_out) in enumerate(layers):
-            bias = cell_params[..., offset:offset + c_out].reshape(batch, rows, cols, 1, c_out)
+            bias = cell_params[..., offset : offset + c_out].reshape(batch, rows, cols, 1, c_out)
             offset += c_out
-            weight = cell_params[..., offset:offset + c_in * c_out].reshape(batch, rows, cols, c_in, c_out)
+            weight = cell_params[..., offset : offset + c_in * c_out].reshape(batch, rows, cols, c_in, c_out)
             offset += c_in * c_out
             out = torch.matmul(out, weight) + bias
             out = torch.tanh(out) if index == len(layers) - 1 else F.leaky_relu(out, 0.01)
@@ -191,21 +197,43 @@ class OfficialASAPNetsGenerator(nn.Module):
     :func:`one_hot_semantics`), H and W multiples of the cell size; returns ``(image, lr_features)``.
     """
 
-    def __init__(self, *, label_nc: int, contain_dontcare_label: bool = False, no_instance_edge: bool = True,
-                 lr_instance: bool = True, output_nc: int = 3, crop_size: int = 512, aspect_ratio: float = 1.0,
-                 learned_ds_factor: int = 16, lr_width: int = 64, lr_max_width: int = 1024, lr_depth: int = 7,
-                 hr_width: int = 64, hr_depth: int = 5, reflection_pad: bool = False, replicate_pad: bool = False):
+    def __init__(
+        self,
+        *,
+        label_nc: int,
+        contain_dontcare_label: bool = False,
+        no_instance_edge: bool = True,
+        lr_instance: bool = True,
+        output_nc: int = 3,
+        crop_size: int = 512,
+        aspect_ratio: float = 1.0,
+        learned_ds_factor: int = 16,
+        lr_width: int = 64,
+        lr_max_width: int = 1024,
+        lr_depth: int = 7,
+        hr_width: int = 64,
+        hr_depth: int = 5,
+        reflection_pad: bool = False,
+        replicate_pad: bool = False,
+    ):
         super().__init__()
         self.num_inputs = label_nc + int(contain_dontcare_label) + int(not no_instance_edge)
         self.downsampling = int(crop_size // (16 * aspect_ratio))
         self.learned_ds_factor = learned_ds_factor
         pad_module = nn.ReflectionPad2d if reflection_pad else nn.ReplicationPad2d if replicate_pad else None
-        self.highres_stream = _HRStream(self.downsampling, self.num_inputs - int(lr_instance), output_nc,
-                                        hr_width, hr_depth, lr_instance)
+        self.highres_stream = _HRStream(
+            self.downsampling, self.num_inputs - int(lr_instance), output_nc, hr_width, hr_depth, lr_instance
+        )
         # the LR stream sees every input channel, the instance channel included
-        self.lowres_stream = _LRStream(self.num_inputs, self.highres_stream.num_params, width=lr_width,
-                                       max_width=lr_max_width, depth=lr_depth, learned_ds_factor=learned_ds_factor,
-                                       pad_module=pad_module)
+        self.lowres_stream = _LRStream(
+            self.num_inputs,
+            self.highres_stream.num_params,
+            width=lr_width,
+            max_width=lr_max_width,
+            depth=lr_depth,
+            learned_ds_factor=learned_ds_factor,
+            pad_module=pad_module,
+        )
         stride = self.downsampling // learned_ds_factor
         self.downsample = _TentDownsample(stride, self.num_inputs) if stride != 1 else None
 

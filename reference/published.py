@@ -34,8 +34,10 @@ def pixelwise_mlp_published(
         x = F.one_hot(x.long(), num_classes).permute(0, 3, 1, 2)
     batch, in_channels, height, width = x.shape
     if height % cell_size or width % cell_size:
-        raise ValueError(f"the published algorithm needs height and width to be multiples of cell_size "
-                         f"({cell_size}), got {height}x{width}")
+        raise ValueError(
+            f"the published algorithm needs height and width to be multiples of cell_size "
+            f"({cell_size}), got {height}x{width}"
+        )
     shape = MLPShape(in_channels, cell_size, out_channels, hidden_width, depth, pos_encoding)
     features = x.to(dtype)
     if pos_encoding:
@@ -49,8 +51,8 @@ def pixelwise_mlp_published(
     cell_params = params.permute(0, 2, 3, 1).reshape(batch, cells, -1)
     layers = shape.layers
     for index, layer in enumerate(layers):
-        bias = cell_params[..., layer.bias_offset:layer.weight_offset].unsqueeze(2)
-        weight = cell_params[..., layer.weight_offset:layer.end]
+        bias = cell_params[..., layer.bias_offset : layer.weight_offset].unsqueeze(2)
+        weight = cell_params[..., layer.weight_offset : layer.end]
         weight = weight.reshape(batch, cells, layer.in_features, layer.out_features)
         h = torch.matmul(h, weight) + bias
         h = torch.tanh(h) if index == len(layers) - 1 else F.leaky_relu(h, 0.01)

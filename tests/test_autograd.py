@@ -13,8 +13,17 @@ import pytest
 import torch
 
 import asapnet_triton as at
-from asapnet_triton.testing import (MLP_CASES, device_for, gradient_error, implementations, mlp_kwargs, random_inputs,
-                                    reference_grads, relative_error, rms_relative_error)
+from asapnet_triton.testing import (
+    MLP_CASES,
+    device_for,
+    gradient_error,
+    implementations,
+    mlp_kwargs,
+    random_inputs,
+    reference_grads,
+    relative_error,
+    rms_relative_error,
+)
 
 IMPLEMENTATIONS = implementations()
 FP32_MAX_NORM = 1e-5
@@ -39,8 +48,9 @@ SHAPES = MLP_CASES[1:-1]
 
 @pytest.mark.parametrize("backend", IMPLEMENTATIONS)
 @pytest.mark.parametrize("batch, channels, height, width, cell, hidden, depth, out_channels, labels", SHAPES)
-def test_gradients_match_reference(backend, generator, batch, channels, height, width, cell, hidden,
-                                   depth, out_channels, labels):
+def test_gradients_match_reference(
+    backend, generator, batch, channels, height, width, cell, hidden, depth, out_channels, labels
+):
     shape = at.MLPShape(channels, cell, out_channels, hidden, depth)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
     grad_out = torch.randn(batch, out_channels, height, width, generator=generator)
@@ -159,8 +169,13 @@ class _TinyGenerator(torch.nn.Module):
         super().__init__()
         self.cell = shape.cell_size
         self.to_params = torch.nn.Conv2d(shape.in_channels, shape.param_count, 1)
-        self.hr = at.PixelwiseMLP(shape.in_channels, cell_size=shape.cell_size, hidden_width=shape.hidden_width,
-                                  depth=shape.depth, backend="torch")
+        self.hr = at.PixelwiseMLP(
+            shape.in_channels,
+            cell_size=shape.cell_size,
+            hidden_width=shape.hidden_width,
+            depth=shape.depth,
+            backend="torch",
+        )
 
     def forward(self, x):
         low = torch.nn.functional.avg_pool2d(x, self.cell, ceil_mode=True)

@@ -26,8 +26,16 @@ def cache(tmp_path, monkeypatch):
 
 
 def choose(kernel="forward", pixels=2 * 40 * 33, labels=True, interpret=True):
-    return tuning.chosen_config(kernel, SHAPE, labels=labels, precision="fp32", params_dtype=torch.float32,
-                                pixels=pixels, device="cpu", interpret=interpret)
+    return tuning.chosen_config(
+        kernel,
+        SHAPE,
+        labels=labels,
+        precision="fp32",
+        params_dtype=torch.float32,
+        pixels=pixels,
+        device="cpu",
+        interpret=interpret,
+    )
 
 
 @pytest.mark.parametrize("kernel", tuning.KERNELS)
@@ -76,8 +84,19 @@ def test_key_holds_everything_that_matters():
 @needs_interpreter
 def test_autotune_persists_and_launches_use_it(cache, generator):
     lines = []
-    rows = tuning.autotune(40, 33, cell_size=16, num_classes=5, hidden_width=16, depth=3, precision="fp32",
-                           batch=2, repeats=1, progress=False, printer=lines.append)
+    rows = tuning.autotune(
+        40,
+        33,
+        cell_size=16,
+        num_classes=5,
+        hidden_width=16,
+        depth=3,
+        precision="fp32",
+        batch=2,
+        repeats=1,
+        progress=False,
+        printer=lines.append,
+    )
     assert cache.exists()
     stored = json.loads(cache.read_text())["entries"]
     assert {row["kernel"] for row in rows} == {"forward", "backward"} and len(stored) == 2
@@ -98,7 +117,9 @@ def test_autotune_persists_and_launches_use_it(cache, generator):
 
 def test_missing_cache_means_defaults(cache):
     config, source = choose()
-    assert source == "default" and config == default_config("forward", SHAPE, labels=True, precision="fp32", interpret=True)
+    assert source == "default" and config == default_config(
+        "forward", SHAPE, labels=True, precision="fp32", interpret=True
+    )
 
 
 @pytest.mark.parametrize("content", ["{not json", json.dumps({"version": 0, "entries": {}}), json.dumps([1, 2])])
@@ -110,8 +131,15 @@ def test_corrupt_or_stale_cache_is_reported_and_ignored(cache, content):
 
 
 def test_stale_entry_is_reported_and_ignored(cache):
-    key = tuning.tuning_key("forward", SHAPE, labels=True, precision="fp32", params_dtype=torch.float32,
-                            pixels=2 * 40 * 33, device="interpreter")
+    key = tuning.tuning_key(
+        "forward",
+        SHAPE,
+        labels=True,
+        precision="fp32",
+        params_dtype=torch.float32,
+        pixels=2 * 40 * 33,
+        device="interpreter",
+    )
     cache.write_text(json.dumps({"version": 1, "entries": {key: {"config": {"block_pixels": 24}}}}))
     with pytest.warns(RuntimeWarning, match="stale autotuning entry"):
         config, source = choose()
@@ -119,13 +147,30 @@ def test_stale_entry_is_reported_and_ignored(cache):
 
 
 def test_environment_variable_pins_defaults(cache, monkeypatch):
-    key = tuning.tuning_key("forward", SHAPE, labels=True, precision="fp32", params_dtype=torch.float32,
-                            pixels=2 * 40 * 33, device="interpreter")
-    cache.write_text(json.dumps({"version": 1, "entries": {key: {"config": {"block_pixels": 16, "pixels_per_program": 16,
-                                                                                "num_warps": 1, "num_stages": 1}}}}))
+    key = tuning.tuning_key(
+        "forward",
+        SHAPE,
+        labels=True,
+        precision="fp32",
+        params_dtype=torch.float32,
+        pixels=2 * 40 * 33,
+        device="interpreter",
+    )
+    cache.write_text(
+        json.dumps(
+            {
+                "version": 1,
+                "entries": {
+                    key: {"config": {"block_pixels": 16, "pixels_per_program": 16, "num_warps": 1, "num_stages": 1}}
+                },
+            }
+        )
+    )
     assert choose()[1] == "tuned"
     monkeypatch.setenv(tuning.DISABLE_ENV, "0")
     config, source = choose()
-    assert source.startswith("default") and config == default_config("forward", SHAPE, labels=True, precision="fp32", interpret=True)
+    assert source.startswith("default") and config == default_config(
+        "forward", SHAPE, labels=True, precision="fp32", interpret=True
+    )
     with pytest.raises(RuntimeError, match="disabled"):
         tuning.autotune(16, 16, cell_size=16, num_classes=5, hidden_width=16, depth=3, progress=False)

@@ -7,8 +7,8 @@ import sys
 
 import pytest
 
-from asapnet_triton import tuning
 from asapnet_triton import comparison as compare_module
+from asapnet_triton import tuning
 from asapnet_triton.cli import main
 from asapnet_triton.testing import kernel_backends
 
@@ -26,8 +26,24 @@ def test_compare_passes_and_reports_every_result(capsys):
 
 
 def test_compare_float_input_checks_the_input_gradient(capsys):
-    assert main(["compare", "--backend", "torch", "--precision", "fp32", "--backward", "--num-classes", "0",
-                 "--in-channels", "4", *SMALL]) == 0
+    assert (
+        main(
+            [
+                "compare",
+                "--backend",
+                "torch",
+                "--precision",
+                "fp32",
+                "--backward",
+                "--num-classes",
+                "0",
+                "--in-channels",
+                "4",
+                *SMALL,
+            ]
+        )
+        == 0
+    )
     assert "grad x" in capsys.readouterr().out
 
 
@@ -43,8 +59,9 @@ def test_compare_reports_a_backend_that_cannot_run(capsys):
     # the compiled backend cannot run under the interpreter: reported, exit 1, nothing hidden
     status = main(["compare", "--backend", "torch", "reference", "--precision", "fp32", *SMALL])
     assert status == 0
-    rows = compare_module.compare(40, 36, cell_size=16, hidden_width=32, depth=3, backends=["triton"],
-                                  printer=lambda line: None)
+    rows = compare_module.compare(
+        40, 36, cell_size=16, hidden_width=32, depth=3, backends=["triton"], printer=lambda line: None
+    )
     assert rows[0]["result"] == "error" and not rows[0]["ok"]
 
 
@@ -61,21 +78,47 @@ def test_autotune_command_writes_the_cache(tmp_path, monkeypatch, capsys):
 def test_kernel_report_table_and_json(tmp_path):
     path = tmp_path / "report.json"
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "asapnet_triton", "kernel-report", "--arch", "sm_90",
-                             "--precision", "bf16", "--cell-size", "32", "--json", str(path)],
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "asapnet_triton",
+            "kernel-report",
+            "--arch",
+            "sm_90",
+            "--precision",
+            "bf16",
+            "--cell-size",
+            "32",
+            "--json",
+            str(path),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     rows = json.loads(path.read_text())
     assert {(r["kernel"], r["input"]) for r in rows} == {
-        ("forward", "35 labels"), ("backward", "35 labels"), ("forward", "3-ch float"), ("backward", "3-ch float")}
+        ("forward", "35 labels"),
+        ("backward", "35 labels"),
+        ("forward", "3-ch float"),
+        ("backward", "3-ch float"),
+    }
     assert all(r["arch"] == 90 and r["hgmma"] + r["hmma"] > 0 for r in rows)
     assert "spill st/ld B" in result.stdout and "HGMMA" in result.stdout
 
 
 def test_kernel_report_rejects_bad_arch(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-m", "asapnet_triton", "kernel-report", "--arch", "hopper"],
-                            env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "asapnet_triton", "kernel-report", "--arch", "hopper"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert result.returncode != 0 and "sm_80 or sm_90" in (result.stderr + result.stdout)
 
 
@@ -85,15 +128,43 @@ def test_demo_then_translate(tmp_path, capsys, generator):
     from PIL import Image
 
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--max-steps", "1", "--crop-size", "64", "--held-out", "2",
-                 "--timing-sizes", "64x80", "--no-progress"]) == 0
+    assert (
+        main(
+            [
+                "demo",
+                "--out",
+                str(out),
+                "--max-steps",
+                "1",
+                "--crop-size",
+                "64",
+                "--held-out",
+                "2",
+                "--timing-sizes",
+                "64x80",
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "one 64x80 image" in printed and "samples.png" in printed
     checkpoint = next((out / "train" / "checkpoints").glob("step_*.pt"))
     labels = torch.randint(0, 12, (50, 70), generator=generator)
     Image.fromarray(labels.numpy().astype(np.uint8), mode="L").save(tmp_path / "map.png")
-    assert main(["translate", "--checkpoint", str(checkpoint), str(tmp_path / "map.png"),
-                 "--out", str(tmp_path / "translated")]) == 0
+    assert (
+        main(
+            [
+                "translate",
+                "--checkpoint",
+                str(checkpoint),
+                str(tmp_path / "map.png"),
+                "--out",
+                str(tmp_path / "translated"),
+            ]
+        )
+        == 0
+    )
     assert np.array(Image.open(tmp_path / "translated" / "map.png")).shape == (50, 70, 3)
     with pytest.raises(SystemExit):
         main(["demo", "--timing-sizes", "1024by1024"])

@@ -13,8 +13,16 @@ from asapnet_triton.metrics import psnr
 
 def test_demo_writes_its_outputs(tmp_path):
     out = tmp_path / "demo"
-    result = run_demo(out, time_budget_s=None, max_steps=2, crop_size=64, held_out=2,
-                      timing_sizes=((64, 96),), timing_repeats=1, progress=False)
+    result = run_demo(
+        out,
+        time_budget_s=None,
+        max_steps=2,
+        crop_size=64,
+        held_out=2,
+        timing_sizes=((64, 96),),
+        timing_repeats=1,
+        progress=False,
+    )
     assert result.steps == 2
     for name in ("samples.png", "losses.png", "metrics.json", "train/config.json", "train/log.jsonl"):
         assert (out / name).is_file(), name

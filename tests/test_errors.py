@@ -106,12 +106,14 @@ def test_compiled_backend_refused_under_interpreter(inputs):
 
 
 def test_interpret_backend_needs_the_environment_variable():
-    code = ("import torch, asapnet_triton as at\n"
-            "x = torch.randn(1, 3, 8, 8); p = torch.randn(1, at.param_count(3, cell_size=8), 1, 1)\n"
-            "try:\n"
-            "    at.pixelwise_mlp(x, p, cell_size=8, backend='interpret')\n"
-            "except RuntimeError as e:\n"
-            "    print('ERROR', e)\n")
+    code = (
+        "import torch, asapnet_triton as at\n"
+        "x = torch.randn(1, 3, 8, 8); p = torch.randn(1, at.param_count(3, cell_size=8), 1, 1)\n"
+        "try:\n"
+        "    at.pixelwise_mlp(x, p, cell_size=8, backend='interpret')\n"
+        "except RuntimeError as e:\n"
+        "    print('ERROR', e)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "ERROR backend='interpret' needs TRITON_INTERPRET=1" in result.stdout, result.stderr

@@ -11,16 +11,25 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import asapnet_triton as at
-from asapnet_triton.testing import (MLP_CASES, device_for, implementations, kernel_backends, mlp_kwargs, random_inputs,
-                                    reference_output, relative_error)
+from asapnet_triton.testing import (
+    MLP_CASES,
+    device_for,
+    implementations,
+    kernel_backends,
+    mlp_kwargs,
+    random_inputs,
+    reference_output,
+    relative_error,
+)
 
 IMPLEMENTATIONS = implementations()
 
 
 def run(backend, x, params, shape, labels, precision="fp32"):
     device = device_for(backend)
-    return at.pixelwise_mlp(x.to(device), params.to(device), precision=precision, backend=backend,
-                            **mlp_kwargs(shape, labels)).cpu()
+    return at.pixelwise_mlp(
+        x.to(device), params.to(device), precision=precision, backend=backend, **mlp_kwargs(shape, labels)
+    ).cpu()
 
 
 SHAPES = MLP_CASES
@@ -28,8 +37,9 @@ SHAPES = MLP_CASES
 
 @pytest.mark.parametrize("backend", IMPLEMENTATIONS)
 @pytest.mark.parametrize("batch, channels, height, width, cell, hidden, depth, out_channels, labels", SHAPES)
-def test_forward_matches_reference(backend, generator, batch, channels, height, width, cell, hidden,
-                                   depth, out_channels, labels):
+def test_forward_matches_reference(
+    backend, generator, batch, channels, height, width, cell, hidden, depth, out_channels, labels
+):
     shape = at.MLPShape(channels, cell, out_channels, hidden, depth)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
     out = run(backend, x, params, shape, labels)
@@ -101,7 +111,7 @@ def _layouts(params, x, labels):
     yield "contiguous", params.contiguous(), x.contiguous()
     yield "channels_last", params.contiguous(memory_format=torch.channels_last), x
     big = torch.randn(params.shape[0] * 2, params.shape[1] + 5, params.shape[2], params.shape[3] + 3)
-    strided = big[::2, 2:2 + params.shape[1], :, 1:1 + params.shape[3]]
+    strided = big[::2, 2 : 2 + params.shape[1], :, 1 : 1 + params.shape[3]]
     strided.copy_(params)
     if labels:
         wide = torch.zeros(x.shape[0], x.shape[1], x.shape[2] * 2, dtype=x.dtype)
@@ -138,12 +148,21 @@ def test_module_is_a_shell_over_the_function(backend, generator):
 
 
 @settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=st.integers(1, 3), channels=st.integers(1, 12), height=st.integers(1, 40),
-       width=st.integers(1, 40), log_cell=st.integers(1, 4), hidden=st.sampled_from([16, 32, 64]),
-       depth=st.integers(2, 5), out_channels=st.integers(1, 4), labels=st.booleans(),
-       seed=st.integers(0, 2**31 - 1))
-def test_torch_backend_random_shapes(batch, channels, height, width, log_cell, hidden, depth,
-                                     out_channels, labels, seed):
+@given(
+    batch=st.integers(1, 3),
+    channels=st.integers(1, 12),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    log_cell=st.integers(1, 4),
+    hidden=st.sampled_from([16, 32, 64]),
+    depth=st.integers(2, 5),
+    out_channels=st.integers(1, 4),
+    labels=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_torch_backend_random_shapes(
+    batch, channels, height, width, log_cell, hidden, depth, out_channels, labels, seed
+):
     shape = at.MLPShape(channels, 2**log_cell, out_channels, hidden, depth)
     g = torch.Generator().manual_seed(seed)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=g)
@@ -153,12 +172,19 @@ def test_torch_backend_random_shapes(batch, channels, height, width, log_cell, h
 
 @pytest.mark.skipif(not kernel_backends(), reason="no Triton kernel backend in this process")
 @settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(batch=st.integers(1, 2), channels=st.integers(1, 20), height=st.integers(1, 40),
-       width=st.integers(1, 40), log_cell=st.integers(1, 5), hidden=st.sampled_from([16, 32, 64, 128]),
-       depth=st.integers(2, 6), out_channels=st.integers(1, 4), labels=st.booleans(),
-       seed=st.integers(0, 2**31 - 1))
-def test_kernel_random_shapes(batch, channels, height, width, log_cell, hidden, depth, out_channels,
-                              labels, seed):
+@given(
+    batch=st.integers(1, 2),
+    channels=st.integers(1, 20),
+    height=st.integers(1, 40),
+    width=st.integers(1, 40),
+    log_cell=st.integers(1, 5),
+    hidden=st.sampled_from([16, 32, 64, 128]),
+    depth=st.integers(2, 6),
+    out_channels=st.integers(1, 4),
+    labels=st.booleans(),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_kernel_random_shapes(batch, channels, height, width, log_cell, hidden, depth, out_channels, labels, seed):
     shape = at.MLPShape(channels, 2**log_cell, out_channels, hidden, depth)
     g = torch.Generator().manual_seed(seed)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=g)

@@ -113,7 +113,14 @@ def test_lowres_stream_is_the_published_one():
     model = _generator(5, cell_size=32, lr_width=8, lr_max_width=32, lr_depth=2, hidden_width=16, depth=3)
     convs = [block[0] for block in model.lowres.body]
     assert [(c.in_channels, c.out_channels, c.stride[0]) for c in convs] == [
-        (5, 8, 1), (8, 8, 2), (8, 8, 2), (8, 8, 2), (8, 32, 2), (32, 32, 1), (32, 32, 1)]
+        (5, 8, 1),
+        (8, 8, 2),
+        (8, 8, 2),
+        (8, 8, 2),
+        (8, 32, 2),
+        (32, 32, 1),
+        (32, 32, 1),
+    ]
     assert all(c.bias is None and c.padding_mode == "zeros" for c in convs)
     assert all(isinstance(block[1], torch.nn.InstanceNorm2d) and block[1].affine for block in model.lowres.body)
     assert model.lowres.to_params.bias is not None

@@ -13,7 +13,7 @@ def _ssim_by_windows(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> f
     """Mean SSIM from the definition: every 11x11 window fully inside the image, weighted by a
     normalised Gaussian (sigma 1.5), population statistics, averaged over windows and channels."""
     offsets = np.arange(11) - 5.0
-    taps = np.exp(-offsets ** 2 / (2 * 1.5 ** 2))
+    taps = np.exp(-(offsets**2) / (2 * 1.5**2))
     weights = np.outer(taps, taps)
     weights /= weights.sum()
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
@@ -21,11 +21,11 @@ def _ssim_by_windows(a: np.ndarray, b: np.ndarray, data_range: float = 1.0) -> f
     for channel in range(a.shape[0]):
         for i in range(a.shape[1] - 10):
             for j in range(a.shape[2] - 10):
-                x, y = a[channel, i:i + 11, j:j + 11], b[channel, i:i + 11, j:j + 11]
+                x, y = a[channel, i : i + 11, j : j + 11], b[channel, i : i + 11, j : j + 11]
                 mx, my = (weights * x).sum(), (weights * y).sum()
                 vx, vy = (weights * (x - mx) ** 2).sum(), (weights * (y - my) ** 2).sum()
                 cxy = (weights * (x - mx) * (y - my)).sum()
-                values.append(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx ** 2 + my ** 2 + c1) * (vx + vy + c2)))
+                values.append(((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2)))
     return float(np.mean(values))
 
 

@@ -13,8 +13,7 @@ import torch
 import asapnet_triton as at
 from asapnet_triton.checkpoints import official_key_names
 from asapnet_triton.reference import pixelwise_mlp_einsum
-from asapnet_triton.reference.official_generator import (OfficialASAPNetsGenerator, instance_edges,
-                                                         one_hot_semantics)
+from asapnet_triton.reference.official_generator import OfficialASAPNetsGenerator, instance_edges, one_hot_semantics
 from asapnet_triton.testing import relative_error
 
 TINY = dict(lr_width=8, lr_max_width=16, lr_depth=2, hr_width=16, hr_depth=3)
@@ -27,10 +26,18 @@ CONFIGS = {
     # Cityscapes: instance edges to the LR stream only, 256 x 512 crops -> cell 16 (no input filter)
     "cityscapes": (dict(label_nc=5, no_instance_edge=False, crop_size=512, aspect_ratio=2.0), 48, 32, {}),
     # facades at 1024 as in test_facades1024.sh: --reflection_pad; cell 64 (input / 4); a dontcare class
-    "facades1024_reflect": (dict(label_nc=4, contain_dontcare_label=True, crop_size=1024, lr_instance=False,
-                                 reflection_pad=True), 128, 128, dict(lr_padding="reflect")),
-    "replicate_edges": (dict(label_nc=3, no_instance_edge=False, crop_size=512, replicate_pad=True), 64, 64,
-                        dict(lr_padding="replicate")),
+    "facades1024_reflect": (
+        dict(label_nc=4, contain_dontcare_label=True, crop_size=1024, lr_instance=False, reflection_pad=True),
+        128,
+        128,
+        dict(lr_padding="reflect"),
+    ),
+    "replicate_edges": (
+        dict(label_nc=3, no_instance_edge=False, crop_size=512, replicate_pad=True),
+        64,
+        64,
+        dict(lr_padding="replicate"),
+    ),
 }
 
 
@@ -105,16 +112,21 @@ def test_published_reference_hr_stream_is_the_einsum(generator):
 def test_published_key_names():
     """Names as the published code registers them (read from its source), and the stand-in's."""
     plain = official_key_names(7, padded=False)
-    assert plain[:4] == ["lowres_stream.model.0.0.weight", "lowres_stream.model.0.1.weight",
-                         "lowres_stream.model.0.1.bias", "lowres_stream.model.2.0.weight"]
+    assert plain[:4] == [
+        "lowres_stream.model.0.0.weight",
+        "lowres_stream.model.0.1.weight",
+        "lowres_stream.model.0.1.bias",
+        "lowres_stream.model.2.0.weight",
+    ]
     assert "lowres_stream.model.8.0.weight" in plain and "lowres_stream.model.10.conv_block.0.0.weight" in plain
     assert plain[-2:] == ["lowres_stream.model.17.weight", "lowres_stream.model.17.bias"]
     padded = official_key_names(7, padded=True)
     assert padded[0] == "lowres_stream.model.1.0.weight" and "lowres_stream.model.13.0.weight" in padded
     assert "lowres_stream.model.15.conv_block.1.1.bias" in padded and padded[-1] == "lowres_stream.model.22.bias"
     for pad in (dict(), dict(reflection_pad=True)):
-        model = OfficialASAPNetsGenerator(label_nc=3, lr_width=4, lr_max_width=8, lr_depth=3, hr_width=8, hr_depth=2,
-                                          **pad)
+        model = OfficialASAPNetsGenerator(
+            label_nc=3, lr_width=4, lr_max_width=8, lr_depth=3, hr_width=8, hr_depth=2, **pad
+        )
         assert list(model.state_dict()) == official_key_names(3, padded=bool(pad))
 
 
@@ -125,9 +137,11 @@ def test_saved_file_round_trip(tmp_path, generator):
     labels, _, semantics = random_case(official, 64, 64, generator)
     with torch.no_grad():
         expected, _ = official(semantics)
-    saved = {"latest_net_G.pth": state,
-             "data_parallel.pth": {f"module.{k}": v for k, v in state.items()},
-             "wrapped.pth": {"epoch": 3, "state_dict": state}}
+    saved = {
+        "latest_net_G.pth": state,
+        "data_parallel.pth": {f"module.{k}": v for k, v in state.items()},
+        "wrapped.pth": {"epoch": 3, "state_dict": state},
+    }
     for name, content in saved.items():
         torch.save(content, tmp_path / name)
         model = at.load_official_checkpoint(tmp_path / name, map_location="cpu", **MLP)

@@ -12,16 +12,27 @@ from asapnet_triton.precision import round_operand
 from asapnet_triton.reference import pixelwise_mlp_einsum
 from asapnet_triton.testing import mlp_kwargs, random_inputs, reference_output, relative_error, rms_relative_error
 
-native_only = pytest.mark.skipif(not tt.native_bf16_supported("cpu"),
-                                 reason="this CPU's oneDNN has no bf16 matmuls")
+native_only = pytest.mark.skipif(not tt.native_bf16_supported("cpu"), reason="this CPU's oneDNN has no bf16 matmuls")
 
 
 @pytest.mark.parametrize("precision", ["fp64", "fp32", "tf32", "bf16", "fp16"])
 def test_round_in_place_matches_round_operand(generator, precision):
     values = torch.randn(4096, generator=generator) * torch.logspace(-40, 38, 4096).float()
     # exact ties of bf16, fp16 and tf32 (1 + half an ulp), signed zeros and infinities
-    specials = torch.tensor([1 + 2.0**-8, 1 + 2.0**-11, -(1 + 2.0**-8), 3 * (1 + 2.0**-11), 0.0, -0.0,
-                             float("inf"), -float("inf"), 65520.0, 1e-8])
+    specials = torch.tensor(
+        [
+            1 + 2.0**-8,
+            1 + 2.0**-11,
+            -(1 + 2.0**-8),
+            3 * (1 + 2.0**-11),
+            0.0,
+            -0.0,
+            float("inf"),
+            -float("inf"),
+            65520.0,
+            1e-8,
+        ]
+    )
     t = torch.cat([values, specials]).double() if precision == "fp64" else torch.cat([values, specials])
     expected = round_operand(t, precision)
     rounded = tt._round_(t.clone(), precision)
@@ -59,8 +70,9 @@ def test_native_bf16_other_shapes(generator, case):
         shape, batch, size = at.MLPShape(1, 32, 1, 16, 2), 2, (32, 64)
     else:  # bf16 parameters (bf16 output), not channels-last, labels
         shape, batch, size, labels = at.MLPShape(9, 32, 3, 64, 4), 1, (64, 40), True
-    x, params = random_inputs(shape, batch, *size, labels=labels, generator=generator,
-                              channels_last_params=case != "bf16_params_contiguous")
+    x, params = random_inputs(
+        shape, batch, *size, labels=labels, generator=generator, channels_last_params=case != "bf16_params_contiguous"
+    )
     if case == "bf16_params_contiguous":
         params = params.to(torch.bfloat16)
     out = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="native")
@@ -120,8 +132,9 @@ def test_chunk_size_does_not_change_results(monkeypatch, generator, labels):
     for cells_per_chunk in (1, 3, 18):
         monkeypatch.setattr(tt, "_CHUNK_PIXELS", cells_per_chunk * 16 * 16)
         out = tt.pixelwise_mlp_torch(x, params, shape, labels=labels)
-        grad_x, grad_params = tt.pixelwise_mlp_torch_backward(x, params, grad_out, shape, labels=labels,
-                                                              need_grad_x=not labels)
+        grad_x, grad_params = tt.pixelwise_mlp_torch_backward(
+            x, params, grad_out, shape, labels=labels, need_grad_x=not labels
+        )
         assert relative_error(out, expected) <= at.TOLERANCES["fp32"]
         assert rms_relative_error(grad_params, params_ref.grad) <= 1e-5
         if not labels:
@@ -152,7 +165,7 @@ def test_fp16_backward_slopes_come_from_unrounded_activations(generator):
     shape = at.MLPShape(3, 8, 3, 16, 3)
     x, params = random_inputs(shape, 1, 16, 16, generator=generator)
     hidden = shape.layers[1]
-    params[:, hidden.weight_offset:hidden.end].view(1, 16, 16, 2, 2)[:, :, 0] = 0  # channel 0's weights
+    params[:, hidden.weight_offset : hidden.end].view(1, 16, 16, 2, 2)[:, :, 0] = 0  # channel 0's weights
     params[:, hidden.bias_offset] = 1e-9
     grad_out = torch.randn(1, 3, 16, 16, generator=generator)
     params_ref = params.double().requires_grad_()

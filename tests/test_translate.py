@@ -10,8 +10,16 @@ from asapnet_triton.translate import read_label_map, translate
 
 
 def _tiny_generator(num_classes=5, label_input=True):
-    model = at.ASAPNetGenerator(num_classes, cell_size=16, hidden_width=16, depth=3, lr_width=8, lr_max_width=16,
-                                lr_depth=1, label_input=label_input)
+    model = at.ASAPNetGenerator(
+        num_classes,
+        cell_size=16,
+        hidden_width=16,
+        depth=3,
+        lr_width=8,
+        lr_max_width=16,
+        lr_depth=1,
+        label_input=label_input,
+    )
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.2 * torch.randn_like(parameter))

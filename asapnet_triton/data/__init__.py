@@ -95,10 +95,20 @@ def num_classes_of(name: str, label_nc: int | None = None) -> int:
     return int(label_nc)
 
 
-def build_dataset(name: str, root: str | Path | None = None, *, split: str = "train", label_nc: int | None = None,
-                  load_size: int | None = None, crop_size: int = 256, aspect_ratio: float = 1.0,
-                  augment: bool | None = None, instance: bool = False, num_samples: int | None = None,
-                  seed: int = 0) -> Dataset:
+def build_dataset(
+    name: str,
+    root: str | Path | None = None,
+    *,
+    split: str = "train",
+    label_nc: int | None = None,
+    load_size: int | None = None,
+    crop_size: int = 256,
+    aspect_ratio: float = 1.0,
+    augment: bool | None = None,
+    instance: bool = False,
+    num_samples: int | None = None,
+    seed: int = 0,
+) -> Dataset:
     """Build data set ``name`` (one of ``DATASETS``).
 
     Args:
@@ -140,8 +150,14 @@ def build_dataset(name: str, root: str | Path | None = None, *, split: str = "tr
             raise ValueError(f"the procedural data set is generated, it reads no files; got root={str(root)!r}")
         if load_size is not None:
             raise ValueError("the procedural data set is generated at crop_size; load_size must be None")
-        return ProceduralFacades(split=split, crop_size=crop_size, aspect_ratio=aspect_ratio,
-                                 num_samples=num_samples, augment=augment, seed=seed)
+        return ProceduralFacades(
+            split=split,
+            crop_size=crop_size,
+            aspect_ratio=aspect_ratio,
+            num_samples=num_samples,
+            augment=augment,
+            seed=seed,
+        )
 
     if root is None:
         raise ValueError(f"the {name} data set needs root, the folder holding it")
@@ -161,6 +177,16 @@ def build_dataset(name: str, root: str | Path | None = None, *, split: str = "tr
 
     if load_size is None:
         load_size = crop_size if name == "cityscapes" else int(round(crop_size * _PIX2PIX_LOAD_RATIO))
-    return PairedDataset(name, samples, num_classes=num_classes, label_mapping=mapping, split=split,
-                         crop_size=crop_size, aspect_ratio=aspect_ratio, load_size=load_size, augment=augment,
-                         instance=instance, seed=int(seed))
+    return PairedDataset(
+        name,
+        samples,
+        num_classes=num_classes,
+        label_mapping=mapping,
+        split=split,
+        crop_size=crop_size,
+        aspect_ratio=aspect_ratio,
+        load_size=load_size,
+        augment=augment,
+        instance=instance,
+        seed=int(seed),
+    )

@@ -44,9 +44,9 @@ loaded, and every error names the file and what was expected.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -124,33 +124,43 @@ def _by_key(paths: list[Path], key: Callable[[Path], str], dataset: str, what: s
     for path in paths:
         name = key(path)
         if name in table:
-            raise ValueError(f"{dataset}: two {what} files share the name '{name}': '{table[name]}' and '{path}'; "
-                             "expected one file per item")
+            raise ValueError(
+                f"{dataset}: two {what} files share the name '{name}': '{table[name]}' and '{path}'; "
+                "expected one file per item"
+            )
         table[name] = path
     return table
 
 
-def _match(images: dict[str, Path], labels: dict[str, Path], dataset: str, image_place: Path,
-           label_place: Path) -> list[SamplePaths]:
+def _match(
+    images: dict[str, Path], labels: dict[str, Path], dataset: str, image_place: Path, label_place: Path
+) -> list[SamplePaths]:
     if not images:
         raise FileNotFoundError(f"{dataset}: no photo files ({', '.join(PHOTO_EXTENSIONS)}) in '{image_place}'")
     if not labels:
         raise FileNotFoundError(f"{dataset}: no label files ({', '.join(LABEL_EXTENSIONS)}) in '{label_place}'")
     lonely_images = [str(images[k]) for k in images if k not in labels]
     if lonely_images:
-        raise ValueError(f"{dataset}: {len(lonely_images)} photo(s) have no label map in '{label_place}', "
-                         f"e.g. '{lonely_images[0]}'" + _more(lonely_images))
+        raise ValueError(
+            f"{dataset}: {len(lonely_images)} photo(s) have no label map in '{label_place}', "
+            f"e.g. '{lonely_images[0]}'" + _more(lonely_images)
+        )
     lonely_labels = [str(labels[k]) for k in labels if k not in images]
     if lonely_labels:
-        raise ValueError(f"{dataset}: {len(lonely_labels)} label map(s) have no photo in '{image_place}', "
-                         f"e.g. '{lonely_labels[0]}'" + _more(lonely_labels))
+        raise ValueError(
+            f"{dataset}: {len(lonely_labels)} label map(s) have no photo in '{image_place}', "
+            f"e.g. '{lonely_labels[0]}'" + _more(lonely_labels)
+        )
     keys = sorted(images, key=lambda k: natural_key(images[k]))
     return [SamplePaths(images[k], labels[k]) for k in keys]
 
 
 def _more(paths: list[str]) -> str:
-    return f" (all: {', '.join(Path(p).name for p in paths[:10])}{', ...' if len(paths) > 10 else ''})" \
-        if len(paths) > 1 else ""
+    return (
+        f" (all: {', '.join(Path(p).name for p in paths[:10])}{', ...' if len(paths) > 10 else ''})"
+        if len(paths) > 1
+        else ""
+    )
 
 
 def _pair_folders(image_dir: Path, label_dir: Path, dataset: str) -> list[SamplePaths]:
@@ -161,11 +171,11 @@ def _pair_folders(image_dir: Path, label_dir: Path, dataset: str) -> list[Sample
     return _match(images, labels, dataset, image_dir, label_dir)
 
 
-def _pair_mixed_folder(folder: Path, dataset: str, keep: Callable[[str], bool] = lambda stem: True
-                       ) -> list[SamplePaths]:
+def _pair_mixed_folder(
+    folder: Path, dataset: str, keep: Callable[[str], bool] = lambda stem: True
+) -> list[SamplePaths]:
     # CMP's own layout: photo cmp_b0001.jpg next to label cmp_b0001.png
-    images = _by_key([p for p in _files(folder, (".jpg", ".jpeg")) if keep(p.stem)], lambda p: p.stem,
-                     dataset, "photo")
+    images = _by_key([p for p in _files(folder, (".jpg", ".jpeg")) if keep(p.stem)], lambda p: p.stem, dataset, "photo")
     labels = _by_key([p for p in _files(folder, (".png",)) if keep(p.stem)], lambda p: p.stem, dataset, "label")
     return _match(images, labels, dataset, folder, folder)
 
@@ -191,15 +201,18 @@ def facades_samples(root: Path, split: str) -> list[SamplePaths]:
     raise FileNotFoundError(
         f"facades: no data for split '{split}' under '{root}': expected '{phases[0]}_img/' + '{phases[0]}_label/', "
         f"or '{phases[0]}/' with cmp_*.jpg + cmp_*.png, or the CMP base set (cmp_b*.jpg + .png) in '{root}' "
-        f"or '{root / 'base'}'")
+        f"or '{root / 'base'}'"
+    )
 
 
 def _flat_cmp(folder: Path, split: str) -> list[SamplePaths]:
     strangers = [p.name for p in _files(folder, (".jpg", ".jpeg", ".png")) if not _CMP_NAME.match(p.stem)]
     if strangers:
-        raise ValueError(f"facades: '{folder}' mixes CMP files with '{strangers[0]}', which is not named "
-                         "cmp_bNNNN / cmp_xNNNN; the published split cannot place it. Put the split in "
-                         "train/ and test/ folders instead")
+        raise ValueError(
+            f"facades: '{folder}' mixes CMP files with '{strangers[0]}', which is not named "
+            "cmp_bNNNN / cmp_xNNNN; the published split cannot place it. Put the split in "
+            "train/ and test/ folders instead"
+        )
 
     def in_split(stem: str) -> bool:
         kind, number = _CMP_NAME.match(stem).groups()
@@ -218,31 +231,39 @@ def cityscapes_samples(root: Path, split: str, instance: bool) -> list[SamplePat
     root = Path(root)
     _require_folder(root, "cityscapes", "root")
     phase = "train" if split == "train" else "val"
-    layouts = [(root / "leftImg8bit" / phase, root / "gtFine" / phase),
-               (root / f"{phase}_images", root / f"{phase}_labels")]
+    layouts = [
+        (root / "leftImg8bit" / phase, root / "gtFine" / phase),
+        (root / f"{phase}_images", root / f"{phase}_labels"),
+    ]
     for image_dir, label_dir in layouts:
         if image_dir.is_dir() or label_dir.is_dir():
             break
     else:
         raise FileNotFoundError(
             f"cityscapes: no data for split '{split}' under '{root}': expected '{layouts[0][0]}' + "
-            f"'{layouts[0][1]}' (or '{layouts[1][0]}' + '{layouts[1][1]}')")
+            f"'{layouts[0][1]}' (or '{layouts[1][0]}' + '{layouts[1][1]}')"
+        )
     _require_folder(image_dir, "cityscapes", "photo")
     _require_folder(label_dir, "cityscapes", "label")
-    images = _by_key(_files(image_dir, (".png", ".jpg", ".jpeg"), recursive=True), _cityscapes_key,
-                     "cityscapes", "photo")
+    images = _by_key(
+        _files(image_dir, (".png", ".jpg", ".jpeg"), recursive=True), _cityscapes_key, "cityscapes", "photo"
+    )
     label_files = _files(label_dir, (".png",), recursive=True)
-    labels = _by_key([p for p in label_files if p.name.endswith("_labelIds.png")], _cityscapes_key,
-                     "cityscapes", "labelIds")
+    labels = _by_key(
+        [p for p in label_files if p.name.endswith("_labelIds.png")], _cityscapes_key, "cityscapes", "labelIds"
+    )
     samples = _match(images, labels, "cityscapes", image_dir, label_dir)
     if not instance:
         return samples
-    instances = _by_key([p for p in label_files if p.name.endswith("_instanceIds.png")], _cityscapes_key,
-                        "cityscapes", "instanceIds")
+    instances = _by_key(
+        [p for p in label_files if p.name.endswith("_instanceIds.png")], _cityscapes_key, "cityscapes", "instanceIds"
+    )
     missing = [str(s.label) for s in samples if _cityscapes_key(s.label) not in instances]
     if missing:
-        raise FileNotFoundError(f"cityscapes: instance=True but {len(missing)} label map(s) have no "
-                                f"*_instanceIds.png next to them, e.g. '{missing[0]}'" + _more(missing))
+        raise FileNotFoundError(
+            f"cityscapes: instance=True but {len(missing)} label map(s) have no "
+            f"*_instanceIds.png next to them, e.g. '{missing[0]}'" + _more(missing)
+        )
     return [SamplePaths(s.image, s.label, instances[_cityscapes_key(s.label)]) for s in samples]
 
 
@@ -253,8 +274,10 @@ def nyu_samples(root: Path, split: str) -> list[SamplePaths]:
     for phase in _held_out_phases(split):
         if (root / phase).is_dir():
             return _pair_folders(root / phase / "images", root / phase / "labels", "nyu")
-    raise FileNotFoundError(f"nyu: no data for split '{split}' under '{root}': expected "
-                            f"'{root / split / 'images'}' + '{root / split / 'labels'}'")
+    raise FileNotFoundError(
+        f"nyu: no data for split '{split}' under '{root}': expected "
+        f"'{root / split / 'images'}' + '{root / split / 'labels'}'"
+    )
 
 
 def folder_samples(root: Path, split: str) -> list[SamplePaths]:
@@ -285,8 +308,10 @@ def read_index_map(path: Path, what: str) -> np.ndarray:
     """A single-channel integer map (class or instance ids) as int64 (H, W)."""
     image = _open(path, what)
     if image.mode not in _INDEX_MODES:
-        raise ValueError(f"{what} file '{path}' has PIL mode {image.mode}; expected a single-channel map of "
-                         "integer ids (mode L, P, I or I;16), not a colour-coded image")
+        raise ValueError(
+            f"{what} file '{path}' has PIL mode {image.mode}; expected a single-channel map of "
+            "integer ids (mode L, P, I or I;16), not a colour-coded image"
+        )
     return np.asarray(image).astype(np.int64)
 
 
@@ -305,8 +330,10 @@ def map_facades_label(raw: np.ndarray, path: Path) -> np.ndarray:
     """CMP stores class indices 1..12; the model gets 0..11."""
     bad = (raw < 1) | (raw > FACADES_CLASSES)
     if bad.any():
-        raise ValueError(f"facades label '{path}': {_out_of_range(raw, bad)}; expected CMP class indices "
-                         f"1..{FACADES_CLASSES} (mapped to 0..{FACADES_CLASSES - 1})")
+        raise ValueError(
+            f"facades label '{path}': {_out_of_range(raw, bad)}; expected CMP class indices "
+            f"1..{FACADES_CLASSES} (mapped to 0..{FACADES_CLASSES - 1})"
+        )
     return raw - 1
 
 
@@ -315,8 +342,10 @@ def map_cityscapes_label(raw: np.ndarray, path: Path) -> np.ndarray:
     mapped = np.where(raw == CITYSCAPES_LICENSE_PLATE, 0, raw)
     bad = (mapped < 0) | (mapped >= CITYSCAPES_CLASSES)
     if bad.any():
-        raise ValueError(f"cityscapes label '{path}': {_out_of_range(raw, bad)}; expected labelIds "
-                         f"0..{CITYSCAPES_CLASSES - 1} (or 255, read as 0 'unlabeled')")
+        raise ValueError(
+            f"cityscapes label '{path}': {_out_of_range(raw, bad)}; expected labelIds "
+            f"0..{CITYSCAPES_CLASSES - 1} (or 255, read as 0 'unlabeled')"
+        )
     return mapped
 
 
@@ -326,9 +355,11 @@ def direct_label_mapping(dataset: str, num_classes: int) -> Callable[[np.ndarray
     def check(raw: np.ndarray, path: Path) -> np.ndarray:
         bad = (raw < 0) | (raw >= num_classes)
         if bad.any():
-            raise ValueError(f"{dataset} label '{path}': {_out_of_range(raw, bad)}; expected class indices "
-                             f"0..{num_classes - 1} (label_nc={num_classes}; pass a larger label_nc if the data "
-                             "set has more classes)")
+            raise ValueError(
+                f"{dataset} label '{path}': {_out_of_range(raw, bad)}; expected class indices "
+                f"0..{num_classes - 1} (label_nc={num_classes}; pass a larger label_nc if the data "
+                "set has more classes)"
+            )
         return raw
 
     return check
@@ -346,9 +377,21 @@ class PairedDataset(EpochAugmentation, Dataset):
     new epoch reaches the workers, which copy the data set at each ``iter(loader)``).
     """
 
-    def __init__(self, name: str, samples: list[SamplePaths], *, num_classes: int,
-                 label_mapping: Callable[[np.ndarray, Path], np.ndarray], split: str, crop_size: int,
-                 aspect_ratio: float, load_size: int, augment: bool, instance: bool, seed: int):
+    def __init__(
+        self,
+        name: str,
+        samples: list[SamplePaths],
+        *,
+        num_classes: int,
+        label_mapping: Callable[[np.ndarray, Path], np.ndarray],
+        split: str,
+        crop_size: int,
+        aspect_ratio: float,
+        load_size: int,
+        augment: bool,
+        instance: bool,
+        seed: int,
+    ):
         self.name = name
         self.samples = list(samples)
         self.num_classes = num_classes
@@ -361,8 +404,10 @@ class PairedDataset(EpochAugmentation, Dataset):
         self.output_hw = output_size(crop_size, aspect_ratio)
         self.load_hw = output_size(load_size, aspect_ratio)
         if self.load_hw[0] < self.output_hw[0] or self.load_hw[1] < self.output_hw[1]:
-            raise ValueError(f"load_size {load_size} is smaller than crop_size {crop_size}: the random crop "
-                             "needs load_size >= crop_size")
+            raise ValueError(
+                f"load_size {load_size} is smaller than crop_size {crop_size}: the random crop "
+                "needs load_size >= crop_size"
+            )
         if instance and any(s.instance is None for s in self.samples):
             raise ValueError(f"{name}: instance=True needs an instance map for every item")
 
@@ -377,26 +422,30 @@ class PairedDataset(EpochAugmentation, Dataset):
         label = self.label_mapping(read_index_map(sample.label, "label"), sample.label)
         photo = read_photo(sample.image)
         if photo.size != (label.shape[1], label.shape[0]):
-            raise ValueError(f"{self.name}: photo '{sample.image}' is {photo.size[0]}x{photo.size[1]} (WxH) but its "
-                             f"label map '{sample.label}' is {label.shape[1]}x{label.shape[0]}; expected equal sizes")
+            raise ValueError(
+                f"{self.name}: photo '{sample.image}' is {photo.size[0]}x{photo.size[1]} (WxH) but its "
+                f"label map '{sample.label}' is {label.shape[1]}x{label.shape[0]}; expected equal sizes"
+            )
         instance = None
         if self.instance:
             instance = read_index_map(sample.instance, "instance")
             if instance.shape != label.shape:
-                raise ValueError(f"{self.name}: instance map '{sample.instance}' is {instance.shape[1]}x"
-                                 f"{instance.shape[0]} (WxH) but the label map '{sample.label}' is "
-                                 f"{label.shape[1]}x{label.shape[0]}; expected equal sizes")
+                raise ValueError(
+                    f"{self.name}: instance map '{sample.instance}' is {instance.shape[1]}x"
+                    f"{instance.shape[0]} (WxH) but the label map '{sample.label}' is "
+                    f"{label.shape[1]}x{label.shape[0]}; expected equal sizes"
+                )
 
         if self.augment:
-            params = sample_augment_params(self.load_hw, self.output_hw,
-                                           item_generator(self.seed, self.epoch, index))
+            params = sample_augment_params(self.load_hw, self.output_hw, item_generator(self.seed, self.epoch, index))
             size = self.load_hw
         else:
             params, size = None, self.output_hw
         label_t = torch.from_numpy(np.ascontiguousarray(resize_nearest(label, size)))
         image_t = image_to_tensor(resize_image(photo, size))
-        instance_t = None if instance is None else torch.from_numpy(
-            np.ascontiguousarray(resize_nearest(instance, size)))
+        instance_t = (
+            None if instance is None else torch.from_numpy(np.ascontiguousarray(resize_nearest(instance, size)))
+        )
         if params is not None:
             label_t = crop_and_flip(label_t, params, self.output_hw)
             image_t = crop_and_flip(image_t, params, self.output_hw)
@@ -408,6 +457,8 @@ class PairedDataset(EpochAugmentation, Dataset):
         return item
 
     def __repr__(self) -> str:
-        return (f"PairedDataset({self.name!r}, split={self.split!r}, items={len(self)}, "
-                f"classes={self.num_classes}, size={self.output_hw[0]}x{self.output_hw[1]}, "
-                f"augment={self.augment}, instance={self.instance}, seed={self.seed}, epoch={self.epoch})")
+        return (
+            f"PairedDataset({self.name!r}, split={self.split!r}, items={len(self)}, "
+            f"classes={self.num_classes}, size={self.output_hw[0]}x{self.output_hw[1]}, "
+            f"augment={self.augment}, instance={self.instance}, seed={self.seed}, epoch={self.epoch})"
+        )

@@ -27,9 +27,9 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from .transforms import (
-    EpochAugmentation,
     STREAM_PROCEDURAL_HELD_OUT,
     STREAM_PROCEDURAL_TRAIN,
+    EpochAugmentation,
     is_int_at_least,
     item_generator,
     output_size,
@@ -43,10 +43,21 @@ __all__ = [
     "render_facade",
 ]
 
-CMP_CLASSES = ("background", "facade", "window", "door", "cornice", "sill", "balcony", "blind", "deco",
-               "molding", "pillar", "shop")
-(BACKGROUND, FACADE, WINDOW, DOOR, CORNICE, SILL, BALCONY, BLIND, DECO, MOLDING, PILLAR,
- SHOP) = range(len(CMP_CLASSES))
+CMP_CLASSES = (
+    "background",
+    "facade",
+    "window",
+    "door",
+    "cornice",
+    "sill",
+    "balcony",
+    "blind",
+    "deco",
+    "molding",
+    "pillar",
+    "shop",
+)
+(BACKGROUND, FACADE, WINDOW, DOOR, CORNICE, SILL, BALCONY, BLIND, DECO, MOLDING, PILLAR, SHOP) = range(len(CMP_CLASSES))
 
 MIN_SIZE = 16  # below this the floors and windows no longer fit one pixel each
 DEFAULT_TRAIN_SAMPLES = 360  # CMP's sizes as the paper uses them: 360 train / 40 test
@@ -83,6 +94,7 @@ def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tens
 
 # --- random numbers from a torch.Generator -----------------------------------------------------
 
+
 def _uniform(g: torch.Generator, low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand((), generator=g))
 
@@ -97,6 +109,7 @@ def _chance(g: torch.Generator, p: float) -> bool:
 
 
 # --- label maps --------------------------------------------------------------------------------
+
 
 class _Canvas:
     """An (H, W) label map with clipped rectangle fills (later fills cover earlier ones)."""
@@ -150,8 +163,9 @@ def random_facade_labels(height: int, width: int, generator: torch.Generator) ->
     if _chance(g, 0.45):  # pillars: at the facade's edges, between columns or both
         pillar_w = max(1.0, col_w * _uniform(g, 0.08, 0.14))
         at_edges, between = (True, _chance(g, 0.5)) if _chance(g, 0.5) else (_chance(g, 0.5), True)
-        xs = ([left + pillar_w / 2, right - pillar_w / 2] if at_edges else []) + \
-             ([left + c * col_w for c in range(1, n_cols)] if between else [])
+        xs = ([left + pillar_w / 2, right - pillar_w / 2] if at_edges else []) + (
+            [left + c * col_w for c in range(1, n_cols)] if between else []
+        )
         pillar_top = body_top if _chance(g, 0.5) else ground_top
         for x in xs:
             canvas.fill(pillar_top, bottom, x - pillar_w / 2, x + pillar_w / 2, PILLAR)
@@ -176,8 +190,9 @@ def random_facade_labels(height: int, width: int, generator: torch.Generator) ->
         y0, y1 = floor_top + win_offset, floor_top + win_offset + win_h
         balcony_here = balconies and _chance(g, 0.5)
         if balcony_here and continuous_balcony:
-            canvas.fill(y0 + win_h * 0.6, y1 + max(1.0, floor_h * 0.05), left + col_w * 0.1, right - col_w * 0.1,
-                        BALCONY)
+            canvas.fill(
+                y0 + win_h * 0.6, y1 + max(1.0, floor_h * 0.05), left + col_w * 0.1, right - col_w * 0.1, BALCONY
+            )
         for c in range(n_cols):
             cx = left + (c + 0.5) * col_w
             x0, x1 = cx - win_w / 2, cx + win_w / 2
@@ -193,8 +208,9 @@ def random_facade_labels(height: int, width: int, generator: torch.Generator) ->
             if sills and not balcony_here:
                 canvas.fill(y1, y1 + max(1.0, floor_h * 0.05), x0 - win_w * 0.1, x1 + win_w * 0.1, SILL)
             if balcony_here and not continuous_balcony:
-                canvas.fill(y0 + win_h * 0.6, y1 + max(1.0, floor_h * 0.05), x0 - win_w * 0.25, x1 + win_w * 0.25,
-                            BALCONY)
+                canvas.fill(
+                    y0 + win_h * 0.6, y1 + max(1.0, floor_h * 0.05), x0 - win_w * 0.25, x1 + win_w * 0.25, BALCONY
+                )
         if balcony_here and continuous_balcony:
             # windows (doors to the balcony) drawn behind the railing: only their upper part shows
             for c in range(n_cols):
@@ -202,8 +218,9 @@ def random_facade_labels(height: int, width: int, generator: torch.Generator) ->
                 canvas.fill(y0, y0 + win_h * 0.6, cx - win_w / 2, cx + win_w / 2, WINDOW)
 
     if _chance(g, 0.6):  # a ledge between the ground floor and the first floor
-        canvas.fill(ground_top - max(1.0, facade_h * 0.015), ground_top + max(1.0, facade_h * 0.01), left, right,
-                    CORNICE)
+        canvas.fill(
+            ground_top - max(1.0, facade_h * 0.015), ground_top + max(1.0, facade_h * 0.01), left, right, CORNICE
+        )
     door_col = _randint(g, 0, n_cols - 1)
     shops = _chance(g, 0.65)
     for c in range(n_cols):
@@ -212,8 +229,13 @@ def random_facade_labels(height: int, width: int, generator: torch.Generator) ->
             door_w = col_w * _uniform(g, 0.3, 0.55)
             canvas.fill(bottom - ground_h * _uniform(g, 0.6, 0.85), bottom, cx - door_w / 2, cx + door_w / 2, DOOR)
         elif shops:
-            canvas.fill(bottom - ground_h * _uniform(g, 0.55, 0.75), bottom - ground_h * 0.05, cx - col_w * 0.4,
-                        cx + col_w * 0.4, SHOP)
+            canvas.fill(
+                bottom - ground_h * _uniform(g, 0.55, 0.75),
+                bottom - ground_h * 0.05,
+                cx - col_w * 0.4,
+                cx + col_w * 0.4,
+                SHOP,
+            )
         else:
             y0 = ground_top + ground_h * 0.25
             canvas.fill(y0, y0 + ground_h * 0.45, cx - win_w / 2, cx + win_w / 2, WINDOW)
@@ -223,28 +245,32 @@ def random_facade_labels(height: int, width: int, generator: torch.Generator) ->
 # --- rendering ---------------------------------------------------------------------------------
 
 # linear RGB in [0, 1]
-_BASE_COLOURS = torch.tensor([
-    [0.62, 0.72, 0.84],  # background: sky
-    [0.78, 0.68, 0.52],  # facade (replaced per sample by a wall palette)
-    [0.16, 0.21, 0.28],  # window: dark glass
-    [0.38, 0.23, 0.13],  # door: wood
-    [0.86, 0.83, 0.76],  # cornice
-    [0.82, 0.80, 0.74],  # sill
-    [0.18, 0.18, 0.20],  # balcony: iron
-    [0.30, 0.44, 0.30],  # blind: green shutters
-    [0.74, 0.64, 0.48],  # deco
-    [0.84, 0.80, 0.72],  # molding
-    [0.80, 0.76, 0.68],  # pillar
-    [0.22, 0.27, 0.32],  # shop: glass
-])
-_WALL_PALETTES = torch.tensor([
-    [0.80, 0.70, 0.54],  # sandstone
-    [0.62, 0.30, 0.22],  # red brick
-    [0.66, 0.66, 0.64],  # grey render
-    [0.86, 0.74, 0.44],  # ochre
-    [0.88, 0.86, 0.82],  # white plaster
-    [0.58, 0.66, 0.60],  # sage
-])
+_BASE_COLOURS = torch.tensor(
+    [
+        [0.62, 0.72, 0.84],  # background: sky
+        [0.78, 0.68, 0.52],  # facade (replaced per sample by a wall palette)
+        [0.16, 0.21, 0.28],  # window: dark glass
+        [0.38, 0.23, 0.13],  # door: wood
+        [0.86, 0.83, 0.76],  # cornice
+        [0.82, 0.80, 0.74],  # sill
+        [0.18, 0.18, 0.20],  # balcony: iron
+        [0.30, 0.44, 0.30],  # blind: green shutters
+        [0.74, 0.64, 0.48],  # deco
+        [0.84, 0.80, 0.72],  # molding
+        [0.80, 0.76, 0.68],  # pillar
+        [0.22, 0.27, 0.32],  # shop: glass
+    ]
+)
+_WALL_PALETTES = torch.tensor(
+    [
+        [0.80, 0.70, 0.54],  # sandstone
+        [0.62, 0.30, 0.22],  # red brick
+        [0.66, 0.66, 0.64],  # grey render
+        [0.86, 0.74, 0.44],  # ochre
+        [0.88, 0.86, 0.82],  # white plaster
+        [0.58, 0.66, 0.60],  # sage
+    ]
+)
 _GLASS = (WINDOW, SHOP)
 _SHADOW_CASTERS = (CORNICE, SILL, BALCONY, DECO)
 _TRIM = (CORNICE, SILL, DECO, MOLDING, PILLAR)
@@ -262,13 +288,21 @@ def render_facade(label: torch.Tensor, generator: torch.Generator) -> torch.Tens
     Deterministic given the state of ``generator`` (a CPU ``torch.Generator``); the image is a CPU
     tensor whatever the label's device.
     """
-    if not isinstance(label, torch.Tensor) or label.dim() != 2 or label.dtype.is_floating_point \
-            or label.dtype == torch.bool:
-        raise ValueError("render_facade: label must be an integer tensor (H, W), got "
-                         f"{type(label).__name__} {getattr(label, 'dtype', '')} {tuple(getattr(label, 'shape', ()))}")
+    if (
+        not isinstance(label, torch.Tensor)
+        or label.dim() != 2
+        or label.dtype.is_floating_point
+        or label.dtype == torch.bool
+    ):
+        raise ValueError(
+            "render_facade: label must be an integer tensor (H, W), got "
+            f"{type(label).__name__} {getattr(label, 'dtype', '')} {tuple(getattr(label, 'shape', ()))}"
+        )
     if label.numel() and (int(label.min()) < 0 or int(label.max()) >= len(CMP_CLASSES)):
-        raise ValueError(f"render_facade: label values must lie in 0..{len(CMP_CLASSES) - 1}, found "
-                         f"{int(label.min())}..{int(label.max())}")
+        raise ValueError(
+            f"render_facade: label values must lie in 0..{len(CMP_CLASSES) - 1}, found "
+            f"{int(label.min())}..{int(label.max())}"
+        )
     g = generator
     label = label.long().cpu()
     height, width = label.shape
@@ -360,14 +394,24 @@ class ProceduralFacades(EpochAugmentation, Dataset):
 
     num_classes = len(CMP_CLASSES)
 
-    def __init__(self, *, split: str = "train", crop_size: int = 256, aspect_ratio: float = 1.0,
-                 num_samples: int | None = None, augment: bool | None = None, seed: int = 0):
+    def __init__(
+        self,
+        *,
+        split: str = "train",
+        crop_size: int = 256,
+        aspect_ratio: float = 1.0,
+        num_samples: int | None = None,
+        augment: bool | None = None,
+        seed: int = 0,
+    ):
         if split not in ("train", "val", "test"):
             raise ValueError(f"procedural: split must be 'train', 'val' or 'test', got {split!r}")
         self.output_hw = output_size(crop_size, aspect_ratio)
         if min(self.output_hw) < MIN_SIZE:
-            raise ValueError(f"procedural: the item size {self.output_hw[0]}x{self.output_hw[1]} is below the "
-                             f"minimum {MIN_SIZE}x{MIN_SIZE}")
+            raise ValueError(
+                f"procedural: the item size {self.output_hw[0]}x{self.output_hw[1]} is below the "
+                f"minimum {MIN_SIZE}x{MIN_SIZE}"
+            )
         if num_samples is None:
             num_samples = DEFAULT_TRAIN_SAMPLES if split == "train" else DEFAULT_HELD_OUT_SAMPLES
         if not is_int_at_least(num_samples, 1):
@@ -398,5 +442,7 @@ class ProceduralFacades(EpochAugmentation, Dataset):
         return {"label": label, "image": image, "path": f"procedural/{self.split}/{index:05d}"}
 
     def __repr__(self) -> str:
-        return (f"ProceduralFacades(split={self.split!r}, items={len(self)}, size={self.output_hw[0]}x"
-                f"{self.output_hw[1]}, augment={self.augment}, seed={self.seed}, epoch={self.epoch})")
+        return (
+            f"ProceduralFacades(split={self.split!r}, items={len(self)}, size={self.output_hw[0]}x"
+            f"{self.output_hw[1]}, augment={self.augment}, seed={self.seed}, epoch={self.epoch})"
+        )

@@ -97,8 +97,9 @@ class AugmentParams:
     flip: bool
 
 
-def sample_augment_params(load_hw: tuple[int, int], crop_hw: tuple[int, int],
-                          generator: torch.Generator) -> AugmentParams:
+def sample_augment_params(
+    load_hw: tuple[int, int], crop_hw: tuple[int, int], generator: torch.Generator
+) -> AugmentParams:
     """Draw a crop position (uniform over every valid corner) and a fair coin for the flip."""
     (load_h, load_w), (crop_h, crop_w) = load_hw, crop_hw
     if load_h < crop_h or load_w < crop_w:
@@ -141,7 +142,7 @@ def image_to_tensor(image: Image.Image) -> torch.Tensor:
 def crop_and_flip(tensor: torch.Tensor, params: AugmentParams, crop_hw: tuple[int, int]) -> torch.Tensor:
     """Crop the last two dimensions at ``params`` to ``crop_hw`` and flip them horizontally if asked."""
     crop_h, crop_w = crop_hw
-    out = tensor[..., params.top:params.top + crop_h, params.left:params.left + crop_w]
+    out = tensor[..., params.top : params.top + crop_h, params.left : params.left + crop_w]
     if params.flip:
         out = out.flip(-1)
     return out.contiguous()

@@ -80,13 +80,16 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
     state = load_weights_file(path, "checkpoint", map_location=map_location)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
-        raise ValueError(f"{str(path)!r} is not an asapnet-triton training checkpoint "
-                         f"(format {found!r}, expected {CHECKPOINT_FORMAT!r})")
+        raise ValueError(
+            f"{str(path)!r} is not an asapnet-triton training checkpoint "
+            f"(format {found!r}, expected {CHECKPOINT_FORMAT!r})"
+        )
     return state
 
 
-def load_generator(path: str | os.PathLike, map_location="cpu", *, backend: str | None = None,
-                   precision: str | None = None):
+def load_generator(
+    path: str | os.PathLike, map_location="cpu", *, backend: str | None = None, precision: str | None = None
+):
     """The trained :class:`~asapnet_triton.ASAPNetGenerator` of a training checkpoint, in eval
     mode, rebuilt from the checkpoint's config; ``backend`` / ``precision`` override the ones it
     was trained with (e.g. ``backend="triton"`` on a GPU)."""
@@ -109,8 +112,13 @@ def capture_rng_state(device: torch.device | None = None) -> dict:
     kind, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "python": random.getstate(),
         "cuda": None,
     }
@@ -123,14 +131,24 @@ def restore_rng_state(state: dict, device: torch.device | None = None) -> None:
     """Restore what :func:`capture_rng_state` captured."""
     torch.set_rng_state(state["torch"].cpu())
     numpy_state = state["numpy"]
-    np.random.set_state((numpy_state["kind"], numpy_state["keys"].numpy().astype(np.uint32),
-                         numpy_state["position"], numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            numpy_state["kind"],
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     python_state = state["python"]
     # weights_only loading returns lists where tuples were saved; random.setstate needs tuples
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
     if state["cuda"] is not None:
         if device is None or device.type != "cuda":
-            warnings.warn(f"the checkpoint holds a CUDA generator state, but training now runs on {device}: "
-                          f"that state is not restored and the continuation is not exact", stacklevel=2)
+            warnings.warn(
+                f"the checkpoint holds a CUDA generator state, but training now runs on {device}: "
+                f"that state is not restored and the continuation is not exact",
+                stacklevel=2,
+            )
         else:
             torch.cuda.set_rng_state(state["cuda"].cpu(), device)

@@ -39,76 +39,135 @@ def _options():
     # resumed run can tell the flags given anew from the checkpoint's settings
     d = _DEFAULTS
     return [
-        ("data", [
-            ("--dataset", "dataset", str, f"data set name (default {d.dataset}; see asapnet_triton.data.DATASETS)"),
-            ("--dataroot", "dataroot", str, "the data set's folder (not for 'procedural')"),
-            ("--label-nc", "label_nc", int, "number of label classes (default: the data set's)"),
-            ("--crop-size", "crop_size", int, f"training crop height (default {d.crop_size}; width: "
-                                              f"height x --aspect-ratio)"),
-            ("--load-size", "load_size", int, "resize before cropping (default: the data set's rule)"),
-            ("--aspect-ratio", "aspect_ratio", float, f"crop width / height (default {d.aspect_ratio})"),
-            ("--augment", "augment", argparse.BooleanOptionalAction, "random crops and flips (default: on)"),
-            ("--instance", "instance", "true", "use instance-edge maps (cityscapes)"),
-            ("--num-samples", "num_samples", int, "use this many samples (procedural: generate this many)"),
-        ]),
-        ("generator", [
-            ("--cell-size", "cell_size", int, "total downsampling S (default: crop height / 16, at least 16)"),
-            ("--hidden-width", "hidden_width", int, f"per-pixel MLP width (default {d.hidden_width})"),
-            ("--depth", "depth", int, f"per-pixel MLP layers (default {d.depth})"),
-            ("--lr-width", "lr_width", int, f"LR stream first width (default {d.lr_width})"),
-            ("--lr-max-width", "lr_max_width", int, f"LR stream widest layer (default {d.lr_max_width})"),
-            ("--lr-depth", "lr_depth", int, f"LR stream blocks at full width (default {d.lr_depth})"),
-            ("--backend", "backend", TRAIN_BACKENDS, "HR stream backend (default auto: "
-                                                                               "triton on CUDA, torch otherwise)"),
-            ("--precision", "precision", TRAIN_PRECISIONS, "the generator's precision, and bf16 autocast for the "
-                                                           "discriminator and losses (default fp32)"),
-        ]),
-        ("discriminator", [
-            ("--num-d", "num_d", int, f"discriminator scales (default {d.num_d})"),
-            ("--n-layers-d", "n_layers_d", int, f"layers per scale (default {d.n_layers_d})"),
-            ("--ndf", "ndf", int, f"first-layer filters (default {d.ndf})"),
-            ("--ndf-max", "ndf_max", int, f"most filters (default {d.ndf_max})"),
-        ]),
-        ("losses", [
-            ("--lambda-feat", "lambda_feat", float, f"feature-matching weight, 0 = off (default {d.lambda_feat:g})"),
-            ("--lambda-vgg", "lambda_vgg", float, f"perceptual-loss weight (default {d.lambda_vgg:g})"),
-            ("--vgg-weights", "vgg_weights", str, "a local torchvision vgg19 state_dict: enables the VGG19 "
-                                                  "perceptual loss (off without it)"),
-        ]),
-        ("optimisation", [
-            ("--batch-size", "batch_size", int, f"global batch (default {d.batch_size})"),
-            ("--lr", "lr", float, f"base learning rate (default {d.lr:g})"),
-            ("--beta1", "beta1", float, f"Adam beta1 (default {d.beta1:g})"),
-            ("--beta2", "beta2", float, f"Adam beta2 (default {d.beta2:g})"),
-            ("--no-ttur", "ttur", "false", "same learning rate for both networks (default: G lr/2, D lr*2)"),
-            ("--niter", "niter", int, f"epochs at the base rate (default {d.niter})"),
-            ("--niter-decay", "niter_decay", int, f"epochs of linear decay to 0 (default {d.niter_decay})"),
-            ("--d-steps-per-g", "d_steps_per_g", int, f"discriminator steps per generator step "
-                                                      f"(default {d.d_steps_per_g})"),
-            ("--seed", "seed", int, f"seed of initialisation, data order and augmentation (default {d.seed})"),
-        ]),
-        ("run control", [
-            ("--out", "out_dir", str, "output folder (required; must be empty or absent unless --resume)"),
-            ("--resume", "resume", str, "continue a run: a checkpoint path, or 'latest' (the newest in --out)"),
-            ("--max-steps", "max_steps", int, "stop after this many steps in total (default: all epochs)"),
-            ("--time-budget", "time_budget_s", float, "stop cleanly, final checkpoint included, after about "
-                                                      "this many seconds"),
-            ("--checkpoint-every", "checkpoint_every", int, f"steps between checkpoints, 0 = only at the end "
-                                                            f"(default {d.checkpoint_every})"),
-            ("--keep-last", "keep_last", int, f"checkpoints kept (default {d.keep_last})"),
-            ("--sample-every", "sample_every", int, f"steps between sample grids, 0 = only at the end "
-                                                    f"(default {d.sample_every})"),
-            ("--num-workers", "num_workers", int, f"data-loading processes (default {d.num_workers})"),
-            ("--device", "device", str, "auto (default: CUDA when available), cpu, cuda, cuda:N"),
-            ("--no-progress", "progress", "false", "no progress bar"),
-        ]),
+        (
+            "data",
+            [
+                ("--dataset", "dataset", str, f"data set name (default {d.dataset}; see asapnet_triton.data.DATASETS)"),
+                ("--dataroot", "dataroot", str, "the data set's folder (not for 'procedural')"),
+                ("--label-nc", "label_nc", int, "number of label classes (default: the data set's)"),
+                (
+                    "--crop-size",
+                    "crop_size",
+                    int,
+                    f"training crop height (default {d.crop_size}; width: height x --aspect-ratio)",
+                ),
+                ("--load-size", "load_size", int, "resize before cropping (default: the data set's rule)"),
+                ("--aspect-ratio", "aspect_ratio", float, f"crop width / height (default {d.aspect_ratio})"),
+                ("--augment", "augment", argparse.BooleanOptionalAction, "random crops and flips (default: on)"),
+                ("--instance", "instance", "true", "use instance-edge maps (cityscapes)"),
+                ("--num-samples", "num_samples", int, "use this many samples (procedural: generate this many)"),
+            ],
+        ),
+        (
+            "generator",
+            [
+                ("--cell-size", "cell_size", int, "total downsampling S (default: crop height / 16, at least 16)"),
+                ("--hidden-width", "hidden_width", int, f"per-pixel MLP width (default {d.hidden_width})"),
+                ("--depth", "depth", int, f"per-pixel MLP layers (default {d.depth})"),
+                ("--lr-width", "lr_width", int, f"LR stream first width (default {d.lr_width})"),
+                ("--lr-max-width", "lr_max_width", int, f"LR stream widest layer (default {d.lr_max_width})"),
+                ("--lr-depth", "lr_depth", int, f"LR stream blocks at full width (default {d.lr_depth})"),
+                (
+                    "--backend",
+                    "backend",
+                    TRAIN_BACKENDS,
+                    "HR stream backend (default auto: triton on CUDA, torch otherwise)",
+                ),
+                (
+                    "--precision",
+                    "precision",
+                    TRAIN_PRECISIONS,
+                    "the generator's precision, and bf16 autocast for the discriminator and losses (default fp32)",
+                ),
+            ],
+        ),
+        (
+            "discriminator",
+            [
+                ("--num-d", "num_d", int, f"discriminator scales (default {d.num_d})"),
+                ("--n-layers-d", "n_layers_d", int, f"layers per scale (default {d.n_layers_d})"),
+                ("--ndf", "ndf", int, f"first-layer filters (default {d.ndf})"),
+                ("--ndf-max", "ndf_max", int, f"most filters (default {d.ndf_max})"),
+            ],
+        ),
+        (
+            "losses",
+            [
+                (
+                    "--lambda-feat",
+                    "lambda_feat",
+                    float,
+                    f"feature-matching weight, 0 = off (default {d.lambda_feat:g})",
+                ),
+                ("--lambda-vgg", "lambda_vgg", float, f"perceptual-loss weight (default {d.lambda_vgg:g})"),
+                (
+                    "--vgg-weights",
+                    "vgg_weights",
+                    str,
+                    "a local torchvision vgg19 state_dict: enables the VGG19 perceptual loss (off without it)",
+                ),
+            ],
+        ),
+        (
+            "optimisation",
+            [
+                ("--batch-size", "batch_size", int, f"global batch (default {d.batch_size})"),
+                ("--lr", "lr", float, f"base learning rate (default {d.lr:g})"),
+                ("--beta1", "beta1", float, f"Adam beta1 (default {d.beta1:g})"),
+                ("--beta2", "beta2", float, f"Adam beta2 (default {d.beta2:g})"),
+                ("--no-ttur", "ttur", "false", "same learning rate for both networks (default: G lr/2, D lr*2)"),
+                ("--niter", "niter", int, f"epochs at the base rate (default {d.niter})"),
+                ("--niter-decay", "niter_decay", int, f"epochs of linear decay to 0 (default {d.niter_decay})"),
+                (
+                    "--d-steps-per-g",
+                    "d_steps_per_g",
+                    int,
+                    f"discriminator steps per generator step (default {d.d_steps_per_g})",
+                ),
+                ("--seed", "seed", int, f"seed of initialisation, data order and augmentation (default {d.seed})"),
+            ],
+        ),
+        (
+            "run control",
+            [
+                ("--out", "out_dir", str, "output folder (required; must be empty or absent unless --resume)"),
+                ("--resume", "resume", str, "continue a run: a checkpoint path, or 'latest' (the newest in --out)"),
+                ("--max-steps", "max_steps", int, "stop after this many steps in total (default: all epochs)"),
+                (
+                    "--time-budget",
+                    "time_budget_s",
+                    float,
+                    "stop cleanly, final checkpoint included, after about this many seconds",
+                ),
+                (
+                    "--checkpoint-every",
+                    "checkpoint_every",
+                    int,
+                    f"steps between checkpoints, 0 = only at the end (default {d.checkpoint_every})",
+                ),
+                ("--keep-last", "keep_last", int, f"checkpoints kept (default {d.keep_last})"),
+                (
+                    "--sample-every",
+                    "sample_every",
+                    int,
+                    f"steps between sample grids, 0 = only at the end (default {d.sample_every})",
+                ),
+                ("--num-workers", "num_workers", int, f"data-loading processes (default {d.num_workers})"),
+                ("--device", "device", str, "auto (default: CUDA when available), cpu, cuda, cuda:N"),
+                ("--no-progress", "progress", "false", "no progress bar"),
+            ],
+        ),
     ]
 
 
 def add_train_parser(subparsers) -> argparse.ArgumentParser:
     """Register the ``train`` subcommand on an argparse subparsers object; returns its parser."""
-    parser = subparsers.add_parser("train", help="train ASAP-Net (GAN, checkpoints, resume, multi-GPU)",
-                                   description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = subparsers.add_parser(
+        "train",
+        help="train ASAP-Net (GAN, checkpoints, resume, multi-GPU)",
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     for title, options in _options():
         group = parser.add_argument_group(title)
         for flag, field, kind, help_text in options:
@@ -121,8 +180,14 @@ def add_train_parser(subparsers) -> argparse.ArgumentParser:
             elif isinstance(kind, tuple):
                 group.add_argument(flag, dest=field, choices=kind, default=None, help=help_text)
             else:
-                group.add_argument(flag, dest=field, type=kind, default=None, help=help_text,
-                                   metavar="PATH|latest" if flag == "--resume" else field.upper())
+                group.add_argument(
+                    flag,
+                    dest=field,
+                    type=kind,
+                    default=None,
+                    help=help_text,
+                    metavar="PATH|latest" if flag == "--resume" else field.upper(),
+                )
     return parser
 
 

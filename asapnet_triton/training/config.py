@@ -13,10 +13,22 @@ __all__ = ["RUN_CONTROL_FIELDS", "TRAIN_BACKENDS", "TRAIN_PRECISIONS", "TrainCon
 # Fields that only steer how a run is executed, not what it computes (the HR stream's backends
 # compute the same function): a resumed run may change them. Every other field must match the checkpoint's, or the continuation would not be the same
 # training run.
-RUN_CONTROL_FIELDS = frozenset({
-    "out_dir", "resume", "max_steps", "time_budget_s", "checkpoint_every", "keep_last", "sample_every",
-    "num_workers", "device", "progress", "dataroot", "backend",
-})
+RUN_CONTROL_FIELDS = frozenset(
+    {
+        "out_dir",
+        "resume",
+        "max_steps",
+        "time_budget_s",
+        "checkpoint_every",
+        "keep_last",
+        "sample_every",
+        "num_workers",
+        "device",
+        "progress",
+        "dataroot",
+        "backend",
+    }
+)
 
 # What a training run takes: the HR-stream backends with a fused backward, and the precisions of
 # the generator (bf16 also runs the discriminator and losses under autocast).
@@ -129,8 +141,11 @@ class TrainConfig:
         check(self.batch_size >= 1, "batch_size", ">= 1")
         check(self.crop_size >= 1, "crop_size", ">= 1")
         check(self.label_nc is None or self.label_nc >= 1, "label_nc", "None or >= 1")
-        check(self.cell_size is None or (self.cell_size >= 16 and self.cell_size & (self.cell_size - 1) == 0),
-              "cell_size", "None or a power of two >= 16")
+        check(
+            self.cell_size is None or (self.cell_size >= 16 and self.cell_size & (self.cell_size - 1) == 0),
+            "cell_size",
+            "None or a power of two >= 16",
+        )
         check(self.num_d >= 1, "num_d", ">= 1")
         check(self.n_layers_d >= 1, "n_layers_d", ">= 1")
         check(self.ndf >= 1 and self.ndf_max >= self.ndf, "ndf", ">= 1 and <= ndf_max")
@@ -161,7 +176,7 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "TrainConfig":
+    def from_dict(cls, values: dict) -> TrainConfig:
         """The config stored by :meth:`to_dict`; unknown keys are an error (a newer version's
         checkpoint), not silently dropped."""
         known = {f.name for f in dataclasses.fields(cls)}
@@ -170,8 +185,7 @@ class TrainConfig:
             raise ValueError(f"unknown TrainConfig fields {unknown} (written by a newer asapnet-triton?)")
         return cls(**values)
 
-    def differences(self, other: "TrainConfig", *, ignore=RUN_CONTROL_FIELDS) -> dict:
+    def differences(self, other: TrainConfig, *, ignore=RUN_CONTROL_FIELDS) -> dict:
         """Fields (outside ``ignore``) whose values differ: {name: (self's, other's)}."""
         mine, theirs = self.to_dict(), other.to_dict()
-        return {name: (mine[name], theirs[name]) for name in mine
-                if name not in ignore and mine[name] != theirs[name]}
+        return {name: (mine[name], theirs[name]) for name in mine if name not in ignore and mine[name] != theirs[name]}

@@ -16,8 +16,9 @@ PADDING = 2  # ceil((4 - 1) / 2), as published
 LEAKY_SLOPE = 0.2
 
 
-def label_condition(labels: torch.Tensor, num_classes: int, dtype: torch.dtype,
-                    edges: torch.Tensor | None = None) -> torch.Tensor:
+def label_condition(
+    labels: torch.Tensor, num_classes: int, dtype: torch.dtype, edges: torch.Tensor | None = None
+) -> torch.Tensor:
     """What the discriminator is conditioned on: one-hot labels (B, num_classes, H, W), then the
     instance edges (B, 1, H, W) when given, in ``dtype``."""
     if labels.dim() != 3 or labels.dtype.is_floating_point:
@@ -34,13 +35,16 @@ def with_image(condition: torch.Tensor, image: torch.Tensor) -> torch.Tensor:
     """The discriminator's input: ``condition`` (see :func:`label_condition`), then the image
     (B, C, H, W), concatenated along channels."""
     if image.dim() != 4 or image.shape[0] != condition.shape[0] or image.shape[-2:] != condition.shape[-2:]:
-        raise ValueError(f"image must be (B, C, H, W) matching labels {(condition.shape[0], *condition.shape[-2:])}, "
-                         f"got {tuple(image.shape)}")
+        raise ValueError(
+            f"image must be (B, C, H, W) matching labels {(condition.shape[0], *condition.shape[-2:])}, "
+            f"got {tuple(image.shape)}"
+        )
     return torch.cat([condition, image], dim=1)
 
 
-def conditional_input(labels: torch.Tensor, num_classes: int, image: torch.Tensor,
-                      edges: torch.Tensor | None = None) -> torch.Tensor:
+def conditional_input(
+    labels: torch.Tensor, num_classes: int, image: torch.Tensor, edges: torch.Tensor | None = None
+) -> torch.Tensor:
     """The discriminator's input: one-hot labels (B, num_classes, H, W), then the instance edges
     (B, 1, H, W) when given, then the image (B, C, H, W), concatenated along channels."""
     return with_image(label_condition(labels, num_classes, image.dtype, edges), image)
@@ -85,11 +89,15 @@ class PatchDiscriminator(nn.Module):
         width = ndf
         for n in range(1, n_layers):
             next_width = min(2 * width, ndf_max)
-            conv = nn.Conv2d(width, next_width, KERNEL_SIZE, stride=1 if n == n_layers - 1 else 2,
-                             padding=PADDING, bias=False)
+            conv = nn.Conv2d(
+                width, next_width, KERNEL_SIZE, stride=1 if n == n_layers - 1 else 2, padding=PADDING, bias=False
+            )
             published_conv_init(conv)
-            blocks.append(nn.Sequential(SpectralNormConv2d(conv), nn.InstanceNorm2d(next_width, affine=False),
-                                        nn.LeakyReLU(LEAKY_SLOPE)))
+            blocks.append(
+                nn.Sequential(
+                    SpectralNormConv2d(conv), nn.InstanceNorm2d(next_width, affine=False), nn.LeakyReLU(LEAKY_SLOPE)
+                )
+            )
             width = next_width
         last = nn.Conv2d(width, 1, KERNEL_SIZE, stride=1, padding=PADDING)
         published_conv_init(last)
@@ -117,8 +125,9 @@ class MultiscaleDiscriminator(nn.Module):
         if num_d < 1:
             raise ValueError(f"num_d must be >= 1, got {num_d}")
         self.in_channels = in_channels
-        self.scales = nn.ModuleList(PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, ndf_max=ndf_max)
-                                    for _ in range(num_d))
+        self.scales = nn.ModuleList(
+            PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, ndf_max=ndf_max) for _ in range(num_d)
+        )
 
     @staticmethod
     def downsample(x: torch.Tensor) -> torch.Tensor:
@@ -133,4 +142,3 @@ class MultiscaleDiscriminator(nn.Module):
                 x = self.downsample(x)
             results.append(scale(x))
         return results
-

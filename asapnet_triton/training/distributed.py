@@ -76,8 +76,9 @@ def setup_distributed(device: str = "auto") -> DistributedContext:
             raise RuntimeError(f"device {device!r} requested, but CUDA is not available")
         if world_size > 1:
             if resolved.index is not None:
-                raise ValueError(f"device {device!r}: under torchrun each process takes GPU LOCAL_RANK; "
-                                 f"pass device='cuda' or 'auto'")
+                raise ValueError(
+                    f"device {device!r}: under torchrun each process takes GPU LOCAL_RANK; pass device='cuda' or 'auto'"
+                )
             resolved = torch.device("cuda", local_rank)
         elif resolved.index is None:
             resolved = torch.device("cuda", torch.cuda.current_device())
@@ -88,8 +89,9 @@ def setup_distributed(device: str = "auto") -> DistributedContext:
         owns = True
     if world_size > 1:
         rank, world_size = dist.get_rank(), dist.get_world_size()
-    return DistributedContext(rank=rank, world_size=world_size, local_rank=local_rank, device=resolved,
-                              owns_process_group=owns)
+    return DistributedContext(
+        rank=rank, world_size=world_size, local_rank=local_rank, device=resolved, owns_process_group=owns
+    )
 
 
 class ResumableDistributedSampler(DistributedSampler):
@@ -114,7 +116,7 @@ class ResumableDistributedSampler(DistributedSampler):
         self.skip = skip
 
     def __iter__(self) -> Iterator[int]:
-        return iter(list(super().__iter__())[self.skip:])
+        return iter(list(super().__iter__())[self.skip :])
 
     def __len__(self) -> int:
         return self.num_samples - self.skip

@@ -93,7 +93,7 @@ class VGG19Features(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
-    def train(self, mode: bool = True) -> "VGG19Features":
+    def train(self, mode: bool = True) -> VGG19Features:
         # a fixed feature extractor: never in training mode, whatever its parent is switched to
         return super().train(False)
 
@@ -118,22 +118,31 @@ def load_vgg19_features(path: str | os.PathLike) -> VGG19Features:
     is not such a state_dict (unreadable, missing keys, wrong shapes).
     """
     path = os.fspath(path)
-    state = load_weights_file(path, "VGG19 weights", hint=" (expected a local torchvision vgg19 state_dict, e.g. "
-                              "saved with torch.save(torchvision.models.vgg19(weights=...).state_dict(), PATH))")
+    state = load_weights_file(
+        path,
+        "VGG19 weights",
+        hint=" (expected a local torchvision vgg19 state_dict, e.g. "
+        "saved with torch.save(torchvision.models.vgg19(weights=...).state_dict(), PATH))",
+    )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise ValueError(f"VGG19 weights {path!r}: expected a state_dict (a dict of tensors), got {type(state).__name__}")
+        raise ValueError(
+            f"VGG19 weights {path!r}: expected a state_dict (a dict of tensors), got {type(state).__name__}"
+        )
     if not any(key.startswith("features.") for key in state):
         state = {f"features.{key}": value for key, value in state.items()}
     model = VGG19Features()
     expected = model.state_dict()
     missing = [key for key in expected if key not in state]
     if missing:
-        raise ValueError(f"VGG19 weights {path!r}: not a torchvision vgg19 state_dict, missing {len(missing)} "
-                         f"of its keys, e.g. {missing[:3]}")
+        raise ValueError(
+            f"VGG19 weights {path!r}: not a torchvision vgg19 state_dict, missing {len(missing)} "
+            f"of its keys, e.g. {missing[:3]}"
+        )
     for key, tensor in expected.items():
         if state[key].shape != tensor.shape:
-            raise ValueError(f"VGG19 weights {path!r}: {key} has shape {tuple(state[key].shape)}, a vgg19 has "
-                             f"{tuple(tensor.shape)}")
+            raise ValueError(
+                f"VGG19 weights {path!r}: {key} has shape {tuple(state[key].shape)}, a vgg19 has {tuple(tensor.shape)}"
+            )
     model.load_state_dict({key: state[key].float() for key in expected})
     return model
 
@@ -152,5 +161,7 @@ class VGGLoss(nn.Module):
         x_features = self.features(x)
         with torch.no_grad():
             y_features = self.features(y)
-        return sum(weight * F.l1_loss(a.float(), b.float())
-                   for weight, a, b in zip(VGG19_LAYER_WEIGHTS, x_features, y_features))
+        return sum(
+            weight * F.l1_loss(a.float(), b.float())
+            for weight, a, b in zip(VGG19_LAYER_WEIGHTS, x_features, y_features)
+        )

@@ -11,18 +11,32 @@ __all__ = ["IMAGE_CHANNELS", "build_discriminator", "build_generator"]
 IMAGE_CHANNELS = 3
 
 
-def build_generator(config: TrainConfig, num_classes: int, *, backend: str | None = None,
-                    precision: str | None = None) -> ASAPNetGenerator:
+def build_generator(
+    config: TrainConfig, num_classes: int, *, backend: str | None = None, precision: str | None = None
+) -> ASAPNetGenerator:
     """The ASAP-Net generator of ``config`` for ``num_classes`` label classes; ``backend`` and
     ``precision`` override the config's (e.g. to run a trained model elsewhere)."""
     return ASAPNetGenerator(
-        num_classes, cell_size=config.resolved_cell_size, out_channels=IMAGE_CHANNELS,
-        hidden_width=config.hidden_width, depth=config.depth, lr_width=config.lr_width,
-        lr_max_width=config.lr_max_width, lr_depth=config.lr_depth, instance_edges=config.instance,
-        precision=precision or config.precision, backend=backend or config.backend)
+        num_classes,
+        cell_size=config.resolved_cell_size,
+        out_channels=IMAGE_CHANNELS,
+        hidden_width=config.hidden_width,
+        depth=config.depth,
+        lr_width=config.lr_width,
+        lr_max_width=config.lr_max_width,
+        lr_depth=config.lr_depth,
+        instance_edges=config.instance,
+        precision=precision or config.precision,
+        backend=backend or config.backend,
+    )
 
 
 def build_discriminator(config: TrainConfig, num_classes: int) -> MultiscaleDiscriminator:
     """The multiscale discriminator of ``config``: it sees one-hot labels [+ edges] + an image."""
-    return MultiscaleDiscriminator(num_classes + int(config.instance) + IMAGE_CHANNELS, num_d=config.num_d,
-                                   ndf=config.ndf, n_layers=config.n_layers_d, ndf_max=config.ndf_max)
+    return MultiscaleDiscriminator(
+        num_classes + int(config.instance) + IMAGE_CHANNELS,
+        num_d=config.num_d,
+        ndf=config.ndf,
+        n_layers=config.n_layers_d,
+        ndf_max=config.ndf_max,
+    )

@@ -50,8 +50,10 @@ PLOT_NAME = "losses.png"
 CONFIG_NAME = "config.json"
 SAMPLES_DIR = "samples"
 PLOT_INTERVAL_S = 60.0  # the loss plot is redrawn at checkpoints at most this often (and at the end)
-VGG_HINT = ("perceptual (VGG19) loss is off: pass --vgg-weights PATH (TrainConfig.vgg_weights), a local "
-            "torchvision vgg19 state_dict, to enable it")
+VGG_HINT = (
+    "perceptual (VGG19) loss is off: pass --vgg-weights PATH (TrainConfig.vgg_weights), a local "
+    "torchvision vgg19 state_dict, to enable it"
+)
 
 
 class LinearDecay:
@@ -77,8 +79,9 @@ def learning_rates(config: TrainConfig, epoch: int) -> tuple[float, float]:
     return g_lr * factor, d_lr * factor
 
 
-def train(config: TrainConfig, dataset: Dataset | None = None,
-          on_step: Callable[[dict], None] | None = None) -> list[dict]:
+def train(
+    config: TrainConfig, dataset: Dataset | None = None, on_step: Callable[[dict], None] | None = None
+) -> list[dict]:
     """Train as ``config`` says and return the per-step records (see :meth:`Trainer.fit`)."""
     return Trainer(config, dataset, on_step=on_step).fit()
 
@@ -143,8 +146,9 @@ class Trainer:
     DistributedDataParallel.
     """
 
-    def __init__(self, config: TrainConfig, dataset: Dataset | None = None, *,
-                 on_step: Callable[[dict], None] | None = None):
+    def __init__(
+        self, config: TrainConfig, dataset: Dataset | None = None, *, on_step: Callable[[dict], None] | None = None
+    ):
         self.config = config
         self.on_step = on_step
         self.out_dir = Path(config.out_dir)
@@ -171,7 +175,8 @@ class Trainer:
                 raise FileExistsError(
                     f"out_dir {str(self.out_dir)!r} is not empty: it may hold a previous run, whose files would be "
                     f"overwritten. Continue that run with --resume latest (TrainConfig.resume='latest'), or "
-                    f"choose another --out")
+                    f"choose another --out"
+                )
             return None
         if resume == "latest":
             path = latest_checkpoint(self.out_dir)
@@ -188,19 +193,27 @@ class Trainer:
             stored = TrainConfig.from_dict(checkpoint["config"])
             differences = stored.differences(config)
             if differences:
-                listed = ", ".join(f"{name}: checkpoint {old!r}, now {new!r}" for name, (old, new) in differences.items())
-                raise ValueError(f"--resume {str(resume_path)!r}: the config differs from the checkpoint's in "
-                                 f"fields that define the run ({listed}); only run-control fields may change")
+                listed = ", ".join(
+                    f"{name}: checkpoint {old!r}, now {new!r}" for name, (old, new) in differences.items()
+                )
+                raise ValueError(
+                    f"--resume {str(resume_path)!r}: the config differs from the checkpoint's in "
+                    f"fields that define the run ({listed}); only run-control fields may change"
+                )
         if config.batch_size % self.dist.world_size:
-            raise ValueError(f"batch_size {config.batch_size} (the global batch) must be divisible by the number of "
-                             f"processes, {self.dist.world_size}")
+            raise ValueError(
+                f"batch_size {config.batch_size} (the global batch) must be divisible by the number of "
+                f"processes, {self.dist.world_size}"
+            )
         self.per_process_batch = config.batch_size // self.dist.world_size
 
         _seed_everything(config.seed)
         self.dataset, self.num_classes = self._dataset_and_classes(dataset)
         if checkpoint is not None and checkpoint["num_classes"] != self.num_classes:
-            raise ValueError(f"--resume {str(resume_path)!r}: the checkpoint has {checkpoint['num_classes']} classes, "
-                             f"the dataset {self.num_classes}")
+            raise ValueError(
+                f"--resume {str(resume_path)!r}: the checkpoint has {checkpoint['num_classes']} classes, "
+                f"the dataset {self.num_classes}"
+            )
         self.generator = build_generator(config, self.num_classes).to(self.device)
         self.discriminator = build_discriminator(config, self.num_classes).to(self.device)
         if config.vgg_weights:
@@ -224,12 +237,15 @@ class Trainer:
         else:
             self.generator_ddp, self.discriminator_ddp = self.generator, self.discriminator
 
-        self.sampler = ResumableDistributedSampler(self.dataset, num_replicas=self.dist.world_size,
-                                                   rank=self.dist.rank, seed=config.seed)
+        self.sampler = ResumableDistributedSampler(
+            self.dataset, num_replicas=self.dist.world_size, rank=self.dist.rank, seed=config.seed
+        )
         self.steps_per_epoch = self.sampler.num_samples // self.per_process_batch
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the dataset has {len(self.dataset)} samples, fewer than one global batch of "
-                             f"{config.batch_size}: lower --batch-size")
+            raise ValueError(
+                f"the dataset has {len(self.dataset)} samples, fewer than one global batch of "
+                f"{config.batch_size}: lower --batch-size"
+            )
 
         self.step = 0
         self.epoch = 0
@@ -248,14 +264,24 @@ class Trainer:
         if dataset is None:
             from ..data import build_dataset, num_classes_of
 
-            dataset = build_dataset(config.dataset, config.dataroot, split="train", label_nc=config.label_nc,
-                                    load_size=config.load_size, crop_size=config.crop_size,
-                                    aspect_ratio=config.aspect_ratio, augment=config.augment,
-                                    instance=config.instance, num_samples=config.num_samples, seed=config.seed)
+            dataset = build_dataset(
+                config.dataset,
+                config.dataroot,
+                split="train",
+                label_nc=config.label_nc,
+                load_size=config.load_size,
+                crop_size=config.crop_size,
+                aspect_ratio=config.aspect_ratio,
+                augment=config.augment,
+                instance=config.instance,
+                num_samples=config.num_samples,
+                seed=config.seed,
+            )
             return dataset, num_classes_of(config.dataset, label_nc=config.label_nc)
         if config.label_nc is None:
-            raise ValueError("TrainConfig.label_nc must give the number of label classes when a dataset object is "
-                             "passed to Trainer")
+            raise ValueError(
+                "TrainConfig.label_nc must give the number of label classes when a dataset object is passed to Trainer"
+            )
         return dataset, config.label_nc
 
     def _restore(self, checkpoint: dict, path: Path) -> None:
@@ -271,11 +297,15 @@ class Trainer:
         self.checkpoint_step = self.step
         restore_rng_state(checkpoint["rng"], self.device)
         if checkpoint["world_size"] != self.dist.world_size:
-            self._say(f"resuming a run of {checkpoint['world_size']} process(es) on {self.dist.world_size}: the global "
-                      f"batches hold the same samples, but the result is not bitwise that of an uninterrupted run")
+            self._say(
+                f"resuming a run of {checkpoint['world_size']} process(es) on {self.dist.world_size}: the global "
+                f"batches hold the same samples, but the result is not bitwise that of an uninterrupted run"
+            )
         if self.batch_in_epoch >= self.steps_per_epoch:
-            raise ValueError(f"checkpoint {str(path)!r} stopped at batch {self.batch_in_epoch} of an epoch that now "
-                             f"has {self.steps_per_epoch} batches (a different dataset size?)")
+            raise ValueError(
+                f"checkpoint {str(path)!r} stopped at batch {self.batch_in_epoch} of an epoch that now "
+                f"has {self.steps_per_epoch} batches (a different dataset size?)"
+            )
         self._say(f"resumed from {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
     # ------------------------------------------------------------------ state
@@ -299,8 +329,12 @@ class Trainer:
             "scheduler_d": self.scheduler_d.state_dict(),
             "rng": capture_rng_state(self.device),
             # the data order is a function of (seed, epoch, batch_in_epoch): recorded for inspection
-            "data_order": {"seed": self.config.seed, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                           "sampler": type(self.sampler).__name__},
+            "data_order": {
+                "seed": self.config.seed,
+                "epoch": self.epoch,
+                "batch_in_epoch": self.batch_in_epoch,
+                "sampler": type(self.sampler).__name__,
+            },
         }
 
     def save_checkpoint(self) -> Path:
@@ -334,9 +368,15 @@ class Trainer:
         # the loader's own generator only seeds its workers: seeded per (seed, epoch, rank) so
         # creating it draws nothing from the global torch generator
         worker_seed = (self.config.seed * 1_000_003 + self.epoch) * 1009 + self.dist.rank
-        return DataLoader(self.dataset, batch_size=self.per_process_batch, sampler=self.sampler, drop_last=True,
-                          num_workers=self.config.num_workers, pin_memory=self.device.type == "cuda",
-                          generator=torch.Generator().manual_seed(worker_seed))
+        return DataLoader(
+            self.dataset,
+            batch_size=self.per_process_batch,
+            sampler=self.sampler,
+            drop_last=True,
+            num_workers=self.config.num_workers,
+            pin_memory=self.device.type == "cuda",
+            generator=torch.Generator().manual_seed(worker_seed),
+        )
 
     def _autocast(self):
         if self.config.precision == "bf16":
@@ -352,8 +392,10 @@ class Trainer:
         if labels.dim() != 3 or labels.dtype.is_floating_point:
             raise ValueError(f"batch['label'] must be integer (B, H, W), got {tuple(labels.shape)} {labels.dtype}")
         if image.shape != (labels.shape[0], 3, *labels.shape[-2:]) or not image.dtype.is_floating_point:
-            raise ValueError(f"batch['image'] must be float (B, 3, H, W) matching the labels {tuple(labels.shape)}, "
-                             f"got {tuple(image.shape)} {image.dtype}")
+            raise ValueError(
+                f"batch['image'] must be float (B, 3, H, W) matching the labels {tuple(labels.shape)}, "
+                f"got {tuple(image.shape)} {image.dtype}"
+            )
         edges = batch["edges"].to(self.device, non_blocking=True) if self.config.instance else None
         return labels.long(), image, edges
 
@@ -374,8 +416,7 @@ class Trainer:
         try:
             fake = self.generator_ddp(labels, edges)
             with self._autocast():
-                pred_fake, pred_real = self._discriminate(self.discriminator, with_image(condition, fake),
-                                                          real_input)
+                pred_fake, pred_real = self._discriminate(self.discriminator, with_image(condition, fake), real_input)
                 losses = {"G_GAN": generator_hinge_loss(pred_fake)}
                 if config.lambda_feat > 0:
                     losses["G_feat"] = config.lambda_feat * feature_matching_loss(pred_fake, pred_real)
@@ -392,10 +433,11 @@ class Trainer:
         with torch.no_grad():
             fake = self.generator(labels, edges)
         with self._autocast():
-            pred_fake, pred_real = self._discriminate(self.discriminator_ddp, with_image(condition, fake),
-                                                      real_input)
-            losses = {"D_fake": discriminator_hinge_loss(pred_fake, real=False),
-                      "D_real": discriminator_hinge_loss(pred_real, real=True)}
+            pred_fake, pred_real = self._discriminate(self.discriminator_ddp, with_image(condition, fake), real_input)
+            losses = {
+                "D_fake": discriminator_hinge_loss(pred_fake, real=False),
+                "D_real": discriminator_hinge_loss(pred_real, real=True),
+            }
         sum(losses.values()).backward()
         self.optimizer_d.step()
         return losses, fake
@@ -431,18 +473,29 @@ class Trainer:
         final_step = self.final_step
         if self.dist.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.out_dir / CONFIG_NAME,
-                         lambda f: f.write(json.dumps(self.config.to_dict(), indent=1).encode()))
+            atomic_write(
+                self.out_dir / CONFIG_NAME, lambda f: f.write(json.dumps(self.config.to_dict(), indent=1).encode())
+            )
             self._trim_log()
-        self._say(f"{len(self.dataset)} samples, {self.steps_per_epoch} steps per epoch, training to step "
-                  f"{final_step} ({self.dist.world_size} process(es), {self.device}, precision {config.precision})")
-        bar = tqdm(total=final_step, initial=self.step, unit="step", dynamic_ncols=True,
-                   disable=not (config.progress and self.dist.is_main), desc="train")
+        self._say(
+            f"{len(self.dataset)} samples, {self.steps_per_epoch} steps per epoch, training to step "
+            f"{final_step} ({self.dist.world_size} process(es), {self.device}, precision {config.precision})"
+        )
+        bar = tqdm(
+            total=final_step,
+            initial=self.step,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (config.progress and self.dist.is_main),
+            desc="train",
+        )
         last_step_time = 0.0
         last_sample_step = None
         try:
-            with _StopRequest(self._say) as interrupt, \
-                    (open(self.out_dir / LOG_NAME, "a") if self.dist.is_main else contextlib.nullcontext()) as log:
+            with (
+                _StopRequest(self._say) as interrupt,
+                open(self.out_dir / LOG_NAME, "a") if self.dist.is_main else contextlib.nullcontext() as log,
+            ):
                 stop = self.step >= final_step
                 while not stop:
                     g_lr, d_lr = self.optimizer_g.param_groups[0]["lr"], self.optimizer_d.param_groups[0]["lr"]
@@ -459,10 +512,16 @@ class Trainer:
                             self.batch_in_epoch = 0
                         last_step_time = time.perf_counter() - step_start
                         self.elapsed_s += last_step_time
-                        record = {"step": self.step, "epoch": epoch, "lr_G": g_lr, "lr_D": d_lr, **losses,
-                                  "step_time_s": last_step_time,
-                                  "images_per_s": config.batch_size / max(last_step_time, 1e-9),
-                                  "elapsed_s": self.elapsed_s}
+                        record = {
+                            "step": self.step,
+                            "epoch": epoch,
+                            "lr_G": g_lr,
+                            "lr_D": d_lr,
+                            **losses,
+                            "step_time_s": last_step_time,
+                            "images_per_s": config.batch_size / max(last_step_time, 1e-9),
+                            "elapsed_s": self.elapsed_s,
+                        }
                         history.append(record)
                         if log is not None:
                             log.write(json.dumps(record) + "\n")
@@ -470,8 +529,10 @@ class Trainer:
                         if self.on_step is not None:
                             self.on_step(record)
                         bar.update(1)
-                        bar.set_postfix({k: f"{v:.3f}" for k, v in losses.items()} |
-                                        {"img/s": f"{record['images_per_s']:.1f}"}, refresh=False)
+                        bar.set_postfix(
+                            {k: f"{v:.3f}" for k, v in losses.items()} | {"img/s": f"{record['images_per_s']:.1f}"},
+                            refresh=False,
+                        )
                         if config.sample_every and self.step % config.sample_every == 0:
                             self._write_sample()
                             last_sample_step = self.step
@@ -481,12 +542,15 @@ class Trainer:
                             self.save_checkpoint()
                         over_budget = config.time_budget_s is not None and (
                             time.perf_counter() - session_start + last_step_time + self._checkpoint_time_s
-                            >= config.time_budget_s)
+                            >= config.time_budget_s
+                        )
                         stop = self.step >= final_step or self.dist.any(over_budget or interrupt.requested)
                         if stop:
                             if self.step < final_step:
-                                self._say(f"stopping at step {self.step}: "
-                                          f"{'time budget reached' if over_budget else 'interrupted'}")
+                                self._say(
+                                    f"stopping at step {self.step}: "
+                                    f"{'time budget reached' if over_budget else 'interrupted'}"
+                                )
                             break
                         if self.epoch != epoch:
                             break  # a new epoch: new learning rates and a new data order
@@ -536,4 +600,3 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
     random.seed(seed)
-

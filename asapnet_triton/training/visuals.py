@@ -16,20 +16,28 @@ from ..fileio import atomic_write, image_to_uint8
 
 __all__ = ["plot_losses", "read_log", "sample_grid"]
 
-SAMPLE_ROWS = 4         # batch items shown per grid
-SEPARATOR = 2           # pixels of white between panels
+SAMPLE_ROWS = 4  # batch items shown per grid
+SEPARATOR = 2  # pixels of white between panels
 MIN_PANEL_HEIGHT = 128  # smaller images are enlarged (nearest neighbour) to stay legible
 
 
-def sample_grid(labels: torch.Tensor, generated: torch.Tensor, target: torch.Tensor, num_classes: int,
-                rows: int = SAMPLE_ROWS) -> np.ndarray:
+def sample_grid(
+    labels: torch.Tensor, generated: torch.Tensor, target: torch.Tensor, num_classes: int, rows: int = SAMPLE_ROWS
+) -> np.ndarray:
     """An (H', W', 3) uint8 grid: per batch item (up to ``rows``), its label map in colour, the
     generated image and the target, side by side, separated by white lines. Images less than
     128 pixels high are enlarged by an integer factor (nearest neighbour)."""
-    if labels.dim() != 3 or generated.dim() != 4 or generated.shape != target.shape \
-            or generated.shape[0] != labels.shape[0] or generated.shape[-2:] != labels.shape[-2:]:
-        raise ValueError(f"expected labels (B, H, W) and generated, target (B, 3, H, W) of one size, got "
-                         f"{tuple(labels.shape)}, {tuple(generated.shape)}, {tuple(target.shape)}")
+    if (
+        labels.dim() != 3
+        or generated.dim() != 4
+        or generated.shape != target.shape
+        or generated.shape[0] != labels.shape[0]
+        or generated.shape[-2:] != labels.shape[-2:]
+    ):
+        raise ValueError(
+            f"expected labels (B, H, W) and generated, target (B, 3, H, W) of one size, got "
+            f"{tuple(labels.shape)}, {tuple(generated.shape)}, {tuple(target.shape)}"
+        )
     colors = palette(num_classes).numpy()
     count = min(rows, labels.shape[0])
     scale = max(1, MIN_PANEL_HEIGHT // labels.shape[-2])
@@ -37,12 +45,15 @@ def sample_grid(labels: torch.Tensor, generated: torch.Tensor, target: torch.Ten
     grid = np.full((count * height + (count - 1) * SEPARATOR, 3 * width + 2 * SEPARATOR, 3), 255, dtype=np.uint8)
     for row in range(count):
         top = row * (height + SEPARATOR)
-        panels = [colors[labels[row].cpu().long().clamp(0, num_classes - 1).numpy()],
-                  image_to_uint8(generated[row]), image_to_uint8(target[row])]
+        panels = [
+            colors[labels[row].cpu().long().clamp(0, num_classes - 1).numpy()],
+            image_to_uint8(generated[row]),
+            image_to_uint8(target[row]),
+        ]
         for column, panel in enumerate(panels):
             panel = panel.repeat(scale, axis=0).repeat(scale, axis=1)
             left = column * (width + SEPARATOR)
-            grid[top:top + height, left:left + width] = panel
+            grid[top : top + height, left : left + width] = panel
     return grid
 
 
@@ -88,8 +99,8 @@ def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
         values = np.array([r.get(name, np.nan) for r in records], dtype=float)
         axis = axes[name[0]]
         if window > 1:
-            line, = axis.plot(steps, values, alpha=0.25, linewidth=0.8)
-            axis.plot(steps[window - 1:], _moving_average(values, window), color=line.get_color(), label=name)
+            (line,) = axis.plot(steps, values, alpha=0.25, linewidth=0.8)
+            axis.plot(steps[window - 1 :], _moving_average(values, window), color=line.get_color(), label=name)
         else:
             axis.plot(steps, values, label=name, marker="." if len(steps) < 30 else None)
     for kind, axis in axes.items():

@@ -11,8 +11,8 @@ mask for SIMS) -- and returning (B, 3, H, W).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
@@ -57,8 +57,9 @@ class Baseline:
         to take (labels, extra)."""
         return LabelMapInput(self._build(height, width, num_classes), num_classes, extra_channels=self.extra_channels)
 
-    def random_extra(self, batch: int, height: int, width: int, *, generator: torch.Generator | None = None,
-                     device=None) -> torch.Tensor | None:
+    def random_extra(
+        self, batch: int, height: int, width: int, *, generator: torch.Generator | None = None, device=None
+    ) -> torch.Tensor | None:
         """A random extra input: a binary edge map, or SIMS' canvas (uniform RGB) and its binary mask."""
         if not self.extra_channels:
             return None
@@ -73,16 +74,36 @@ class Baseline:
 BASELINES: dict[str, Baseline] = {
     baseline.name: baseline
     for baseline in (
-        Baseline("pix2pixHD", "global generator ngf 64, 4 downsamplings, 9 residual blocks; local enhancer "
-                 "(ngf 32, 3 blocks) from 1024 rows; labels + instance edges", 1,
-                 lambda h, w, c: Pix2PixHDGenerator(c + 1, local_enhancer=h >= LOCAL_ENHANCER_MIN_HEIGHT)),
-        Baseline("SPADE", "ngf 64, 'normal' upsampling, no VAE (z unused), batch-norm SPADE; labels + instance "
-                 "edges", 1, lambda h, w, c: SPADEGenerator(c + 1, num_upsampling_layers="normal")),
-        Baseline("CRN", "refinement modules from 4 rows up, widths 1024 (<= 64 rows), 512, 512, 128, 32; "
-                 "one-hot labels", 0, lambda h, w, c: CascadedRefinementNetwork(c, h)),
-        Baseline("CC-FPSE", "ngf 64, 'more' upsampling (Cityscapes), VAE latent from z ~ N(0, I); labels + "
-                 "instance edges", 1, lambda h, w, c: CCFPSEGenerator(c + 1, h, w, num_upsampling_layers="more")),
-        Baseline("SIMS", "refinement network only (retrieval and canvas composition not run); labels + "
-                 "canvas RGB + mask", 4, lambda h, w, c: SIMSRefinementNetwork(c + 4, h)),
+        Baseline(
+            "pix2pixHD",
+            "global generator ngf 64, 4 downsamplings, 9 residual blocks; local enhancer "
+            "(ngf 32, 3 blocks) from 1024 rows; labels + instance edges",
+            1,
+            lambda h, w, c: Pix2PixHDGenerator(c + 1, local_enhancer=h >= LOCAL_ENHANCER_MIN_HEIGHT),
+        ),
+        Baseline(
+            "SPADE",
+            "ngf 64, 'normal' upsampling, no VAE (z unused), batch-norm SPADE; labels + instance edges",
+            1,
+            lambda h, w, c: SPADEGenerator(c + 1, num_upsampling_layers="normal"),
+        ),
+        Baseline(
+            "CRN",
+            "refinement modules from 4 rows up, widths 1024 (<= 64 rows), 512, 512, 128, 32; one-hot labels",
+            0,
+            lambda h, w, c: CascadedRefinementNetwork(c, h),
+        ),
+        Baseline(
+            "CC-FPSE",
+            "ngf 64, 'more' upsampling (Cityscapes), VAE latent from z ~ N(0, I); labels + instance edges",
+            1,
+            lambda h, w, c: CCFPSEGenerator(c + 1, h, w, num_upsampling_layers="more"),
+        ),
+        Baseline(
+            "SIMS",
+            "refinement network only (retrieval and canvas composition not run); labels + canvas RGB + mask",
+            4,
+            lambda h, w, c: SIMSRefinementNetwork(c + 4, h),
+        ),
     )
 }

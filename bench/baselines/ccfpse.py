@@ -92,8 +92,11 @@ class ConditionalConvBlock(nn.Module):
 
 def _conv_bn_lrelu(in_channels: int, out_channels: int, kernel: int, stride: int = 1) -> nn.Sequential:
     # the published norm_G "spectralsync_batch" drops the conv's bias in favour of the norm's shift
-    return nn.Sequential(nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
-                         nn.BatchNorm2d(out_channels), nn.LeakyReLU(0.2))
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel, stride=stride, padding=kernel // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.LeakyReLU(0.2),
+    )
 
 
 class CCFPSEGenerator(nn.Module):
@@ -109,33 +112,51 @@ class CCFPSEGenerator(nn.Module):
     ``forward(segmap)``: (B, label_channels, height, width) -> (B, 3, height, width).
     """
 
-    def __init__(self, label_channels: int, height: int, width: int, *, ngf: int = 64, z_dim: int = 256,
-                 num_upsampling_layers: str = "more", hidden: int = 128):
+    def __init__(
+        self,
+        label_channels: int,
+        height: int,
+        width: int,
+        *,
+        ngf: int = 64,
+        z_dim: int = 256,
+        num_upsampling_layers: str = "more",
+        hidden: int = 128,
+    ):
         super().__init__()
         if num_upsampling_layers not in UPSAMPLINGS:
-            raise ValueError(f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {num_upsampling_layers!r}")
+            raise ValueError(
+                f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {num_upsampling_layers!r}"
+            )
         ups = UPSAMPLINGS[num_upsampling_layers]
         check_divisible("CC-FPSE", height, width, 2**ups)
         self.size, self.ngf, self.z_dim, self.ups = (height, width), ngf, z_dim, ups
         self.latent = (height >> ups, width >> ups)
         self.fc = nn.Linear(z_dim, 16 * ngf * self.latent[0] * self.latent[1])
         # feature pyramid: full resolution, then `ups` stride-2 levels; top-down over all but the first
-        self.encoder = nn.ModuleList([_conv_bn_lrelu(label_channels, ngf, 3)] +
-                                     [_conv_bn_lrelu(ngf, ngf, 3, stride=2) for _ in range(ups)])
+        self.encoder = nn.ModuleList(
+            [_conv_bn_lrelu(label_channels, ngf, 3)] + [_conv_bn_lrelu(ngf, ngf, 3, stride=2) for _ in range(ups)]
+        )
         self.lateral = nn.ModuleList([_conv_bn_lrelu(ngf, ngf, 1) for _ in range(ups)])
         self.topdown = nn.ModuleList([_conv_bn_lrelu(ngf, ngf, 3) for _ in range(ups)])
         cond = label_channels + ngf
         self.head_0 = ConditionalConvBlock(16 * ngf, 16 * ngf, cond, hidden)
         self.G_middle_0 = ConditionalConvBlock(16 * ngf, 16 * ngf, cond, hidden)
         self.G_middle_1 = ConditionalConvBlock(16 * ngf, 16 * ngf, cond, hidden)
-        self.ups_blocks = nn.ModuleList([ConditionalConvBlock(fin * ngf, fout * ngf, cond, hidden)
-                                         for fin, fout in ((16, 8), (8, 4), (4, 2), (2, 1))])
+        self.ups_blocks = nn.ModuleList(
+            [
+                ConditionalConvBlock(fin * ngf, fout * ngf, cond, hidden)
+                for fin, fout in ((16, 8), (8, 4), (4, 2), (2, 1))
+            ]
+        )
         self.conv_img = nn.Conv2d(ngf, 3, 3, padding=1)
 
     def forward(self, segmap: torch.Tensor) -> torch.Tensor:
         if tuple(segmap.shape[-2:]) != self.size:
-            raise ValueError(f"this CC-FPSE generator was built for {self.size[0]}x{self.size[1]} inputs, "
-                             f"got {tuple(segmap.shape[-2:])}")
+            raise ValueError(
+                f"this CC-FPSE generator was built for {self.size[0]}x{self.size[1]} inputs, "
+                f"got {tuple(segmap.shape[-2:])}"
+            )
         z = torch.randn(segmap.shape[0], self.z_dim, device=segmap.device, dtype=segmap.dtype)
         x = self.fc(z).view(-1, 16 * self.ngf, *self.latent)
         levels = [segmap]

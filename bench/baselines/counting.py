@@ -54,6 +54,7 @@ def count_macs(model: nn.Module, *inputs, **kwargs) -> dict[str, int]:
     def hook(kind, rule):
         def record(module, args, output):
             counts[kind] += rule(module, args, output)
+
         return record
 
     for module in model.modules():

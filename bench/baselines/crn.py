@@ -43,8 +43,11 @@ class RefinementModule(nn.Module):
     def __init__(self, in_channels: int, width: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.Conv2d(in_channels, width, 3, padding=1, bias=False), LayerNorm2d(width), nn.LeakyReLU(0.2),
-            nn.Conv2d(width, width, 3, padding=1, bias=False), LayerNorm2d(width),
+            nn.Conv2d(in_channels, width, 3, padding=1, bias=False),
+            LayerNorm2d(width),
+            nn.LeakyReLU(0.2),
+            nn.Conv2d(width, width, 3, padding=1, bias=False),
+            LayerNorm2d(width),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -67,7 +70,9 @@ class CascadedRefinementNetwork(nn.Module):
         super().__init__()
         widths = crn_widths(out_height) if widths is None else list(widths)
         if len(widths) != len(crn_widths(out_height)):
-            raise ValueError(f"widths must list {len(crn_widths(out_height))} modules for {out_height} rows, got {len(widths)}")
+            raise ValueError(
+                f"widths must list {len(crn_widths(out_height))} modules for {out_height} rows, got {len(widths)}"
+            )
         self.out_height = out_height
         self.cascade = nn.ModuleList()
         previous = 0

@@ -17,8 +17,9 @@ def leaky_relu(x: torch.Tensor) -> torch.Tensor:
 def check_divisible(name: str, height: int, width: int, factor: int) -> None:
     """Raise a ValueError naming ``name`` unless both sides are multiples of ``factor``."""
     if height % factor or width % factor:
-        raise ValueError(f"{name} needs an input whose height and width are multiples of {factor}, "
-                         f"got {height}x{width}")
+        raise ValueError(
+            f"{name} needs an input whose height and width are multiples of {factor}, got {height}x{width}"
+        )
 
 
 class LayerNorm2d(nn.GroupNorm):
@@ -52,7 +53,9 @@ class LabelMapInput(nn.Module):
         if self.extra_channels:
             expected = (labels.shape[0], self.extra_channels, *labels.shape[1:])
             if extra is None or tuple(extra.shape) != expected:
-                raise ValueError(f"extra must have shape {expected}, got {None if extra is None else tuple(extra.shape)}")
+                raise ValueError(
+                    f"extra must have shape {expected}, got {None if extra is None else tuple(extra.shape)}"
+                )
             x = torch.cat([x, extra.to(dtype)], dim=1)
         elif extra is not None:
             raise ValueError("extra given to a LabelMapInput built with extra_channels=0")

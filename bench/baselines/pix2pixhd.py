@@ -32,8 +32,11 @@ class ResnetBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.body = nn.Sequential(
-            nn.ReflectionPad2d(1), *_conv_norm_relu(nn.Conv2d(channels, channels, 3), channels),
-            nn.ReflectionPad2d(1), nn.Conv2d(channels, channels, 3), nn.InstanceNorm2d(channels, affine=False),
+            nn.ReflectionPad2d(1),
+            *_conv_norm_relu(nn.Conv2d(channels, channels, 3), channels),
+            nn.ReflectionPad2d(1),
+            nn.Conv2d(channels, channels, 3),
+            nn.InstanceNorm2d(channels, affine=False),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -43,8 +46,9 @@ class ResnetBlock(nn.Module):
 class GlobalGenerator(nn.Module):
     """pix2pixHD's G1; ``features`` is everything but the output layers (``to_rgb``)."""
 
-    def __init__(self, in_channels: int, out_channels: int = 3, *, ngf: int = 64, n_downsampling: int = 4,
-                 n_blocks: int = 9):
+    def __init__(
+        self, in_channels: int, out_channels: int = 3, *, ngf: int = 64, n_downsampling: int = 4, n_blocks: int = 9
+    ):
         super().__init__()
         layers = [nn.ReflectionPad2d(3), *_conv_norm_relu(nn.Conv2d(in_channels, ngf, 7), ngf)]
         width = ngf
@@ -53,8 +57,9 @@ class GlobalGenerator(nn.Module):
             width *= 2
         layers += [ResnetBlock(width) for _ in range(n_blocks)]
         for _ in range(n_downsampling):
-            layers += _conv_norm_relu(nn.ConvTranspose2d(width, width // 2, 3, stride=2, padding=1, output_padding=1),
-                                      width // 2)
+            layers += _conv_norm_relu(
+                nn.ConvTranspose2d(width, width // 2, 3, stride=2, padding=1, output_padding=1), width // 2
+            )
             width //= 2
         self.features = nn.Sequential(*layers)
         self.to_rgb = nn.Sequential(nn.ReflectionPad2d(3), nn.Conv2d(ngf, out_channels, 7), nn.Tanh())
@@ -74,30 +79,44 @@ class Pix2PixHDGenerator(nn.Module):
             full-resolution branch is ``ngf // 2`` wide with ``n_blocks_local`` (3) residual blocks.
     """
 
-    def __init__(self, in_channels: int, out_channels: int = 3, *, ngf: int = 64, n_downsampling: int = 4,
-                 n_blocks: int = 9, local_enhancer: bool = False, n_blocks_local: int = 3):
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int = 3,
+        *,
+        ngf: int = 64,
+        n_downsampling: int = 4,
+        n_blocks: int = 9,
+        local_enhancer: bool = False,
+        n_blocks_local: int = 3,
+    ):
         super().__init__()
-        self.global_generator = GlobalGenerator(in_channels, out_channels, ngf=ngf, n_downsampling=n_downsampling,
-                                                n_blocks=n_blocks)
+        self.global_generator = GlobalGenerator(
+            in_channels, out_channels, ngf=ngf, n_downsampling=n_downsampling, n_blocks=n_blocks
+        )
         self.local_enhancer = local_enhancer
         self.factor = 2 ** (n_downsampling + int(local_enhancer))
         if local_enhancer:
             del self.global_generator.to_rgb  # G2 replaces G1's output layers with its own
             local = ngf // 2
             self.local_down = nn.Sequential(
-                nn.ReflectionPad2d(3), *_conv_norm_relu(nn.Conv2d(in_channels, local, 7), local),
+                nn.ReflectionPad2d(3),
+                *_conv_norm_relu(nn.Conv2d(in_channels, local, 7), local),
                 *_conv_norm_relu(nn.Conv2d(local, ngf, 3, stride=2, padding=1), ngf),
             )
             self.local_up = nn.Sequential(
                 *[ResnetBlock(ngf) for _ in range(n_blocks_local)],
                 *_conv_norm_relu(nn.ConvTranspose2d(ngf, local, 3, stride=2, padding=1, output_padding=1), local),
-                nn.ReflectionPad2d(3), nn.Conv2d(local, out_channels, 7), nn.Tanh(),
+                nn.ReflectionPad2d(3),
+                nn.Conv2d(local, out_channels, 7),
+                nn.Tanh(),
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-2] % self.factor or x.shape[-1] % self.factor:
-            raise ValueError(f"pix2pixHD needs height and width that are multiples of {self.factor}, "
-                             f"got {tuple(x.shape[-2:])}")
+            raise ValueError(
+                f"pix2pixHD needs height and width that are multiples of {self.factor}, got {tuple(x.shape[-2:])}"
+            )
         if not self.local_enhancer:
             return self.global_generator(x)
         # pix2pixHD's input pyramid: a 3x3 stride-2 average pool that ignores the padding

@@ -41,8 +41,11 @@ UPPER_WIDTH = 128  # the 512-row module
 def _convs(in_channels: int, width: int, count: int) -> nn.Sequential:
     layers = []
     for i in range(count):
-        layers += [nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1, bias=False),
-                   LayerNorm2d(width), nn.LeakyReLU(0.2)]
+        layers += [
+            nn.Conv2d(in_channels if i == 0 else width, width, 3, padding=1, bias=False),
+            LayerNorm2d(width),
+            nn.LeakyReLU(0.2),
+        ]
     return nn.Sequential(*layers)
 
 
@@ -65,8 +68,15 @@ class SIMSRefinementNetwork(nn.Module):
     W a multiple of out_height / 4 -> (B, 3, out_height, W).
     """
 
-    def __init__(self, in_channels: int, out_height: int, out_channels: int = 3, *, base_height: int = BASE_HEIGHT,
-                 width_divisor: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        out_height: int,
+        out_channels: int = 3,
+        *,
+        base_height: int = BASE_HEIGHT,
+        width_divisor: int = 1,
+    ):
         super().__init__()
         levels = len(ENCODER)
         if base_height < 2**levels or base_height & (base_height - 1):

@@ -81,18 +81,25 @@ class SPADEGenerator(nn.Module):
     ``forward(segmap)``: (B, label_channels, H, W) with H and W multiples of 2^n -> (B, 3, H, W).
     """
 
-    def __init__(self, label_channels: int, *, ngf: int = 64, num_upsampling_layers: str = "normal",
-                 spade_hidden: int = 128):
+    def __init__(
+        self, label_channels: int, *, ngf: int = 64, num_upsampling_layers: str = "normal", spade_hidden: int = 128
+    ):
         super().__init__()
         if num_upsampling_layers not in UPSAMPLINGS:
-            raise ValueError(f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {num_upsampling_layers!r}")
+            raise ValueError(
+                f"num_upsampling_layers must be one of {sorted(UPSAMPLINGS)}, got {num_upsampling_layers!r}"
+            )
         self.mode = num_upsampling_layers
         self.fc = nn.Conv2d(label_channels, 16 * ngf, 3, padding=1)
         self.head_0 = SPADEResnetBlock(16 * ngf, 16 * ngf, label_channels, spade_hidden)
         self.G_middle_0 = SPADEResnetBlock(16 * ngf, 16 * ngf, label_channels, spade_hidden)
         self.G_middle_1 = SPADEResnetBlock(16 * ngf, 16 * ngf, label_channels, spade_hidden)
-        self.ups = nn.ModuleList([SPADEResnetBlock(fin * ngf, fout * ngf, label_channels, spade_hidden)
-                                  for fin, fout in ((16, 8), (8, 4), (4, 2), (2, 1))])
+        self.ups = nn.ModuleList(
+            [
+                SPADEResnetBlock(fin * ngf, fout * ngf, label_channels, spade_hidden)
+                for fin, fout in ((16, 8), (8, 4), (4, 2), (2, 1))
+            ]
+        )
         final = ngf
         if self.mode == "most":
             self.ups.append(SPADEResnetBlock(ngf, ngf // 2, label_channels, spade_hidden))

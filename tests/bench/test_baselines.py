@@ -18,6 +18,7 @@ from torch.utils.flop_counter import FlopCounterMode
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 sys.path.insert(0, str(BENCH))
 
+import generators  # noqa: E402
 from baselines import (  # noqa: E402
     BASELINES,
     CascadedRefinementNetwork,
@@ -31,7 +32,6 @@ from baselines import (  # noqa: E402
     parameter_count,
     peak_activation_bytes,
 )
-import generators  # noqa: E402
 
 META = torch.device("meta")
 CITYSCAPES_LABELS = 35
@@ -43,6 +43,7 @@ def _conv(c_in, c_out, k, bias=True):
 
 
 # --- shapes -------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
 @pytest.mark.parametrize("height,width", PUBLISHED_RESOLUTIONS)
@@ -73,7 +74,12 @@ def test_small_networks_run_on_cpu(generator):
     assert _finite_forward(local, x).shape == (1, 3, 64, 128)
     for mode, size in (("normal", 32), ("more", 64), ("most", 128)):
         spade = SPADEGenerator(6, ngf=8, num_upsampling_layers=mode, spade_hidden=16)
-        assert _finite_forward(spade, torch.randn(1, 6, size, 2 * size, generator=generator)).shape == (1, 3, size, 2 * size)
+        assert _finite_forward(spade, torch.randn(1, 6, size, 2 * size, generator=generator)).shape == (
+            1,
+            3,
+            size,
+            2 * size,
+        )
     crn = CascadedRefinementNetwork(6, 16, widths=[16, 16, 8])
     assert _finite_forward(crn, x[..., :16, :32]).shape == (1, 3, 16, 32)
     for mode in ("more", "normal"):
@@ -113,6 +119,7 @@ def test_bad_sizes_are_named():
 
 # --- parameter counts ---------------------------------------------------------------------------
 
+
 def test_spade_matches_gan_compression_figures():
     # GauGAN on Cityscapes: 35 labels + instance edges, ngf 64, "more" upsampling at 256x512
     with META:
@@ -136,8 +143,14 @@ def _pix2pixhd_params(c, local):
     if not local:
         return total + _conv(ngf, out, 7)
     half = ngf // 2
-    return (total + _conv(c, half, 7) + _conv(half, ngf, 3) + 3 * 2 * _conv(ngf, ngf, 3) + _conv(ngf, half, 3)
-            + _conv(half, out, 7))
+    return (
+        total
+        + _conv(c, half, 7)
+        + _conv(half, ngf, 3)
+        + 3 * 2 * _conv(ngf, ngf, 3)
+        + _conv(ngf, half, 3)
+        + _conv(half, out, 7)
+    )
 
 
 @pytest.mark.parametrize("height", [512, 1024])
@@ -149,8 +162,12 @@ def test_pix2pixhd_parameter_count(height):
 
 @pytest.mark.parametrize("height", [256, 512, 1024, 2048])
 def test_crn_parameter_count_and_published_widths(height):
-    widths = {256: [1024] * 5 + [512] * 2, 512: [1024] * 5 + [512] * 2 + [128],
-              1024: [1024] * 5 + [512] * 2 + [128, 32], 2048: [1024] * 5 + [512] * 2 + [128, 32, 32]}[height]
+    widths = {
+        256: [1024] * 5 + [512] * 2,
+        512: [1024] * 5 + [512] * 2 + [128],
+        1024: [1024] * 5 + [512] * 2 + [128, 32],
+        2048: [1024] * 5 + [512] * 2 + [128, 32, 32],
+    }[height]
     assert crn_widths(height) == widths
     expected, previous = 0, 0
     for width in widths:
@@ -197,7 +214,9 @@ def test_ccfpse_parameter_count(height):
         fin, fout = fin * nf, fout * nf
         mid = min(fin, fout)
         expected += 4 * _conv(cond, hidden, 3)
-        expected += _conv(hidden, 9 * fin, 3) + _conv(hidden, 9 * fout, 3) + _conv(hidden, mid, 3) + _conv(hidden, fout, 3)
+        expected += (
+            _conv(hidden, 9 * fin, 3) + _conv(hidden, 9 * fout, 3) + _conv(hidden, mid, 3) + _conv(hidden, fout, 3)
+        )
         expected += 2 * fin + 2 * mid + _conv(fin, mid, 1) + _conv(mid, fout, 1)
         if fin != fout:
             expected += _conv(cond, hidden, 3) + 2 * _conv(hidden, fin, 3) + _conv(fin, fout, 1, bias=False)
@@ -207,6 +226,7 @@ def test_ccfpse_parameter_count(height):
 
 
 # --- accounting ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("name", sorted(BASELINES))
 def test_hook_macs_match_torch_flop_counter(name):
@@ -238,13 +258,15 @@ def test_peak_activation_bytes_of_a_known_sequence():
     # (2C each) are alive together; the input and the weights are not counted
     channels, height, width = 4, 8, 16
     with META:
-        model = torch.nn.Sequential(torch.nn.Conv2d(channels, 2 * channels, 1), torch.nn.ReLU(),
-                                    torch.nn.Conv2d(2 * channels, channels, 1))
+        model = torch.nn.Sequential(
+            torch.nn.Conv2d(channels, 2 * channels, 1), torch.nn.ReLU(), torch.nn.Conv2d(2 * channels, channels, 1)
+        )
         x = torch.rand(1, channels, height, width)
     assert peak_activation_bytes(model, x) == 2 * (2 * channels * height * width * 4)
 
 
 # --- the benchmark script -----------------------------------------------------------------------
+
 
 def test_asap_cell_size_follows_the_published_rule():
     assert [generators.asap_cell_size(h) for h in (256, 512, 1024, 2048)] == [16, 32, 64, 128]
@@ -259,8 +281,22 @@ def _results(out: Path) -> dict:
 
 
 def test_benchmark_times_and_ratios(tmp_path):
-    generators.main(["--resolutions", "32x64", "--methods", "ASAP-Net,pix2pixHD,SIMS", "--repeats", "2",
-                     "--warmup", "1", "--device", "cpu", "--out", str(tmp_path)])
+    generators.main(
+        [
+            "--resolutions",
+            "32x64",
+            "--methods",
+            "ASAP-Net,pix2pixHD,SIMS",
+            "--repeats",
+            "2",
+            "--warmup",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     document = _results(tmp_path)
     assert document["complete"] and document["config"]["repeats"] == 2
     rows = {row["method"]: row for row in document["results"]}
@@ -291,14 +327,42 @@ def test_benchmark_times_and_ratios(tmp_path):
 
 def test_benchmark_records_skips(tmp_path):
     # memory: nothing fits a 1e-15 share of the memory; nothing is built or run
-    generators.main(["--resolutions", "32x64", "--methods", "ASAP-Net,CRN", "--repeats", "1", "--memory-fraction",
-                     "1e-15", "--device", "cpu", "--out", str(tmp_path / "memory")])
+    generators.main(
+        [
+            "--resolutions",
+            "32x64",
+            "--methods",
+            "ASAP-Net,CRN",
+            "--repeats",
+            "1",
+            "--memory-fraction",
+            "1e-15",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "memory"),
+        ]
+    )
     rows = _results(tmp_path / "memory")["results"]
     assert [row["status"] for row in rows] == ["skipped", "skipped"]
     assert all(row["reason"].startswith("memory: needs") for row in rows)
     # time: the warm-up call exceeds --max-seconds 0, so no timed call; the larger size is not tried
-    generators.main(["--resolutions", "32x64,64x128", "--methods", "pix2pixHD", "--repeats", "3", "--max-seconds",
-                     "0", "--device", "cpu", "--out", str(tmp_path / "time")])
+    generators.main(
+        [
+            "--resolutions",
+            "32x64,64x128",
+            "--methods",
+            "pix2pixHD",
+            "--repeats",
+            "3",
+            "--max-seconds",
+            "0",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "time"),
+        ]
+    )
     small, large = _results(tmp_path / "time")["results"]
     assert small["status"] == "skipped" and "--max-seconds 0" in small["reason"] and small["single_call_s"] > 0
     assert small["times_s"] == [] and small["median_s"] is None
@@ -306,8 +370,12 @@ def test_benchmark_records_skips(tmp_path):
 
 
 def test_benchmark_rejects_bad_flags(capsys):
-    for argv, message in ((["--methods", "SPADE,StyleGAN"], "unknown method"), (["--resolutions", "1024"], "HEIGHTxWIDTH"),
-                          (["--repeats", "0"], "--repeats must be >= 1"), (["--threads", "0"], "--threads must be >= 1")):
+    for argv, message in (
+        (["--methods", "SPADE,StyleGAN"], "unknown method"),
+        (["--resolutions", "1024"], "HEIGHTxWIDTH"),
+        (["--repeats", "0"], "--repeats must be >= 1"),
+        (["--threads", "0"], "--threads must be >= 1"),
+    ):
         with pytest.raises(SystemExit):
             generators.parse_args(argv)
         assert message in capsys.readouterr().err

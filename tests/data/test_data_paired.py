@@ -32,6 +32,7 @@ def check_item(item, height, width, num_classes):
 
 # --- num_classes_of -------------------------------------------------------------------------------
 
+
 def test_num_classes_of():
     assert DATASETS == ("facades", "cityscapes", "nyu", "folder", "procedural")
     assert num_classes_of("facades") == 12 and num_classes_of("procedural") == 12
@@ -47,6 +48,7 @@ def test_num_classes_of():
 
 
 # --- CMP Facades ----------------------------------------------------------------------------------
+
 
 def write_facades_folders(root, rng, disk, phase, names, size=(20, 24)):
     raws = {}
@@ -120,6 +122,7 @@ def test_facades_label_out_of_range_names_the_file(tmp_path, rng, disk, bad_valu
 
 # --- augmentation: crop, flip, determinism ----------------------------------------------------------
 
+
 def make_folder_set(root, rng, disk, count=3, size=(24, 30), num_classes=40):
     sources = {}
     for i in range(count):
@@ -144,7 +147,7 @@ def test_crop_and_flip_are_identical_for_label_and_photo(tmp_path, rng, disk):
             photo = decode(item["image"])
             top, left, flip = crop_of(photo)
             seen.add((top, left, flip))
-            expected = sources[f"item{index}"][top:top + 16, left:left + 20]
+            expected = sources[f"item{index}"][top : top + 16, left : left + 20]
             expected = expected[:, ::-1] if flip else expected
             np.testing.assert_array_equal(item["label"].numpy(), expected)
             np.testing.assert_array_equal(photo[..., 2], expected)  # the photo's copy of the label
@@ -205,6 +208,7 @@ def test_items_batch_with_the_default_collate(tmp_path, rng, disk):
 
 # --- Cityscapes --------------------------------------------------------------------------------------
 
+
 def write_cityscapes(root, rng, disk, phase, names, size=(24, 48), instance=True, asap_layout=False):
     sources = {}
     for name in names:
@@ -245,8 +249,9 @@ def test_cityscapes_labels_edges_and_crop(tmp_path, rng, disk):
             if flip:
                 expected_label, expected_ids = expected_label[:, ::-1], expected_ids[:, ::-1]
             np.testing.assert_array_equal(item["label"].numpy(), expected_label)
-            np.testing.assert_array_equal(item["edges"].numpy(),
-                                          instance_edges(torch.from_numpy(expected_ids.copy())).numpy())
+            np.testing.assert_array_equal(
+                item["edges"].numpy(), instance_edges(torch.from_numpy(expected_ids.copy())).numpy()
+            )
     # published "fixed" mode by default: resized to the output size, flipped, never cropped
     fixed = build_dataset("cityscapes", tmp_path, crop_size=24, aspect_ratio=2.0)
     for index in range(2):
@@ -280,6 +285,7 @@ def test_cityscapes_label_id_out_of_range_and_missing_instance_maps(tmp_path, rn
 
 
 # --- NYU and folder ------------------------------------------------------------------------------------
+
 
 def test_nyu_layout_16_bit_labels_and_label_nc(tmp_path, rng, disk):
     for phase, count in (("train", 2), ("val", 1)):
@@ -318,6 +324,7 @@ def test_folder_layouts(tmp_path, rng, disk):
 
 # --- bad data --------------------------------------------------------------------------------------------
 
+
 def test_missing_pairs_name_the_lonely_file(tmp_path, rng, disk):
     make_folder_set(tmp_path, rng, disk, count=2)
     disk.photo(tmp_path / "images" / "orphan_photo.png", disk.random_photo(rng, 24, 30))
@@ -349,7 +356,7 @@ def test_unreadable_files_mismatched_sizes_and_colour_labels(tmp_path, rng, disk
     make_folder_set(tmp_path, rng, disk, count=4)
     (tmp_path / "labels" / "item0.png").write_bytes(b"definitely not a png")
     truncated = (tmp_path / "images" / "item3.png").read_bytes()
-    (tmp_path / "images" / "item3.png").write_bytes(truncated[:len(truncated) // 2])
+    (tmp_path / "images" / "item3.png").write_bytes(truncated[: len(truncated) // 2])
     disk.photo(tmp_path / "images" / "item1.png", disk.random_photo(rng, 20, 30))
     disk.photo(tmp_path / "labels" / "item2.png", disk.random_photo(rng, 24, 30))
     ds = build_dataset("folder", tmp_path, label_nc=40, crop_size=16)

@@ -11,8 +11,20 @@ SIZE = 64
 
 
 def test_cmp_classes_in_cmp_order():
-    assert CMP_CLASSES == ("background", "facade", "window", "door", "cornice", "sill", "balcony", "blind",
-                           "deco", "molding", "pillar", "shop")
+    assert CMP_CLASSES == (
+        "background",
+        "facade",
+        "window",
+        "door",
+        "cornice",
+        "sill",
+        "balcony",
+        "blind",
+        "deco",
+        "molding",
+        "pillar",
+        "shop",
+    )
 
 
 def test_items_shapes_ranges_and_collate():

@@ -54,8 +54,10 @@ def test_resize_nearest_samples_the_pixel_under_each_centre(rng):
         expected = np.empty((out_h, out_w), dtype=source.dtype)
         for i in range(out_h):
             for j in range(out_w):
-                expected[i, j] = source[min(in_h - 1, math.floor((i + 0.5) * in_h / out_h)),
-                                        min(in_w - 1, math.floor((j + 0.5) * in_w / out_w))]
+                expected[i, j] = source[
+                    min(in_h - 1, math.floor((i + 0.5) * in_h / out_h)),
+                    min(in_w - 1, math.floor((j + 0.5) * in_w / out_w)),
+                ]
         np.testing.assert_array_equal(out, expected)
 
 
@@ -78,7 +80,9 @@ def test_sample_augment_params_covers_valid_corners_only():
 def test_crop_and_flip(rng):
     x = torch.from_numpy(rng.integers(0, 100, (3, 6, 8)))
     np.testing.assert_array_equal(crop_and_flip(x, AugmentParams(1, 2, False), (4, 5)), x[:, 1:5, 2:7])
-    np.testing.assert_array_equal(crop_and_flip(x, AugmentParams(2, 3, True), (4, 5)), x[:, 2:6, 3:8].numpy()[..., ::-1])
+    np.testing.assert_array_equal(
+        crop_and_flip(x, AugmentParams(2, 3, True), (4, 5)), x[:, 2:6, 3:8].numpy()[..., ::-1]
+    )
 
 
 def test_image_to_tensor_range(rng):

@@ -7,8 +7,15 @@ import torch
 import asapnet_triton as at
 from asapnet_triton.kernels.launch_config import LaunchConfig, default_config, label_grad_by_dot
 from asapnet_triton.kernels.pixelwise_mlp import pixelwise_mlp_backward, pixelwise_mlp_forward
-from asapnet_triton.testing import (device_for, kernel_backends, random_inputs, reference_grads, reference_output,
-                                    relative_error, rms_relative_error)
+from asapnet_triton.testing import (
+    device_for,
+    kernel_backends,
+    random_inputs,
+    reference_grads,
+    reference_output,
+    relative_error,
+    rms_relative_error,
+)
 
 pytestmark = pytest.mark.skipif(not kernel_backends(), reason="no Triton kernel backend in this process")
 DEVICE = device_for(kernel_backends()[0]) if kernel_backends() else "cpu"
@@ -28,19 +35,29 @@ def poisoned(shape, batch, height, width, dtype=torch.float32):
 def check(shape, x, params, labels, config=None, precision="fp32", tol=None):
     batch, height, width = x.shape[0], x.shape[-2], x.shape[-1]
     out = poisoned(shape, batch, height, width, params.dtype)
-    returned = pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=labels, precision=precision,
-                                     config=default_for("forward", shape, labels, precision, config), out=out)
+    returned = pixelwise_mlp_forward(
+        x.to(DEVICE),
+        params.to(DEVICE),
+        shape,
+        labels=labels,
+        precision=precision,
+        config=default_for("forward", shape, labels, precision, config),
+        out=out,
+    )
     assert returned is out
     assert not out.isnan().any(), "a pixel was left unwritten"
     assert relative_error(out.cpu(), reference_output(x, params, shape, labels)) <= (tol or at.TOLERANCES[precision])
 
 
-@pytest.mark.parametrize("config", [
-    LaunchConfig(16, 16, 1),     # many small programs per cell
-    LaunchConfig(16, 64, 2),     # several blocks per program, several programs per cell
-    LaunchConfig(32, 128, 4),
-    LaunchConfig(64, 1024, 8),   # more pixels per program than a 16-cell has
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        LaunchConfig(16, 16, 1),  # many small programs per cell
+        LaunchConfig(16, 64, 2),  # several blocks per program, several programs per cell
+        LaunchConfig(32, 128, 4),
+        LaunchConfig(64, 1024, 8),  # more pixels per program than a 16-cell has
+    ],
+)
 @pytest.mark.parametrize("labels", [False, True])
 def test_every_config_writes_every_pixel_correctly(generator, config, labels):
     shape = at.MLPShape(5, 16, 3, 32, 3)
@@ -70,8 +87,14 @@ def test_out_must_match(generator):
     shape = at.MLPShape(3, 8, 3, 16, 2)
     x, params = random_inputs(shape, 1, 8, 8, generator=generator)
     with pytest.raises(ValueError, match="out must have shape"):
-        pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=False,
-                              config=default_for("forward", shape, False), out=torch.empty(1, 2, 8, 8, device=DEVICE))
+        pixelwise_mlp_forward(
+            x.to(DEVICE),
+            params.to(DEVICE),
+            shape,
+            labels=False,
+            config=default_for("forward", shape, False),
+            out=torch.empty(1, 2, 8, 8, device=DEVICE),
+        )
 
 
 def test_unsupported_hidden_width_is_refused(generator):
@@ -81,13 +104,16 @@ def test_unsupported_hidden_width_is_refused(generator):
         pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=False, config=LaunchConfig())
 
 
-@pytest.mark.parametrize("kwargs, message", [
-    (dict(block_pixels=24), "block_pixels"),
-    (dict(block_pixels=8), "block_pixels"),
-    (dict(block_pixels=64, pixels_per_program=32), "pixels_per_program"),
-    (dict(num_warps=3), "num_warps"),
-    (dict(num_stages=0), "num_stages"),
-])
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(block_pixels=24), "block_pixels"),
+        (dict(block_pixels=8), "block_pixels"),
+        (dict(block_pixels=64, pixels_per_program=32), "pixels_per_program"),
+        (dict(num_warps=3), "num_warps"),
+        (dict(num_stages=0), "num_stages"),
+    ],
+)
 def test_bad_config_is_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
         LaunchConfig(**kwargs)
@@ -107,21 +133,30 @@ def poisoned_buffers(monkeypatch):
     monkeypatch.setattr(module, "_empty", nan_empty)
 
 
-@pytest.mark.parametrize("config", [
-    None,                         # the interpreter's default: one block per cell
-    LaunchConfig(16, 16, 1),      # one block per program: many partial sums per cell
-    LaunchConfig(16, 64, 2),      # several blocks per program and programs per cell
-    LaunchConfig(32, 1024, 4),    # one program per cell, several blocks
-])
+@pytest.mark.parametrize(
+    "config",
+    [
+        None,  # the interpreter's default: one block per cell
+        LaunchConfig(16, 16, 1),  # one block per program: many partial sums per cell
+        LaunchConfig(16, 64, 2),  # several blocks per program and programs per cell
+        LaunchConfig(32, 1024, 4),  # one program per cell, several blocks
+    ],
+)
 @pytest.mark.parametrize("labels", [False, True])
 def test_backward_every_config(generator, poisoned_buffers, config, labels):
     shape = at.MLPShape(5, 16, 3, 32, 3)
     x, params = random_inputs(shape, 2, 37, 29, labels=labels, generator=generator)
     # a non-contiguous upstream gradient
     grad_out = torch.randn(2, 29, 37, 3, generator=generator).permute(0, 3, 2, 1)
-    grad_x, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
-                                                 labels=labels, need_grad_x=True,
-                                                 config=default_for("backward", shape, labels, config=config))
+    grad_x, grad_params = pixelwise_mlp_backward(
+        x.to(DEVICE),
+        params.to(DEVICE),
+        grad_out.to(DEVICE),
+        shape,
+        labels=labels,
+        need_grad_x=True,
+        config=default_for("backward", shape, labels, config=config),
+    )
     ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
     assert relative_error(grad_params.cpu(), ref_params) <= 1e-5
     if labels:
@@ -134,9 +169,15 @@ def test_backward_without_input_gradient(generator, poisoned_buffers):
     shape = at.MLPShape(4, 8, 2, 16, 2)
     x, params = random_inputs(shape, 1, 20, 13, generator=generator)
     grad_out = torch.randn(1, 2, 20, 13, generator=generator)
-    grad_x, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
-                                                 labels=False, need_grad_x=False,
-                                                 config=default_for("backward", shape, False))
+    grad_x, grad_params = pixelwise_mlp_backward(
+        x.to(DEVICE),
+        params.to(DEVICE),
+        grad_out.to(DEVICE),
+        shape,
+        labels=False,
+        need_grad_x=False,
+        config=default_for("backward", shape, False),
+    )
     assert grad_x is None
     assert relative_error(grad_params.cpu(), reference_grads(x, params, grad_out, shape, False)[1]) <= 1e-5
 
@@ -148,8 +189,9 @@ def test_default_compiled_backward_configs_are_correct(generator, poisoned_buffe
     x, params = random_inputs(shape, 1, 45, 33, labels=True, generator=generator)
     grad_out = torch.randn(1, 3, 45, 33, generator=generator)
     config = default_config("backward", shape, labels=True, precision="fp32", arch=arch)
-    _, grad_params = pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape,
-                                            labels=True, config=config, arch=arch)
+    _, grad_params = pixelwise_mlp_backward(
+        x.to(DEVICE), params.to(DEVICE), grad_out.to(DEVICE), shape, labels=True, config=config, arch=arch
+    )
     assert relative_error(grad_params.cpu(), reference_grads(x, params, grad_out, shape, True)[1]) <= 1e-5
 
 
@@ -157,8 +199,14 @@ def test_backward_checks_grad_out(generator):
     shape = at.MLPShape(3, 8, 3, 16, 2)
     x, params = random_inputs(shape, 1, 8, 8, generator=generator)
     with pytest.raises(ValueError, match="grad_out must have shape"):
-        pixelwise_mlp_backward(x.to(DEVICE), params.to(DEVICE), torch.zeros(1, 3, 8, 7, device=DEVICE), shape,
-                               labels=False, config=default_for("backward", shape, False))
+        pixelwise_mlp_backward(
+            x.to(DEVICE),
+            params.to(DEVICE),
+            torch.zeros(1, 3, 8, 7, device=DEVICE),
+            shape,
+            labels=False,
+            config=default_for("backward", shape, False),
+        )
 
 
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "fp16"])

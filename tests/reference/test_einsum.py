@@ -25,14 +25,18 @@ def naive_pixel_loop(x, params, cell, out_channels, hidden, depth, num_classes=N
                 feats = [float(v) for v in x[b, :, py, px]]
                 for k in range(n_freq):
                     f = cell / 2**k
-                    feats += [math.cos(2 * math.pi * px / f), math.sin(2 * math.pi * px / f),
-                              math.cos(2 * math.pi * py / f), math.sin(2 * math.pi * py / f)]
+                    feats += [
+                        math.cos(2 * math.pi * px / f),
+                        math.sin(2 * math.pi * px / f),
+                        math.cos(2 * math.pi * py / f),
+                        math.sin(2 * math.pi * py / f),
+                    ]
                 theta = params[b, :, py // cell, px // cell].tolist()
                 h, offset = feats, 0
                 for layer in range(depth):
                     c_in, c_out = widths[layer], widths[layer + 1]
-                    bias = theta[offset:offset + c_out]
-                    weight = theta[offset + c_out:offset + c_out + c_in * c_out]
+                    bias = theta[offset : offset + c_out]
+                    weight = theta[offset + c_out : offset + c_out + c_in * c_out]
                     offset += c_out + c_in * c_out
                     h = [bias[o] + sum(h[i] * weight[i * c_out + o] for i in range(c_in)) for o in range(c_out)]
                     h = [math.tanh(v) for v in h] if layer == depth - 1 else [v if v > 0 else 0.01 * v for v in h]
@@ -49,8 +53,7 @@ def test_einsum_reference_equals_pixel_loop(generator, labels):
         x = torch.randint(0, channels, (batch, height, width), generator=generator)
     else:
         x = torch.randn(batch, channels, height, width, generator=generator, dtype=torch.float64)
-    kwargs = dict(out_channels=out_channels, hidden_width=hidden, depth=depth,
-                  num_classes=channels if labels else None)
+    kwargs = dict(out_channels=out_channels, hidden_width=hidden, depth=depth, num_classes=channels if labels else None)
     ref = pixelwise_mlp_einsum(x, params, cell_size=cell, **kwargs)
     expected = naive_pixel_loop(x, params, cell, out_channels, hidden, depth, kwargs["num_classes"])
     torch.testing.assert_close(ref, expected, rtol=1e-12, atol=1e-12)
@@ -61,8 +64,7 @@ def test_einsum_reference_without_pos_encoding_any_cell(generator):
     P = param_count(channels, cell_size=cell, out_channels=1, hidden_width=4, depth=2, pos_encoding=False)
     params = torch.randn(batch, P, *grid_size(height, width, cell), generator=generator, dtype=torch.float64)
     x = torch.randn(batch, channels, height, width, generator=generator, dtype=torch.float64)
-    ref = pixelwise_mlp_einsum(x, params, cell_size=cell, out_channels=1, hidden_width=4, depth=2,
-                               pos_encoding=False)
+    ref = pixelwise_mlp_einsum(x, params, cell_size=cell, out_channels=1, hidden_width=4, depth=2, pos_encoding=False)
     expected = naive_pixel_loop(x, params, cell, 1, 4, 2, pe=False)
     torch.testing.assert_close(ref, expected, rtol=1e-12, atol=1e-12)
 
@@ -77,8 +79,9 @@ def test_published_algorithm_equals_einsum(generator, labels):
     else:
         x = torch.randn(batch, channels, height, width, generator=generator, dtype=torch.float64)
     kwargs = dict(cell_size=cell, hidden_width=16, depth=4, num_classes=channels if labels else None)
-    torch.testing.assert_close(pixelwise_mlp_published(x, params, **kwargs),
-                               pixelwise_mlp_einsum(x, params, **kwargs), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(
+        pixelwise_mlp_published(x, params, **kwargs), pixelwise_mlp_einsum(x, params, **kwargs), rtol=1e-12, atol=1e-12
+    )
 
 
 def test_published_algorithm_needs_multiples(generator):

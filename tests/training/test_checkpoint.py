@@ -8,6 +8,7 @@ import random
 import numpy as np
 import pytest
 import torch
+from tiny_data import NUM_CLASSES, TinyPairs, tiny_config
 
 from asapnet_triton import ASAPNetGenerator
 from asapnet_triton.training import (
@@ -19,7 +20,6 @@ from asapnet_triton.training import (
     prune_checkpoints,
     save_checkpoint,
 )
-from tiny_data import NUM_CLASSES, TinyPairs, tiny_config
 
 
 def _leftovers(folder):
@@ -61,13 +61,20 @@ def test_keep_last(tmp_path, tiny_dataset):
 
 
 def _final_state(trainer):
-    return {**{f"G.{k}": v for k, v in trainer.generator.state_dict().items()},
-            **{f"D.{k}": v for k, v in trainer.discriminator.state_dict().items()}}
+    return {
+        **{f"G.{k}": v for k, v in trainer.generator.state_dict().items()},
+        **{f"D.{k}": v for k, v in trainer.discriminator.state_dict().items()},
+    }
 
 
 def _optimizer_tensors(trainer):
-    return [t for opt in (trainer.optimizer_g, trainer.optimizer_d)
-            for state in opt.state_dict()["state"].values() for t in state.values() if torch.is_tensor(t)]
+    return [
+        t
+        for opt in (trainer.optimizer_g, trainer.optimizer_d)
+        for state in opt.state_dict()["state"].values()
+        for t in state.values()
+        if torch.is_tensor(t)
+    ]
 
 
 @pytest.mark.parametrize("stop_at", [2, 3])  # mid-epoch, and right at an epoch boundary
@@ -83,8 +90,9 @@ def test_resume_continues_bit_for_bit(tmp_path, stop_at):
     torch.manual_seed(999)  # whatever happens in between must not matter
     np.random.seed(999)
     random.seed(999)
-    resumed = Trainer(tiny_config(tmp_path / "split", max_steps=total, resume="latest"),
-                      TinyPairs(6, global_noise=True))
+    resumed = Trainer(
+        tiny_config(tmp_path / "split", max_steps=total, resume="latest"), TinyPairs(6, global_noise=True)
+    )
     assert resumed.step == stop_at
     resumed_history = resumed.fit()
 
@@ -137,8 +145,20 @@ def test_checkpoint_contents_and_load_generator(tmp_path, tiny_dataset, generato
     trainer.fit()
     (path,) = [p for _, p in list_checkpoints(tmp_path / "run")]
     state = load_checkpoint(path)
-    for key in ("generator", "discriminator", "optimizer_g", "optimizer_d", "scheduler_g", "scheduler_d",
-                "step", "epoch", "batch_in_epoch", "rng", "config", "data_order"):
+    for key in (
+        "generator",
+        "discriminator",
+        "optimizer_g",
+        "optimizer_d",
+        "scheduler_g",
+        "scheduler_d",
+        "step",
+        "epoch",
+        "batch_in_epoch",
+        "rng",
+        "config",
+        "data_order",
+    ):
         assert key in state
     assert set(state["rng"]) == {"torch", "numpy", "python", "cuda"}
     loaded = load_generator(path)

@@ -8,15 +8,42 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from tiny_data import TinyPairs, tiny_config
 
 from asapnet_triton.cli import main
 from asapnet_triton.training import Trainer, VGG19Features
-from tiny_data import TinyPairs, tiny_config
 
-TINY_FLAGS = ["--dataset", "procedural", "--crop-size", "32", "--num-samples", "4", "--batch-size", "2",
-              "--niter", "1", "--niter-decay", "1", "--cell-size", "16", "--hidden-width", "16", "--depth", "3",
-              "--lr-width", "8", "--lr-max-width", "16", "--lr-depth", "1", "--ndf", "8", "--no-progress",
-              "--device", "cpu"]
+TINY_FLAGS = [
+    "--dataset",
+    "procedural",
+    "--crop-size",
+    "32",
+    "--num-samples",
+    "4",
+    "--batch-size",
+    "2",
+    "--niter",
+    "1",
+    "--niter-decay",
+    "1",
+    "--cell-size",
+    "16",
+    "--hidden-width",
+    "16",
+    "--depth",
+    "3",
+    "--lr-width",
+    "8",
+    "--lr-max-width",
+    "16",
+    "--lr-depth",
+    "1",
+    "--ndf",
+    "8",
+    "--no-progress",
+    "--device",
+    "cpu",
+]
 
 
 def test_help_says_how_to_enable_the_perceptual_loss(capsys):
@@ -29,8 +56,25 @@ def test_help_says_how_to_enable_the_perceptual_loss(capsys):
 
 def test_cli_trains_writes_outputs_and_resumes(tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", *TINY_FLAGS, "--out", str(out), "--max-steps", "3", "--sample-every", "2",
-                 "--checkpoint-every", "2", "--keep-last", "2"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                *TINY_FLAGS,
+                "--out",
+                str(out),
+                "--max-steps",
+                "3",
+                "--sample-every",
+                "2",
+                "--checkpoint-every",
+                "2",
+                "--keep-last",
+                "2",
+            ]
+        )
+        == 0
+    )
     assert "perceptual (VGG19) loss is off: pass --vgg-weights PATH" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000002.pt", "step_00000003.pt"]
     assert sorted(p.name for p in (out / "samples").iterdir()) == ["step_00000002.png", "step_00000003.png"]
@@ -73,11 +117,15 @@ def test_bf16_perceptual_loss_and_instance_edges(tmp_path, capsys):
     torch.manual_seed(0)
     vgg_path = tmp_path / "vgg19.pth"
     torch.save(VGG19Features().state_dict(), vgg_path)
-    fp32 = Trainer(tiny_config(tmp_path / "fp32", max_steps=1, vgg_weights=str(vgg_path), instance=True),
-                   TinyPairs(4, instance=True)).fit()
+    fp32 = Trainer(
+        tiny_config(tmp_path / "fp32", max_steps=1, vgg_weights=str(vgg_path), instance=True),
+        TinyPairs(4, instance=True),
+    ).fit()
     assert "perceptual (VGG19) loss is off" not in capsys.readouterr().err
-    bf16 = Trainer(tiny_config(tmp_path / "bf16", max_steps=1, vgg_weights=str(vgg_path), instance=True,
-                               precision="bf16"), TinyPairs(4, instance=True)).fit()
+    bf16 = Trainer(
+        tiny_config(tmp_path / "bf16", max_steps=1, vgg_weights=str(vgg_path), instance=True, precision="bf16"),
+        TinyPairs(4, instance=True),
+    ).fit()
     assert "G_VGG" in fp32[0] and "G_VGG" in bf16[0]
     for name in ("G_GAN", "G_feat", "G_VGG", "D_fake", "D_real"):
         assert np.isfinite(bf16[0][name])
@@ -103,8 +151,12 @@ def test_d_steps_per_g_skips_generator_steps_and_on_step_sees_every_step(tmp_pat
     snapshots = []
     trainer = Trainer(tiny_config(tmp_path / "run", max_steps=3, d_steps_per_g=2), TinyPairs(6))
     trainer.on_step = lambda record: snapshots.append(
-        (record["step"], [p.detach().clone() for p in trainer.generator.parameters()],
-         [p.detach().clone() for p in trainer.discriminator.parameters()]))
+        (
+            record["step"],
+            [p.detach().clone() for p in trainer.generator.parameters()],
+            [p.detach().clone() for p in trainer.discriminator.parameters()],
+        )
+    )
     history = trainer.fit()
     assert [("G_GAN" in r, "D_real" in r) for r in history] == [(True, True), (False, True), (True, True)]
     assert [s[0] for s in snapshots] == [1, 2, 3]

@@ -8,21 +8,37 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_data import TinyPairs, tiny_config
 
 from asapnet_triton.training import Trainer, list_checkpoints
-from tiny_data import TinyPairs, tiny_config
 
 STEPS = 3
 
 
-@pytest.mark.skipif(not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
-                    reason="this torch build has no gloo backend")
+@pytest.mark.skipif(
+    not torch.distributed.is_available() or not torch.distributed.is_gloo_available(),
+    reason="this torch build has no gloo backend",
+)
 def test_two_process_ddp_matches_one_process(tmp_path):
     worker = Path(__file__).with_name("ddp_worker.py")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", str(worker),
-         str(tmp_path), str(STEPS)], capture_output=True, text=True, timeout=240, env=env)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            str(worker),
+            str(tmp_path),
+            str(STEPS),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=env,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
     assert all(r["world_size"] == 2 for r in ranks)
@@ -35,11 +51,15 @@ def test_two_process_ddp_matches_one_process(tmp_path):
 
     single = Trainer(tiny_config(tmp_path / "single", batch_size=4, max_steps=STEPS), TinyPairs(8))
     history = single.fit()
-    reference = {**{f"G.{k}": v for k, v in single.generator.state_dict().items()},
-                 **{f"D.{k}": v for k, v in single.discriminator.state_dict().items()}}
+    reference = {
+        **{f"G.{k}": v for k, v in single.generator.state_dict().items()},
+        **{f"D.{k}": v for k, v in single.discriminator.state_dict().items()},
+    }
     initial = Trainer(tiny_config(tmp_path / "initial", batch_size=4), TinyPairs(8))
-    start = {**{f"G.{k}": v for k, v in initial.generator.state_dict().items()},
-             **{f"D.{k}": v for k, v in initial.discriminator.state_dict().items()}}
+    start = {
+        **{f"G.{k}": v for k, v in initial.generator.state_dict().items()},
+        **{f"D.{k}": v for k, v in initial.discriminator.state_dict().items()},
+    }
     keys = [k for k in reference if reference[k].is_floating_point()]
     flat = lambda state: torch.cat([state[k].flatten().double() for k in keys])  # noqa: E731
     moved = (flat(reference) - flat(start)).norm()

@@ -2,9 +2,9 @@
 both as a function and as the trainer applies it epoch by epoch."""
 
 import pytest
+from tiny_data import TinyPairs, tiny_config
 
 from asapnet_triton.training import TrainConfig, Trainer, default_cell_size, learning_rates
-from tiny_data import TinyPairs, tiny_config
 
 
 def _published_rates(lr, niter, niter_decay, epochs, ttur=True):

@@ -22,8 +22,16 @@ class TinyPairs(Dataset):
     numpy and Python generators (with no loader workers, a resumed run reproduces it only if it
     restores all three)."""
 
-    def __init__(self, count: int = 6, *, size: int = SIZE, num_classes: int = NUM_CLASSES, seed: int = 0,
-                 instance: bool = False, global_noise: bool = False):
+    def __init__(
+        self,
+        count: int = 6,
+        *,
+        size: int = SIZE,
+        num_classes: int = NUM_CLASSES,
+        seed: int = 0,
+        instance: bool = False,
+        global_noise: bool = False,
+    ):
         generator = torch.Generator().manual_seed(seed)
         coarse = torch.randint(0, num_classes, (count, size // 8, size // 8), generator=generator)
         self.labels = coarse.repeat_interleave(8, 1).repeat_interleave(8, 2)
@@ -56,8 +64,25 @@ class TinyPairs(Dataset):
 
 def tiny_config(out_dir, **overrides) -> TrainConfig:
     """A generator and discriminator small enough for a CPU test: cell 16 on 32x32 images."""
-    values = dict(label_nc=NUM_CLASSES, crop_size=SIZE, cell_size=16, hidden_width=16, depth=3, lr_width=8,
-                  lr_max_width=16, lr_depth=1, ndf=8, batch_size=2, niter=0, niter_decay=3, progress=False,
-                  checkpoint_every=0, sample_every=0, out_dir=str(out_dir), device="cpu", backend="torch")
+    values = dict(
+        label_nc=NUM_CLASSES,
+        crop_size=SIZE,
+        cell_size=16,
+        hidden_width=16,
+        depth=3,
+        lr_width=8,
+        lr_max_width=16,
+        lr_depth=1,
+        ndf=8,
+        batch_size=2,
+        niter=0,
+        niter_decay=3,
+        progress=False,
+        checkpoint_every=0,
+        sample_every=0,
+        out_dir=str(out_dir),
+        device="cpu",
+        backend="torch",
+    )
     values.update(overrides)
     return TrainConfig(**values)
