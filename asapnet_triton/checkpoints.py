@@ -11,6 +11,7 @@ loads them.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 import warnings
@@ -18,11 +19,20 @@ from collections.abc import Mapping
 
 import torch
 
-from .fileio import load_weights_file
+from .fileio import atomic_write, load_weights_file
 from .generator import LR_DOWNSAMPLING, LR_PADDINGS, ASAPNetGenerator
+from .labels import DATASET_CONVENTIONS, LabelConvention, label_convention
 from .layout import MLPShape
 
-__all__ = ["load_official_checkpoint", "official_key_names"]
+__all__ = [
+    "MODEL_FORMAT",
+    "TrainedModel",
+    "load_model",
+    "load_official_checkpoint",
+    "model_record",
+    "official_key_names",
+    "save_model",
+]
 
 _PREFIX = "lowres_stream.model."
 _STRIDED_CONVS = 4  # log2(LR_DOWNSAMPLING): the published learned_ds_factor 16
@@ -305,3 +315,187 @@ def load_official_checkpoint(
         mapped[name] = tensor
     model.load_state_dict(mapped, strict=True)
     return model.to(first.device).eval()
+
+
+# --- model files: a generator with its label convention, whatever trained it -------------------
+
+MODEL_FORMAT = "asapnet-triton-model/1"
+_RUNTIME_KWARGS = ("precision", "backend", "lr_precision")  # how to run it, not what it computes
+
+
+@dataclasses.dataclass
+class TrainedModel:
+    """A generator ready to translate, with the label convention its inputs must follow.
+
+    ``labels`` is None for image-input generators; ``card`` is what the model file records about
+    how it was made (data, settings, steps, scores), empty when unknown; ``source`` names where it
+    came from.
+    """
+
+    generator: ASAPNetGenerator
+    labels: LabelConvention | None
+    source: str
+    card: dict = dataclasses.field(default_factory=dict)
+
+    def encode(self, raw: torch.Tensor, *, source: str) -> torch.Tensor:
+        """Stored label values -> the class indices this model reads (see :meth:`LabelConvention.encode`)."""
+        if self.labels is None:
+            raise ValueError(f"{source}: this model translates images, not label maps")
+        return self.labels.encode(raw, source=source)
+
+
+def model_record(generator: ASAPNetGenerator, labels: LabelConvention | None) -> dict:
+    """What a file needs to rebuild ``generator`` and feed it: its constructor arguments and label
+    convention (plain types). Training checkpoints hold it under "model" beside the weights."""
+    if not isinstance(generator, ASAPNetGenerator):
+        raise TypeError(f"generator must be an ASAPNetGenerator, got {type(generator).__name__}")
+    if generator.label_input != (labels is not None):
+        raise ValueError(
+            "labels: a label-map generator needs its LabelConvention, an image generator None; got "
+            f"{'None' if labels is None else labels.dataset} for label_input={generator.label_input}"
+        )
+    if labels is not None and labels.num_classes != generator.shape.in_channels:
+        raise ValueError(
+            f"labels: the convention has {labels.num_classes} classes, the generator reads "
+            f"{generator.shape.in_channels}"
+        )
+    return {"generator_kwargs": dict(generator.init_kwargs), "labels": None if labels is None else labels.to_dict()}
+
+
+def save_model(
+    path: str | os.PathLike, generator: ASAPNetGenerator, labels: LabelConvention | None, *, card: dict | None = None
+) -> None:
+    """Write ``generator`` (weights on the CPU), its label convention and a model card (a dict of
+    plain values: data, settings, steps, scores) to ``path`` atomically; :func:`load_model` reads it."""
+    state = {
+        "format": MODEL_FORMAT,
+        **model_record(generator, labels),
+        "card": dict(card or {}),
+        "state_dict": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
+    }
+    atomic_write(path, lambda file: torch.save(state, file))
+
+
+def _rebuild(record: dict, weights: dict, *, source: str, backend, precision, map_location) -> TrainedModel:
+    kwargs = dict(record["generator_kwargs"])
+    if backend is not None:
+        kwargs["backend"] = backend
+    if precision is not None:
+        kwargs["precision"], kwargs["lr_precision"] = precision, None
+    labels = None if record["labels"] is None else LabelConvention.from_dict(record["labels"])
+    generator = ASAPNetGenerator(**kwargs)
+    try:
+        generator.load_state_dict(weights)
+    except RuntimeError as error:  # missing/unexpected keys or shapes: the file is not this architecture
+        raise ValueError(f"{source}: the weights do not fit the generator the file describes ({error})") from None
+    if labels is not None and labels.num_classes != generator.shape.in_channels:
+        raise ValueError(
+            f"{source}: its label convention has {labels.num_classes} classes, its generator reads "
+            f"{generator.shape.in_channels}"
+        )
+    device = map_location if isinstance(map_location, (str, torch.device)) else None
+    return TrainedModel(generator.to(device).eval() if device is not None else generator.eval(), labels, source)
+
+
+def _official_labels(generator: ASAPNetGenerator, dataset: str | None, source: str) -> LabelConvention | None:
+    """The published convention of the data set a published checkpoint was trained on: given, or
+    read off its class count (13: facades, 35: cityscapes, 36: cityscapes with don't-care)."""
+    if not generator.label_input:
+        return None
+    classes = generator.shape.in_channels
+    if dataset is None:
+        dataset = {13: "facades", 35: "cityscapes", 36: "cityscapes"}.get(classes)
+        if dataset is None:
+            raise ValueError(
+                f"{source}: a published generator with {classes} classes belongs to no data set this "
+                f"package can tell by its class count (13 facades, 35 or 36 cityscapes); pass dataset= "
+                f"(one of {', '.join(DATASET_CONVENTIONS)})"
+            )
+    default, fixed = DATASET_CONVENTIONS.get(dataset, (None, False))
+    if fixed:  # one more channel than the data set's classes: the published --contain_dontcare_label
+        labels = label_convention(dataset, dontcare=classes == default + 1)
+    else:
+        labels = label_convention(dataset, classes)
+    if labels.num_classes != classes:
+        raise ValueError(
+            f"{source}: the generator reads {classes} classes, but dataset={dataset!r} has {labels.num_classes}"
+        )
+    return labels
+
+
+def load_model(
+    path: str | os.PathLike,
+    *,
+    official: bool = False,
+    dataset: str | None = None,
+    map_location="cpu",
+    backend: str | None = None,
+    precision: str | None = None,
+    **official_kwargs,
+) -> TrainedModel:
+    """A trained generator and the label convention it expects, from any file this project reads.
+
+    Args:
+        path: a model file (:func:`save_model`), a training checkpoint (``OUT/checkpoints/step_N.pt``
+            of ``asapnet train``), or, with ``official=True``, a generator saved by the published
+            ASAP-Net code (``latest_net_G.pth``).
+        official: read ``path`` with :func:`load_official_checkpoint`; ``official_kwargs`` go to it.
+        dataset: (official only) the data set the published model was trained on, for its label
+            convention; by default read off the class count (13: facades, 35/36: cityscapes).
+        map_location: where the weights are loaded and the generator placed.
+        backend, precision: override how the generator runs (e.g. ``backend="triton"`` on a GPU).
+
+    Raises ValueError naming the file for anything it cannot read, FileNotFoundError when missing.
+    """
+    source = str(path)
+    if official:
+        kwargs = dict(official_kwargs)
+        if backend is not None:
+            kwargs["backend"] = backend
+        if precision is not None:
+            kwargs["precision"] = precision
+        generator = load_official_checkpoint(path, map_location=map_location, **kwargs)
+        return TrainedModel(
+            generator,
+            _official_labels(generator, dataset, source),
+            source,
+            {"trained_by": "the published ASAP-Net code"},
+        )
+    if official_kwargs or dataset is not None:
+        given = sorted(official_kwargs) + (["dataset"] if dataset is not None else [])
+        raise TypeError(f"load_model: {', '.join(given)} only apply to official=True (a published checkpoint)")
+    state = load_weights_file(source, "model file", map_location=map_location)
+    if not isinstance(state, dict):
+        raise ValueError(
+            f"{source} is not an asapnet-triton model file or training checkpoint (it holds a {type(state).__name__})"
+        )
+    if state.get("format") == MODEL_FORMAT:
+        model = _rebuild(
+            state, state["state_dict"], source=source, backend=backend, precision=precision, map_location=map_location
+        )
+        model.card = dict(state.get("card") or {})
+        return model
+    if "model" in state and "generator" in state:  # a training checkpoint: the weights beside their record
+        model = _rebuild(
+            state["model"],
+            state["generator"],
+            source=source,
+            backend=backend,
+            precision=precision,
+            map_location=map_location,
+        )
+        model.card = {"trained_by": "asapnet train", "step": state.get("step"), "config": state.get("config")}
+        return model
+    if "generator" in state:
+        raise ValueError(
+            f"{source} is a training checkpoint written before checkpoints recorded their model and "
+            f"label convention (asapnet-triton 0.1; its facades labels were shifted by one): retrain it"
+        )
+    if any(key.startswith(_PREFIX) or key.startswith("module." + _PREFIX) for key in state):
+        raise ValueError(
+            f"{source} holds a generator saved by the published ASAP-Net code: pass official=True (--official)"
+        )
+    raise ValueError(
+        f"{source} is not an asapnet-triton model file (format {state.get('format')!r}, expected "
+        f"{MODEL_FORMAT!r}) or training checkpoint"
+    )

@@ -290,19 +290,11 @@ def _kernel_report(args) -> int:
 
 
 def _translate(args) -> int:
+    from .checkpoints import load_model
     from .translate import translate
 
-    if args.official:
-        from .checkpoints import load_official_checkpoint
-
-        generator = load_official_checkpoint(
-            args.checkpoint, precision=args.precision or "fp32", backend=args.backend or "auto"
-        )
-    else:
-        from .training import load_generator
-
-        generator = load_generator(args.checkpoint, backend=args.backend, precision=args.precision)
-    written = translate(generator, args.inputs, args.out, device=args.device, overwrite=args.overwrite)
+    model = load_model(args.checkpoint, official=args.official, backend=args.backend, precision=args.precision)
+    written = translate(model, args.inputs, args.out, device=args.device, overwrite=args.overwrite)
     print(f"wrote {len(written)} image(s) to {args.out}")
     return 0
 

@@ -120,10 +120,11 @@ def run_demo(
     """Train on the procedural facades for ``time_budget_s`` seconds (or ``max_steps`` steps),
     translate ``held_out`` held-out label maps, write the outputs listed in the module docstring
     to ``out_dir`` (which must not exist yet or be empty) and return the measurements."""
+    from .checkpoints import load_model
     from .data import build_dataset
     from .fileio import save_png
     from .metrics import psnr, ssim
-    from .training import Trainer, load_generator
+    from .training import Trainer
     from .training.checkpoint import latest_checkpoint
     from .training.visuals import sample_grid
 
@@ -141,7 +142,8 @@ def run_demo(
         progress=progress,
     )
     history = Trainer(config).fit()
-    generator = load_generator(latest_checkpoint(out_dir / "train"))
+    model = load_model(latest_checkpoint(out_dir / "train"))
+    generator = model.generator
 
     test_set = build_dataset("procedural", split="test", crop_size=crop_size, num_samples=held_out, seed=seed)
     items = [test_set[index] for index in range(len(test_set))]
@@ -152,9 +154,7 @@ def run_demo(
     # both in [0, 1]
     quality_psnr = psnr((generated + 1) / 2, (targets + 1) / 2).mean().item()
     quality_ssim = ssim((generated + 1) / 2, (targets + 1) / 2).mean().item()
-    save_png(
-        sample_grid(labels, generated, targets, generator.shape.in_channels, rows=held_out), out_dir / "samples.png"
-    )
+    save_png(sample_grid(labels, generated, targets, model.labels.colours(), rows=held_out), out_dir / "samples.png")
     shutil.copyfile(out_dir / "train" / "losses.png", out_dir / "losses.png")
 
     timings = _stream_timings(generator, timing_sizes, repeats=timing_repeats)

@@ -183,6 +183,23 @@ class ASAPNetGenerator(nn.Module):
             raise ValueError(f"lr_precision must be one of {LR_PRECISIONS} or None, got {lr_precision!r}")
         if lr_padding not in LR_PADDINGS:
             raise ValueError(f"lr_padding must be one of {LR_PADDINGS}, got {lr_padding!r}")
+        # what rebuilds this architecture (model files store it: asapnet_triton.checkpoints.save_model)
+        self.init_kwargs = dict(
+            in_channels=in_channels,
+            cell_size=cell_size,
+            out_channels=out_channels,
+            hidden_width=hidden_width,
+            depth=depth,
+            lr_width=lr_width,
+            lr_max_width=lr_max_width,
+            lr_depth=lr_depth,
+            label_input=label_input,
+            instance_edges=instance_edges,
+            precision=precision,
+            backend=backend,
+            lr_padding=lr_padding,
+            lr_precision=lr_precision,
+        )
         self.shape = MLPShape(in_channels, cell_size, out_channels, hidden_width, depth)
         self.label_input = label_input
         self.instance_edges = instance_edges

@@ -1,9 +1,10 @@
 """Translate label maps (or images) of any size to images with a trained generator.
 
-``translate(generator, inputs, out_dir)`` is what ``asapnet translate`` runs: each input file is
-read (a label map: a single-channel PNG of class indices; an image: RGB), run through the
-generator at its own size, and written to ``out_dir/<stem>.png`` atomically. Inputs are never
-overwritten, and existing outputs only with ``overwrite=True``.
+``translate(model, inputs, out_dir)`` is what ``asapnet translate`` runs: each input file is
+read (a label map: a single-channel PNG of the values its data set stores, turned into class
+indices by the model's label convention, exactly as the training loader does; an image: RGB),
+run through the generator at its own size, and written to ``out_dir/<stem>.png`` atomically.
+Inputs are never overwritten, and existing outputs only with ``overwrite=True``.
 """
 
 from __future__ import annotations
@@ -13,21 +14,18 @@ from pathlib import Path
 
 import torch
 
+from .checkpoints import TrainedModel
+from .labels import LabelConvention
+
 __all__ = ["read_image", "read_label_map", "translate"]
 
 
-def read_label_map(path: str | os.PathLike, num_classes: int) -> torch.Tensor:
-    """A single-channel PNG of class indices (PIL modes 1, L, P, I, I;16) as a LongTensor (H, W);
-    every value must be below ``num_classes``."""
-    from .data.paired import read_index_map
+def read_label_map(path: str | os.PathLike, labels: LabelConvention) -> torch.Tensor:
+    """A single-channel PNG (PIL modes 1, L, P, I, I;16) of the values data set ``labels`` stores,
+    as the LongTensor (H, W) of class indices the model reads: the training loaders' reader."""
+    from .data.paired import read_label_values
 
-    labels = read_index_map(Path(path), "label map")
-    top = int(labels.max())
-    if top >= num_classes or labels.min() < 0:
-        raise ValueError(
-            f"{path}: label values must lie in [0, {num_classes}) for this model, found {int(labels.min())}..{top}"
-        )
-    return torch.from_numpy(labels)
+    return torch.from_numpy(read_label_values(Path(path), labels))
 
 
 def read_image(path: str | os.PathLike) -> torch.Tensor:
@@ -39,13 +37,20 @@ def read_image(path: str | os.PathLike) -> torch.Tensor:
 
 
 def translate(
-    generator, inputs, out_dir, *, device: str | torch.device = "cpu", overwrite: bool = False, progress: bool = True
+    model: TrainedModel,
+    inputs,
+    out_dir,
+    *,
+    device: str | torch.device = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
 ) -> list[Path]:
-    """Run ``generator`` (an ``ASAPNetGenerator``) on every file of ``inputs`` and write
+    """Run ``model`` (a :class:`~asapnet_triton.checkpoints.TrainedModel`, from
+    :func:`~asapnet_triton.checkpoints.load_model`) on every file of ``inputs`` and write
     ``out_dir/<stem>.png``; returns the paths written.
 
-    Label-map generators (``generator.label_input``) read single-channel class-index PNGs; image
-    generators read RGB images. Each input runs at its own size. Raises before writing anything
+    Label-map models read single-channel PNGs through their label convention (``model.labels``);
+    image models read RGB images. Each input runs at its own size. Raises before writing anything
     when two inputs share a stem, when an output would replace an input, or when an output exists
     and ``overwrite`` is False.
     """
@@ -53,7 +58,12 @@ def translate(
 
     from .fileio import image_to_uint8, save_png
 
-    if getattr(generator, "instance_edges", False):
+    if not isinstance(model, TrainedModel):
+        raise TypeError(
+            f"model must be a TrainedModel (asapnet_triton.checkpoints.load_model), got {type(model).__name__}"
+        )
+    generator = model.generator
+    if generator.instance_edges:
         raise ValueError(
             "this generator was trained with instance edges; translate takes label maps only, "
             "call the generator directly with edges="
@@ -82,7 +92,7 @@ def translate(
     with torch.inference_mode():
         for path, output in tqdm(list(zip(inputs, outputs)), desc="translating", unit="image", disable=not progress):
             if generator.label_input:
-                x = read_label_map(path, num_classes).unsqueeze(0)
+                x = read_label_map(path, model.labels).unsqueeze(0)
             else:
                 x = read_image(path).unsqueeze(0)
                 if x.shape[1] != num_classes:

@@ -12,10 +12,12 @@ folder of label/photo pairs, and an embedded procedural facades set (no download
 Items batch with the default DataLoader collate. ``instance=True`` (Cityscapes only) adds
 ``"edges"``, the float32 (1, H, W) 0/1 instance-boundary map from ``*_instanceIds.png``.
 
-Class counts (``num_classes_of``): facades 12 (CMP's 1..12 mapped to 0..11), cityscapes 35
-(labelIds 0..33; 255 read as 0), nyu 41 by default (``label_nc`` overrides: ASAP-Net publishes no
-NYU class count), folder ``label_nc`` (required), procedural 12 (the CMP classes). The on-disk
-layouts each loader accepts are listed in :mod:`asapnet_triton.data.paired`.
+Label values follow each data set's published convention, defined once in
+:mod:`asapnet_triton.labels` (``labels_of`` gives it, ``num_classes_of`` its class count):
+facades 13 (CMP's values 1..12 as stored), procedural the same, cityscapes 35 (labelIds; with
+``dontcare`` 36, 255 the last), nyu 41 by default (``label_nc`` overrides: ASAP-Net publishes no
+NYU class count), folder ``label_nc`` (required). The on-disk layouts each loader accepts are
+listed in :mod:`asapnet_triton.data.paired`.
 
 Preprocessing, as published (pix2pixHD / SPADE / ASAP-Net): for ``augment=True`` (the default for
 split "train") resize to ``load_size`` (photo bicubic, labels nearest), random crop to
@@ -34,20 +36,9 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
-from .paired import (
-    CITYSCAPES_CLASSES,
-    FACADES_CLASSES,
-    NYU_DEFAULT_CLASSES,
-    PairedDataset,
-    cityscapes_samples,
-    direct_label_mapping,
-    facades_samples,
-    folder_samples,
-    map_cityscapes_label,
-    map_facades_label,
-    nyu_samples,
-)
-from .procedural import CMP_CLASSES, ProceduralFacades, palette, random_facade_labels, render_facade
+from ..labels import DATASET_CONVENTIONS, LabelConvention, label_convention, palette
+from .paired import PairedDataset, cityscapes_samples, facades_samples, folder_samples, nyu_samples, read_label_values
+from .procedural import CMP_CLASSES, ProceduralFacades, random_facade_labels, render_facade
 from .transforms import is_int_at_least, item_generator, output_size
 
 __all__ = [
@@ -57,16 +48,17 @@ __all__ = [
     "ProceduralFacades",
     "build_dataset",
     "item_generator",
+    "labels_of",
     "num_classes_of",
     "palette",
     "random_facade_labels",
+    "read_label_values",
     "render_facade",
 ]
 
-DATASETS = ("facades", "cityscapes", "nyu", "folder", "procedural")
+DATASETS = tuple(DATASET_CONVENTIONS)
 SPLITS = ("train", "val", "test")
 _PIX2PIX_LOAD_RATIO = 286 / 256
-_FIXED_COUNTS = {"facades": FACADES_CLASSES, "cityscapes": CITYSCAPES_CLASSES, "procedural": len(CMP_CLASSES)}
 
 
 def _check_name(name: str) -> None:
@@ -74,25 +66,17 @@ def _check_name(name: str) -> None:
         raise ValueError(f"unknown data set {name!r}; expected one of {', '.join(DATASETS)}")
 
 
-def num_classes_of(name: str, label_nc: int | None = None) -> int:
-    """The number of label classes the model needs for data set ``name``.
-
-    facades 12, cityscapes 35, procedural 12 (``label_nc``, if given, must agree); nyu 41 unless
-    ``label_nc`` says otherwise; folder: ``label_nc``, which it requires.
-    """
+def labels_of(name: str, label_nc: int | None = None, *, dontcare: bool = False) -> LabelConvention:
+    """The label convention of data set ``name`` (:func:`asapnet_triton.labels.label_convention`):
+    ``label_nc`` is the class count without the don't-care channel (fixed for facades, procedural
+    and cityscapes: a different value is an error; nyu 41 unless given; folder requires it)."""
     _check_name(name)
-    if label_nc is not None and not is_int_at_least(label_nc, 1):
-        raise ValueError(f"label_nc must be a positive integer, got {label_nc!r}")
-    if name in _FIXED_COUNTS:
-        fixed = _FIXED_COUNTS[name]
-        if label_nc is not None and label_nc != fixed:
-            raise ValueError(f"{name} has {fixed} classes; label_nc={label_nc} disagrees (leave it out)")
-        return fixed
-    if name == "nyu":
-        return NYU_DEFAULT_CLASSES if label_nc is None else int(label_nc)
-    if label_nc is None:
-        raise ValueError("the folder data set needs label_nc, the number of label classes (values 0..label_nc-1)")
-    return int(label_nc)
+    return label_convention(name, label_nc, dontcare=dontcare)
+
+
+def num_classes_of(name: str, label_nc: int | None = None, *, dontcare: bool = False) -> int:
+    """The number of one-hot channels a model of data set ``name`` reads (see :func:`labels_of`)."""
+    return labels_of(name, label_nc, dontcare=dontcare).num_classes
 
 
 def build_dataset(
@@ -108,6 +92,7 @@ def build_dataset(
     instance: bool = False,
     num_samples: int | None = None,
     seed: int = 0,
+    dontcare: bool = False,
 ) -> Dataset:
     """Build data set ``name`` (one of ``DATASETS``).
 
@@ -126,6 +111,8 @@ def build_dataset(
             data sets: use only the first ``num_samples`` pairs (natural file order), an error if
             fewer exist.
         seed: seeds the augmentation (and the procedural items).
+        dontcare: read 255 as a don't-care class of its own (the published
+            ``--contain_dontcare_label``); otherwise 255 is an error.
 
     Returns:
         A map-style ``torch.utils.data.Dataset`` with ``num_classes`` and ``set_epoch(epoch)``.
@@ -142,7 +129,7 @@ def build_dataset(
     output_size(crop_size, aspect_ratio)  # validates both before anything else uses them
     if instance and name != "cityscapes":
         raise ValueError(f"{name} has no instance maps; instance=True needs cityscapes (*_instanceIds.png)")
-    num_classes = num_classes_of(name, label_nc)
+    labels = labels_of(name, label_nc, dontcare=dontcare)
     augment = (split == "train") if augment is None else bool(augment)
 
     if name == "procedural":
@@ -150,6 +137,8 @@ def build_dataset(
             raise ValueError(f"the procedural data set is generated, it reads no files; got root={str(root)!r}")
         if load_size is not None:
             raise ValueError("the procedural data set is generated at crop_size; load_size must be None")
+        if dontcare:
+            raise ValueError("the procedural data set has no unknown pixels; dontcare must be False")
         return ProceduralFacades(
             split=split,
             crop_size=crop_size,
@@ -163,13 +152,13 @@ def build_dataset(
         raise ValueError(f"the {name} data set needs root, the folder holding it")
     root = Path(root).expanduser()
     if name == "facades":
-        samples, mapping = facades_samples(root, split), map_facades_label
+        samples = facades_samples(root, split)
     elif name == "cityscapes":
-        samples, mapping = cityscapes_samples(root, split, instance), map_cityscapes_label
+        samples = cityscapes_samples(root, split, instance)
     elif name == "nyu":
-        samples, mapping = nyu_samples(root, split), direct_label_mapping("nyu", num_classes)
+        samples = nyu_samples(root, split)
     else:
-        samples, mapping = folder_samples(root, split), direct_label_mapping("folder", num_classes)
+        samples = folder_samples(root, split)
     if num_samples is not None:
         if num_samples > len(samples):
             raise ValueError(f"{name}: num_samples={num_samples} but '{root}' holds {len(samples)} {split} pairs")
@@ -180,8 +169,7 @@ def build_dataset(
     return PairedDataset(
         name,
         samples,
-        num_classes=num_classes,
-        label_mapping=mapping,
+        labels=labels,
         split=split,
         crop_size=crop_size,
         aspect_ratio=aspect_ratio,

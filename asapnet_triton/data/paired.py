@@ -5,8 +5,8 @@ Layouts (``root`` is what you pass to ``build_dataset``; ``<held-out>`` is ``tes
 whichever exists, the one named by ``split`` first: the published loaders read ``val`` when asked
 for ``test``):
 
-CMP Facades (12 classes; the png stores class indices 1..12, mapped here to 0..11; any other
-value is an error):
+CMP Facades (the published convention: 13 classes, the png's class indices 1..12 as they are,
+index 0 unused; 255 and values above 12 are an error; :mod:`asapnet_triton.labels`):
     1. ``root/train_img/*.jpg`` + ``root/train_label/*.png`` (and ``val_img`` / ``val_label``,
        ``test_img`` / ``test_label``): what ASAP-Net's ``facadesHR_download_and_extract.sh``
        builds; photo and label matched by file stem.
@@ -16,19 +16,20 @@ value is an error):
        ``cmp_bNNNN.jpg`` / ``.png``; the split is ASAP-Net's published one: ``cmp_b0001`` to
        ``cmp_b0060`` are the test set, the rest (and any ``cmp_x*`` of the extended set) train.
 Cityscapes (35 classes: the ``labelIds`` 0..33, index 34 unused, as pix2pixHD / SPADE /
-ASAP-Net's ``label_nc=35``):
+ASAP-Net's ``label_nc=35``; with ``dontcare=True`` a 36th channel for 255, "unknown"):
     1. ``root/leftImg8bit/<phase>/<city>/<name>_leftImg8bit.png`` +
        ``root/gtFine/<phase>/<city>/<name>_gtFine_labelIds.png`` (+ ``_gtFine_instanceIds.png``);
     2. ASAP-Net's ``root/<phase>_images/**`` + ``root/<phase>_labels/**`` (the same files).
     ``<phase>`` is ``train`` for split "train" and ``val`` otherwise (Cityscapes' test labels are
     withheld; the published loader maps test to val). Pairs match on the first three ``_``-fields
-    (``city_sequence_frame``). The label value 255 (Cityscapes' id -1, "license plate", when a
-    converter writes it) becomes 0 ("unlabeled"), the void class it belongs to; other values >= 35
-    are an error. Instance-edge maps come from ``*_instanceIds.png``.
+    (``city_sequence_frame``). The label value 255 ("unknown", e.g. Cityscapes' id -1 when a
+    converter writes it) is class 35 with ``dontcare=True`` (the published
+    ``--contain_dontcare_label``) and an error otherwise, as are other values >= 35.
+    Instance-edge maps come from ``*_instanceIds.png``.
 NYU Depth v2, labeled set (exported from ``nyu_depth_v2_labeled.mat``):
     ``root/train/images/*.png|jpg`` + ``root/train/labels/*.png`` and ``root/<held-out>/images``
     + ``root/<held-out>/labels`` (ASAP-Net's split: 1200 train, 249 test), matched by file stem;
-    label pngs are 8- or 16-bit single-channel class indices, 0 = unlabeled. ASAP-Net publishes
+    label pngs are 8- or 16-bit single-channel class indices, 0 = unlabeled, read as they are. ASAP-Net publishes
     no NYU loader or class count, so the count is ``label_nc``-driven: 41 by default (the common
     40-class mapping of Gupta et al. plus 0 = unlabeled); pass ``label_nc=895`` for the raw 894
     classes or ``label_nc=14`` for the 13-class mapping. Values >= the count are an error.
@@ -53,6 +54,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ..labels import LabelConvention
 from .transforms import (
     EpochAugmentation,
     crop_and_flip,
@@ -66,10 +68,7 @@ from .transforms import (
 )
 
 __all__ = [
-    "CITYSCAPES_CLASSES",
-    "FACADES_CLASSES",
     "FACADES_TEST_LAST_INDEX",
-    "NYU_DEFAULT_CLASSES",
     "PairedDataset",
     "SamplePaths",
     "cityscapes_samples",
@@ -78,12 +77,8 @@ __all__ = [
     "nyu_samples",
 ]
 
-FACADES_CLASSES = 12
-CITYSCAPES_CLASSES = 35
-NYU_DEFAULT_CLASSES = 41
 # ASAP-Net's published facades split (data/facades_test_img.txt): base images 1..60 are the test set
 FACADES_TEST_LAST_INDEX = 60
-CITYSCAPES_LICENSE_PLATE = 255  # id -1 written to an 8-bit png
 
 PHOTO_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 LABEL_EXTENSIONS = (".png", ".bmp", ".tif", ".tiff")
@@ -315,54 +310,16 @@ def read_index_map(path: Path, what: str) -> np.ndarray:
     return np.asarray(image).astype(np.int64)
 
 
+def read_label_values(path: Path, labels: LabelConvention) -> np.ndarray:
+    """A label PNG's class indices under convention ``labels``, int64 (H, W): the one reader that
+    training, evaluation and ``asapnet translate`` share; errors name the file."""
+    raw = torch.from_numpy(read_index_map(path, "label map"))
+    return labels.encode(raw, source=f"label map '{path}'").numpy()
+
+
 def read_photo(path: Path) -> Image.Image:
     """A photo converted to RGB."""
     return _open(path, "photo").convert("RGB")
-
-
-def _out_of_range(values: np.ndarray, bad: np.ndarray) -> str:
-    found = np.unique(values[bad])
-    listed = ", ".join(str(v) for v in found[:8]) + (", ..." if found.size > 8 else "")
-    return f"found value(s) {listed} in {int(bad.sum())} pixel(s)"
-
-
-def map_facades_label(raw: np.ndarray, path: Path) -> np.ndarray:
-    """CMP stores class indices 1..12; the model gets 0..11."""
-    bad = (raw < 1) | (raw > FACADES_CLASSES)
-    if bad.any():
-        raise ValueError(
-            f"facades label '{path}': {_out_of_range(raw, bad)}; expected CMP class indices "
-            f"1..{FACADES_CLASSES} (mapped to 0..{FACADES_CLASSES - 1})"
-        )
-    return raw - 1
-
-
-def map_cityscapes_label(raw: np.ndarray, path: Path) -> np.ndarray:
-    """labelIds 0..33 as they are; 255 (id -1, license plate) to 0, unlabeled."""
-    mapped = np.where(raw == CITYSCAPES_LICENSE_PLATE, 0, raw)
-    bad = (mapped < 0) | (mapped >= CITYSCAPES_CLASSES)
-    if bad.any():
-        raise ValueError(
-            f"cityscapes label '{path}': {_out_of_range(raw, bad)}; expected labelIds "
-            f"0..{CITYSCAPES_CLASSES - 1} (or 255, read as 0 'unlabeled')"
-        )
-    return mapped
-
-
-def direct_label_mapping(dataset: str, num_classes: int) -> Callable[[np.ndarray, Path], np.ndarray]:
-    """Labels stored as the class index itself, checked against ``num_classes``."""
-
-    def check(raw: np.ndarray, path: Path) -> np.ndarray:
-        bad = (raw < 0) | (raw >= num_classes)
-        if bad.any():
-            raise ValueError(
-                f"{dataset} label '{path}': {_out_of_range(raw, bad)}; expected class indices "
-                f"0..{num_classes - 1} (label_nc={num_classes}; pass a larger label_nc if the data "
-                "set has more classes)"
-            )
-        return raw
-
-    return check
 
 
 class PairedDataset(EpochAugmentation, Dataset):
@@ -382,8 +339,7 @@ class PairedDataset(EpochAugmentation, Dataset):
         name: str,
         samples: list[SamplePaths],
         *,
-        num_classes: int,
-        label_mapping: Callable[[np.ndarray, Path], np.ndarray],
+        labels: LabelConvention,
         split: str,
         crop_size: int,
         aspect_ratio: float,
@@ -394,13 +350,13 @@ class PairedDataset(EpochAugmentation, Dataset):
     ):
         self.name = name
         self.samples = list(samples)
-        self.num_classes = num_classes
+        self.label_convention = labels
+        self.num_classes = labels.num_classes
         self.split = split
         self.augment = augment
         self.instance = instance
         self.seed = seed
         self.epoch = 0
-        self.label_mapping = label_mapping
         self.output_hw = output_size(crop_size, aspect_ratio)
         self.load_hw = output_size(load_size, aspect_ratio)
         if self.load_hw[0] < self.output_hw[0] or self.load_hw[1] < self.output_hw[1]:
@@ -419,7 +375,7 @@ class PairedDataset(EpochAugmentation, Dataset):
             raise IndexError(f"{self.name}: index {index} out of range for {len(self)} items")
         index = index % len(self)
         sample = self.samples[index]
-        label = self.label_mapping(read_index_map(sample.label, "label"), sample.label)
+        label = read_label_values(sample.label, self.label_convention)
         photo = read_photo(sample.image)
         if photo.size != (label.shape[1], label.shape[0]):
             raise ValueError(

@@ -1,8 +1,9 @@
 """A procedural facades data set: CMP-style label maps drawn from a seed and a photo-like image
 rendered from each, so the demo trains without downloading anything.
 
-Label maps use the CMP Facades classes in CMP's own order (``CMP_CLASSES``; the CMP pngs store
-them as 1..12, the data sets here as 0..11): a facade rectangle on a background, a roof cornice,
+Label maps use the CMP Facades classes in CMP's own order (``CMP_CLASSES``) and store them as
+the CMP pngs do, as the values 1..12 (the published facades convention: 13 one-hot channels,
+index 0 unused; :mod:`asapnet_triton.labels`): a facade rectangle on a background, a roof cornice,
 upper floors with a grid of windows (sills, shutters or roller blinds, ornaments above, balconies
 per window or along a floor), optional pillars and floor moldings, and a ground floor with a door
 and shop windows. Every count, size and position is random.
@@ -26,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
+from ..labels import CMP_CLASS_NAMES, label_convention, palette
 from .transforms import (
     STREAM_PROCEDURAL_HELD_OUT,
     STREAM_PROCEDURAL_TRAIN,
@@ -43,53 +45,14 @@ __all__ = [
     "render_facade",
 ]
 
-CMP_CLASSES = (
-    "background",
-    "facade",
-    "window",
-    "door",
-    "cornice",
-    "sill",
-    "balcony",
-    "blind",
-    "deco",
-    "molding",
-    "pillar",
-    "shop",
-)
+CMP_CLASSES = CMP_CLASS_NAMES
+# internal class numbers 0..11 index the colour tables below; label maps store them + CMP_FIRST_VALUE
 (BACKGROUND, FACADE, WINDOW, DOOR, CORNICE, SILL, BALCONY, BLIND, DECO, MOLDING, PILLAR, SHOP) = range(len(CMP_CLASSES))
+CMP_FIRST_VALUE = 1  # CMP's pngs store background as 1 .. shop as 12
 
 MIN_SIZE = 16  # below this the floors and windows no longer fit one pixel each
 DEFAULT_TRAIN_SAMPLES = 360  # CMP's sizes as the paper uses them: 360 train / 40 test
 DEFAULT_HELD_OUT_SAMPLES = 40
-
-
-def palette(num_classes: int) -> torch.Tensor:
-    """A uint8 (num_classes, 3) colour table for showing label maps.
-
-    12 classes: the jet colour map from dark blue (background) to dark red (shop), as the CMP
-    Facades label images are usually shown. Other counts: hues spread by the golden ratio with
-    alternating saturation and value, so neighbouring class indices get distinct colours; the same
-    count always gives the same table.
-    """
-    if not is_int_at_least(num_classes, 1):
-        raise ValueError(f"palette: num_classes must be a positive integer, got {num_classes!r}")
-    if num_classes == len(CMP_CLASSES):
-        t = torch.linspace(0.0, 1.0, num_classes, dtype=torch.float64)
-        # jet: each channel a clipped tent, blue peaking first, red last
-        rgb = torch.stack([(1.5 - (4 * t - c).abs()).clamp(0, 1) for c in (3.0, 2.0, 1.0)], dim=1)
-    else:
-        i = torch.arange(num_classes, dtype=torch.float64)
-        hue = (i * 0.6180339887498949) % 1.0
-        saturation = 0.55 + 0.45 * ((i % 3) / 2)
-        value = 0.65 + 0.35 * ((i + 1) % 2)
-        rgb = _hsv_to_rgb(hue, saturation, value)
-    return (rgb * 255).round().to(torch.uint8)
-
-
-def _hsv_to_rgb(h: torch.Tensor, s: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    k = torch.stack([(5 + h * 6) % 6, (3 + h * 6) % 6, (1 + h * 6) % 6], dim=1)
-    return v[:, None] - v[:, None] * s[:, None] * torch.minimum(k, 4 - k).clamp(0, 1)
 
 
 # --- random numbers from a torch.Generator -----------------------------------------------------
@@ -131,7 +94,8 @@ class _Canvas:
 
 
 def random_facade_labels(height: int, width: int, generator: torch.Generator) -> torch.Tensor:
-    """A random CMP-style facade label map: int64 (height, width), values in 0..11 (``CMP_CLASSES``).
+    """A random CMP-style facade label map: int64 (height, width), the CMP values 1..12 (background ..
+    shop, ``CMP_CLASSES`` in order).
 
     Deterministic given the generator's state; both sizes must be at least 16.
     """
@@ -239,7 +203,7 @@ def random_facade_labels(height: int, width: int, generator: torch.Generator) ->
         else:
             y0 = ground_top + ground_h * 0.25
             canvas.fill(y0, y0 + ground_h * 0.45, cx - win_w / 2, cx + win_w / 2, WINDOW)
-    return canvas.labels
+    return canvas.labels + CMP_FIRST_VALUE
 
 
 # --- rendering ---------------------------------------------------------------------------------
@@ -283,7 +247,8 @@ def _smooth_noise(g: torch.Generator, height: int, width: int, cell: int) -> tor
 
 
 def render_facade(label: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A photo-like float32 (3, H, W) image in [-1, 1] for a facade label map (int (H, W), 0..11).
+    """A photo-like float32 (3, H, W) image in [-1, 1] for a facade label map (int (H, W), the CMP
+    values 1..12).
 
     Deterministic given the state of ``generator`` (a CPU ``torch.Generator``); the image is a CPU
     tensor whatever the label's device.
@@ -298,13 +263,13 @@ def render_facade(label: torch.Tensor, generator: torch.Generator) -> torch.Tens
             "render_facade: label must be an integer tensor (H, W), got "
             f"{type(label).__name__} {getattr(label, 'dtype', '')} {tuple(getattr(label, 'shape', ()))}"
         )
+    label = label.long().cpu() - CMP_FIRST_VALUE
     if label.numel() and (int(label.min()) < 0 or int(label.max()) >= len(CMP_CLASSES)):
         raise ValueError(
-            f"render_facade: label values must lie in 0..{len(CMP_CLASSES) - 1}, found "
-            f"{int(label.min())}..{int(label.max())}"
+            f"render_facade: label values must lie in {CMP_FIRST_VALUE}..{len(CMP_CLASSES)}, found "
+            f"{int(label.min()) + CMP_FIRST_VALUE}..{int(label.max()) + CMP_FIRST_VALUE}"
         )
     g = generator
-    label = label.long().cpu()
     height, width = label.shape
     masks = {c: label == c for c in range(len(CMP_CLASSES))}
 
@@ -384,7 +349,7 @@ def render_facade(label: torch.Tensor, generator: torch.Generator) -> torch.Tens
 class ProceduralFacades(EpochAugmentation, Dataset):
     """Procedural facade label maps and renderings; no files, no downloads.
 
-    Items are ``{"label": int64 (H, W) in 0..11, "image": float32 (3, H, W) in [-1, 1],
+    Items are ``{"label": int64 (H, W) in 1..12 (CMP's values), "image": float32 (3, H, W) in [-1, 1],
     "path": "procedural/<split>/<index>"}`` with H = ``crop_size`` and
     W = ``round(crop_size * aspect_ratio)``. Item ``i`` of a split is drawn from a generator seeded
     by ``(seed, split, i)``: the same every time, and train items never coincide with test or val
@@ -392,7 +357,8 @@ class ProceduralFacades(EpochAugmentation, Dataset):
     horizontally with probability 1/2, drawn from ``(seed, epoch, i)`` (see :meth:`set_epoch`).
     """
 
-    num_classes = len(CMP_CLASSES)
+    label_convention = label_convention("procedural")
+    num_classes = label_convention.num_classes
 
     def __init__(
         self,

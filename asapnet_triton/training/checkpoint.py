@@ -13,7 +13,6 @@ import numpy as np
 import torch
 
 from ..fileio import atomic_write, load_weights_file
-from .config import TrainConfig
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -90,19 +89,13 @@ def load_checkpoint(path: str | os.PathLike, map_location="cpu") -> dict:
 def load_generator(
     path: str | os.PathLike, map_location="cpu", *, backend: str | None = None, precision: str | None = None
 ):
-    """The trained :class:`~asapnet_triton.ASAPNetGenerator` of a training checkpoint, in eval
-    mode, rebuilt from the checkpoint's config; ``backend`` / ``precision`` override the ones it
-    was trained with (e.g. ``backend="triton"`` on a GPU)."""
-    from .models import build_generator
+    """The trained :class:`~asapnet_triton.ASAPNetGenerator` of a training checkpoint (or model file), in eval
+    mode (:func:`asapnet_triton.checkpoints.load_model`, which also gives its label convention);
+    ``backend`` / ``precision`` override the ones it was trained with (e.g. ``backend="triton"``
+    on a GPU)."""
+    from ..checkpoints import load_model
 
-    state = load_checkpoint(path, map_location=map_location)
-    config = TrainConfig.from_dict(state["config"])
-    generator = build_generator(config, state["num_classes"], backend=backend, precision=precision)
-    generator.load_state_dict(state["generator"])
-    device = map_location if isinstance(map_location, (str, torch.device)) else None
-    if device is not None:
-        generator.to(device)
-    return generator.eval()
+    return load_model(path, map_location=map_location, backend=backend, precision=precision).generator
 
 
 def capture_rng_state(device: torch.device | None = None) -> dict:

@@ -54,7 +54,10 @@ class TrainConfig:
     dataset object is handed to :class:`~asapnet_triton.training.Trainer`); ``crop_size`` the
     training crop's height and ``aspect_ratio`` its width / height; ``label_nc`` the
     number of label classes (needed for custom datasets; otherwise the dataset's own);
-    ``instance`` adds the instance-edge map to the generator's LR stream and the discriminator.
+    ``instance`` adds the instance-edge map to the generator's LR stream and the discriminator;
+    ``contain_dontcare`` reads the label value 255 as a don't-care class of its own (the published
+    ``--contain_dontcare_label``; otherwise 255 is an error). Label values follow the data set's
+    published convention (:mod:`asapnet_triton.labels`), recorded in every checkpoint.
 
     Generator: ``cell_size`` (None: :func:`default_cell_size` of the crop), the per-pixel MLP
     (``hidden_width``, ``depth``), the LR stream (``lr_width``, ``lr_max_width``, ``lr_depth``),
@@ -91,6 +94,7 @@ class TrainConfig:
     aspect_ratio: float = 1.0
     augment: bool | None = None
     instance: bool = False
+    contain_dontcare: bool = False
     num_samples: int | None = None
     # generator
     cell_size: int | None = None

@@ -19,7 +19,9 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ..checkpoints import model_record
 from ..fileio import atomic_write, save_png
+from ..labels import label_convention
 from .checkpoint import (
     CHECKPOINT_FORMAT,
     capture_rng_state,
@@ -208,7 +210,8 @@ class Trainer:
         self.per_process_batch = config.batch_size // self.dist.world_size
 
         _seed_everything(config.seed)
-        self.dataset, self.num_classes = self._dataset_and_classes(dataset)
+        self.dataset, self.label_convention = self._dataset_and_labels(dataset)
+        self.num_classes = self.label_convention.num_classes
         if checkpoint is not None and checkpoint["num_classes"] != self.num_classes:
             raise ValueError(
                 f"--resume {str(resume_path)!r}: the checkpoint has {checkpoint['num_classes']} classes, "
@@ -259,10 +262,11 @@ class Trainer:
         # every process has checked out_dir before rank 0 starts writing to it
         self.dist.barrier()
 
-    def _dataset_and_classes(self, dataset: Dataset | None) -> tuple[Dataset, int]:
+    def _dataset_and_labels(self, dataset: Dataset | None):
+        """The training set and its label convention (None for image-input data)."""
         config = self.config
         if dataset is None:
-            from ..data import build_dataset, num_classes_of
+            from ..data import build_dataset
 
             dataset = build_dataset(
                 config.dataset,
@@ -276,13 +280,23 @@ class Trainer:
                 instance=config.instance,
                 num_samples=config.num_samples,
                 seed=config.seed,
+                dontcare=config.contain_dontcare,
             )
-            return dataset, num_classes_of(config.dataset, label_nc=config.label_nc)
-        if config.label_nc is None:
+            return dataset, dataset.label_convention
+        labels = getattr(dataset, "label_convention", None)
+        if labels is None:
+            if config.label_nc is None:
+                raise ValueError(
+                    "TrainConfig.label_nc must give the number of label classes when a dataset object "
+                    "without a `label_convention` is passed to Trainer"
+                )
+            labels = label_convention("folder", config.label_nc, dontcare=config.contain_dontcare)
+        elif config.label_nc is not None and config.label_nc + int(config.contain_dontcare) != labels.num_classes:
             raise ValueError(
-                "TrainConfig.label_nc must give the number of label classes when a dataset object is passed to Trainer"
+                f"TrainConfig.label_nc={config.label_nc} disagrees with the dataset's "
+                f"{labels.num_classes} classes ({labels.dataset})"
             )
-        return dataset, config.label_nc
+        return dataset, labels
 
     def _restore(self, checkpoint: dict, path: Path) -> None:
         self.generator.load_state_dict(checkpoint["generator"])
@@ -316,6 +330,8 @@ class Trainer:
             "format": CHECKPOINT_FORMAT,
             "config": self.config.to_dict(),
             "num_classes": self.num_classes,
+            # what translate, evaluate and paint need to rebuild and feed the generator
+            "model": model_record(self.generator, self.label_convention),
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
@@ -571,7 +587,7 @@ class Trainer:
         if not self.dist.is_main:
             return
         labels, generated, target = self._last_batch
-        grid = sample_grid(labels, generated, target, self.num_classes)
+        grid = sample_grid(labels, generated, target, self.label_convention.colours())
         save_png(grid, self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png")
 
     def _plot(self) -> None:

@@ -11,7 +11,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..data import palette
 from ..fileio import atomic_write, image_to_uint8
 
 __all__ = ["plot_losses", "read_log", "sample_grid"]
@@ -22,11 +21,13 @@ MIN_PANEL_HEIGHT = 128  # smaller images are enlarged (nearest neighbour) to sta
 
 
 def sample_grid(
-    labels: torch.Tensor, generated: torch.Tensor, target: torch.Tensor, num_classes: int, rows: int = SAMPLE_ROWS
+    labels: torch.Tensor, generated: torch.Tensor, target: torch.Tensor, colours: torch.Tensor, rows: int = SAMPLE_ROWS
 ) -> np.ndarray:
-    """An (H', W', 3) uint8 grid: per batch item (up to ``rows``), its label map in colour, the
-    generated image and the target, side by side, separated by white lines. Images less than
-    128 pixels high are enlarged by an integer factor (nearest neighbour)."""
+    """An (H', W', 3) uint8 grid: per batch item (up to ``rows``), its label map in colour (class
+    ``c`` in ``colours[c]``, a uint8 (num_classes, 3) table such as
+    :meth:`~asapnet_triton.labels.LabelConvention.colours`), the generated image and the target,
+    side by side, separated by white lines. Images less than 128 pixels high are enlarged by an
+    integer factor (nearest neighbour)."""
     if (
         labels.dim() != 3
         or generated.dim() != 4
@@ -38,7 +39,8 @@ def sample_grid(
             f"expected labels (B, H, W) and generated, target (B, 3, H, W) of one size, got "
             f"{tuple(labels.shape)}, {tuple(generated.shape)}, {tuple(target.shape)}"
         )
-    colors = palette(num_classes).numpy()
+    colors = colours.numpy()
+    num_classes = colors.shape[0]
     count = min(rows, labels.shape[0])
     scale = max(1, MIN_PANEL_HEIGHT // labels.shape[-2])
     height, width = labels.shape[-2] * scale, labels.shape[-1] * scale
