@@ -20,7 +20,7 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 from ..fileio import image_to_uint8
 from ..functional import resolve_backend
@@ -101,11 +101,15 @@ def decode_png(data: bytes) -> Image.Image:
         raise UploadError(
             413, f"upload is {width} x {height} pixels; the largest accepted is {MAX_OUTPUT_SIDE} on a side"
         )
+    if width < 1 or height < 1:
+        raise UploadError(400, f"upload is a damaged PNG: its header says {width} x {height} pixels")
     try:
         image = Image.open(io.BytesIO(data), formats=["PNG"])
-    except (OSError, SyntaxError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+    except UnidentifiedImageError as error:  # its message names a BytesIO object: say what it means
+        raise UploadError(400, "upload is a damaged PNG: its header chunk cannot be read") from error
+    except (OSError, SyntaxError, ValueError) as error:
         raise UploadError(400, f"upload is a damaged PNG: {error}") from error
-    if image.size != (width, height) or width < 1 or height < 1:
+    if image.size != (width, height):
         raise UploadError(400, f"upload is a damaged PNG: its header says {width} x {height} pixels")
     try:
         image.load()  # the header said at most MAX_OUTPUT_SIDE**2 pixels: this is the only allocation
@@ -371,6 +375,11 @@ class FrameScheduler:
             self._lock.notify()
         return job
 
+    def _finish(self, job: Job, status: str) -> None:
+        with self._lock:  # the handler threads count under the same lock
+            self.counts[status] += 1
+        job.finish(status)
+
     def _run(self) -> None:
         while True:
             with self._lock:
@@ -380,19 +389,16 @@ class FrameScheduler:
                     return
                 _, job = self._waiting.popitem(last=False)
             if job.client_gone():
-                self.counts["gone"] += 1
-                job.finish("gone")
+                self._finish(job, "gone")
                 continue
             job.started_at = time.perf_counter()
             try:
                 job.frame = job.work()
             except BaseException as error:  # the job's own error; the worker carries on
                 job.error = error
-                self.counts["error"] += 1
-                job.finish("error")
+                self._finish(job, "error")
             else:
-                self.counts["done"] += 1
-                job.finish("done")
+                self._finish(job, "done")
 
     def waiting(self) -> int:
         with self._lock:

@@ -1,6 +1,7 @@
 """The ``asapnet paint`` server through an HTTP client: every route, every kind of bad upload,
 concurrent tabs, latest-request-wins, disconnects; photos checked against the float64 reference."""
 
+import functools
 import json
 import re
 import socket
@@ -214,18 +215,23 @@ def test_translate_a_16_bit_palette_and_keepalive(server, model_file, generator)
     connection.close()
 
 
+def _chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
 def _png_with_header(width, height, *, bit_depth=8, colour_type=0, idat=b""):
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + _chunk(b"IDAT", idat) + _chunk(b"IEND", b"")
 
 
+@functools.cache
 def _bad_uploads():
     rng = np.random.default_rng(0)
     good = png_bytes(rng.integers(0, NUM_CLASSES, (40, 40)).astype(np.uint8), "L")
     bomb = _png_with_header(100_000, 100_000, idat=zlib.compress(b"\0" * 1_000_000, 9))  # ~1 KiB file
+    # a 200 MB compressed text chunk in a ~200 KiB file (PIL refuses text past its MAX_TEXT_CHUNK)
+    text_bomb = good[:33] + _chunk(b"zTXt", b"note\0\0" + zlib.compress(b"a" * 200_000_000, 9)) + good[33:]
+    rgb16 = zlib.compress(b"".join(b"\0" + rng.integers(0, 256, 48).astype(np.uint8).tobytes() for _ in range(8)))
     jpeg = __import__("io").BytesIO()
     __import__("PIL.Image").Image.fromarray(rng.integers(0, 255, (32, 32, 3)).astype(np.uint8)).save(jpeg, "JPEG")
     return {
@@ -242,6 +248,11 @@ def _bad_uploads():
         "class values out of range": (png_bytes(np.full((30, 30), NUM_CLASSES, np.uint8), "L"), 422, str(NUM_CLASSES)),
         "16-bit values out of range": (png_bytes(np.full((30, 30), 1000, np.uint16), "I;16"), 422, "1000"),
         "an empty body": (b"", 400, "no body"),
+        "JSON": (b'{"labels": [[1, 2], [3, 4]]}', 415, "not a PNG"),
+        "a zero-height header": (_png_with_header(40, 0, idat=zlib.compress(b"")), 400, "40 x 0"),
+        "a header chunk with a bad checksum": (good[:29] + bytes(4) + good[33:], 400, "damaged"),
+        "a text-chunk bomb": (text_bomb, 400, "too large"),
+        "16-bit RGB": (_png_with_header(8, 8, bit_depth=16, colour_type=2, idat=rgb16), 422, "mode RGB"),
     }
 
 
@@ -256,6 +267,14 @@ def test_bad_uploads_get_a_4xx_and_the_server_carries_on(server, model_file, gen
     ok_status, _, photo = _translate(server, labels, client="after-bad", seq=int(time.time() * 1e6))
     assert ok_status == 200
     _assert_photo(photo, model_file[1], labels, 256)
+
+
+def test_a_stream_inflating_past_its_header_is_read_to_the_header_only(server):
+    # 500 MB of zeros behind a 64 x 64 header, ~0.5 MiB on the wire: PIL stops at 64 x 64
+    data = _png_with_header(64, 64, idat=zlib.compress(b"\0" * 500_000_000, 9))
+    status, headers, body = request(server, "POST", "/api/labels", data)
+    assert status == 200 and (headers["x-label-height"], headers["x-label-width"]) == ("64", "64")
+    assert len(body) == 2 * 64 * 64 and not any(body)  # class 0 everywhere, as the stream says
 
 
 def test_an_oversized_body_is_413_before_it_is_decoded(server):
@@ -275,6 +294,10 @@ def test_an_oversized_body_is_413_before_it_is_decoded(server):
         ("client=a%20b&seq=1&size=256", "client"),
         ("client=a&seq=-1&size=256", "seq"),
         ("client=a&client=b&seq=1&size=256", "client"),
+        ("client=a&seq=1&size=256.0", "size"),
+        ("client=a&seq=1.5&size=256", "seq"),
+        ("client=a&seq=1&size=1e3", "size"),
+        ("client=a&seq=1&size=", "size"),
     ],
 )
 def test_bad_query_is_400(server, generator, query, message):

@@ -18,7 +18,7 @@ const state = {
   cls: 0, tool: "brush", brush: 12,
   undo: [], redo: [], undoBytes: 64 * 2 ** 20,
   clientId: (crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2)).replace(/[^A-Za-z0-9_-]/g, ""),
-  seq: 0, shownSeq: 0, outstanding: 0, dirty: false, timer: null, lastSend: 0,
+  seq: 0, shownSeq: 0, outstanding: 0, dirty: false, timer: null, lastSend: 0, frameMs: 0,
   frames: 0, dropped: 0, errors: 0,
   photoBlob: null, photoUrl: null,
 };
@@ -217,7 +217,16 @@ function inputPNG() {
 
 // -- frames: latest request wins --------------------------------------------------------------
 
-const MIN_INTERVAL_MS = 40;  // at most one request per this interval while painting
+// While painting, one request per interval: 40 ms, or a quarter of the model's time for the last
+// frame (LR + HR stream) when that is longer, up to 1 s. A request waiting on the server is thus
+// replaced at most about four times per frame the model computes (each replacement is an upload the
+// server decodes), and is at most a quarter of a frame old when its turn comes.
+const MIN_INTERVAL_MS = 40;
+const MAX_INTERVAL_MS = 1000;
+
+function sendInterval() {
+  return Math.min(MAX_INTERVAL_MS, Math.max(MIN_INTERVAL_MS, state.frameMs / 4));
+}
 
 function requestFrame() {
   state.dirty = true;
@@ -227,7 +236,7 @@ function requestFrame() {
 function pump() {
   if (!state.dirty || state.outstanding >= 2 || state.timer !== null) return;
   if (!state.labels && !state.image) return;
-  const wait = state.lastSend + MIN_INTERVAL_MS - performance.now();
+  const wait = state.lastSend + sendInterval() - performance.now();
   if (wait > 0) {
     state.timer = setTimeout(() => { state.timer = null; pump(); }, wait);
     return;
@@ -279,6 +288,7 @@ function showPhoto(seq, blob, response, roundTripMs) {
   photo.src = state.photoUrl;
   photo.dataset.seq = seq;
   const ms = (name) => `${Number(response.headers.get(name)).toFixed(1)} ms`;
+  state.frameMs = Number(response.headers.get("X-LR-Stream-Ms")) + Number(response.headers.get("X-HR-Stream-Ms"));
   $("lr-ms").textContent = ms("X-LR-Stream-Ms");
   $("hr-ms").textContent = ms("X-HR-Stream-Ms");
   $("queue-ms").textContent = ms("X-Queue-Ms");
