@@ -24,7 +24,8 @@ def add_paint_parser(sub) -> None:
     model.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="a model file (save_model) or a checkpoint of asapnet train (default: the model shipped in the package)",
+        help="a model file (save_model) or a checkpoint of asapnet train (required, or --official, until the "
+        "package ships a trained model)",
     )
     model.add_argument("--official", metavar="PATH", help="a latest_net_G.pth of the published ASAP-Net implementation")
     p.add_argument(

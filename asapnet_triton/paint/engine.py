@@ -256,7 +256,8 @@ class PaintModel:
         if image.mode not in IMAGE_MODES:
             raise UploadError(422, f"upload has PNG mode {image.mode}; expected an RGB, RGBA or greyscale image")
         if image.mode.startswith("I"):
-            image = image.point(lambda value: value / 257).convert("L")  # 16-bit grey to 8-bit
+            # 16-bit grey to 8-bit, rounded (65535 / 257 = 255)
+            image = Image.fromarray((np.asarray(image, dtype=np.float64) / 257).round().astype(np.uint8), mode="L")
         return image.convert("RGB")
 
     def read_input(self, data: bytes):
@@ -347,6 +348,7 @@ class FrameScheduler:
         self._lock = threading.Condition()
         self._closed = False
         self.counts = collections.Counter()
+        self.last_work_ms = 0.0  # how long the latest job took (the model's time for one frame)
         self._thread = threading.Thread(target=self._run, name="asapnet-paint-model", daemon=True)
         self._thread.start()
 
@@ -394,6 +396,7 @@ class FrameScheduler:
             job.started_at = time.perf_counter()
             try:
                 job.frame = job.work()
+                self.last_work_ms = 1e3 * (time.perf_counter() - job.started_at)
             except BaseException as error:  # the job's own error; the worker carries on
                 job.error = error
                 self._finish(job, "error")

@@ -21,7 +21,9 @@ Routes (every error is JSON ``{"error": message}`` with a 4xx/5xx status):
   image PNG) in, the photo out as a PNG, ``S`` pixels on its longer side (256..2048); headers
   ``X-LR-Stream-Ms``, ``X-HR-Stream-Ms``, ``X-Queue-Ms``, ``X-Seq``. ``ID`` names the tab and ``N``
   numbers its requests: a request replaced by a newer one of the same tab before it ran is
-  answered ``204 No Content`` with ``X-Paint-Dropped: stale``.
+  answered ``204 No Content`` with ``X-Paint-Dropped: stale``. Both answers carry
+  ``X-Frame-Ms``, the model's time for the latest frame of any tab (the page paces its requests
+  by it).
 - ``GET /api/stats``: counts of frames served, dropped as stale, errors; waiting tabs.
 
 A class-index grid is ``application/octet-stream``: height x width little-endian uint16 class
@@ -92,9 +94,12 @@ def encode_png(photo: np.ndarray) -> bytes:
 class PaintServer(ThreadingHTTPServer):
     """The paint web server around one :class:`PaintModel`; ``serve_forever()`` runs it.
 
-    ``max_connections`` caps open connections (each holds one thread); ``max_waiting`` caps tabs
-    waiting for a frame; ``cpu_slots`` caps uploads decoded and photos encoded at once (each
-    holds up to a 2048 x 2048 image), which with the one model running bounds the memory.
+    ``max_connections`` caps open connections (each holds one thread, a browser tab uses two to
+    six); ``max_waiting`` caps tabs waiting for a frame; ``cpu_slots`` caps uploads decoded and
+    photos encoded at once (each holds up to a 2048 x 2048 image). The memory is then bounded:
+    request bodies at most ``max_connections`` x ``MAX_UPLOAD_BYTES`` (17 MiB), decoded maps
+    waiting their turn at most ``max_waiting`` x 4 MiB (uint8 class indices at 2048 x 2048), the
+    decoders' and encoders' work ``cpu_slots`` images, and one frame of the model at a time.
     """
 
     daemon_threads = True
@@ -105,7 +110,7 @@ class PaintServer(ThreadingHTTPServer):
         address: tuple[str, int],
         model: PaintModel,
         *,
-        max_connections: int = 64,
+        max_connections: int = 32,
         max_waiting: int = 16,
         cpu_slots: int = 2,
         verbose: bool = False,
@@ -384,7 +389,12 @@ class PaintHandler(BaseHTTPRequestHandler):
             self._json(504, {"error": f"no frame within {FRAME_TIMEOUT_S} s"})
             return
         if job.status in ("stale", "gone"):
-            self._send(204, b"", "application/octet-stream", {"X-Paint-Dropped": job.status, "X-Seq": seq})
+            self._send(
+                204,
+                b"",
+                "application/octet-stream",
+                {"X-Paint-Dropped": job.status, "X-Seq": seq, "X-Frame-Ms": self._frame_ms()},
+            )
             return
         if job.status == "error":
             raise job.error  # an UploadError is answered with its status, anything else 500 and logged
@@ -401,10 +411,14 @@ class PaintHandler(BaseHTTPRequestHandler):
                 "X-HR-Stream-Ms": f"{frame.hr_ms:.2f}",
                 "X-Queue-Ms": f"{queue_ms:.2f}",
                 "X-Seq": seq,
+                "X-Frame-Ms": self._frame_ms(),
                 "X-Photo-Height": frame.photo.shape[0],
                 "X-Photo-Width": frame.photo.shape[1],
             },
         )
+
+    def _frame_ms(self) -> str:
+        return f"{self.server.scheduler.last_work_ms:.2f}"
 
     def _client_gone(self) -> bool:
         """Whether the client closed its connection while its request waited (no compute for it):

@@ -196,6 +196,8 @@ def test_translate_gives_the_generators_photo(server, model_file, generator, hw,
     assert (int(headers["x-photo-height"]), int(headers["x-photo-width"])) == output_size(hw, size)
     assert float(headers["x-lr-stream-ms"]) > 0 and float(headers["x-hr-stream-ms"]) > 0
     assert float(headers["x-queue-ms"]) >= 0
+    # the model's time for the latest frame (this one: the tests send one at a time), which paces the page
+    assert float(headers["x-frame-ms"]) >= float(headers["x-lr-stream-ms"]) + float(headers["x-hr-stream-ms"]) - 0.02
     _assert_photo(body, model_file[1], labels, size)
 
 
@@ -365,6 +367,13 @@ def test_image_model_translates_rgb_uploads(tmp_path, generator):
             image = torch.from_numpy(rgb.copy()).permute(2, 0, 1).double() / 127.5 - 1
             photo, expected = read_png(body), expected_photo(model, image, 256)
             assert np.abs(photo.astype(int) - expected.astype(int)).max() <= 1
+        grey16 = torch.randint(0, 65536, (40, 56), generator=generator).numpy().astype(np.uint16)
+        status, _, body = request(
+            server, "POST", translate_path("img", int(time.time() * 1e6), 256), png_bytes(grey16, "I;16")
+        )
+        assert status == 200
+        grey = torch.from_numpy(grey16.astype(np.float64) / 257).round().expand(3, -1, -1) / 127.5 - 1
+        assert np.abs(read_png(body).astype(int) - expected_photo(model, grey, 256).astype(int)).max() <= 1
         status, _, body = request(server, "POST", "/api/labels", png_bytes(rgb[..., 0], "L"))
         assert status == 400 and "images" in error_of(body)
 
@@ -435,6 +444,7 @@ def test_newer_requests_replace_waiting_ones(server, model_file, generator):
     for thread in threads:
         thread.join(timeout=120)
     assert results[1][0] == 204 and results[1][1]["x-paint-dropped"] == "stale" and results[1][1]["x-seq"] == "1"
+    assert float(results[1][1]["x-frame-ms"]) >= 0
     assert results[3][0] == 200
     _assert_photo(results[3][2], model_file[1], maps[2], 256)
     assert counts["stale"] == stale_before + 3

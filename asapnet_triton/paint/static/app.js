@@ -217,10 +217,11 @@ function inputPNG() {
 
 // -- frames: latest request wins --------------------------------------------------------------
 
-// While painting, one request per interval: 40 ms, or a quarter of the model's time for the last
-// frame (LR + HR stream) when that is longer, up to 1 s. A request waiting on the server is thus
-// replaced at most about four times per frame the model computes (each replacement is an upload the
-// server decodes), and is at most a quarter of a frame old when its turn comes.
+// While painting, one request per interval: 40 ms, or a quarter of the model's time for its
+// latest frame (X-Frame-Ms, on every answer) when that is longer, up to 1 s. A request waiting on
+// the server is thus replaced at most about four times per frame the model computes (each
+// replacement is an upload the server decodes), and is at most a quarter of a frame old when its
+// turn comes.
 const MIN_INTERVAL_MS = 40;
 const MAX_INTERVAL_MS = 1000;
 
@@ -255,6 +256,7 @@ async function sendFrame() {
     const started = performance.now();
     const response = await fetch(`/api/translate?client=${state.clientId}&seq=${seq}&size=${size}`,
                                  { method: "POST", body, headers: { "Content-Type": "image/png" } });
+    if (response.headers.has("X-Frame-Ms")) state.frameMs = Number(response.headers.get("X-Frame-Ms"));
     if (response.status === 204) {
       state.dropped++;
     } else if (!response.ok) {
@@ -288,7 +290,6 @@ function showPhoto(seq, blob, response, roundTripMs) {
   photo.src = state.photoUrl;
   photo.dataset.seq = seq;
   const ms = (name) => `${Number(response.headers.get(name)).toFixed(1)} ms`;
-  state.frameMs = Number(response.headers.get("X-LR-Stream-Ms")) + Number(response.headers.get("X-HR-Stream-Ms"));
   $("lr-ms").textContent = ms("X-LR-Stream-Ms");
   $("hr-ms").textContent = ms("X-HR-Stream-Ms");
   $("queue-ms").textContent = ms("X-Queue-Ms");
