@@ -99,7 +99,8 @@ def read_png(data: bytes) -> np.ndarray:
 @contextlib.contextmanager
 def running_server(model_path, **options):
     """A paint server for ``model_path`` on a free port of 127.0.0.1, serving in a thread."""
-    open_options = {key: options.pop(key) for key in ("examples", "official") if key in options}
+    open_keys = ("examples", "official", "hidden_width", "depth")  # open_model's, the rest are make_server's
+    open_options = {key: options.pop(key) for key in open_keys if key in options}
     server = make_server(open_model(model_path, **open_options), port=0, **options)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()

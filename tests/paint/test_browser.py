@@ -49,6 +49,25 @@ def _chromium() -> str:
     return path
 
 
+def test_a_missing_browser_skips_without_ci_and_fails_under_ci(monkeypatch):
+    monkeypatch.delenv("ASAPNET_CHROMIUM", raising=False)
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    for ci, outcome in ((None, pytest.skip.Exception), ("", pytest.skip.Exception), ("true", pytest.fail.Exception)):
+        if ci is None:
+            monkeypatch.delenv("CI", raising=False)
+        else:
+            monkeypatch.setenv("CI", ci)
+        with pytest.raises(outcome, match="apt-get install -y chromium"):
+            _chromium()
+    monkeypatch.setattr(shutil, "which", lambda name: "/usr/bin/chromium")
+    monkeypatch.setitem(sys.modules, "playwright.sync_api", None)  # import fails
+    with pytest.raises(pytest.fail.Exception, match="paint-test"):
+        _chromium()
+    monkeypatch.setenv("CI", "0")
+    with pytest.raises(pytest.skip.Exception, match="paint-test"):
+        _chromium()
+
+
 @pytest.fixture(scope="module")
 def browser():
     executable = _chromium()

@@ -378,6 +378,33 @@ def test_image_model_translates_rgb_uploads(tmp_path, generator):
         assert status == 400 and "images" in error_of(body)
 
 
+def test_a_published_checkpoint_is_served_with_the_facades_convention(tmp_path, generator):
+    from asapnet_triton.reference.official_generator import OfficialASAPNetsGenerator, one_hot_semantics
+
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    official = OfficialASAPNetsGenerator(
+        lr_width=8, lr_max_width=16, lr_depth=2, hr_width=16, hr_depth=3, label_nc=13, crop_size=512, lr_instance=False
+    )
+    with torch.no_grad():  # weights far from the published initialisation, whose photos are nearly flat
+        for parameter in official.parameters():
+            parameter.add_(0.3 * torch.randn_like(parameter))
+    official.eval()
+    path = tmp_path / "latest_net_G.pth"
+    torch.save(official.state_dict(), path)
+    with running_server(path, official=True, hidden_width=16, depth=3) as server:
+        info = json.loads(request(server, "GET", "/api/model")[2])
+        assert info["dataset"] == "facades" and info["num_classes"] == 13 and info["cell_size"] == 32
+        labels = _labels(generator, 48, 64)
+        status, _, body = _translate(server, labels, size=512)
+        assert status == 200
+    with torch.no_grad():  # the published generator itself, on the map upsampled to 384 x 512
+        image, _ = official(one_hot_semantics(upsample_nearest(labels, (384, 512))[None], 13))
+    expected = ((image[0].clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    photo = read_png(body)
+    assert photo.shape == expected.shape == (384, 512, 3) and expected.std() > 5
+    assert np.abs(photo.astype(int) - expected.astype(int)).max() <= 1
+
+
 # -- concurrency, latest request wins, disconnects -------------------------------------------------
 
 
