@@ -75,7 +75,7 @@ def run_paint(args) -> int:
         )
         model.warm_up()
     except (ValueError, TypeError, FileNotFoundError) as error:  # ModelRequired among them
-        print(f"asapnet paint: {error}", file=sys.stderr)
+        print("asapnet paint: " + " ".join(str(error).split()), file=sys.stderr)  # one line, always
         return 2
     try:
         server = make_server(model, host=args.host, port=args.port, verbose=args.verbose)

@@ -561,6 +561,13 @@ def test_paint_with_a_missing_checkpoint_exits_2(tmp_path, capsys):
     assert "\n" not in err and "nope.pt" in err
 
 
+def test_paint_with_a_file_that_is_no_model_exits_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "notes.pt").write_text("not a model\nat all\n")
+    assert main(["paint", "--checkpoint", str(tmp_path / "notes.pt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "notes.pt" in err
+
+
 def test_paint_refuses_an_instance_edge_generator(tmp_path, capsys):
     generator = random_generator(0)
     edges = type(generator)(
