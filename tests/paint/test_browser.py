@@ -14,6 +14,7 @@ then they fail.
 
 import base64
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -154,6 +155,27 @@ def _machine_name() -> str:
     from common import machine_name
 
     return machine_name()
+
+
+def test_the_page_opens_on_a_held_out_example_with_its_photo_and_timings(page, local_model):
+    from asapnet_triton.paint import load_examples
+
+    _settle(page)
+    labels = _labels(page)
+    assert torch.equal(labels, load_examples(FACADES)[0]) and len(labels.unique()) > 3
+    photo = _photo(page)
+    assert np.abs(photo.astype(int) - expected_photo(local_model[1], labels, 512).astype(int)).max() <= 1
+    for field in ("#lr-ms", "#hr-ms", "#queue-ms", "#round-trip-ms"):
+        assert re.fullmatch(r"\d+\.\d ms", page.text_content(field)), field
+    assert page.text_content("#photo-size") == "512 × 512" and int(page.text_content("#frames")) >= 1
+    # another output size (a 256 x 256 map upsampled by 1.5, nearest): a new photo at that size
+    page.select_option("#output-size", "384")
+    page.wait_for_function(
+        "paintState.shownSeq > 0 && document.getElementById('photo-size').textContent.startsWith('384')"
+    )
+    _settle(page)
+    photo = _photo(page)
+    assert np.abs(photo.astype(int) - expected_photo(local_model[1], labels, 384).astype(int)).max() <= 1
 
 
 def test_painting_two_classes_changes_the_photo_at_the_strokes_only(page, local_model):
