@@ -21,6 +21,7 @@ import sys
 
 from .functional import BACKENDS
 from .kernels.launch_config import KERNELS
+from .labels import DATASET_CONVENTIONS
 from .precision import FLOAT32_PRECISIONS
 
 
@@ -138,7 +139,8 @@ def _parser() -> argparse.ArgumentParser:
         "translate",
         help="label maps (or images) to PNGs with a trained generator",
         description="Run a trained generator on each input file (a label map: single-channel PNG of "
-        "class indices; or an image, for image-input models) at its own size and write "
+        "the values its data set stores, read with the label convention the checkpoint records; or an "
+        "image, for image-input models) at its own size and write "
         "OUT/<stem>.png. Inputs are never overwritten; existing outputs only with "
         "--overwrite.",
     )
@@ -154,6 +156,13 @@ def _parser() -> argparse.ArgumentParser:
         "--official",
         action="store_true",
         help="the checkpoint comes from the published ASAP-Net code (see at.load_official_checkpoint)",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=tuple(DATASET_CONVENTIONS),
+        default=None,
+        help="with --official: the data set the published model was trained on, for its label convention "
+        "(default: from its class count, 13 facades, 35 or 36 cityscapes)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument(
@@ -293,7 +302,13 @@ def _translate(args) -> int:
     from .checkpoints import load_model
     from .translate import translate
 
-    model = load_model(args.checkpoint, official=args.official, backend=args.backend, precision=args.precision)
+    model = load_model(
+        args.checkpoint,
+        official=args.official,
+        dataset=args.dataset,
+        backend=args.backend,
+        precision=args.precision,
+    )
     written = translate(model, args.inputs, args.out, device=args.device, overwrite=args.overwrite)
     print(f"wrote {len(written)} image(s) to {args.out}")
     return 0
@@ -365,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_train(args)
     if args.command == "translate":
+        if args.dataset is not None and not args.official:
+            parser.error("--dataset applies to --official checkpoints only (ours record their label convention)")
         return _translate(args)
     if args.command == "demo":
         return _demo(args)

@@ -150,7 +150,7 @@ def test_demo_then_translate(tmp_path, capsys, generator):
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "one 64x80 image" in printed and "samples.png" in printed
     checkpoint = next((out / "train" / "checkpoints").glob("step_*.pt"))
-    labels = torch.randint(0, 12, (50, 70), generator=generator)
+    labels = torch.randint(1, 13, (50, 70), generator=generator)  # CMP's stored values, as the demo trains on
     Image.fromarray(labels.numpy().astype(np.uint8), mode="L").save(tmp_path / "map.png")
     assert (
         main(
@@ -168,3 +168,31 @@ def test_demo_then_translate(tmp_path, capsys, generator):
     assert np.array(Image.open(tmp_path / "translated" / "map.png")).shape == (50, 70, 3)
     with pytest.raises(SystemExit):
         main(["demo", "--timing-sizes", "1024by1024"])
+
+
+def test_translate_an_official_checkpoint_with_its_data_sets_convention(tmp_path, capsys, generator):
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from asapnet_triton.testing import official_generator
+
+    # the published per-pixel MLP (5 x 64: all the CLI reads), a small LR stream
+    official = official_generator(
+        dict(label_nc=13, crop_size=512, lr_instance=False), generator, hr_width=64, hr_depth=5
+    )
+    torch.save(official.state_dict(), tmp_path / "latest_net_G.pth")
+    raw = torch.randint(1, 13, (64, 64), generator=generator)
+    Image.fromarray(raw.numpy().astype(np.uint8), mode="L").save(tmp_path / "map.png")
+    args = ["translate", "--checkpoint", str(tmp_path / "latest_net_G.pth"), str(tmp_path / "map.png")]
+    with pytest.raises(SystemExit) as exit_info:  # the class count of the MLP: not inferable, published 5x64
+        main([*args, "--out", str(tmp_path / "out"), "--dataset", "facades"])
+    assert exit_info.value.code == 2 and "--official" in capsys.readouterr().err
+    # facades (13 classes) read off its class count: the stored values 1..12 go in as they are
+    assert main([*args, "--official", "--out", str(tmp_path / "out")]) == 0
+    from asapnet_triton.reference.official_generator import one_hot_semantics
+
+    with torch.no_grad():
+        expected = ((official(one_hot_semantics(raw[None], 13))[0].clamp(-1, 1) + 1) * 127.5).round()
+    written = torch.from_numpy(np.array(Image.open(tmp_path / "out" / "map.png"))).permute(2, 0, 1).double()
+    assert (written - expected.double()).abs().max() <= 1  # PNG rounding of a fp32 image

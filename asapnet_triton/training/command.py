@@ -55,6 +55,13 @@ def _options():
                 ("--aspect-ratio", "aspect_ratio", float, f"crop width / height (default {d.aspect_ratio})"),
                 ("--augment", "augment", argparse.BooleanOptionalAction, "random crops and flips (default: on)"),
                 ("--instance", "instance", "true", "use instance-edge maps (cityscapes)"),
+                (
+                    "--contain-dontcare",
+                    "contain_dontcare",
+                    "true",
+                    "255 in label maps is one more class, label_nc ('unknown'; the published "
+                    "--contain_dontcare_label); without it a 255 is an error naming the file",
+                ),
                 ("--num-samples", "num_samples", int, "use this many samples (procedural: generate this many)"),
             ],
         ),
