@@ -208,18 +208,25 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _compare(args) -> int:
-    from .comparison import compare
-
-    rows = compare(
-        args.height,
-        args.width,
+def _mlp_options(args) -> dict:
+    """The per-pixel MLP's shape as ``compare`` and ``autotune`` take it, from their shared options."""
+    return dict(
         cell_size=args.cell_size,
         num_classes=args.num_classes or None,
         in_channels=args.in_channels,
         out_channels=args.out_channels,
         hidden_width=args.hidden_width,
         depth=args.depth,
+    )
+
+
+def _compare(args) -> int:
+    from .comparison import compare
+
+    rows = compare(
+        args.height,
+        args.width,
+        **_mlp_options(args),
         batch=args.batch,
         backends=args.backend,
         precisions=args.precision,
@@ -235,12 +242,7 @@ def _autotune(args) -> int:
     autotune(
         args.height,
         args.width,
-        cell_size=args.cell_size,
-        num_classes=args.num_classes or None,
-        in_channels=args.in_channels,
-        out_channels=args.out_channels,
-        hidden_width=args.hidden_width,
-        depth=args.depth,
+        **_mlp_options(args),
         precision=args.precision,
         batch=args.batch,
         kernels=args.kernels,

@@ -130,9 +130,7 @@ def pixelwise_mlp(
         ``params`` and (float input) ``x`` on every backend; the "triton", "interpret" and
         "torch" backends save only their inputs and recompute activations in a fused backward.
     """
-    shape, labels = _check_inputs(
-        x,
-        params,
+    mlp = dict(
         cell_size=cell_size,
         out_channels=out_channels,
         hidden_width=hidden_width,
@@ -141,6 +139,7 @@ def pixelwise_mlp(
         pos_encoding=pos_encoding,
         precision=precision,
     )
+    shape, labels = _check_inputs(x, params, **mlp)
     name = resolve_backend(backend, x.device)
     if name == "reference":
         from .ops import check_label_range
@@ -148,17 +147,7 @@ def pixelwise_mlp(
 
         if labels:
             check_label_range(x, num_classes)
-        return pixelwise_mlp_einsum(
-            x,
-            params,
-            cell_size=cell_size,
-            out_channels=out_channels,
-            hidden_width=hidden_width,
-            depth=depth,
-            num_classes=num_classes,
-            pos_encoding=pos_encoding,
-            precision=precision,
-        )
+        return pixelwise_mlp_einsum(x, params, **mlp)
     if name in ("triton", "interpret"):
         from .kernels.pixelwise_mlp import interpreter_active
 
