@@ -44,6 +44,8 @@ def _check_inputs(
     if not isinstance(params, torch.Tensor):
         raise TypeError(f"params must be a torch.Tensor, got {type(params).__name__}")
     labels = num_classes is not None
+    if labels and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be an integer >= 1 (the label classes of x), got {num_classes!r}")
     if labels:
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise TypeError(f"x must be an integer label map (B, H, W) when num_classes is given, got dtype {x.dtype}")

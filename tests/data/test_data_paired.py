@@ -391,3 +391,22 @@ def test_bad_arguments(tmp_path, rng, disk):
         build_dataset("facades")
     with pytest.raises(ValueError, match="crop_size"):
         build_dataset("folder", tmp_path, label_nc=40, crop_size=0)
+
+
+def test_large_maps_pass_pillows_bomb_guard_but_not_ours(tmp_path, rng, disk, monkeypatch):
+    from PIL import Image
+
+    from asapnet_triton.data.paired import read_index_map
+
+    path = disk.label(tmp_path / "big.png", rng.integers(0, 5, (120, 100)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's guard, scaled down: 12000 px is a "bomb"
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    assert read_index_map(path, "label map").shape == (120, 100)  # our readers accept it knowingly
+    assert Image.MAX_IMAGE_PIXELS == 1000  # and leave Pillow's setting as it was
+    monkeypatch.setenv("ASAPNET_MAX_IMAGE_PIXELS", "11999")
+    with pytest.raises(ValueError, match=r"big\.png' is 100x120 = 12000 pixels, over the limit of 11999.*ASAPNET_MAX"):
+        read_index_map(path, "label map")
+    monkeypatch.setenv("ASAPNET_MAX_IMAGE_PIXELS", "many")
+    with pytest.raises(ValueError, match="ASAPNET_MAX_IMAGE_PIXELS must be a positive whole number"):
+        read_index_map(path, "label map")
