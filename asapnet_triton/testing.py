@@ -180,8 +180,9 @@ def reference_grads(
     reference under autograd."""
     from .reference import pixelwise_mlp_einsum
 
-    x = x if labels else x.double().requires_grad_()
-    params = params.double().requires_grad_()
+    # copies: .double() of a float64 tensor is the tensor itself, whose grad must stay the caller's
+    x = x if labels else x.detach().to(torch.float64, copy=True).requires_grad_()
+    params = params.detach().to(torch.float64, copy=True).requires_grad_()
     pixelwise_mlp_einsum(x, params, **mlp_kwargs(shape, labels)).backward(grad_out.double())
     return (None if labels else x.grad), params.grad
 
