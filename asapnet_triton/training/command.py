@@ -200,7 +200,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's :class:`TrainConfig`: the flags given over the defaults; with ``--resume``, the
     checkpoint's settings, the run-control flags given anew, and any other flag given that
     disagrees with the checkpoint reported by the trainer."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .checkpoint import latest_checkpoint, load_resume_checkpoint
 
     given = _given(args)
     if "out_dir" not in given:
@@ -214,19 +214,25 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise SystemExit(f"asapnet train: --resume latest: no checkpoint in {given['out_dir']!r}/checkpoints")
     # the stored run-control settings too (keep-last, device, backend, ...): a resumed run keeps
     # the checkpoints and the arithmetic the user chose unless a flag says otherwise
-    stored = load_checkpoint(path)["config"]
+    stored = load_resume_checkpoint(path)["config"]
     return TrainConfig(**{**stored, **given})
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``asapnet train`` with parsed arguments; returns the exit status."""
-    from .trainer import Trainer
+    import sys
 
-    # errors in the settings or files given end the command with their message; errors during
-    # training keep their traceback
+    from .trainer import Trainer, TrainingDiverged
+
+    # errors in the settings or files given end the command with their message (exit 2); a
+    # diverged run with its message (exit 1); other errors during training keep their traceback
     try:
         trainer = Trainer(config_from_args(args))
     except (FileExistsError, FileNotFoundError, ValueError) as error:
         raise SystemExit(f"asapnet train: {error}") from error
-    trainer.fit()
+    try:
+        trainer.fit()
+    except TrainingDiverged as error:
+        print(f"asapnet train: {error}", file=sys.stderr)
+        return 1
     return 0

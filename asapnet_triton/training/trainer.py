@@ -12,7 +12,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -20,16 +22,20 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import model_record
-from ..fileio import atomic_write, save_png
+from ..fileio import atomic_write, remove_stale_temp_files, save_png
 from ..labels import label_convention
 from .checkpoint import (
+    CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
+    Lineage,
     capture_rng_state,
     checkpoint_path,
+    describe_checkpoints,
     latest_checkpoint,
-    load_checkpoint,
+    load_resume_checkpoint,
     prune_checkpoints,
     restore_rng_state,
+    run_folder,
     save_checkpoint,
 )
 from .config import TrainConfig
@@ -45,7 +51,7 @@ from .losses import (
 from .models import build_discriminator, build_generator
 from .visuals import plot_losses, read_log, sample_grid
 
-__all__ = ["LinearDecay", "Trainer", "learning_rates", "train"]
+__all__ = ["LinearDecay", "Trainer", "TrainingDiverged", "learning_rates", "train"]
 
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "losses.png"
@@ -110,6 +116,68 @@ class _StopRequest:
     def __exit__(self, *exc):
         if self._previous is not None:
             signal.signal(signal.SIGINT, self._previous)
+
+
+class TrainingDiverged(RuntimeError):
+    """A loss or parameter became NaN or infinite at ``step``; the message names the last finite
+    checkpoint, which is kept."""
+
+    def __init__(self, message: str, *, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass
+class _Session:
+    """What one :meth:`Trainer.fit` call keeps between its steps."""
+
+    start: float  # perf_counter at the start of fit
+    final_step: int
+    progress: _Progress
+    history: list[dict] = field(default_factory=list)
+    log: IO[str] | None = None
+    interrupt: _StopRequest | None = None
+    stop: bool = False
+    last_step_time: float = 0.0
+    last_sample_step: int | None = None
+
+
+class _Progress:
+    """The tqdm bar of a run: steps done of the final step; or, with a time budget, the seconds
+    spent of the budget (the step, of the final step, in the postfix), so that the bar and its
+    time left tell when the run will actually stop."""
+
+    def __init__(self, trainer: Trainer, *, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.budget_s = trainer.config.time_budget_s
+        self.final_step = trainer.final_step
+        self._start = time.perf_counter()
+        common = dict(dynamic_ncols=True, disable=not enabled, desc="train")
+        if self.budget_s is None:
+            self.bar = tqdm(total=self.final_step, initial=trainer.step, unit="step", **common)
+        else:
+            self.bar = tqdm(
+                total=self.budget_s,
+                unit="s",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:g} s of the time budget "
+                "[{elapsed}<{remaining}{postfix}]",
+                **common,
+            )
+
+    def show(self, record: dict) -> None:
+        """Advance the bar past the step of ``record`` and show its losses and throughput."""
+        postfix = {k: f"{v:.3f}" for k, v in record.items() if k.startswith(("G_", "D_"))}
+        postfix["img/s"] = f"{record['images_per_s']:.1f}"
+        if self.budget_s is None:
+            self.bar.update(1)
+        else:
+            postfix = {"step": f"{record['step']}/{self.final_step}"} | postfix
+            self.bar.update(time.perf_counter() - self._start - self.bar.n)
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class Trainer:
@@ -187,11 +255,32 @@ class Trainer:
             return path
         return Path(resume)
 
+    def _refuse_another_runs_folder(self, resume_path: Path, checkpoint: dict) -> None:
+        """A checkpoint from outside ``out_dir`` may only be resumed into an empty ``out_dir`` or
+        one holding the same run (resuming would trim its log, replace its config and prune its
+        checkpoints)."""
+        if resume_path.resolve().parent == (self.out_dir / CHECKPOINT_DIR).resolve():
+            return
+        if not self.out_dir.exists() or (self.out_dir.is_dir() and not any(self.out_dir.iterdir())):
+            return
+        recorded = Lineage.from_state(checkpoint.get("lineage"))
+        same_run = recorded is not None and any(
+            info.lineage is not None and info.lineage.run == recorded.run for info in describe_checkpoints(self.out_dir)
+        )
+        if not same_run:
+            raise FileExistsError(
+                f"--resume {str(resume_path)!r} is a checkpoint of the run in {str(run_folder(resume_path))!r}, "
+                f"but --out {str(self.out_dir)!r} is not empty and holds another run, whose log, config and "
+                f"checkpoints resuming there would overwrite or prune. Resume into the checkpoint's own folder "
+                f"(--out {str(run_folder(resume_path))!r}) or into an empty or new --out"
+            )
+
     def _setup(self, dataset: Dataset | None) -> None:
         config = self.config
         resume_path = self._resolve_resume()
-        checkpoint = load_checkpoint(resume_path) if resume_path is not None else None
+        checkpoint = load_resume_checkpoint(resume_path) if resume_path is not None else None
         if checkpoint is not None:
+            self._refuse_another_runs_folder(resume_path, checkpoint)
             stored = TrainConfig.from_dict(checkpoint["config"])
             differences = stored.differences(config)
             if differences:
@@ -255,6 +344,8 @@ class Trainer:
         self.batch_in_epoch = 0
         self.elapsed_s = 0.0  # training time over all sessions of this run
         self.checkpoint_step: int | None = None
+        self.last_checkpoint: Path | None = None  # the newest checkpoint of this lineage
+        self.lineage = Lineage.new_run()
         self._checkpoint_time_s = 0.0
         self._plotted_at, self._plotted_step = -math.inf, None
         if checkpoint is not None:
@@ -309,6 +400,11 @@ class Trainer:
         self.batch_in_epoch = checkpoint["batch_in_epoch"]
         self.elapsed_s = checkpoint["elapsed_s"]
         self.checkpoint_step = self.step
+        self.last_checkpoint = path
+        recorded = Lineage.from_state(checkpoint.get("lineage"))
+        self.lineage = (
+            recorded.resumed_at(self.step) if recorded is not None else Lineage.resumed_from_unrecorded(self.step)
+        )
         restore_rng_state(checkpoint["rng"], self.device)
         if checkpoint["world_size"] != self.dist.world_size:
             self._say(
@@ -337,6 +433,9 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "world_size": self.dist.world_size,
             "elapsed_s": self.elapsed_s,
+            # which run, session and branch wrote it (what pruning and --resume checks go by)
+            "lineage": self.lineage.to_state(),
+            "saved_at": time.time(),
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             "optimizer_g": self.optimizer_g.state_dict(),
@@ -355,17 +454,22 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write the current state to OUT/checkpoints/step_N.pt (rank 0, atomically, between
-        barriers), prune to ``keep_last``, and redraw the loss plot (at most once a minute)."""
+        barriers; step_N-<session>.pt when another branch of the run already holds step N),
+        prune this lineage's checkpoints to ``keep_last``, and redraw the loss plot (at most once
+        a minute). Returns the path (rank 0's)."""
         path = checkpoint_path(self.out_dir, self.step)
         start = time.perf_counter()
         self.dist.barrier()
         if self.dist.is_main:
+            if path.exists():  # another branch's: a session never writes one step twice
+                path = checkpoint_path(self.out_dir, self.step, self.lineage.session)
             save_checkpoint(self.state_dict(), path)
-            prune_checkpoints(self.out_dir, self.config.keep_last)
+            prune_checkpoints(self.out_dir, self.config.keep_last, self.lineage)
             if time.perf_counter() - self._plotted_at >= PLOT_INTERVAL_S:
                 self._plot()
         self.dist.barrier()
         self.checkpoint_step = self.step
+        self.last_checkpoint = path
         self._checkpoint_time_s = time.perf_counter() - start
         return path
 
@@ -480,106 +584,163 @@ class Trainer:
         """Train until the last epoch, ``max_steps`` or ``time_budget_s``, writing checkpoints,
         samples and logs; returns this session's per-step records: {"step", "epoch", "lr_G",
         "lr_D", "G_GAN", "G_feat" [, "G_VGG"], "D_fake", "D_real", "step_time_s",
-        "images_per_s", "elapsed_s"} ("step" counts completed steps, from 1)."""
-        from tqdm.auto import tqdm
+        "images_per_s", "elapsed_s"} ("step" counts completed steps, from 1).
 
-        config = self.config
-        session_start = time.perf_counter()
-        history: list[dict] = []
-        final_step = self.final_step
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                self.out_dir / CONFIG_NAME, lambda f: f.write(json.dumps(self.config.to_dict(), indent=1).encode())
-            )
-            self._trim_log()
+        Raises :class:`TrainingDiverged` (after logging the step) when a loss or a parameter
+        becomes NaN or infinite: nothing of that state is saved, and the checkpoints written
+        before it (the last finite one included) are kept."""
+        self._prepare_out_dir()
+        session = _Session(
+            start=time.perf_counter(),
+            final_step=self.final_step,
+            progress=_Progress(self, enabled=self.config.progress and self.dist.is_main),
+        )
         self._say(
             f"{len(self.dataset)} samples, {self.steps_per_epoch} steps per epoch, training to step "
-            f"{final_step} ({self.dist.world_size} process(es), {self.device}, precision {config.precision})"
+            f"{session.final_step} ({self.dist.world_size} process(es), {self.device}, "
+            f"precision {self.config.precision})"
         )
-        bar = tqdm(
-            total=final_step,
-            initial=self.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (config.progress and self.dist.is_main),
-            desc="train",
-        )
-        last_step_time = 0.0
-        last_sample_step = None
         try:
             with (
                 _StopRequest(self._say) as interrupt,
                 open(self.out_dir / LOG_NAME, "a") if self.dist.is_main else contextlib.nullcontext() as log,
             ):
-                stop = self.step >= final_step
-                while not stop:
-                    g_lr, d_lr = self.optimizer_g.param_groups[0]["lr"], self.optimizer_d.param_groups[0]["lr"]
-                    epoch = self.epoch
-                    for batch in self._loader():
-                        step_start = time.perf_counter()
-                        losses = self.train_step(batch)
-                        self.step += 1
-                        self.batch_in_epoch += 1
-                        if self.batch_in_epoch == self.steps_per_epoch:
-                            self.scheduler_g.step()
-                            self.scheduler_d.step()
-                            self.epoch += 1
-                            self.batch_in_epoch = 0
-                        last_step_time = time.perf_counter() - step_start
-                        self.elapsed_s += last_step_time
-                        record = {
-                            "step": self.step,
-                            "epoch": epoch,
-                            "lr_G": g_lr,
-                            "lr_D": d_lr,
-                            **losses,
-                            "step_time_s": last_step_time,
-                            "images_per_s": config.batch_size / max(last_step_time, 1e-9),
-                            "elapsed_s": self.elapsed_s,
-                        }
-                        history.append(record)
-                        if log is not None:
-                            log.write(json.dumps(record) + "\n")
-                            log.flush()
-                        if self.on_step is not None:
-                            self.on_step(record)
-                        bar.update(1)
-                        bar.set_postfix(
-                            {k: f"{v:.3f}" for k, v in losses.items()} | {"img/s": f"{record['images_per_s']:.1f}"},
-                            refresh=False,
-                        )
-                        if config.sample_every and self.step % config.sample_every == 0:
-                            self._write_sample()
-                            last_sample_step = self.step
-                        if config.checkpoint_every and self.step % config.checkpoint_every == 0:
-                            if log is not None:
-                                log.flush()
-                            self.save_checkpoint()
-                        over_budget = config.time_budget_s is not None and (
-                            time.perf_counter() - session_start + last_step_time + self._checkpoint_time_s
-                            >= config.time_budget_s
-                        )
-                        stop = self.step >= final_step or self.dist.any(over_budget or interrupt.requested)
-                        if stop:
-                            if self.step < final_step:
-                                self._say(
-                                    f"stopping at step {self.step}: "
-                                    f"{'time budget reached' if over_budget else 'interrupted'}"
-                                )
-                            break
-                        if self.epoch != epoch:
-                            break  # a new epoch: new learning rates and a new data order
-            if self.dist.is_main and self.step > 0 and last_sample_step != self.step and history:
-                self._write_sample()
-            if self.checkpoint_step != self.step:
-                self.save_checkpoint()
-            if self.dist.is_main and history and self._plotted_step != self.step:
-                self._plot()
+                session.log, session.interrupt = log, interrupt
+                session.stop = self.step >= session.final_step
+                while not session.stop:
+                    self._train_epoch(session)
+            self._write_final_outputs(session)
         finally:
-            bar.close()
+            session.progress.close()
             self.dist.close()
-        return history
+        return session.history
+
+    def _prepare_out_dir(self) -> None:
+        """Rank 0: create ``out_dir``, write the run's config, drop the log's records of steps
+        after the checkpoint resumed from, and remove stale temporary files of killed writes."""
+        if not self.dist.is_main:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            self.out_dir / CONFIG_NAME, lambda f: f.write(json.dumps(self.config.to_dict(), indent=1).encode())
+        )
+        self._trim_log()
+        removed = [
+            path
+            for folder in (self.out_dir, self.out_dir / CHECKPOINT_DIR, self.out_dir / SAMPLES_DIR)
+            for path in remove_stale_temp_files(folder)
+        ]
+        if removed:
+            self._say(
+                f"removed {len(removed)} temporary file(s) left by interrupted writes: "
+                + ", ".join(str(p) for p in removed)
+            )
+
+    def _train_epoch(self, session: _Session) -> None:
+        """Steps of the current epoch (its learning rates and data order) until it ends or the run
+        stops."""
+        rates = (self.optimizer_g.param_groups[0]["lr"], self.optimizer_d.param_groups[0]["lr"])
+        epoch = self.epoch
+        for batch in self._loader():
+            record = self._timed_step(batch, epoch, rates, session)
+            self._record(record, session)
+            self._check_finite(record)
+            if self.on_step is not None:
+                self.on_step(record)
+            session.progress.show(record)
+            self._periodic_outputs(session)
+            session.stop = self._should_stop(session)
+            if session.stop or self.epoch != epoch:
+                break  # a new epoch: new learning rates and a new data order
+
+    def _timed_step(self, batch: dict, epoch: int, rates: tuple[float, float], session: _Session) -> dict:
+        """One training step, the step / epoch counters advanced (and the schedulers at the end
+        of an epoch); returns the step's record."""
+        step_start = time.perf_counter()
+        losses = self.train_step(batch)
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.steps_per_epoch:
+            self.scheduler_g.step()
+            self.scheduler_d.step()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        session.last_step_time = time.perf_counter() - step_start
+        self.elapsed_s += session.last_step_time
+        return {
+            "step": self.step,
+            "epoch": epoch,
+            "lr_G": rates[0],
+            "lr_D": rates[1],
+            **losses,
+            "step_time_s": session.last_step_time,
+            "images_per_s": self.config.batch_size / max(session.last_step_time, 1e-9),
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def _record(self, record: dict, session: _Session) -> None:
+        """Keep the record and append it to the log (rank 0)."""
+        session.history.append(record)
+        if session.log is not None:
+            session.log.write(json.dumps(record) + "\n")
+            session.log.flush()
+
+    def _check_finite(self, record: dict) -> None:
+        """Raise :class:`TrainingDiverged` when a loss of ``record`` or a parameter of either
+        network is NaN or infinite (on any process)."""
+        losses = [name for name in record if name.startswith(("G_", "D_")) and not math.isfinite(record[name])]
+        networks = [
+            name
+            for name, network in (("generator", self.generator), ("discriminator", self.discriminator))
+            if not all(bool(p.detach().isfinite().all()) for p in network.parameters())
+        ]
+        if not self.dist.any(bool(losses or networks)):
+            return
+        what = [f"loss {name} = {record[name]}" for name in losses] + [f"{name} parameters" for name in networks]
+        if self.last_checkpoint is not None:
+            kept = (
+                f"the last finite checkpoint, {str(self.last_checkpoint)!r} (step {self.checkpoint_step}), is kept: "
+                f"resume from it (e.g. with a lower --lr)"
+            )
+        else:
+            kept = "no checkpoint of this run was written"
+        raise TrainingDiverged(
+            f"training diverged at step {self.step}: {', '.join(what) or 'values'} not finite (NaN or "
+            f"infinite) on {'some process' if self.dist.enabled else 'this process'}; stopped without saving "
+            f"that state; {kept}",
+            step=self.step,
+        )
+
+    def _periodic_outputs(self, session: _Session) -> None:
+        """The sample grid and checkpoint that fall due at this step."""
+        config = self.config
+        if config.sample_every and self.step % config.sample_every == 0:
+            self._write_sample()
+            session.last_sample_step = self.step
+        if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _should_stop(self, session: _Session) -> bool:
+        """Whether the run ends after this step (on every process alike): the final step, the
+        time budget (it does not start a step that, with the last step's and checkpoint's
+        durations, would overrun) or an interrupt."""
+        budget = self.config.time_budget_s
+        over_budget = budget is not None and (
+            time.perf_counter() - session.start + session.last_step_time + self._checkpoint_time_s >= budget
+        )
+        stop = self.step >= session.final_step or self.dist.any(over_budget or session.interrupt.requested)
+        if stop and self.step < session.final_step:
+            self._say(f"stopping at step {self.step}: {'time budget reached' if over_budget else 'interrupted'}")
+        return stop
+
+    def _write_final_outputs(self, session: _Session) -> None:
+        """The last step's sample grid, checkpoint and loss plot, unless already written."""
+        if self.dist.is_main and self.step > 0 and session.last_sample_step != self.step and session.history:
+            self._write_sample()
+        if self.checkpoint_step != self.step:
+            self.save_checkpoint()
+        if self.dist.is_main and session.history and self._plotted_step != self.step:
+            self._plot()
 
     # ------------------------------------------------------------------ outputs
 
