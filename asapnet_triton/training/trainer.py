@@ -346,6 +346,7 @@ class Trainer:
         self.checkpoint_step: int | None = None
         self.last_checkpoint: Path | None = None  # the newest checkpoint of this lineage
         self.lineage = Lineage.new_run()
+        self._other_branch_ahead = False
         self._checkpoint_time_s = 0.0
         self._plotted_at, self._plotted_step = -math.inf, None
         if checkpoint is not None:
@@ -620,6 +621,9 @@ class Trainer:
         after the checkpoint resumed from, and remove stale temporary files of killed writes."""
         if not self.dist.is_main:
             return
+        # resumed from an older checkpoint while newer ones of another branch exist: that
+        # branch's log records and samples are kept beside this branch's
+        self._other_branch_ahead = any(info.step > self.step for info in describe_checkpoints(self.out_dir))
         self.out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write(
             self.out_dir / CONFIG_NAME, lambda f: f.write(json.dumps(self.config.to_dict(), indent=1).encode())
@@ -689,11 +693,14 @@ class Trainer:
         """Raise :class:`TrainingDiverged` when a loss of ``record`` or a parameter of either
         network is NaN or infinite (on any process)."""
         losses = [name for name in record if name.startswith(("G_", "D_")) and not math.isfinite(record[name])]
-        networks = [
-            name
-            for name, network in (("generator", self.generator), ("discriminator", self.discriminator))
-            if not all(bool(p.detach().isfinite().all()) for p in network.parameters())
-        ]
+        # one flag per network, read back in one transfer
+        finite = torch.stack(
+            [
+                torch.stack([p.detach().isfinite().all() for p in network.parameters()]).all()
+                for network in (self.generator, self.discriminator)
+            ]
+        ).tolist()
+        networks = [name for name, ok in zip(("generator", "discriminator"), finite) if not ok]
         if not self.dist.any(bool(losses or networks)):
             return
         what = [f"loss {name} = {record[name]}" for name in losses] + [f"{name} parameters" for name in networks]
@@ -749,7 +756,10 @@ class Trainer:
             return
         labels, generated, target = self._last_batch
         grid = sample_grid(labels, generated, target, self.label_convention.colours())
-        save_png(grid, self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png")
+        path = self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png"
+        if self._other_branch_ahead and path.exists():  # that branch's sample: keep it
+            path = path.with_name(f"step_{self.step:08d}-{self.lineage.session[:8]}.png")
+        save_png(grid, path)
 
     def _plot(self) -> None:
         log_path = self.out_dir / LOG_NAME
@@ -769,7 +779,17 @@ class Trainer:
             torn = not file.read().endswith(b"\n")
         records = read_log(log_path, allow_torn_tail=True)
         kept = [r for r in records if r["step"] <= self.step]
-        if len(kept) != len(records) or torn:
+        dropped = [r for r in records if r["step"] > self.step]
+        if dropped and self._other_branch_ahead:
+            # resumed from an older checkpoint: the dropped steps are another branch's, whose
+            # checkpoints are kept; so is their log, beside this one
+            archive = log_path.with_name(f"log.other-branch-{self.lineage.session[:8]}.jsonl")
+            atomic_write(archive, lambda f: f.write("".join(json.dumps(r) + "\n" for r in dropped).encode()))
+            self._say(
+                f"the log's records of steps {dropped[0]['step']}-{dropped[-1]['step']} belong to another branch "
+                f"of the run (resumed at step {self.step}): moved to {archive}"
+            )
+        if dropped or torn:
             atomic_write(log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
 
 

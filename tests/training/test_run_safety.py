@@ -44,9 +44,11 @@ def _same_state(a, b):
 
 def test_resuming_an_older_checkpoint_keeps_this_sessions_checkpoints_and_the_other_branch(tmp_path):
     out = tmp_path / "run"
-    Trainer(tiny_config(out, checkpoint_every=1, keep_last=5, max_steps=5), TinyPairs(6)).fit()
+    Trainer(tiny_config(out, checkpoint_every=1, keep_last=5, max_steps=5, sample_every=1), TinyPairs(6)).fit()
     assert _names(out) == [f"step_{s:08d}.pt" for s in range(1, 6)]
     originals = {name: (out / "checkpoints" / name).read_bytes() for name in _names(out)}
+    samples = {path.name: path.read_bytes() for path in (out / "samples").iterdir()}
+    log = (out / "log.jsonl").read_text().splitlines()
 
     # back to step 2 (say, before something went wrong), keeping one checkpoint
     branch = Trainer(
@@ -63,6 +65,12 @@ def test_resuming_an_older_checkpoint_keeps_this_sessions_checkpoints_and_the_ot
     )
     for name in ("step_00000003.pt", "step_00000004.pt", "step_00000005.pt"):
         assert (out / "checkpoints" / name).read_bytes() == originals[name]
+    # so are its sample grids and log records (the log holds this branch's steps)
+    assert all((out / "samples" / name).read_bytes() == data for name, data in samples.items())
+    assert sorted(p.name for p in (out / "samples").iterdir()) == sorted([*samples, f"step_00000004-{session}.png"])
+    assert (out / f"log.other-branch-{session}.jsonl").read_text().splitlines() == log[2:]
+    assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert (out / "log.jsonl").read_text().splitlines()[:2] == log[:2]
     newest = out / "checkpoints" / f"step_00000004-{session}.pt"
     assert latest_checkpoint(out) == newest
     assert _same_state(
