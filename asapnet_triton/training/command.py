@@ -17,12 +17,16 @@ spectral and instance norm, hinge GAN loss, discriminator feature matching (x10)
 VGG19 perceptual loss (x10), Adam (0, 0.9) with TTUR (generator lr/2, discriminator lr*2), the
 rate constant for --niter epochs and then decaying linearly to 0 over --niter-decay epochs.
 
-Writes to --out: checkpoints/step_N.pt (atomic; the newest --keep-last kept), samples/step_N.png
-(label | generated | target), log.jsonl (losses per step), losses.png and config.json. A non-empty
---out is refused unless --resume is given. --resume latest (or a checkpoint path) continues the
-run exactly where it stopped; the run's settings then come from the checkpoint, and only
-run-control flags (--max-steps, --time-budget, --checkpoint-every, --sample-every, --keep-last,
---num-workers, --device, --backend, --dataroot, --no-progress) may be given anew.
+Writes to --out: checkpoints/step_N.pt (atomic; the newest --keep-last of the branch being
+trained kept: resuming an older checkpoint starts a branch, and other branches' checkpoints are
+never deleted), samples/step_N.png (label | generated | target), log.jsonl (losses per step),
+losses.png and config.json. A non-empty --out is refused unless --resume is given, and so is
+--resume of another folder's checkpoint into an --out holding a run. --resume latest (the
+checkpoint saved last) or a checkpoint path continues the run exactly where it stopped; the
+run's settings then come from the checkpoint, and only run-control flags (--max-steps,
+--time-budget, --checkpoint-every, --sample-every, --keep-last, --num-workers, --device,
+--backend, --dataroot, --no-progress) may be given anew. A NaN or infinite loss or parameter
+stops the run (exit status 1) naming the step; the last finite checkpoint is kept.
 
 Perceptual loss: off unless --vgg-weights names a local torchvision vgg19 state_dict, e.g. made
 once on a machine with torchvision:
@@ -131,7 +135,12 @@ def _options():
             "run control",
             [
                 ("--out", "out_dir", str, "output folder (required; must be empty or absent unless --resume)"),
-                ("--resume", "resume", str, "continue a run: a checkpoint path, or 'latest' (the newest in --out)"),
+                (
+                    "--resume",
+                    "resume",
+                    str,
+                    "continue a run: a checkpoint path, or 'latest' (the one saved last in --out)",
+                ),
                 ("--max-steps", "max_steps", int, "stop after this many steps in total (default: all epochs)"),
                 (
                     "--time-budget",
@@ -145,7 +154,12 @@ def _options():
                     int,
                     f"steps between checkpoints, 0 = only at the end (default {d.checkpoint_every})",
                 ),
-                ("--keep-last", "keep_last", int, f"checkpoints kept (default {d.keep_last})"),
+                (
+                    "--keep-last",
+                    "keep_last",
+                    int,
+                    f"checkpoints of the branch being trained kept (default {d.keep_last})",
+                ),
                 (
                     "--sample-every",
                     "sample_every",

@@ -198,12 +198,13 @@ class Trainer:
             is the one logged).
 
     Writes to ``config.out_dir`` (rank 0 only): ``checkpoints/step_N.pt`` (every
-    ``checkpoint_every`` steps and at the end; the newest ``keep_last`` kept), ``samples/step_N.png``
+    ``checkpoint_every`` steps and at the end; the newest ``keep_last`` of this branch kept, see
+    :func:`~asapnet_triton.training.checkpoint.prune_checkpoints`), ``samples/step_N.png``
     (every ``sample_every`` steps and at the end), ``log.jsonl`` (one record per step),
     ``losses.png`` and ``config.json``. Refuses a non-empty ``out_dir`` unless ``config.resume``
     is set: a previous run's files are never overwritten.
 
-    Resuming (``config.resume``: a checkpoint path, or "latest" for the newest in ``out_dir``)
+    Resuming (``config.resume``: a checkpoint path, or "latest" for the one saved last in ``out_dir``)
     restores the models, optimisers, schedulers, step, epoch, position in the epoch's data order
     and every random-number generator, so the run continues exactly as if it had never stopped
     (bitwise, on the same machine and number of processes, when the dataset's randomness is a
