@@ -33,11 +33,13 @@ __all__ = [
     "capture_rng_state",
     "checkpoint_path",
     "describe_checkpoints",
+    "holds_finite_networks",
     "latest_checkpoint",
     "list_checkpoints",
     "load_checkpoint",
     "load_generator",
     "load_resume_checkpoint",
+    "newest_finite_checkpoint",
     "prune_checkpoints",
     "restore_rng_state",
     "run_folder",
@@ -242,6 +244,31 @@ def _readable_alternative(broken: Path) -> str:
                 f"(step {info.step}): resume from it with --resume {info.path}"
             )
     return f"no other readable checkpoint in {str(folder / CHECKPOINT_DIR)!r}"
+
+
+def holds_finite_networks(state: dict) -> bool:
+    """Whether every floating-point tensor of a checkpoint's generator and discriminator is finite
+    (no NaN or infinity: the run had not diverged)."""
+    return all(
+        bool(torch.isfinite(tensor).all())
+        for network in ("generator", "discriminator")
+        for tensor in state[network].values()
+        if torch.is_tensor(tensor) and tensor.is_floating_point()
+    )
+
+
+def newest_finite_checkpoint(out_dir: str | os.PathLike, *, excluding: Path | None = None) -> CheckpointInfo | None:
+    """The newest readable checkpoint of ``out_dir`` whose networks are finite (see
+    :func:`holds_finite_networks`; this reads the tensors), other than ``excluding``; or None."""
+    for info in reversed(describe_checkpoints(out_dir)):
+        if not info.readable or (excluding is not None and info.path.resolve() == excluding.resolve()):
+            continue
+        try:
+            if holds_finite_networks(_load_state(info.path, mmap=True)):
+                return info
+        except (ValueError, FileNotFoundError, KeyError, TypeError, RuntimeError):
+            continue
+    return None
 
 
 def load_generator(

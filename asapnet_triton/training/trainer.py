@@ -31,8 +31,10 @@ from .checkpoint import (
     capture_rng_state,
     checkpoint_path,
     describe_checkpoints,
+    holds_finite_networks,
     latest_checkpoint,
     load_resume_checkpoint,
+    newest_finite_checkpoint,
     prune_checkpoints,
     restore_rng_state,
     run_folder,
@@ -392,6 +394,16 @@ class Trainer:
         return dataset, labels
 
     def _restore(self, checkpoint: dict, path: Path) -> None:
+        if not holds_finite_networks(checkpoint):
+            finite = newest_finite_checkpoint(run_folder(path), excluding=path)
+            way_on = (
+                f"the newest finite checkpoint there is {str(finite.path)!r} (step {finite.step}): resume from it"
+                if finite is not None
+                else f"no other checkpoint in {str(run_folder(path) / CHECKPOINT_DIR)!r} is finite"
+            )
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds NaN or infinite parameters (its run had diverged); {way_on}"
+            )
         self.generator.load_state_dict(checkpoint["generator"])
         self.discriminator.load_state_dict(checkpoint["discriminator"])
         self.optimizer_g.load_state_dict(checkpoint["optimizer_g"])

@@ -197,6 +197,25 @@ def test_a_diverged_run_stops_naming_the_step_and_keeps_the_last_finite_checkpoi
     assert Trainer(tiny_config(out, resume="latest", max_steps=3), TinyPairs(6)).step == 3
 
 
+def test_resuming_a_diverged_checkpoint_names_the_newest_finite_one(tmp_path):
+    # a run of an older version that kept checkpointing after diverging
+    out = tmp_path / "run"
+    Trainer(tiny_config(out, checkpoint_every=1, keep_last=3, max_steps=2), TinyPairs(6)).fit()
+    state = load_checkpoint(out / "checkpoints" / "step_00000002.pt")
+    for step in (3, 4):
+        state["step"], state["batch_in_epoch"], state["epoch"] = step, step % 3, step // 3
+        weight = next(v for v in state["generator"].values() if v.is_floating_point())
+        weight[(0,) * weight.dim()] = math.nan
+        torch.save(state, out / "checkpoints" / f"step_{step:08d}.pt")
+    finite = str(out / "checkpoints" / "step_00000002.pt")
+    with pytest.raises(
+        ValueError,
+        match=rf"step_00000004\.pt' holds NaN.*newest finite checkpoint there is '{re.escape(finite)}' \(step 2\)",
+    ):
+        Trainer(tiny_config(out, resume="latest", max_steps=5), TinyPairs(6))
+    assert Trainer(tiny_config(out, resume=finite, max_steps=5), TinyPairs(6)).step == 2
+
+
 def test_non_finite_parameters_with_finite_losses_stop_the_run(tmp_path):
     out = tmp_path / "run"
     trainer = Trainer(tiny_config(out, checkpoint_every=1, keep_last=1, max_steps=5), TinyPairs(6))
