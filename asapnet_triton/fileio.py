@@ -106,15 +106,16 @@ def save_png(array: np.ndarray, path: str | os.PathLike) -> Path:
     return atomic_write(path, lambda file: file.write(buffer.getvalue()))
 
 
-def load_weights_file(path: str | os.PathLike, what: str, *, map_location="cpu", hint: str = ""):
+def load_weights_file(path: str | os.PathLike, what: str, *, map_location="cpu", hint: str = "", mmap: bool = False):
     """``torch.load(path, weights_only=True)``; FileNotFoundError when there is no such file and
     ValueError when it cannot be read, both naming ``what`` (e.g. "checkpoint") and the path;
-    ``hint`` is appended to the not-found message."""
+    ``hint`` is appended to the not-found message. ``mmap`` maps the tensors' storage instead of
+    reading it (cheap when only the non-tensor entries are wanted)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path!r} does not exist or is not a file{hint}")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as error:  # pickle, zip and weights-only errors all mean "not a weights file"
         raise ValueError(f"{what} {path!r} cannot be read as a torch weights file ({error})") from error
 

@@ -202,15 +202,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> None:
 
 def _load_state(path: str | os.PathLike, map_location="cpu", *, mmap: bool = False) -> dict:
     path = Path(path)
-    if mmap:
-        if not path.is_file():
-            raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist or is not a file")
-        try:
-            state = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
-        except Exception as error:
-            raise ValueError(f"checkpoint {str(path)!r} cannot be read as a torch weights file ({error})") from error
-    else:
-        state = load_weights_file(path, "checkpoint", map_location=map_location)
+    state = load_weights_file(path, "checkpoint", map_location=map_location, mmap=mmap)
     if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
         found = state.get("format") if isinstance(state, dict) else type(state).__name__
         raise ValueError(
