@@ -34,7 +34,7 @@ from pathlib import Path
 import torch
 
 from . import kernels as _kernels_package
-from .fileio import atomic_write_text, locked
+from .fileio import atomic_write_text, locked, remove_stale_temp_files
 from .kernels.launch_config import KERNELS, LaunchConfig, check_kernel, default_config, device_arch, pow2_at_least
 from .layout import MLPShape
 from .timing import gpu_seconds, median_seconds
@@ -251,9 +251,11 @@ def _lock_path() -> Path:
 def _merge_into_cache(new_entries: dict) -> tuple[dict, Path]:
     """Under the cache's file lock: read the file as it is now (other processes may have written
     entries since this one loaded it), add ``new_entries`` (replacing entries of the same key) and
-    write it back atomically. Returns the merged entries and the path."""
+    write it back atomically; stale temporary files of killed writes in its folder are removed.
+    Returns the merged entries and the path."""
     path = cache_path()
     with locked(_lock_path()):
+        remove_stale_temp_files(path.parent)  # of writes killed mid-way
         entries = {**_read_cache(path), **new_entries}
         # atomic: readers that take no lock see the old or the new file, never half of one
         text = json.dumps({"version": _CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True) + "\n"

@@ -239,6 +239,20 @@ def test_storing_merges_with_entries_other_processes_wrote_meanwhile(cache):
     assert (cache.parent / (cache.name + ".lock")).is_file()
 
 
+def test_storing_removes_stale_temp_files_of_killed_writes(cache):
+    import os
+    import time
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    stale, live = cache.parent / ".tmp-killed01.part", cache.parent / ".tmp-writing1.part"
+    for path in (stale, live):
+        path.write_text('{"version": 1, "entr')
+    past = time.time() - 3600
+    os.utime(stale, (past, past))
+    tuning._store_best({_key(): _entry()})
+    assert not stale.exists() and live.exists()
+
+
 TUNING_PROCESS = """
 import os, sys, time
 from pathlib import Path
