@@ -175,7 +175,9 @@ class _Progress:
             self.bar.update(1)
         else:
             postfix = {"step": f"{record['step']}/{self.final_step}"} | postfix
-            self.bar.update(time.perf_counter() - self._start - self.bar.n)
+            # at most the budget (tqdm drops a total that n passes); the bar's elapsed time
+            # shows any overrun
+            self.bar.update(min(time.perf_counter() - self._start, self.budget_s) - self.bar.n)
         self.bar.set_postfix(postfix, refresh=False)
 
     def close(self) -> None:
