@@ -168,7 +168,7 @@ def test_checkpoint_contents_and_load_generator(tmp_path, tiny_dataset, generato
         torch.testing.assert_close(loaded(labels), trainer.generator(labels), rtol=0, atol=0)
     not_a_checkpoint = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(1)}, not_a_checkpoint)
-    with pytest.raises(ValueError, match="other.pt.*not an asapnet-triton .*training checkpoint"):
+    with pytest.raises(ValueError, match="other.pt.*not an asapnet-triton model file .* or training checkpoint"):
         load_generator(not_a_checkpoint)
 
 
