@@ -142,17 +142,18 @@ def remove_stale_temp_files(folder: str | os.PathLike, *, older_than_s: float = 
 
 
 @contextmanager
-def locked(path: str | os.PathLike) -> Iterator[None]:
+def locked(path: str | os.PathLike, *, wait: bool = True) -> Iterator[None]:
     """Hold an exclusive advisory lock (``fcntl.flock``) on the file ``path`` (created if
     missing) for the ``with`` block: processes that lock the same path run such blocks one at a
-    time. POSIX only; the lock is released when the block ends or the process dies."""
+    time. With ``wait=False``, a lock held elsewhere raises BlockingIOError at once. POSIX only;
+    the lock is released when the block ends or the process dies."""
     import fcntl  # POSIX; imported here so that the module loads everywhere
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        fcntl.flock(fd, fcntl.LOCK_EX if wait else fcntl.LOCK_EX | fcntl.LOCK_NB)
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock

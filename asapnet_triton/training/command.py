@@ -246,6 +246,8 @@ def run_train(args: argparse.Namespace) -> int:
         raise SystemExit(f"asapnet train: {error}") from error
     try:
         trainer.fit()
+    except FileExistsError as error:  # another process trains in --out
+        raise SystemExit(f"asapnet train: {error}") from error
     except TrainingDiverged as error:
         print(f"asapnet train: {error}", file=sys.stderr)
         return 1

@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import model_record
-from ..fileio import atomic_write, remove_stale_temp_files, save_png
+from ..fileio import atomic_write, locked, remove_stale_temp_files, save_png
 from ..labels import label_convention
 from .checkpoint import (
     CHECKPOINT_DIR,
@@ -58,6 +58,7 @@ __all__ = ["LinearDecay", "Trainer", "TrainingDiverged", "learning_rates", "trai
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "losses.png"
 CONFIG_NAME = "config.json"
+RUN_LOCK_NAME = ".train.lock"  # held by the process training in out_dir
 SAMPLES_DIR = "samples"
 PLOT_INTERVAL_S = 60.0  # the loss plot is redrawn at checkpoints at most this often (and at the end)
 VGG_HINT = (
@@ -604,7 +605,35 @@ class Trainer:
 
         Raises :class:`TrainingDiverged` (after logging the step) when a loss or a parameter
         becomes NaN or infinite: nothing of that state is saved, and the checkpoints written
-        before it (the last finite one included) are kept."""
+        before it (the last finite one included) are kept. FileExistsError when another process
+        is training in ``out_dir``."""
+        try:
+            with self._exclusive_out_dir():
+                return self._fit_session()
+        finally:
+            self.dist.close()
+
+    @contextlib.contextmanager
+    def _exclusive_out_dir(self):
+        """Rank 0 holds OUT/.train.lock while :meth:`fit` runs: a second process training into the
+        same ``out_dir`` is refused (FileExistsError, on every process) before it writes anything."""
+        with contextlib.ExitStack() as stack:
+            busy = False
+            if self.dist.is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    stack.enter_context(locked(self.out_dir / RUN_LOCK_NAME, wait=False))
+                except BlockingIOError:
+                    busy = True
+            if self.dist.any(busy):
+                raise FileExistsError(
+                    f"out_dir {str(self.out_dir)!r} is in use: another process is training there (it holds "
+                    f"{str(self.out_dir / RUN_LOCK_NAME)!r}); wait for it to end, or choose another --out"
+                )
+            yield
+
+    def _fit_session(self) -> list[dict]:
+        """:meth:`fit`'s work, with ``out_dir`` held."""
         self._prepare_out_dir()
         session = _Session(
             start=time.perf_counter(),
@@ -628,7 +657,6 @@ class Trainer:
             self._write_final_outputs(session)
         finally:
             session.progress.close()
-            self.dist.close()
         return session.history
 
     def _prepare_out_dir(self) -> None:

@@ -17,7 +17,7 @@ import torch
 from tiny_data import TinyPairs, tiny_config
 
 from asapnet_triton.cli import main
-from asapnet_triton.fileio import remove_stale_temp_files
+from asapnet_triton.fileio import locked, remove_stale_temp_files
 from asapnet_triton.training import Trainer, latest_checkpoint, list_checkpoints, load_checkpoint
 from asapnet_triton.training import trainer as trainer_module
 from asapnet_triton.training.trainer import TrainingDiverged
@@ -350,3 +350,19 @@ def test_progress_bar_with_a_time_budget_shows_the_budget(tmp_path, capsys, monk
     # without a budget the bar counts steps
     Trainer(tiny_config(tmp_path / "steps", max_steps=4, progress=True), TinyPairs(6)).fit()
     assert re.search(r"\b4/4 \[", capsys.readouterr().err)
+
+
+# ---------------------------------------------------------------- one process per out_dir
+
+
+def test_a_second_process_training_into_the_same_folder_is_refused(tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny_config(out, max_steps=1), TinyPairs(6)).fit()
+    before = {path: path.read_bytes() for path in out.rglob("*") if path.is_file()}
+    second = Trainer(tiny_config(out, resume="latest", max_steps=2), TinyPairs(6))
+    with locked(out / ".train.lock", wait=False):  # the first process, still training
+        with pytest.raises(FileExistsError, match=r"is in use: another process is training there"):
+            second.fit()
+        assert {path: path.read_bytes() for path in out.rglob("*") if path.is_file()} == before
+    # once it ends, the folder is free again
+    assert Trainer(tiny_config(out, resume="latest", max_steps=2), TinyPairs(6)).fit()[-1]["step"] == 2
