@@ -254,6 +254,9 @@ def _user_error_cases(tmp_path):
         "kernel-report bad arch": (["kernel-report", "--arch", "sm_10"], "--arch"),
         "kernel-report bad precision": (["kernel-report", "--precision", "fp8"], "--precision"),
         "demo out is a file": (["demo", "--out", str(tmp_path / "junk.png"), "--max-steps", "1"], "junk.png"),
+        "train without --out": (["train", "--max-steps", "1"], "--out"),
+        "train folder without classes": (["train", "--dataset", "folder", "--out", out], "label_nc"),
+        "train resume nothing": (["train", "--out", str(tmp_path / "empty"), "--resume", "latest"], "no checkpoint"),
     }
 
 
@@ -271,6 +274,9 @@ def _user_error_cases(tmp_path):
         "kernel-report bad arch",
         "kernel-report bad precision",
         "demo out is a file",
+        "train without --out",
+        "train folder without classes",
+        "train resume nothing",
     ],
 )
 def test_user_errors_are_one_line_and_exit_2(case, tmp_path, capsys):

@@ -225,14 +225,14 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
     given = _given(args)
     if "out_dir" not in given:
-        raise SystemExit("asapnet train: --out DIR is required")
+        raise ValueError("--out DIR is required")
     if "resume" not in given:
         return TrainConfig(**given)
     path = given["resume"]
     if path == "latest":
         path = latest_checkpoint(given["out_dir"])
         if path is None:
-            raise SystemExit(f"asapnet train: --resume latest: no checkpoint in {given['out_dir']!r}/checkpoints")
+            raise FileNotFoundError(f"--resume latest: no checkpoint in {given['out_dir']!r}/checkpoints")
     # the stored run-control settings too (keep-last, device, backend, ...): a resumed run keeps
     # the checkpoints and the arithmetic the user chose unless a flag says otherwise
     stored = load_resume_checkpoint(path)["config"]
@@ -245,16 +245,12 @@ def run_train(args: argparse.Namespace) -> int:
 
     from .trainer import Trainer, TrainingDiverged
 
-    # errors in the settings or files given end the command with their message (exit 2); a
-    # diverged run with its message (exit 1); other errors during training keep their traceback
-    try:
-        trainer = Trainer(config_from_args(args))
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"asapnet train: {error}") from error
+    # errors in the settings or files given (ValueError, FileExistsError when another process trains
+    # in --out, ...) reach asapnet_triton.cli.main, which prints them in one line (exit 2); a
+    # diverged run ends with its message (exit 1); other errors during training keep their traceback
+    trainer = Trainer(config_from_args(args))
     try:
         trainer.fit()
-    except FileExistsError as error:  # another process trains in --out
-        raise SystemExit(f"asapnet train: {error}") from error
     except TrainingDiverged as error:
         print(f"asapnet train: {error}", file=sys.stderr)
         return 1

@@ -3,6 +3,7 @@ perceptual loss, instance edges)."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -89,8 +90,9 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["cell_size"] == 16
 
     # an occupied --out is refused without --resume ...
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", *TINY_FLAGS, "--out", str(out)])
+    assert exit_info.value.code == 2 and re.search("not empty", capsys.readouterr().err)
     # files get the mode a plain open() would give them, not mkstemp's owner-only 0600
     umask = os.umask(0)
     os.umask(umask)
@@ -104,13 +106,15 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003.pt", "step_00000004.pt"]
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
-    with pytest.raises(SystemExit, match="hidden_width"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(out), "--resume", "latest", "--hidden-width", "32"])
+    assert exit_info.value.code == 2 and re.search("hidden_width", capsys.readouterr().err)
 
 
-def test_cli_reports_a_missing_vgg_file(tmp_path):
-    with pytest.raises(SystemExit, match="nowhere.pth"):
+def test_cli_reports_a_missing_vgg_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", *TINY_FLAGS, "--out", str(tmp_path / "run"), "--vgg-weights", str(tmp_path / "nowhere.pth")])
+    assert exit_info.value.code == 2 and re.search("nowhere.pth", capsys.readouterr().err)
 
 
 def test_bf16_perceptual_loss_and_instance_edges(tmp_path, capsys):

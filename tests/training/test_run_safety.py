@@ -138,7 +138,7 @@ def test_resuming_an_old_unrecorded_checkpoint_keeps_the_newer_unrecorded_ones(t
 # ---------------------------------------------------------------- another run's folder
 
 
-def test_resuming_into_a_folder_that_holds_another_run_is_refused(tmp_path):
+def test_resuming_into_a_folder_that_holds_another_run_is_refused(tmp_path, capsys):
     first, second = tmp_path / "first", tmp_path / "second"
     Trainer(tiny_config(first, checkpoint_every=1, max_steps=2), TinyPairs(6)).fit()
     Trainer(tiny_config(second, checkpoint_every=1, max_steps=3, seed=1), TinyPairs(6)).fit()
@@ -153,8 +153,11 @@ def test_resuming_into_a_folder_that_holds_another_run_is_refused(tmp_path):
     assert after == before
 
     # the command line says so in one line, and leaves the folder alone too
-    with pytest.raises(SystemExit, match=r"asapnet train: --resume .*another run"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(second), "--resume", str(foreign), "--no-progress"])
+    assert exit_info.value.code == 2 and re.search(
+        r"asapnet train: error: --resume .*another run", capsys.readouterr().err
+    )
     assert {path: path.read_bytes() for path in second.rglob("*") if path.is_file()} == before
 
     # allowed: into a new folder (a fork), or a copy of the run's own checkpoint back into it
@@ -286,7 +289,7 @@ def test_resume_removes_stale_temp_files_of_killed_writes(tmp_path, capsys):
     assert "removed 2 temporary file(s)" in capsys.readouterr().err
 
 
-def test_a_corrupt_latest_checkpoint_names_the_newest_readable_one(tmp_path):
+def test_a_corrupt_latest_checkpoint_names_the_newest_readable_one(tmp_path, capsys):
     out = tmp_path / "run"
     Trainer(tiny_config(out, checkpoint_every=1, keep_last=3, max_steps=3), TinyPairs(6)).fit()
     latest = out / "checkpoints" / "step_00000003.pt"
@@ -297,8 +300,9 @@ def test_a_corrupt_latest_checkpoint_names_the_newest_readable_one(tmp_path):
     )
     with pytest.raises(ValueError, match=expected):
         Trainer(tiny_config(out, resume="latest", max_steps=4), TinyPairs(6))
-    with pytest.raises(SystemExit, match=rf"asapnet train: .*{expected}"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(out), "--resume", "latest", "--no-progress"])
+    assert exit_info.value.code == 2 and re.search(rf"asapnet train: error: .*{expected}", capsys.readouterr().err)
     # the way on works
     assert Trainer(tiny_config(out, resume=readable, max_steps=3), TinyPairs(6)).step == 2
     for name in ("step_00000001.pt", "step_00000002.pt"):
