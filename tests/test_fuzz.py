@@ -45,12 +45,12 @@ CASES = {
         "official": 40,
     },
     "long": {
-        "valid_torch": 3000,
-        "valid_interpret": 500,
-        "valid_reference": 1000,
-        "invalid": 3000,
-        "module": 1000,
-        "official": 1000,
+        "valid_torch": 1000,
+        "valid_interpret": 100,
+        "valid_reference": 300,
+        "invalid": 2000,
+        "module": 300,
+        "official": 300,
     },
 }[PROFILE]
 SLOW_OK = dict(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
