@@ -236,7 +236,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     # the stored run-control settings too (keep-last, device, backend, ...): a resumed run keeps
     # the checkpoints and the arithmetic the user chose unless a flag says otherwise
     stored = load_resume_checkpoint(path)["config"]
-    return TrainConfig(**{**stored, **given})
+    try:
+        return TrainConfig.from_dict({**stored, **given})
+    except (TypeError, ValueError) as error:  # a config of another version, or a value it refuses
+        raise ValueError(f"--resume {path}: its stored settings cannot be used: {error}") from error
 
 
 def run_train(args: argparse.Namespace) -> int:

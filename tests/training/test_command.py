@@ -168,3 +168,17 @@ def test_d_steps_per_g_skips_generator_steps_and_on_step_sees_every_step(tmp_pat
     assert unchanged(snapshots[0][1], snapshots[1][1])  # no generator step at step 2
     assert not unchanged(snapshots[1][1], snapshots[2][1]) and not unchanged(snapshots[0][2], snapshots[1][2])
     assert (tmp_path / "run" / "losses.png").is_file()
+
+
+def test_a_stored_config_of_another_version_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_FLAGS, "--out", str(out), "--max-steps", "1"]) == 0
+    (path,) = (out / "checkpoints").glob("step_*.pt")
+    state = torch.load(path, weights_only=True)
+    state["config"]["a_future_option"] = 3
+    torch.save(state, path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(out), "--resume", str(path), "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "a_future_option" in err and "Traceback" not in err, err
