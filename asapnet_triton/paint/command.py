@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import sys
-
 from ..functional import BACKENDS
 from ..precision import FLOAT32_PRECISIONS
 
@@ -56,32 +54,31 @@ def add_paint_parser(sub) -> None:
 
 
 def run_paint(args) -> int:
-    """Serve until interrupted; exit status 2 with one line on stderr for a user error."""
+    """Serve until interrupted. User errors (no model, a bad file, a port that cannot be used) are
+    raised as ValueError / FileNotFoundError: ``asapnet``'s ``main`` prints them as one line, exit
+    status 2."""
     import logging
 
     from . import make_server, open_model
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
-    try:
-        if not 0 <= args.port <= 65535:
-            raise ValueError(f"--port must lie in 0..65535, got {args.port}")
-        model = open_model(
-            args.official or args.checkpoint,
-            official=args.official is not None,
-            device=args.device,
-            backend=args.backend,
-            precision=args.precision,
-            examples=args.examples,
-        )
-        model.warm_up()
-    except (ValueError, TypeError, FileNotFoundError) as error:  # ModelRequired among them
-        print("asapnet paint: " + " ".join(str(error).split()), file=sys.stderr)  # one line, always
-        return 2
+    if not 0 <= args.port <= 65535:
+        raise ValueError(f"--port must lie in 0..65535, got {args.port}")
+    model = open_model(  # no model given, and none shipped: ModelRequired, a ValueError
+        args.official or args.checkpoint,
+        official=args.official is not None,
+        device=args.device,
+        backend=args.backend,
+        precision=args.precision,
+        examples=args.examples,
+    )
+    model.warm_up()
     try:
         server = make_server(model, host=args.host, port=args.port, verbose=args.verbose)
-    except OSError as error:
-        print(f"asapnet paint: cannot listen on {args.host}:{args.port}: {error.strerror or error}", file=sys.stderr)
-        return 2
+    except OSError as error:  # the port is taken, the address is not this machine's, ...
+        raise ValueError(
+            f"--host/--port: cannot listen on {args.host}:{args.port}: {error.strerror or error}"
+        ) from error
     print(f"asapnet paint: serving {model.source} at {server.url} (Ctrl-C stops)", flush=True)
     try:
         server.serve_forever()

@@ -549,23 +549,28 @@ def test_connections_beyond_the_cap_get_503(model_file):
 # -- the command line ------------------------------------------------------------------------------
 
 
-def test_paint_without_a_model_exits_2_with_one_line(capsys):
-    assert main(["paint"]) == 2
+def _cli_user_error(argv, capsys) -> str:
+    """``asapnet`` with ``argv`` must exit 2 with one line on stderr (main's policy); that line."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "--checkpoint" in err and "ships" in err
+    assert err.startswith("asapnet paint: error: ") and "\n" not in err and "Traceback" not in err
+    return err
+
+
+def test_paint_without_a_model_exits_2_with_one_line(capsys):
+    err = _cli_user_error(["paint"], capsys)
+    assert "--checkpoint" in err and "ships" in err
 
 
 def test_paint_with_a_missing_checkpoint_exits_2(tmp_path, capsys):
-    assert main(["paint", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "nope.pt" in err
+    assert "nope.pt" in _cli_user_error(["paint", "--checkpoint", str(tmp_path / "nope.pt")], capsys)
 
 
 def test_paint_with_a_file_that_is_no_model_exits_2_with_one_line(tmp_path, capsys):
     (tmp_path / "notes.pt").write_text("not a model\nat all\n")
-    assert main(["paint", "--checkpoint", str(tmp_path / "notes.pt")]) == 2
-    err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "notes.pt" in err
+    assert "notes.pt" in _cli_user_error(["paint", "--checkpoint", str(tmp_path / "notes.pt")], capsys)
 
 
 def test_paint_refuses_an_instance_edge_generator(tmp_path, capsys):
@@ -581,8 +586,17 @@ def test_paint_refuses_an_instance_edge_generator(tmp_path, capsys):
         instance_edges=True,
     )
     save_model(tmp_path / "edges.pt", edges, FACADES)
-    assert main(["paint", "--checkpoint", str(tmp_path / "edges.pt")]) == 2
-    assert "instance-edge" in capsys.readouterr().err
+    assert "instance-edge" in _cli_user_error(["paint", "--checkpoint", str(tmp_path / "edges.pt")], capsys)
+
+
+def test_paint_on_a_bad_or_taken_port_exits_2(model_file, capsys):
+    assert "--port" in _cli_user_error(["paint", "--checkpoint", str(model_file[0]), "--port", "70000"], capsys)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        err = _cli_user_error(["paint", "--checkpoint", str(model_file[0]), "--port", str(port)], capsys)
+        assert f"127.0.0.1:{port}" in err and "--host/--port" in err
 
 
 def test_paint_serves_and_prints_its_url(model_file):
