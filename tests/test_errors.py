@@ -153,7 +153,9 @@ def test_generator_refuses_empty_inputs(shape):
 
 def test_generator_label_and_class_count_errors(generator):
     model = _tiny_generator()
-    with pytest.raises(ValueError, match=r"x \(labels\) must lie in \[0, 5\).*\[0, 7\]"):
+    with pytest.raises(
+        ValueError, match=r"x \(labels\) must lie in \[0, num_classes\) = \[0, 5\), found values in \[0, 7\]"
+    ):
         model(torch.randint(0, 8, (1, 40, 40), generator=generator).clamp(min=0).index_fill_(1, torch.tensor([0]), 7))
     with pytest.raises(ValueError, match="integer label map"):
         model(torch.rand(1, 5, 40, 40, generator=generator))
