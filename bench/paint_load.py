@@ -5,7 +5,7 @@ port of 127.0.0.1) and ``--clients`` simulated tabs painting for ``--duration`` 
 behaves like the page (``asapnet_triton/paint/static/app.js``): it keeps painting (one brush dab
 of a random class at a random walk's position per frame on a ``--canvas`` x ``--canvas`` label
 map), sends the whole map as a label PNG at most every 40 ms (or a quarter of the model's time
-for its latest frame, the server's ``X-Frame-Ms``, when longer, up to 1 s), with at most two
+for its latest frame, the server's ``X-Frame-Ms``, when longer, up to 1 s), with at most three
 requests out at once, each on its own keep-alive connection; a photo older than the one on show
 is not shown.
 
@@ -21,7 +21,8 @@ The model: ``--checkpoint`` (a model file), else the published architecture (13 
 cell 32, the 5-layer 64-wide MLP, the 7-level LR stream up to 1024 channels) randomly
 initialised and saved to a temporary folder: the time of a frame does not depend on the weights.
 
-Writes bench/results/<machine>/paint/paint_load.json and paint_load.png.
+Writes bench/results/<machine>/paint/paint_load.json and paint_load.png (``--name`` changes the
+file names).
 
     python bench/paint_load.py [--clients 8] [--duration 60] [--sizes 512,1024] [--canvas 256]
 """
@@ -49,7 +50,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import machine_name, results_dir, write_json  # noqa: E402
 
 MIN_INTERVAL_S, MAX_INTERVAL_S = 0.040, 1.0  # the page's MIN_INTERVAL_MS, MAX_INTERVAL_MS
-OUTSTANDING = 2  # the page's requests out at once
+OUTSTANDING = 3  # the page's MAX_OUTSTANDING: requests out at once
 BRUSH = 12  # label pixels, the page's default brush
 
 
@@ -306,6 +307,7 @@ def main() -> int:
     parser.add_argument("--sizes", default="512,1024", help="output sizes (the longer side), comma-separated")
     parser.add_argument("--canvas", type=int, default=256, help="side of the painted label map (the page's default)")
     parser.add_argument("--note", default="", help="what else ran on the machine (recorded with the results)")
+    parser.add_argument("--name", default="paint_load", help="file names of the results: NAME.json, NAME.png")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     folder_name = f"{machine_name()}/paint"
@@ -331,12 +333,12 @@ def main() -> int:
         "note": args.note,
         "rows": rows,
     }
-    path = write_json("paint_load.json", payload, folder=folder_name)
+    path = write_json(f"{args.name}.json", payload, folder=folder_name)
     title = f"asapnet paint, {args.clients} tabs x {args.duration:g} s, {out.parent.name}" + (
         f"\n{args.note}" if args.note else ""
     )
-    plot(rows, out / "paint_load.png", title)
-    print(f"wrote {path} and {out / 'paint_load.png'}")
+    plot(rows, out / f"{args.name}.png", title)
+    print(f"wrote {path} and {out / f'{args.name}.png'}")
     errors = sum(row["errors"] for row in rows)
     if errors:
         print(f"{errors} request(s) failed: see error_examples in {path}", file=sys.stderr)

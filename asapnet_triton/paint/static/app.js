@@ -2,9 +2,9 @@
 //
 // The label map lives in `state.labels` (class indices, row-major Uint16Array); the canvas shows
 // it in the classes' colours, one canvas pixel per label pixel (scaled by CSS). Every change asks
-// for a frame: at most two requests of this tab are out at once (one running, one waiting on the
-// server), and a newer request replaces the waiting one there (answered 204, "stale"); a photo
-// older than the one on show is never shown. Latest request wins, nothing queues up.
+// for a frame: at most three requests of this tab are out at once (one running, one waiting on
+// the server, one replacing it), a newer request replaces the waiting one there (answered 204,
+// "stale"), and a photo older than the one on show is never shown. Latest request wins, nothing queues up.
 "use strict";
 
 const $ = (id) => document.getElementById(id);
@@ -222,6 +222,10 @@ function inputPNG() {
 // the server is thus replaced at most about four times per frame the model computes (each
 // replacement is an upload the server decodes), and is at most a quarter of a frame old when its
 // turn comes.
+// Requests out at once: one the model runs, one waiting on the server, and a newer one on its way
+// to replace the waiting one (which is then answered 204 and frees its place). With two, the
+// waiting request could not be replaced while the other ran, and would be a whole frame old.
+const MAX_OUTSTANDING = 3;
 const MIN_INTERVAL_MS = 40;
 const MAX_INTERVAL_MS = 1000;
 
@@ -235,7 +239,7 @@ function requestFrame() {
 }
 
 function pump() {
-  if (!state.dirty || state.outstanding >= 2 || state.timer !== null) return;
+  if (!state.dirty || state.outstanding >= MAX_OUTSTANDING || state.timer !== null) return;
   if (!state.labels && !state.image) return;
   const wait = state.lastSend + sendInterval() - performance.now();
   if (wait > 0) {
