@@ -257,7 +257,7 @@ def run_size(checkpoint: Path, size: int, args, log_folder: Path) -> dict:
         "dropped_stale": sum(r["status"] == 204 for r in results),
         "arrived_after_a_newer_photo": sum(not r["shown"] for r in served),
         "errors": len(errors),
-        "error_examples": [r["error"] for r in errors[:5]],
+        "error_examples": [f"{r['error']} (sent {r['sent_s'] - start:.1f} s into the run)" for r in errors[:5]],
         # served while the tabs were painting (their waiting request kept being replaced) ...
         "latency_ms": _percentiles([r["latency_ms"] for r in served if r["while_painting"]]),
         # ... and the last photo of each tab after they all stopped at once: it waits its turn

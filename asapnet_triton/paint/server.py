@@ -104,6 +104,9 @@ class PaintServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    # the listen backlog (socketserver's default is 5): tabs open several connections at once, and
+    # on a busy machine the accept loop may lag behind; a full backlog can reset new connections
+    request_queue_size = 128
 
     def __init__(
         self,
