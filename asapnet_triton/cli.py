@@ -10,6 +10,7 @@ Subcommands:
   translate      label maps (or images) of any size to PNGs with a trained generator
   demo           train a small ASAP-Net on embedded procedural facades (~3 min on a CPU),
                  translate held-out maps, report PSNR/SSIM and LR/HR stream timings
+  paint          a local web page: paint a label map, see the translated photo live
 """
 
 from __future__ import annotations
@@ -209,6 +210,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default 0)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from .paint.command import add_paint_parser
+
+    add_paint_parser(sub)
     return parser
 
 
@@ -405,7 +410,7 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             )
     elif args.command == "autotune":
         wants_interpreter = args.backend == "interpret" or (args.backend is None and not _cuda_available())
-    else:  # train, translate, demo: only an explicit --backend interpret
+    else:  # train, translate, demo, paint: only an explicit --backend interpret
         wants_interpreter = getattr(args, "backend", None) == "interpret"
     if wants_interpreter and not interpreting:
         if "triton" in sys.modules:
@@ -421,6 +426,10 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         return _translate(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "paint":
+        from .paint.command import run_paint
+
+        return run_paint(args)
     if args.command == "compare":
         return _compare(args)
     return _autotune(args)
