@@ -409,7 +409,8 @@ def _evaluate(args) -> int:
             progress=not args.no_progress,
         )
     except (ValueError, TypeError, FileNotFoundError, FileExistsError, ImportError) as error:
-        print(f"asapnet evaluate: {error}", file=sys.stderr)
+        message = " ".join(str(error).split())  # one line, whatever the error's own layout
+        print(f"asapnet evaluate: {message}", file=sys.stderr)
         return 2
     if args.report:
         write_report(args.report, report)

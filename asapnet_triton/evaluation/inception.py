@@ -2,15 +2,14 @@
 
 FID (Heusel et al. 2017) is computed on the 2048-d pool3 features of the TensorFlow Inception-v3
 graph of 2015-12-05. pytorch-fid (``pytorch_fid.inception.fid_inception_v3``) ports that graph to
-torch as torchvision's Inception3 with four blocks patched to match TensorFlow (average pools that
-ignore padding, a max pool in the last block) and ships its weights as
-``pt_inception-2015-12-05-6726825d.pth``; torch-fidelity ships the same network and weights as
-``weights-inception-2015-12-05-6726825d.pth``. :class:`FIDInceptionV3` is that network, with the
-same module names, so either file loads into it with ``strict=True``. We cannot import the
-libraries' own modules beside this project's torch: pytorch-fid builds its network from
-torchvision, and torch-fidelity's package imports torchvision on import; PyPI's torchvision does
-not load beside the CPU build of torch. ``tests/evaluation/test_inception.py`` checks this module
-against torch-fidelity's on the same random weights.
+torch as torchvision's Inception3 with four kinds of blocks patched to match TensorFlow (average
+pools that leave the padding out, a max pool in the last block) and ships its weights as
+``pt_inception-2015-12-05-6726825d.pth``. :class:`FIDInceptionV3` is that network with the same
+module names, so that file loads into it. We cannot use pytorch-fid's module itself: it builds the
+network from torchvision, which does not install beside this project's torch.
+``tests/evaluation/test_inception.py`` checks this module against pytorch-fid's own forward pass
+(imported beside a hand-built stand-in for the torchvision layers it subclasses) on the same
+random weights, through pytorch-fid's own weight loading.
 
 Input: images (B, 3, H, W) of any size, float in [0, 1] (pytorch-fid's convention). Preprocessing
 as pytorch-fid: bilinear resize to 299x299 (``align_corners=False``), then ``2 x - 1``.
@@ -32,12 +31,15 @@ __all__ = ["FID_FEATURES", "FIDInceptionV3", "INCEPTION_WEIGHTS_HELP", "load_inc
 
 FID_FEATURES = 2048
 INPUT_SIZE = 299
+INCEPTION_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth"
+)
 INCEPTION_WEIGHTS_HELP = (
-    "expected pytorch-fid's Inception weights file pt_inception-2015-12-05-6726825d.pth (the state_dict that "
-    "pytorch_fid.inception.FID_WEIGHTS_URL points to; torch-fidelity's weights-inception-2015-12-05-6726825d.pth "
-    "is the same network), or a TorchScript file mapping float images (B, 3, H, W) in [0, 1] to (B, 2048) pool "
-    "features (e.g. torch.jit.trace of pytorch_fid.inception.InceptionV3([3]), made on a machine with "
-    "pytorch-fid). Download it once on a machine with internet access and pass its path; nothing is downloaded here"
+    "expected pytorch-fid's Inception weights file pt_inception-2015-12-05-6726825d.pth (a state_dict; "
+    f"pytorch_fid.inception.FID_WEIGHTS_URL, {INCEPTION_WEIGHTS_URL}), or a TorchScript file mapping float images "
+    "(B, 3, H, W) in [0, 1] to (B, 2048) pool features (e.g. torch.jit.trace of "
+    "pytorch_fid.inception.InceptionV3([3])). Download it once on a machine with internet access and pass its "
+    "path; nothing is downloaded here"
 )
 
 
@@ -283,6 +285,12 @@ class TorchScriptFeatures(nn.Module):
         return out.reshape(out.shape[0], FID_FEATURES).float()
 
 
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's message (torch's unpickling errors run to many lines)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def is_torchscript_file(path: Path) -> bool:
     """Whether ``path`` is a TorchScript archive (a zip holding serialized code), not a pickled state_dict."""
     if not zipfile.is_zipfile(path):
@@ -292,8 +300,8 @@ def is_torchscript_file(path: Path) -> bool:
 
 
 def load_inception(path: str | os.PathLike, *, map_location="cpu") -> nn.Module:
-    """The FID feature extractor from a local file (never downloaded): pytorch-fid's or
-    torch-fidelity's Inception state_dict, or a TorchScript file (see ``INCEPTION_WEIGHTS_HELP``).
+    """The FID feature extractor from a local file (never downloaded): pytorch-fid's
+    Inception state_dict, or a TorchScript file (see ``INCEPTION_WEIGHTS_HELP``).
     Returns a module in eval mode mapping images (B, 3, H, W) in [0, 1] to (B, 2048)."""
     path = Path(path)
     if not path.is_file():
@@ -303,7 +311,9 @@ def load_inception(path: str | os.PathLike, *, map_location="cpu") -> nn.Module:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"Inception weights {path} could not be read ({error}); {INCEPTION_WEIGHTS_HELP}") from None
+        raise ValueError(
+            f"Inception weights {path} could not be read ({_first_line(error)}); {INCEPTION_WEIGHTS_HELP}"
+        ) from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(
             f"Inception weights {path} hold a {type(state).__name__}, not a state_dict of tensors; "

@@ -188,7 +188,7 @@ def save_segmenter(
 
 def load_segmenter(path: str | os.PathLike, *, map_location="cpu") -> Segmenter:
     """A segmenter from a local file: our state file or TorchScript (see the module doc)."""
-    from .inception import is_torchscript_file
+    from .inception import _first_line, is_torchscript_file
 
     path = Path(path)
     if not path.is_file():
@@ -198,7 +198,7 @@ def load_segmenter(path: str | os.PathLike, *, map_location="cpu") -> Segmenter:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 - any unreadable file is the same user error
-        raise ValueError(f"segmenter {path} could not be read ({error}); {SEGMENTER_HELP}") from None
+        raise ValueError(f"segmenter {path} could not be read ({_first_line(error)}); {SEGMENTER_HELP}") from None
     if not isinstance(state, dict) or state.get("format") != SEGMENTER_FORMAT:
         raise ValueError(f"segmenter {path} is not a segmenter file (no format {SEGMENTER_FORMAT!r}); {SEGMENTER_HELP}")
     if state.get("version") != SEGMENTER_VERSION:
