@@ -205,11 +205,16 @@ def _check_segmenter_classes(segmenter: Segmenter, labels: LabelConvention) -> N
             f"segmenter {segmenter.source} predicts {segmenter.num_classes} classes, the label maps have "
             f"{labels.num_classes} ({labels.dataset})"
         )
-    if segmenter.labels is not None and segmenter.labels.dataset != labels.dataset:
+    if segmenter.labels is not None and not _same_classes(segmenter.labels, labels):
         raise ValueError(
-            f"segmenter {segmenter.source} was trained on {segmenter.labels.dataset} labels, the label maps are "
-            f"{labels.dataset}'s"
+            f"segmenter {segmenter.source} was trained on {segmenter.labels.dataset}'s classes, which are not "
+            f"those of the label maps ({labels.dataset}: {labels.describe()})"
         )
+
+
+def _same_classes(a: LabelConvention, b: LabelConvention) -> bool:
+    """Whether two conventions name the same classes in the same order (e.g. facades and procedural)."""
+    return (a.class_names, a.unknown_class) == (b.class_names, b.unknown_class)
 
 
 class _SegmenterFeatures(nn.Module):
@@ -314,13 +319,11 @@ def model_batches(model, dataset, *, batch: int = 8, device="cpu", save_to: str 
     generator = model.generator.to(device).eval()
     if not generator.label_input:
         raise ValueError(f"{model.source}: evaluate translates label maps; this generator reads images")
-    if model.labels is not None:
-        dataset_labels = dataset.label_convention
-        if (model.labels.dataset, model.labels.num_classes) != (dataset_labels.dataset, dataset_labels.num_classes):
-            raise ValueError(
-                f"{model.source} reads {model.labels.dataset} labels ({model.labels.num_classes} classes), the "
-                f"data set is {dataset_labels.dataset} ({dataset_labels.num_classes} classes)"
-            )
+    if model.labels is not None and not _same_classes(model.labels, dataset.label_convention):
+        raise ValueError(
+            f"{model.source} reads {model.labels.dataset}'s classes ({model.labels.describe()}), the data set "
+            f"{dataset.label_convention.dataset}'s are {dataset.label_convention.describe()}"
+        )
     save_to = None if save_to is None else Path(save_to)
     for start in range(0, len(dataset), batch):
         items = [dataset[index] for index in range(start, min(len(dataset), start + batch))]

@@ -23,7 +23,9 @@ from asapnet_triton.labels import label_convention
 from asapnet_triton.metrics import psnr, ssim
 from asapnet_triton.translate import read_image, read_label_map
 
-pytest.importorskip("torchmetrics")
+
+def _needs_torchmetrics():
+    pytest.importorskip("torchmetrics", reason="the eval extra: pip install -e '.[eval]'")
 
 
 class _TinyFeatures(nn.Module):
@@ -78,6 +80,7 @@ def _run(args, capsys):
 
 
 def test_folder_mode_matches_direct_scores(folders, tmp_path, capsys):
+    _needs_torchmetrics()
     inception = tmp_path / "features.pt"
     torch.manual_seed(0)
     torch.jit.trace(_TinyFeatures().eval(), torch.rand(1, 3, 24, 36)).save(str(inception))
@@ -154,6 +157,7 @@ def test_identical_images_report_infinite_psnr_as_a_string(folders, capsys):
 
 
 def test_checkpoint_mode_matches_direct_generation(tmp_path, capsys):
+    _needs_torchmetrics()
     torch.manual_seed(3)
     generator = ASAPNetGenerator(
         13, cell_size=16, hidden_width=8, depth=2, lr_width=8, lr_max_width=16, lr_depth=2, backend="torch"
