@@ -81,7 +81,8 @@ class ScoreAccumulator:
     :meth:`report` gives them. ``inception`` (a feature module mapping images in [0, 1] to
     (B, 2048), :func:`load_inception`) enables FID; ``segmenter`` and ``labels`` (the label
     convention of the maps) enable the segmentation scores; ``segmenter_fd`` the Fréchet distance
-    in the segmenter's features (needs a :class:`FacadeSegmenter`)."""
+    in the segmenter's features (needs a :class:`FacadeSegmenter`). The networks must be on
+    ``device``; batches may be anywhere (they are moved there for the networks)."""
 
     def __init__(
         self,
@@ -90,7 +91,9 @@ class ScoreAccumulator:
         segmenter: Segmenter | None = None,
         labels: LabelConvention | None = None,
         segmenter_fd: bool = False,
+        device: str | torch.device = "cpu",
     ):
+        self.device = torch.device(device)
         self.labels = labels
         self.segmenter = segmenter
         if segmenter is not None and labels is not None:
@@ -132,11 +135,11 @@ class ScoreAccumulator:
         size = f"{real.shape[-2]}x{real.shape[-1]}"
         self.size_counts[size] = self.size_counts.get(size, 0) + real.shape[0]
         if self.fid is not None:
-            self.fid.update(real_unit, real=True)
-            self.fid.update(generated_unit, real=False)
+            self.fid.update(real_unit.to(self.device), real=True)
+            self.fid.update(generated_unit.to(self.device), real=False)
         if self.segmenter_fd is not None:
-            self.segmenter_fd.update(real.float(), real=True)
-            self.segmenter_fd.update(generated.float(), real=False)
+            self.segmenter_fd.update(real.float().to(self.device), real=True)
+            self.segmenter_fd.update(generated.float().to(self.device), real=False)
         if self.segmenter is not None and self.labels is not None and batch.labels is not None:
             target = batch.labels
             if target.shape != (real.shape[0], *real.shape[-2:]):
@@ -146,8 +149,8 @@ class ScoreAccumulator:
             size = tuple(target.shape[-2:])
             classes = self.labels.num_classes
             for images, confusion in ((generated, self.confusion_generated), (real, self.confusion_real)):
-                prediction = self.segmenter.predict(images.float(), size)
-                confusion += confusion_matrix(prediction, target, classes, self.ignore_index)
+                prediction = self.segmenter.predict(images.float().to(self.device), size).cpu()
+                confusion += confusion_matrix(prediction, target.cpu(), classes, self.ignore_index)
 
     def report(self) -> dict:
         """The scores so far, plain JSON types (see the module doc)."""
@@ -492,6 +495,7 @@ def evaluate(
         segmenter=segmenter_model,
         labels=convention if has_labels else None,
         segmenter_fd=segmenter_fd,
+        device=device,
     )
     report = evaluate_batches(batches, accumulator, total=total, progress=progress)
     if report["segmentation"] is None and segmenter is None:

@@ -90,6 +90,10 @@ class FrechetDistance:
         if not isinstance(getattr(features, "num_features", None), int):
             raise TypeError("features must be an nn.Module with an integer attribute num_features (its output width)")
         self.metric = FrechetInceptionDistance(feature=features, reset_real_features=True, normalize=True)
+        # the float64 sums live where the features are computed (states start on the CPU)
+        parameter = next(features.parameters(), None)
+        if parameter is not None:
+            self.metric.to(parameter.device)
 
     def update(self, images: torch.Tensor, *, real: bool) -> None:
         """Add a batch (whatever ``features`` takes: images (B, 3, H, W) in [0, 1] for Inception)."""
