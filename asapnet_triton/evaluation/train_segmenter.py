@@ -15,8 +15,8 @@ thread: ``torch.set_num_threads(1)`` is set here).
 At the end it scores the segmenter on the held-out procedural photos (``split="test"``, full
 images at ``--image-size``): their mean IoU is the ceiling a generator's images can reach under
 this segmenter. It writes ``OUT/segmenter.pt`` (:func:`~asapnet_triton.evaluation.segmenter.load_segmenter`
-reads it; its card records the command, steps, wall-clock and scores), ``OUT/card.json`` and
-``OUT/history.json`` (loss per logged step).
+reads it; its card records the command, steps, wall-clock and scores), ``OUT/card.json``,
+``OUT/README.md`` (the card as Markdown) and ``OUT/history.json`` (loss per logged step).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from ..labels import label_convention
 from .scores import confusion_matrix, segmentation_scores
 from .segmenter import DEFAULT_WIDTHS, FacadeSegmenter, Segmenter, save_segmenter
 
-__all__ = ["SegmenterTrainingConfig", "main", "score_segmenter", "train_segmenter"]
+__all__ = ["SegmenterTrainingConfig", "card_markdown", "main", "score_segmenter", "train_segmenter"]
 
 STREAM_SEGMENTER_BATCHES = 7  # item_generator stream of the per-step batch choices (data streams use 0..2)
 CHECKPOINT_FORMAT = "asapnet-segmenter-training/1"
@@ -227,8 +227,42 @@ def train_segmenter(
         out / "segmenter.pt", network, convention, image_size=(config.image_size, config.image_size), card=card
     )
     atomic_write_text(out / "card.json", json.dumps(card, indent=1) + "\n")
+    atomic_write_text(out / "README.md", card_markdown(card))
     atomic_write_text(out / "history.json", json.dumps(history, indent=1) + "\n")
     return card
+
+
+def card_markdown(card: dict) -> str:
+    """The model card of a trained segmenter as Markdown (``OUT/README.md``)."""
+    held_out = card["held_out"]
+    config = card["config"]
+    rows = "\n".join(
+        f"| {name} | {'-' if iou is None else f'{iou:.4f}'} |" for name, iou in held_out["per_class_iou"].items()
+    )
+    return f"""# Procedural-facades segmenter
+
+{card["what"]}.
+
+- File: `segmenter.pt` (read by `asapnet_triton.evaluation.load_segmenter`; `asapnet evaluate
+  --dataset procedural` uses it by default). {card["parameters"]} parameters, U-Net widths
+  {config["widths"]}; images are resized to {config["image_size"]}x{config["image_size"]} before it runs.
+- Data: {card["data"]}.
+- Training: {card["steps"]} steps of batch {config["batch"]}, Adam at {config["learning_rate"]} with a cosine
+  decay to 0, cross-entropy; {card["train_seconds"]} s wall-clock on {card["threads"]} thread(s); final loss
+  {card["final_loss"]:.4f}.
+- Command: `OMP_NUM_THREADS=1 {card["command"]}`
+
+## Scores on the real held-out photos (the ceiling for generated images)
+
+{held_out["images"]} procedural test photos ({held_out["split"]} split, {held_out["size"]}x{held_out["size"]}):
+mean IoU **{held_out["miou"]:.4f}** over {held_out["classes_counted"]} classes, pixel accuracy
+**{held_out["pixel_accuracy"]:.4f}**. On {card["train_subset"]["images"]} of its training photos: mean IoU
+{card["train_subset"]["miou"]:.4f}, pixel accuracy {card["train_subset"]["pixel_accuracy"]:.4f}.
+
+| class | IoU (held out) |
+| --- | --- |
+{rows}
+"""
 
 
 def _parser() -> argparse.ArgumentParser:
