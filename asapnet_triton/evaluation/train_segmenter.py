@@ -5,7 +5,9 @@ scores of ``asapnet evaluate`` on that data set), deterministic and resumable::
 
 It trains a :class:`~asapnet_triton.evaluation.segmenter.FacadeSegmenter` on the real procedural
 photos (``build_dataset("procedural", split="train")``, rendered once at ``--image-size``) with
-random ``--crop`` crops and horizontal flips, Adam and a cosine learning-rate decay, cross-entropy
+random ``--crop`` crops and horizontal flips (and, with probability ``--low-resolution``, the
+crop blurred as a half-size photo is once resized up to ``--image-size``, so that the segmenter
+also scores images made at half the size), Adam and a cosine learning-rate decay, cross-entropy
 loss. Every random choice of step ``s`` comes from ``(seed, s)`` alone and the state (weights,
 Adam's moments, step) is written atomically every ``--checkpoint-every`` steps to
 ``OUT/checkpoint.pt``, so a run stopped at any point and started again with the same arguments
@@ -58,6 +60,7 @@ class SegmenterTrainingConfig:
     learning_rate: float = 2e-3
     seed: int = 0
     log_every: int = 25
+    low_resolution: float = 0.5
 
     def __post_init__(self):
         for name in ("steps", "batch", "crop", "image_size", "train_samples", "held_out", "log_every"):
@@ -68,6 +71,8 @@ class SegmenterTrainingConfig:
             raise ValueError(f"crop ({self.crop}) must be at most image_size ({self.image_size})")
         if not isinstance(self.seed, int) or self.seed < 0:
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        if not 0 <= self.low_resolution <= 1:
+            raise ValueError(f"low_resolution must be a probability in [0, 1], got {self.low_resolution!r}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be positive, got {self.learning_rate!r}")
 
@@ -92,6 +97,7 @@ def _batch(config: SegmenterTrainingConfig, step: int, labels: torch.Tensor, ima
     top = torch.randint(0, size - config.crop + 1, (config.batch,), generator=g)
     left = torch.randint(0, size - config.crop + 1, (config.batch,), generator=g)
     flip = torch.rand(config.batch, generator=g) < 0.5
+    low = torch.rand(config.batch, generator=g) < config.low_resolution
     batch_labels, batch_images = [], []
     for i, t, lo, f in zip(index.tolist(), top.tolist(), left.tolist(), flip.tolist()):
         label = labels[i, t : t + config.crop, lo : lo + config.crop]
@@ -100,7 +106,11 @@ def _batch(config: SegmenterTrainingConfig, step: int, labels: torch.Tensor, ima
             label, image = label.flip(-1), image.flip(-1)
         batch_labels.append(label)
         batch_images.append(image)
-    return torch.stack(batch_labels), torch.stack(batch_images)
+    batch_images = torch.stack(batch_images)
+    if bool(low.any()):  # as a half-size photo looks once resized up to image_size (Segmenter.resize_input)
+        half = F.interpolate(batch_images[low], scale_factor=0.5, mode="bilinear", align_corners=False, antialias=True)
+        batch_images[low] = F.interpolate(half, size=batch_images.shape[-2:], mode="bilinear", align_corners=False)
+    return torch.stack(batch_labels), batch_images
 
 
 def _learning_rate(config: SegmenterTrainingConfig, step: int) -> float:
@@ -201,6 +211,9 @@ def train_segmenter(
     )
     test_labels, test_images = _photos("test", config.held_out, config.image_size, config.seed)
     held_out = score_segmenter(segmenter, test_labels, test_images, convention.class_names)
+    half_size = config.image_size // 2
+    half_labels, half_images = _photos("test", config.held_out, half_size, config.seed)
+    held_out_half = score_segmenter(segmenter, half_labels, half_images, convention.class_names)
     train_subset = min(config.train_samples, config.held_out)
     train_scores = score_segmenter(segmenter, labels[:train_subset], images[:train_subset], convention.class_names)
     card = {
@@ -209,14 +222,21 @@ def train_segmenter(
         "command": command or "python -m asapnet_triton.evaluation.train_segmenter",
         "config": config.to_dict(),
         "data": f"procedural facades, split train, {config.train_samples} real (rendered) photos at "
-        f"{config.image_size}x{config.image_size}, seed {config.seed}; random {config.crop}x{config.crop} crops and "
-        f"horizontal flips",
+        f"{config.image_size}x{config.image_size}, seed {config.seed}; random {config.crop}x{config.crop} crops, "
+        f"horizontal flips, and with probability {config.low_resolution} the blur of a half-size photo resized up",
         "parameters": sum(p.numel() for p in network.parameters()),
         "steps": step,
         "train_seconds": round(train_seconds, 1),
         "threads": torch.get_num_threads(),
         "final_loss": history[-1]["loss"] if history else None,
         "held_out": {"split": "test", "images": config.held_out, "size": config.image_size, **held_out},
+        "held_out_half_size": {
+            "split": "test",
+            "images": config.held_out,
+            "size": half_size,
+            "miou": held_out_half["miou"],
+            "pixel_accuracy": held_out_half["pixel_accuracy"],
+        },
         "train_subset": {
             "images": train_subset,
             "miou": train_scores["miou"],
@@ -239,6 +259,13 @@ def card_markdown(card: dict) -> str:
     rows = "\n".join(
         f"| {name} | {'-' if iou is None else f'{iou:.4f}'} |" for name, iou in held_out["per_class_iou"].items()
     )
+    half = card.get("held_out_half_size")
+    half_line = (
+        ""
+        if half is None
+        else f"\nThe same photos rendered at {half['size']}x{half['size']} (resized up before it runs): mean IoU "
+        f"**{half['miou']:.4f}**, pixel accuracy **{half['pixel_accuracy']:.4f}**."
+    )
     return f"""# Procedural-facades segmenter
 
 {card["what"]}.
@@ -257,7 +284,7 @@ def card_markdown(card: dict) -> str:
 {held_out["images"]} procedural test photos ({held_out["split"]} split, {held_out["size"]}x{held_out["size"]}):
 mean IoU **{held_out["miou"]:.4f}** over {held_out["classes_counted"]} classes, pixel accuracy
 **{held_out["pixel_accuracy"]:.4f}**. On {card["train_subset"]["images"]} of its training photos: mean IoU
-{card["train_subset"]["miou"]:.4f}, pixel accuracy {card["train_subset"]["pixel_accuracy"]:.4f}.
+{card["train_subset"]["miou"]:.4f}, pixel accuracy {card["train_subset"]["pixel_accuracy"]:.4f}.{half_line}
 
 | class | IoU (held out) |
 | --- | --- |
@@ -285,6 +312,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--learning-rate", type=float, default=defaults.learning_rate)
     p.add_argument("--seed", type=int, default=defaults.seed)
+    p.add_argument(
+        "--low-resolution",
+        type=float,
+        default=defaults.low_resolution,
+        help="probability of blurring a crop as a half-size photo resized up (default 0.5)",
+    )
     p.add_argument("--log-every", type=int, default=defaults.log_every, help="steps between loss records")
     p.add_argument(
         "--stop-after",
@@ -310,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
             learning_rate=args.learning_rate,
             seed=args.seed,
             log_every=args.log_every,
+            low_resolution=args.low_resolution,
         )
         card = train_segmenter(
             args.out,
