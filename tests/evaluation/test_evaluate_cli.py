@@ -301,3 +301,43 @@ def test_save_generated_never_overwrites(tmp_path, capsys):
     )
     _assert_user_error(code, out, err, "not an empty folder")
     assert (tmp_path / "out" / "keep.png").read_bytes() == b"x"
+
+
+def test_official_checkpoint_mode_scores_the_published_generator(tmp_path, capsys):
+    """--official: a generator saved by the published code (its re-implementation in reference/),
+    its images those of the published forward."""
+    from asapnet_triton.reference.official_generator import OfficialASAPNetsGenerator, one_hot_semantics
+
+    torch.manual_seed(5)
+    official = OfficialASAPNetsGenerator(
+        label_nc=13, crop_size=512, lr_instance=False, lr_width=8, lr_max_width=16, lr_depth=2
+    ).eval()
+    torch.save(official.state_dict(), tmp_path / "latest_net_G.pth")
+    code, out, err = _run(
+        [
+            "--checkpoint",
+            tmp_path / "latest_net_G.pth",
+            "--official",
+            "--dataset",
+            "procedural",
+            "--crop-size",
+            64,
+            "--num-samples",
+            3,
+            "--batch",
+            2,
+            "--segmenter",
+            _segmenter_file(tmp_path / "seg.pt", 13, "procedural", seed=6),
+        ],
+        capsys,
+    )
+    assert code == 0, err
+    report = json.loads(out)
+    data = build_dataset("procedural", split="test", crop_size=64, num_samples=3, augment=False)
+    labels = torch.stack([data[i]["label"] for i in range(3)])
+    real = torch.stack([data[i]["image"] for i in range(3)])
+    with torch.no_grad():
+        expected = official(one_hot_semantics(labels, 13, None))[0].clamp(-1, 1)
+    assert report["inputs"]["official"] is True
+    assert report["psnr_db"] == pytest.approx(psnr((expected + 1) / 2, (real + 1) / 2).mean().item(), rel=1e-4)
+    assert report["segmentation"]["labels"] == "procedural"
