@@ -412,6 +412,12 @@ def evaluate(
 
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise ValueError(f"batch must be a positive integer, got {batch!r}")
+    try:
+        device = torch.device(device)
+    except RuntimeError as error:
+        raise ValueError(f"device: expected e.g. cpu or cuda, got {device!r} ({error})") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device}: no CUDA GPU is available here (torch {torch.__version__})")
     from_folders, from_model = generated is not None, checkpoint is not None
     if from_folders == from_model:
         raise ValueError("give either --generated (with --real) or --checkpoint (with --dataset), not both or neither")

@@ -250,6 +250,8 @@ def test_bad_inputs_exit_2_with_one_line(folders, tmp_path, capsys):
         ),
         (["--checkpoint", tmp_path / "missing.pt", "--dataset", "procedural"], ["missing.pt"]),
         (["--checkpoint", tmp_path / "m.pt"], ["--dataset"]),
+        (["--real", real, "--generated", generated, "--batch", 0], ["batch must be a positive integer"]),
+        (["--real", real, "--generated", generated, "--device", "gpu0"], ["device"]),
     ]
     for args, fragments in cases:
         code, out, err = _run([*args, "--report", report], capsys)
