@@ -74,7 +74,10 @@ def folders(tmp_path, generator):
 
 
 def _run(args, capsys):
-    code = main(["evaluate", "--no-progress", *map(str, args)])
+    try:
+        code = main(["evaluate", "--no-progress", *map(str, args)])
+    except SystemExit as exit_info:  # the CLI's user-error policy: parser.exit(2, one line)
+        code = exit_info.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
 
@@ -210,7 +213,7 @@ def test_checkpoint_mode_matches_direct_generation(tmp_path, capsys):
 def _assert_user_error(code, out, err, *fragments):
     assert code == 2
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("asapnet evaluate: "), err
+    assert len(lines) == 1 and lines[0].startswith("asapnet evaluate: error: "), err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
 
