@@ -11,6 +11,8 @@ Subcommands:
   demo           train a small ASAP-Net on embedded procedural facades (~3 min on a CPU),
                  translate held-out maps, report PSNR/SSIM and LR/HR stream timings
   paint          a local web page: paint a label map, see the translated photo live
+  evaluate       score generated images (folders, or a checkpoint run on a data set): FID,
+                 segmentation mIoU / pixel accuracy, PSNR, SSIM, as a JSON report
 """
 
 from __future__ import annotations
@@ -214,7 +216,56 @@ def _parser() -> argparse.ArgumentParser:
     from .paint.command import add_paint_parser
 
     add_paint_parser(sub)
+
+    _add_evaluate_parser(sub)
     return parser
+
+
+def _add_evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score generated images: FID, segmentation mIoU, pixel accuracy, PSNR, SSIM",
+        description="Score generated images against real ones as the paper does and write a JSON report. "
+        "Either folders (--real, --generated, paired by file stem; --labels with --dataset for the "
+        "segmentation scores) or a model (--checkpoint, --official for the published code's) run on "
+        "--dataset batch by batch. FID needs --inception (pytorch-fid's weights file); segmentation "
+        "scores need --segmenter (shipped for the procedural facades). Nothing is downloaded.",
+    )
+    p.add_argument("--real", help="folder of real photos (folders mode)")
+    p.add_argument("--generated", help="folder of generated images, one per real photo, same stem")
+    p.add_argument("--labels", help="folder of label maps (.png, same stems; folders mode)")
+    p.add_argument("--checkpoint", help="a model file or training checkpoint (or, with --official, latest_net_G.pth)")
+    p.add_argument("--official", action="store_true", help="the checkpoint comes from the published ASAP-Net code")
+    p.add_argument(
+        "--dataset",
+        help="the data set (label convention; with --checkpoint also the images): "
+        "facades, cityscapes, nyu, folder or procedural",
+    )
+    p.add_argument("--root", help="the data set's folder (not for procedural)")
+    p.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="the data set's split (default: test)"
+    )
+    p.add_argument("--crop-size", type=int, default=256, help="image height the data set is resized to (default 256)")
+    p.add_argument("--num-samples", type=int, default=None, help="use only the first N items of the split")
+    p.add_argument("--label-nc", type=int, default=None, help="class count (folder and nyu data sets)")
+    p.add_argument("--dontcare", action="store_true", help="255 is a don't-care class (ignored by mIoU)")
+    p.add_argument("--seed", type=int, default=0, help="data set seed (procedural items)")
+    p.add_argument("--inception", help="FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--segmenter", help="segmentation network file (default for procedural: the shipped one)")
+    p.add_argument(
+        "--segmenter-fd",
+        action="store_true",
+        help="also the Fréchet distance in our segmenter's features (needs no downloaded weights)",
+    )
+    p.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
+    p.add_argument("--device", default="cpu", help="where the networks run: cpu or cuda (default: cpu)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="HR-stream backend (default: the checkpoint's)")
+    p.add_argument(
+        "--precision", choices=FLOAT32_PRECISIONS, default=None, help="HR-stream precision (default: the checkpoint's)"
+    )
+    p.add_argument("--save-generated", help="also write the generated images here (a new or empty folder)")
+    p.add_argument("--report", help="write the JSON report here (default: print it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _mlp_options(args) -> dict:
@@ -371,6 +422,45 @@ def _demo(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from .evaluation.evaluate import evaluate, json_safe, summary, write_report
+
+    try:
+        report = evaluate(
+            real=args.real,
+            generated=args.generated,
+            labels_dir=args.labels,
+            checkpoint=args.checkpoint,
+            official=args.official,
+            dataset=args.dataset,
+            root=args.root,
+            split=args.split,
+            crop_size=args.crop_size,
+            num_samples=args.num_samples,
+            label_nc=args.label_nc,
+            dontcare=args.dontcare,
+            seed=args.seed,
+            inception=args.inception,
+            segmenter=args.segmenter,
+            segmenter_fd=args.segmenter_fd,
+            batch=args.batch,
+            device=args.device,
+            backend=args.backend,
+            precision=args.precision,
+            save_generated=args.save_generated,
+            progress=not args.no_progress,
+        )
+    except ImportError as error:  # a missing optional extra (eval): the user's to install, reported as such
+        raise ValueError(str(error)) from error
+    if args.report:
+        write_report(args.report, report)
+        print(summary(report))
+        print(f"wrote {args.report}")
+    else:
+        print(json.dumps(json_safe(report), indent=1, allow_nan=False))
+    return 0
+
+
 # what a user gets wrong (a bad path, value or file): one line naming it, exit status 2, no traceback
 USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
 
@@ -430,6 +520,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
         from .paint.command import run_paint
 
         return run_paint(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "compare":
         return _compare(args)
     return _autotune(args)
