@@ -55,11 +55,11 @@ def test_the_suite_runs_an_output_of_more_than_2_31_elements():
 
 
 def test_large_image_check_compares_first_and_last_cells_with_the_reference():
-    """The check's flow on the CPU, at the --smoke size on the torch backend (the GPU suite runs it
+    """The check's flow on the CPU, at the --smoke size (cell 16) on the torch backend (the GPU suite runs it
     at LARGE_IMAGE on the compiled kernels): every row within tolerance."""
     lines = []
     rows = gpu_suite.large_image_check(
-        *gpu_suite.SMOKE_LARGE_IMAGE, device="cpu", backend="torch", printer=lines.append
+        *gpu_suite.SMOKE_LARGE_IMAGE, device="cpu", backend="torch", cell_size=16, printer=lines.append
     )
     assert [(r["where"], r["quantity"]) for r in rows] == [
         ("first cells", "output"),
@@ -69,3 +69,5 @@ def test_large_image_check_compares_first_and_last_cells_with_the_reference():
     ]
     assert all(r["ok"] and 0 < r["error"] <= r["tolerance"] for r in rows), rows
     assert len(lines) == 4
+    with pytest.raises(ValueError, match="at least 2 x 2 cells"):
+        gpu_suite.large_image_check(40, 50, device="cpu", backend="torch", cell_size=64)
