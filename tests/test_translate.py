@@ -6,6 +6,8 @@ import torch
 from PIL import Image
 
 import asapnet_triton as at
+from asapnet_triton.checkpoints import TrainedModel
+from asapnet_triton.labels import label_convention
 from asapnet_triton.translate import read_label_map, translate
 
 
@@ -23,7 +25,8 @@ def _tiny_generator(num_classes=5, label_input=True):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.2 * torch.randn_like(parameter))
-    return model.eval()
+    labels = label_convention("folder", num_classes) if label_input else None
+    return TrainedModel(model.eval(), labels, "a tiny random generator")
 
 
 def _write_labels(path, labels: torch.Tensor):
@@ -41,7 +44,7 @@ def test_translate_writes_the_generator_output(tmp_path, generator):
     for (path, labels), output in zip(inputs, outputs):
         assert output == tmp_path / "out" / path.name
         with torch.no_grad():
-            expected = model(labels[None])[0]
+            expected = model.generator(labels[None])[0]
         written = torch.from_numpy(np.array(Image.open(output))).permute(2, 0, 1).float() / 127.5 - 1
         assert written.shape == expected.shape
         assert (written - expected.clamp(-1, 1)).abs().max() <= 1 / 127.5 + 1e-6
@@ -68,13 +71,16 @@ def test_translate_refuses_to_overwrite(tmp_path, generator):
 def test_label_map_errors_name_the_file(tmp_path, generator):
     path = tmp_path / "bad.png"
     _write_labels(path, torch.randint(5, 9, (20, 20), generator=generator))
-    with pytest.raises(ValueError, match=r"bad\.png.*\[0, 5\)"):
-        read_label_map(path, 5)
+    folder = label_convention("folder", 5)
+    with pytest.raises(ValueError, match=r"bad\.png.*value\(s\) .* expected class indices 0\.\.4"):
+        read_label_map(path, folder)
     Image.new("RGB", (20, 20)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb\.png.*single-channel"):
-        read_label_map(tmp_path / "rgb.png", 5)
+        read_label_map(tmp_path / "rgb.png", folder)
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"junk\.png.*cannot be read"):
-        read_label_map(tmp_path / "junk.png", 5)
+        read_label_map(tmp_path / "junk.png", folder)
     with pytest.raises(FileNotFoundError, match="missing.png"):
         translate(_tiny_generator(), [tmp_path / "missing.png"], tmp_path / "out", progress=False)
+    with pytest.raises(TypeError, match="TrainedModel"):
+        translate(_tiny_generator().generator, [path], tmp_path / "out", progress=False)
