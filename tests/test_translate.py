@@ -6,7 +6,17 @@ import torch
 from PIL import Image
 
 import asapnet_triton as at
+from asapnet_triton.checkpoints import TrainedModel
+from asapnet_triton.labels import label_convention
 from asapnet_triton.translate import read_label_map, translate
+
+FOLDER_5 = label_convention("folder", 5)  # stored values 0..4 are the class indices
+
+
+def _tiny_model(num_classes=5, label_input=True) -> TrainedModel:
+    generator = _tiny_generator(num_classes, label_input)
+    labels = label_convention("folder", num_classes) if label_input else None
+    return TrainedModel(generator, labels, "tiny test model")
 
 
 def _tiny_generator(num_classes=5, label_input=True):
@@ -31,7 +41,7 @@ def _write_labels(path, labels: torch.Tensor):
 
 
 def test_translate_writes_the_generator_output(tmp_path, generator):
-    model = _tiny_generator()
+    model = _tiny_model()
     inputs = []
     for name, (height, width) in {"a": (40, 37), "b": (21, 50)}.items():  # not multiples of the cell
         labels = torch.randint(0, 5, (height, width), generator=generator)
@@ -41,14 +51,14 @@ def test_translate_writes_the_generator_output(tmp_path, generator):
     for (path, labels), output in zip(inputs, outputs):
         assert output == tmp_path / "out" / path.name
         with torch.no_grad():
-            expected = model(labels[None])[0]
+            expected = model.generator(labels[None])[0]
         written = torch.from_numpy(np.array(Image.open(output))).permute(2, 0, 1).float() / 127.5 - 1
         assert written.shape == expected.shape
         assert (written - expected.clamp(-1, 1)).abs().max() <= 1 / 127.5 + 1e-6
 
 
 def test_translate_refuses_to_overwrite(tmp_path, generator):
-    model = _tiny_generator()
+    model = _tiny_model()
     path = tmp_path / "a.png"
     _write_labels(path, torch.randint(0, 5, (32, 32), generator=generator))
     before = path.read_bytes()
@@ -68,13 +78,13 @@ def test_translate_refuses_to_overwrite(tmp_path, generator):
 def test_label_map_errors_name_the_file(tmp_path, generator):
     path = tmp_path / "bad.png"
     _write_labels(path, torch.randint(5, 9, (20, 20), generator=generator))
-    with pytest.raises(ValueError, match=r"bad\.png.*\[0, 5\)"):
-        read_label_map(path, 5)
+    with pytest.raises(ValueError, match=r"bad\.png.*label value.*expected class indices 0\.\.4"):
+        read_label_map(path, FOLDER_5)
     Image.new("RGB", (20, 20)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb\.png.*single-channel"):
-        read_label_map(tmp_path / "rgb.png", 5)
+        read_label_map(tmp_path / "rgb.png", FOLDER_5)
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"junk\.png.*cannot be read"):
-        read_label_map(tmp_path / "junk.png", 5)
+        read_label_map(tmp_path / "junk.png", FOLDER_5)
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        translate(_tiny_generator(), [tmp_path / "missing.png"], tmp_path / "out", progress=False)
+        translate(_tiny_model(), [tmp_path / "missing.png"], tmp_path / "out", progress=False)
