@@ -129,7 +129,7 @@ def _card_markdown(card: dict) -> str:
         "Segmentation and FID-style scores: not measured yet.",
         "",
         "## Weights",
-        f"- stored as {storage['dtype']} ({storage['file_bytes'] / 1e6:.1f} MB file), loaded into float32 parameters;"
+        f"- stored as {storage['dtype']} ({storage['stored_bytes'] / 1e6:.1f} MB of tensors), loaded into float32 parameters;"
         f" measured: {json.dumps(storage['measured'])}",
         "",
     ]
@@ -196,9 +196,8 @@ def main(argv=None) -> int:
     storage_generator = copy.deepcopy(shipped.generator)
     if storage != "float32":
         storage_generator = storage_generator.to(STORAGE_DTYPES[storage])
+    card["weights"]["stored_bytes"] = sum(t.numel() * t.element_size() for t in storage_generator.state_dict().values())
     model_path = PACKAGE_DIR / SHIPPED_MODEL_FILE
-    save_model(model_path, storage_generator, model.labels, card=card)
-    card["weights"]["file_bytes"] = model_path.stat().st_size
     save_model(model_path, storage_generator, model.labels, card=card)
     if model_path.stat().st_size > MAX_WEIGHT_BYTES:
         raise SystemExit(f"export_shipped: {model_path} takes {model_path.stat().st_size} bytes, over 20 MB")
