@@ -2,13 +2,13 @@
 float64 (and fp32), on fresh random procedural label maps, on the ``torch`` backend (bf16 products
 are wrong under the Triton interpreter: triton #11584, see TRITON-ON-CPU.md).
 
-Tolerances, from ``bench/bf16_quality.py`` on the shipped model (4 held-out maps, 256x256; see
-``bench/results/cpu-2core-Intel-Xeon/bf16/bf16_quality.json``): both streams in bf16 measured
-64-66 dB PSNR against fp32 (output relative L2 1.8e-3 at step 300, 2.4e-3 at step 1800), the LR
-stream alone in bf16 71-74 dB (7.6e-4 - 1.0e-3) with its parameter head in fp32 and 65-68 dB
-(1.5e-3 - 2.0e-3) with a bf16 head. Held here to 55 dB / 5e-3 and 62 dB / 2e-3: about 10 dB of
-margin for other maps and sizes, still far above the issue's 40 dB and far below what an error
-in the streams would give.
+Tolerances, from measurements. ``bench/bf16_quality.py`` on the shipped model (4 held-out maps,
+256x256; ``bench/results/cpu-2core-Intel-Xeon/bf16/bf16_quality.json``, step 1800): both streams
+in bf16 66 dB PSNR against fp32 (output relative L2 2.4e-3), the LR stream alone 74 dB (1.0e-3)
+with its parameter head in fp32 and 68 dB (2.0e-3) with a bf16 head. On this test's smaller
+100x137 maps (step 2400, three seeds): both 56-57 dB (3.5e-3 - 4.0e-3), the LR stream alone
+61.5-64.4 dB (1.6e-3 - 2.0e-3). Held to 50 dB / 8e-3 and 55 dB / 4e-3: about 6 dB of margin,
+still far above the issue's 40 dB and far below what an error in the streams would give.
 """
 
 import pytest
@@ -19,8 +19,8 @@ from asapnet_triton.data import build_dataset
 from asapnet_triton.generator import ASAPNetGenerator
 from asapnet_triton.metrics import psnr
 
-BOTH_BF16_MIN_DB, BOTH_BF16_MAX_REL_L2 = 55.0, 5e-3
-LR_BF16_MIN_DB, LR_BF16_MAX_REL_L2 = 62.0, 2e-3
+BOTH_BF16_MIN_DB, BOTH_BF16_MAX_REL_L2 = 50.0, 8e-3
+LR_BF16_MIN_DB, LR_BF16_MAX_REL_L2 = 55.0, 4e-3
 
 
 @pytest.fixture(scope="module")
