@@ -19,7 +19,7 @@ import triton
 
 from .layout import MLPShape
 
-__all__ = ["KernelResources", "compile_kernel", "kernel_resources", "measure", "occupancy"]
+__all__ = ["SUPPORTED_ARCHS", "KernelResources", "compile_kernel", "kernel_resources", "measure", "occupancy"]
 
 # Per-SM limits used for the theoretical occupancy: registers, shared memory (bytes), threads.
 _SM_LIMITS = {
@@ -28,6 +28,7 @@ _SM_LIMITS = {
     89: (65536, 100 * 1024, 1536),
     90: (65536, 228 * 1024, 2048),
 }
+SUPPORTED_ARCHS = tuple(_SM_LIMITS)  # the compute capabilities whose limits are known here
 
 
 @dataclass(frozen=True)

@@ -217,62 +217,10 @@ def load_official_checkpoint(
     is needed), ``FileNotFoundError`` for a missing file.
     """
     state, source = _read_state_dict(checkpoint, map_location)
-    spectral = [k for k in state if re.search(r"\.weight_(orig|u|v)$", k)]
-    if spectral:
-        raise ValueError(
-            f"{source}: {spectral[0]!r} is a spectral-norm parameter (--norm_G spectral...): only the "
-            f"published generator's default norm, instanceaffine, is supported"
-        )
-    padded = f"{_PREFIX}1.0.weight" in state
-    if not padded and f"{_PREFIX}0.0.weight" not in state:
-        raise ValueError(
-            f"{source}: missing key {_PREFIX}0.0.weight (or {_PREFIX}1.0.weight with padding modules): "
-            f"the first conv of the published LR stream; found keys {sorted(state)[:8]}"
-        )
-    if padded:
-        if lr_padding not in ("reflect", "replicate"):
-            raise ValueError(
-                f"{source}: the LR stream was trained with padding modules (--reflection_pad or "
-                f"--replicate_pad; its first conv is {_PREFIX}1.0.weight), which the file cannot tell "
-                f"apart: pass lr_padding='reflect' or lr_padding='replicate', got {lr_padding!r}"
-            )
-    elif lr_padding not in (None, "zeros"):
-        raise ValueError(
-            f"{source}: the LR stream pads with zeros (no padding modules: its first conv is "
-            f"{_PREFIX}0.0.weight), but lr_padding={lr_padding!r} was given; pass lr_padding=None or "
-            f"'zeros' (one of {LR_PADDINGS})"
-        )
-    block_pattern = re.compile(re.escape(_PREFIX) + r"(\d+)\.conv_block\.")
-    lr_depth = len({m.group(1) for k in state if (m := block_pattern.match(k))})
-    strided = len({m.group(1) for k in state if (m := re.match(re.escape(_PREFIX) + r"(\d+)\.0\.weight$", k))}) - 1
-    if strided != _STRIDED_CONVS:
-        raise ValueError(
-            f"{source}: its LR stream has {strided} strided convs (learned_ds_factor {2 ** max(strided, 0)}); "
-            f"only the published learned_ds_factor {LR_DOWNSAMPLING} ({_STRIDED_CONVS} convs) is supported"
-        )
-    expected = official_key_names(lr_depth, padded)
-    missing = [k for k in expected if k not in state]
-    if missing:
-        raise ValueError(
-            f"{source}: missing key(s) {missing} of the published generator with lr_depth={lr_depth}"
-            f"{' and padding modules' if padded else ''}"
-        )
-    unexpected = sorted(set(state) - set(expected))
-    if unexpected:
-        message = (
-            f"{source}: unexpected key(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}: not part "
-            f"of the published generator with lr_depth={lr_depth}"
-        )
-        if strict:
-            raise ValueError(message + " (strict=False ignores them)")
-        warnings.warn(message + "; ignored (strict=False)", stacklevel=2)
-
-    first, final = state[expected[0]], state[expected[-2]]
-    for key in (expected[0], expected[-2]):
-        if state[key].dim() != 4:
-            raise ValueError(
-                f"{source}: {key} must be a conv weight (4 dimensions), got shape {tuple(state[key].shape)}"
-            )
+    _reject_spectral_norm(state, source)
+    padded = _padding_modules(state, source, lr_padding)
+    lr_depth, expected = _published_keys(state, source, padded, strict)
+    first, final = (_conv_weight(state, key, source) for key in (expected[0], expected[-2]))
     lr_width, lr_inputs = first.shape[:2]
     param_count, lr_max_width = final.shape[:2]
     num_classes, cell_size, instance_edges = _solve_mlp(
@@ -287,7 +235,6 @@ def load_official_checkpoint(
         source=source,
         final_key=expected[-2],
     )
-
     model = ASAPNetGenerator(
         num_classes,
         cell_size=cell_size,
@@ -304,19 +251,95 @@ def load_official_checkpoint(
         lr_padding=lr_padding or "zeros",
         lr_precision=lr_precision,
     )
+    described = (
+        f"the published generator with lr_width={lr_width}, lr_max_width={lr_max_width}, "
+        f"{lr_inputs} input channels and P={param_count}"
+    )
+    model.load_state_dict(_to_our_names(state, expected, lr_depth, model, source, described), strict=True)
+    return model.to(first.device).eval()
+
+
+def _reject_spectral_norm(state: dict, source: str) -> None:
+    spectral = [k for k in state if re.search(r"\.weight_(orig|u|v)$", k)]
+    if spectral:
+        raise ValueError(
+            f"{source}: {spectral[0]!r} is a spectral-norm parameter (--norm_G spectral...): only the "
+            f"published generator's default norm, instanceaffine, is supported"
+        )
+
+
+def _padding_modules(state: dict, source: str, lr_padding: str | None) -> bool:
+    """Whether the LR stream has padding modules (reflect / replicate: its first conv is module 1),
+    checked against ``lr_padding``, which the file cannot tell for those two."""
+    padded = f"{_PREFIX}1.0.weight" in state
+    if not padded and f"{_PREFIX}0.0.weight" not in state:
+        raise ValueError(
+            f"{source}: missing key {_PREFIX}0.0.weight (or {_PREFIX}1.0.weight with padding modules): "
+            f"the first conv of the published LR stream; found keys {sorted(state)[:8]}"
+        )
+    if padded and lr_padding not in ("reflect", "replicate"):
+        raise ValueError(
+            f"{source}: the LR stream was trained with padding modules (--reflection_pad or "
+            f"--replicate_pad; its first conv is {_PREFIX}1.0.weight), which the file cannot tell "
+            f"apart: pass lr_padding='reflect' or lr_padding='replicate', got {lr_padding!r}"
+        )
+    if not padded and lr_padding not in (None, "zeros"):
+        raise ValueError(
+            f"{source}: the LR stream pads with zeros (no padding modules: its first conv is "
+            f"{_PREFIX}0.0.weight), but lr_padding={lr_padding!r} was given; pass lr_padding=None or "
+            f"'zeros' (one of {LR_PADDINGS})"
+        )
+    return padded
+
+
+def _published_keys(state: dict, source: str, padded: bool, strict: bool) -> tuple[int, list[str]]:
+    """(lr_depth, the published generator's key names in order), read off the residual blocks
+    present; missing keys raise, unexpected ones raise (strict) or warn."""
+    block_pattern = re.compile(re.escape(_PREFIX) + r"(\d+)\.conv_block\.")
+    lr_depth = len({m.group(1) for k in state if (m := block_pattern.match(k))})
+    strided = len({m.group(1) for k in state if (m := re.match(re.escape(_PREFIX) + r"(\d+)\.0\.weight$", k))}) - 1
+    if strided != _STRIDED_CONVS:
+        raise ValueError(
+            f"{source}: its LR stream has {strided} strided convs (learned_ds_factor {2 ** max(strided, 0)}); "
+            f"only the published learned_ds_factor {LR_DOWNSAMPLING} ({_STRIDED_CONVS} convs) is supported"
+        )
+    expected = official_key_names(lr_depth, padded)
+    described = f"the published generator with lr_depth={lr_depth}{' and padding modules' if padded else ''}"
+    missing = [k for k in expected if k not in state]
+    if missing:
+        raise ValueError(f"{source}: missing key(s) {missing} of {described}")
+    unexpected = sorted(set(state) - set(expected))
+    if unexpected:
+        message = (
+            f"{source}: unexpected key(s) {unexpected[:10]}{' ...' if len(unexpected) > 10 else ''}: not part "
+            f"of {described}"
+        )
+        if strict:
+            raise ValueError(message + " (strict=False ignores them)")
+        warnings.warn(message + "; ignored (strict=False)", stacklevel=3)
+    return lr_depth, expected
+
+
+def _conv_weight(state: dict, key: str, source: str) -> torch.Tensor:
+    if state[key].dim() != 4:
+        raise ValueError(f"{source}: {key} must be a conv weight (4 dimensions), got shape {tuple(state[key].shape)}")
+    return state[key]
+
+
+def _to_our_names(
+    state: dict, expected: list[str], lr_depth: int, model: ASAPNetGenerator, source: str, described: str
+) -> dict:
+    """The published tensors under our module names, each checked against our generator's shape."""
     ours = model.state_dict()
     mapped = {}
     for official, name in zip(expected, _our_key_names(lr_depth), strict=True):
         tensor = state[official]
         if tensor.shape != ours[name].shape:
             raise ValueError(
-                f"{source}: {official} has shape {tuple(tensor.shape)}, expected {tuple(ours[name].shape)} "
-                f"for the published generator with lr_width={lr_width}, lr_max_width={lr_max_width}, "
-                f"{lr_inputs} input channels and P={param_count}"
+                f"{source}: {official} has shape {tuple(tensor.shape)}, expected {tuple(ours[name].shape)} for {described}"
             )
         mapped[name] = tensor
-    model.load_state_dict(mapped, strict=True)
-    return model.to(first.device).eval()
+    return mapped
 
 
 # --- model files: a generator with its label convention, whatever trained it -------------------

@@ -10,6 +10,9 @@ Subcommands:
   translate      label maps (or images) of any size to PNGs with a trained generator
   demo           train a small ASAP-Net on embedded procedural facades (~3 min on a CPU),
                  translate held-out maps, report PSNR/SSIM and LR/HR stream timings
+  paint          a local web page: paint a label map, see the translated photo live
+  evaluate       score generated images (folders, or a checkpoint run on a data set): FID,
+                 segmentation mIoU / pixel accuracy, PSNR, SSIM, as a JSON report
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import sys
 
 from .functional import BACKENDS
 from .kernels.launch_config import KERNELS
+from .labels import DATASET_CONVENTIONS
 from .precision import FLOAT32_PRECISIONS
 
 
@@ -45,10 +49,12 @@ def resolution(text: str) -> tuple[int, int]:
 
 
 def _add_model_arguments(p, *, height: int, width: int, cell_size: int) -> None:
-    p.add_argument("--height", type=int, default=height)
-    p.add_argument("--width", type=int, default=width)
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--cell-size", type=int, default=cell_size)
+    p.add_argument("--height", type=int, default=height, help=f"image height in pixels (default {height})")
+    p.add_argument("--width", type=int, default=width, help=f"image width in pixels (default {width})")
+    p.add_argument("--batch", type=int, default=1, help="batch size (default 1)")
+    p.add_argument(
+        "--cell-size", type=int, default=cell_size, help=f"pixels per cell side, a power of two (default {cell_size})"
+    )
     p.add_argument(
         "--num-classes",
         type=int,
@@ -56,9 +62,9 @@ def _add_model_arguments(p, *, height: int, width: int, cell_size: int) -> None:
         help="label-map input with this many classes (0: float input, see --in-channels)",
     )
     p.add_argument("--in-channels", type=int, default=3, help="channels of float input (with --num-classes 0)")
-    p.add_argument("--out-channels", type=int, default=3)
-    p.add_argument("--hidden-width", type=int, default=64)
-    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--out-channels", type=int, default=3, help="the MLP's output channels (default 3)")
+    p.add_argument("--hidden-width", type=int, default=64, help="the MLP's hidden width (default 64, as published)")
+    p.add_argument("--depth", type=int, default=5, help="the MLP's layers (default 5, as published)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -88,7 +94,7 @@ def _parser() -> argparse.ArgumentParser:
         help="precisions to check (default: fp32 bf16)",
     )
     p.add_argument("--backward", action="store_true", help="also check the gradients of params and x")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the random inputs (default 0)")
     _add_model_arguments(p, height=96, width=160, cell_size=32)
 
     p = sub.add_parser(
@@ -104,8 +110,10 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         help="triton (CUDA GPU; the default when one is present) or interpret (CPU, small shapes)",
     )
-    p.add_argument("--precision", choices=FLOAT32_PRECISIONS, default="bf16")
-    p.add_argument("--kernels", nargs="+", choices=KERNELS, default=list(KERNELS))
+    p.add_argument("--precision", choices=FLOAT32_PRECISIONS, default="bf16", help="precision to tune (default bf16)")
+    p.add_argument(
+        "--kernels", nargs="+", choices=KERNELS, default=list(KERNELS), help="kernels to tune (default: all)"
+    )
     p.add_argument("--repeats", type=int, default=3, help="timed runs per configuration on the CPU")
     _add_model_arguments(p, height=1024, width=2048, cell_size=64)
 
@@ -123,11 +131,11 @@ def _parser() -> argparse.ArgumentParser:
         default=["tf32", "bf16", "fp16", "fp32"],
         help=f"comma-separated, of {','.join(FLOAT32_PRECISIONS)}",
     )
-    p.add_argument("--cell-size", type=comma_list(int), default=[32, 64])
-    p.add_argument("--num-classes", type=int, default=35)
-    p.add_argument("--in-channels", type=int, default=3)
-    p.add_argument("--hidden-width", type=int, default=64)
-    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--cell-size", type=comma_list(int), default=[32, 64], help="comma-separated (default 32,64)")
+    p.add_argument("--num-classes", type=int, default=35, help="classes of the label-input kernels (default 35)")
+    p.add_argument("--in-channels", type=int, default=3, help="channels of the float-input kernels (default 3)")
+    p.add_argument("--hidden-width", type=int, default=64, help="the MLP's hidden width (default 64)")
+    p.add_argument("--depth", type=int, default=5, help="the MLP's layers (default 5)")
     p.add_argument("--json", metavar="PATH", help="also write the rows as JSON to PATH")
 
     from .training.command import add_train_parser
@@ -138,10 +146,11 @@ def _parser() -> argparse.ArgumentParser:
         "translate",
         help="label maps (or images) to PNGs with a trained generator",
         description="Run a trained generator on each input file (a label map: single-channel PNG of "
-        "the values its data set stores; or an image, for image-input models) at its own size and write "
-        "OUT/<stem>.png. Without --checkpoint: the model shipped in the package (procedural "
-        "facades, CMP label values 1..12; see asapnet_triton/pretrained/MODEL_CARD.md). Inputs are "
-        "never overwritten; existing outputs only with --overwrite.",
+        "the values its data set stores, read with the label convention the checkpoint records; or an "
+        "image, for image-input models) at its own size and write OUT/<stem>.png. Without "
+        "--checkpoint: the model shipped in the package (procedural facades, CMP label values 1..12; "
+        "see asapnet_triton/pretrained/MODEL_CARD.md). Inputs are never overwritten; existing "
+        "outputs only with --overwrite.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="label-map (or image) files")
     p.add_argument(
@@ -155,6 +164,13 @@ def _parser() -> argparse.ArgumentParser:
         "--official",
         action="store_true",
         help="the checkpoint comes from the published ASAP-Net code (see at.load_official_checkpoint)",
+    )
+    p.add_argument(
+        "--dataset",
+        choices=tuple(DATASET_CONVENTIONS),
+        default=None,
+        help="with --official: the data set the published model was trained on, for its label convention "
+        "(default: from its class count, 13 facades, 35 or 36 cityscapes)",
     )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument(
@@ -196,14 +212,79 @@ def _parser() -> argparse.ArgumentParser:
         default=[(128, 128), (1024, 1024)],
         help="image sizes HxW at which to time the LR and HR streams (default: 128x128,1024x1024)",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default 0)")
     p.add_argument(
         "--skip-training",
         action="store_true",
         help="only translate and score held-out maps with the shipped model (seconds)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    from .paint.command import add_paint_parser
+
+    add_paint_parser(sub)
+
+    _add_evaluate_parser(sub)
     return parser
+
+
+def _add_evaluate_parser(sub) -> None:
+    p = sub.add_parser(
+        "evaluate",
+        help="score generated images: FID, segmentation mIoU, pixel accuracy, PSNR, SSIM",
+        description="Score generated images against real ones as the paper does and write a JSON report. "
+        "Either folders (--real, --generated, paired by file stem; --labels with --dataset for the "
+        "segmentation scores) or a model (--checkpoint, --official for the published code's) run on "
+        "--dataset batch by batch. FID needs --inception (pytorch-fid's weights file); segmentation "
+        "scores need --segmenter (shipped for the procedural facades). Nothing is downloaded.",
+    )
+    p.add_argument("--real", help="folder of real photos (folders mode)")
+    p.add_argument("--generated", help="folder of generated images, one per real photo, same stem")
+    p.add_argument("--labels", help="folder of label maps (.png, same stems; folders mode)")
+    p.add_argument("--checkpoint", help="a model file or training checkpoint (or, with --official, latest_net_G.pth)")
+    p.add_argument("--official", action="store_true", help="the checkpoint comes from the published ASAP-Net code")
+    p.add_argument(
+        "--dataset",
+        help="the data set (label convention; with --checkpoint also the images): "
+        "facades, cityscapes, nyu, folder or procedural",
+    )
+    p.add_argument("--root", help="the data set's folder (not for procedural)")
+    p.add_argument(
+        "--split", default="test", choices=["train", "val", "test"], help="the data set's split (default: test)"
+    )
+    p.add_argument("--crop-size", type=int, default=256, help="image height the data set is resized to (default 256)")
+    p.add_argument("--num-samples", type=int, default=None, help="use only the first N items of the split")
+    p.add_argument("--label-nc", type=int, default=None, help="class count (folder and nyu data sets)")
+    p.add_argument("--dontcare", action="store_true", help="255 is a don't-care class (ignored by mIoU)")
+    p.add_argument("--seed", type=int, default=0, help="data set seed (procedural items)")
+    p.add_argument("--inception", help="FID Inception weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth")
+    p.add_argument("--segmenter", help="segmentation network file (default for procedural: the shipped one)")
+    p.add_argument(
+        "--segmenter-fd",
+        action="store_true",
+        help="also the Fréchet distance in our segmenter's features (needs no downloaded weights)",
+    )
+    p.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
+    p.add_argument("--device", default="cpu", help="where the networks run: cpu or cuda (default: cpu)")
+    p.add_argument("--backend", choices=BACKENDS, default=None, help="HR-stream backend (default: the checkpoint's)")
+    p.add_argument(
+        "--precision", choices=FLOAT32_PRECISIONS, default=None, help="HR-stream precision (default: the checkpoint's)"
+    )
+    p.add_argument("--save-generated", help="also write the generated images here (a new or empty folder)")
+    p.add_argument("--report", help="write the JSON report here (default: print it)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _mlp_options(args) -> dict:
+    """The per-pixel MLP's shape as ``compare`` and ``autotune`` take it, from their shared options."""
+    return dict(
+        cell_size=args.cell_size,
+        num_classes=args.num_classes or None,
+        in_channels=args.in_channels,
+        out_channels=args.out_channels,
+        hidden_width=args.hidden_width,
+        depth=args.depth,
+    )
 
 
 def _compare(args) -> int:
@@ -212,12 +293,7 @@ def _compare(args) -> int:
     rows = compare(
         args.height,
         args.width,
-        cell_size=args.cell_size,
-        num_classes=args.num_classes or None,
-        in_channels=args.in_channels,
-        out_channels=args.out_channels,
-        hidden_width=args.hidden_width,
-        depth=args.depth,
+        **_mlp_options(args),
         batch=args.batch,
         backends=args.backend,
         precisions=args.precision,
@@ -233,18 +309,29 @@ def _autotune(args) -> int:
     autotune(
         args.height,
         args.width,
-        cell_size=args.cell_size,
-        num_classes=args.num_classes or None,
-        in_channels=args.in_channels,
-        out_channels=args.out_channels,
-        hidden_width=args.hidden_width,
-        depth=args.depth,
+        **_mlp_options(args),
         precision=args.precision,
         batch=args.batch,
         kernels=args.kernels,
         repeats=args.repeats,
     )
     return 0
+
+
+def _kernel_report_archs(args) -> list[int]:
+    """kernel-report's --arch as compute capabilities, its --precision checked (before any compiling)."""
+    from .aot import SUPPORTED_ARCHS
+
+    archs = []
+    for arch in args.arch:
+        if not arch.startswith("sm_") or not arch[3:].isdigit() or int(arch[3:]) not in SUPPORTED_ARCHS:
+            known = ", ".join(f"sm_{a}" for a in SUPPORTED_ARCHS)
+            raise ValueError(f"--arch entries look like sm_80 or sm_90 (one of {known}), got {arch!r}")
+        archs.append(int(arch[3:]))
+    for precision in args.precision:
+        if precision not in FLOAT32_PRECISIONS:
+            raise ValueError(f"--precision entries must be among {', '.join(FLOAT32_PRECISIONS)}, got {precision!r}")
+    return archs
 
 
 def _kernel_report(args) -> int:
@@ -254,11 +341,7 @@ def _kernel_report(args) -> int:
     from .kernels.launch_config import default_config
     from .layout import MLPShape
 
-    archs = []
-    for arch in args.arch:
-        if not arch.startswith("sm_") or not arch[3:].isdigit():
-            raise SystemExit(f"asapnet kernel-report: --arch entries look like sm_80 or sm_90, got {arch!r}")
-        archs.append(int(arch[3:]))
+    archs = _kernel_report_archs(args)
     jobs = [
         (kernel, labels, cell, precision, arch)
         for arch in archs
@@ -300,7 +383,13 @@ def _translate(args) -> int:
     from .checkpoints import load_model
     from .translate import translate
 
-    model = load_model(args.checkpoint, official=args.official, backend=args.backend, precision=args.precision)
+    model = load_model(
+        args.checkpoint,
+        official=args.official,
+        dataset=args.dataset,
+        backend=args.backend,
+        precision=args.precision,
+    )
     written = translate(model, args.inputs, args.out, device=args.device, overwrite=args.overwrite)
     print(f"wrote {len(written)} image(s) to {args.out}")
     return 0
@@ -345,13 +434,70 @@ def _demo(args) -> int:
     return 0
 
 
+def _evaluate(args) -> int:
+    from .evaluation.evaluate import evaluate, json_safe, summary, write_report
+
+    try:
+        report = evaluate(
+            real=args.real,
+            generated=args.generated,
+            labels_dir=args.labels,
+            checkpoint=args.checkpoint,
+            official=args.official,
+            dataset=args.dataset,
+            root=args.root,
+            split=args.split,
+            crop_size=args.crop_size,
+            num_samples=args.num_samples,
+            label_nc=args.label_nc,
+            dontcare=args.dontcare,
+            seed=args.seed,
+            inception=args.inception,
+            segmenter=args.segmenter,
+            segmenter_fd=args.segmenter_fd,
+            batch=args.batch,
+            device=args.device,
+            backend=args.backend,
+            precision=args.precision,
+            save_generated=args.save_generated,
+            progress=not args.no_progress,
+        )
+    except ImportError as error:  # a missing optional extra (eval): the user's to install, reported as such
+        raise ValueError(str(error)) from error
+    if args.report:
+        write_report(args.report, report)
+        print(summary(report))
+        print(f"wrote {args.report}")
+    else:
+        print(json.dumps(json_safe(report), indent=1, allow_nan=False))
+    return 0
+
+
+# what a user gets wrong (a bad path, value or file): one line naming it, exit status 2, no traceback
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The ``asapnet`` command. Exit status 0 on success, 1 when a check fails (``compare``) or on an
+    internal failure (with its traceback), 2 for a usage or input error (one line on stderr naming the
+    argument or file; ``ASAPNET_TRACEBACK=1`` shows the traceback instead)."""
     parser = _parser()
     args = parser.parse_args(argv)
+    try:
+        return _dispatch(parser, args)
+    except USER_ERRORS as error:
+        if os.environ.get("ASAPNET_TRACEBACK", "0") not in ("", "0"):
+            raise
+        message = " ".join(str(error).split()) or type(error).__name__
+        parser.exit(2, f"asapnet {args.command}: error: {message}\n")
+
+
+def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # Triton chooses between its interpreter and its compiler when it is first imported: set the
     # environment for the request before anything imports it.
     interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     if args.command == "kernel-report":
+        _kernel_report_archs(args)  # a bad --arch or --precision is a user error, interpreter or not
         if interpreting:
             if "triton" in sys.modules:
                 parser.error("kernel-report needs Triton's compiler, but the interpreter is already active")
@@ -366,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     elif args.command == "autotune":
         wants_interpreter = args.backend == "interpret" or (args.backend is None and not _cuda_available())
-    else:  # train, translate, demo: only an explicit --backend interpret
+    else:  # train, translate, demo, paint: only an explicit --backend interpret
         wants_interpreter = getattr(args, "backend", None) == "interpret"
     if wants_interpreter and not interpreting:
         if "triton" in sys.modules:
@@ -379,9 +525,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "translate":
         if args.official and args.checkpoint is None:
             parser.error("translate --official: pass the published checkpoint with --checkpoint PATH")
+        if args.dataset is not None and not args.official:
+            parser.error("--dataset applies to --official checkpoints only (ours record their label convention)")
         return _translate(args)
     if args.command == "demo":
         return _demo(args)
+    if args.command == "paint":
+        from .paint.command import run_paint
+
+        return run_paint(args)
+    if args.command == "evaluate":
+        return _evaluate(args)
     if args.command == "compare":
         return _compare(args)
     return _autotune(args)

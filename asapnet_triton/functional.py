@@ -44,6 +44,8 @@ def _check_inputs(
     if not isinstance(params, torch.Tensor):
         raise TypeError(f"params must be a torch.Tensor, got {type(params).__name__}")
     labels = num_classes is not None
+    if labels and (isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1):
+        raise ValueError(f"num_classes must be an integer >= 1 (the label classes of x), got {num_classes!r}")
     if labels:
         if x.dtype.is_floating_point or x.dtype.is_complex or x.dtype == torch.bool:
             raise TypeError(f"x must be an integer label map (B, H, W) when num_classes is given, got dtype {x.dtype}")
@@ -130,9 +132,7 @@ def pixelwise_mlp(
         ``params`` and (float input) ``x`` on every backend; the "triton", "interpret" and
         "torch" backends save only their inputs and recompute activations in a fused backward.
     """
-    shape, labels = _check_inputs(
-        x,
-        params,
+    mlp = dict(
         cell_size=cell_size,
         out_channels=out_channels,
         hidden_width=hidden_width,
@@ -141,6 +141,7 @@ def pixelwise_mlp(
         pos_encoding=pos_encoding,
         precision=precision,
     )
+    shape, labels = _check_inputs(x, params, **mlp)
     name = resolve_backend(backend, x.device)
     if name == "reference":
         from .ops import check_label_range
@@ -148,17 +149,7 @@ def pixelwise_mlp(
 
         if labels:
             check_label_range(x, num_classes)
-        return pixelwise_mlp_einsum(
-            x,
-            params,
-            cell_size=cell_size,
-            out_channels=out_channels,
-            hidden_width=hidden_width,
-            depth=depth,
-            num_classes=num_classes,
-            pos_encoding=pos_encoding,
-            precision=precision,
-        )
+        return pixelwise_mlp_einsum(x, params, **mlp)
     if name in ("triton", "interpret"):
         from .kernels.pixelwise_mlp import interpreter_active
 

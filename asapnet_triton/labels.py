@@ -246,6 +246,8 @@ class LabelConvention:
                     f"; {self.unknown_value} means 'unknown', which this model has no channel for "
                     f"(the published --contain_dontcare_label)"
                 )
+            elif not DATASET_CONVENTIONS.get(self.dataset, (None, True))[1]:
+                hint = f" (label_nc={self.num_classes}; pass a larger label_nc if the data set has more classes)"
             raise ValueError(
                 f"{source}: found label value(s) {listed} in {int(bad.sum())} pixel(s); expected "
                 f"{self.describe()}{hint}"

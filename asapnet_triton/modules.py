@@ -48,7 +48,14 @@ class PixelwiseMLP(nn.Module):
 
     def forward(self, x: torch.Tensor, params: torch.Tensor) -> torch.Tensor:
         s = self.shape
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
         labels = not x.dtype.is_floating_point
+        if not labels and (x.dim() != 4 or x.shape[1] != s.in_channels):
+            raise ValueError(
+                f"x must have shape (B, {s.in_channels}, H, W) for PixelwiseMLP({s.in_channels}, ...), "
+                f"got {tuple(x.shape)}"
+            )
         return pixelwise_mlp(
             x,
             params,

@@ -25,7 +25,11 @@ _KERNEL_BACKENDS = ("triton", "interpret")
 
 def check_label_range(x: torch.Tensor, num_classes: int) -> None:
     """Raise ValueError when a label of ``x`` lies outside [0, num_classes)."""
-    low, high = (int(v) for v in torch.aminmax(x))
+    if x.numel() == 0:
+        return
+    # torch has no min/max kernels for uint16/uint32/uint64; int64 holds every label value
+    values = x if x.dtype in (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64) else x.to(torch.int64)
+    low, high = (int(v) for v in torch.aminmax(values))
     if low < 0 or high >= num_classes:
         raise ValueError(
             f"x (labels) must lie in [0, num_classes) = [0, {num_classes}), found values in [{low}, {high}]"

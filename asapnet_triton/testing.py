@@ -11,6 +11,8 @@ import torch
 from .layout import MLPShape, grid_size
 
 __all__ = [
+    "OFFICIAL_TINY",
+    "official_generator",
     "MLP_CASES",
     "device_for",
     "gradient_error",
@@ -178,7 +180,33 @@ def reference_grads(
     reference under autograd."""
     from .reference import pixelwise_mlp_einsum
 
-    x = x if labels else x.double().requires_grad_()
-    params = params.double().requires_grad_()
+    # copies: .double() of a float64 tensor is the tensor itself, whose grad must stay the caller's
+    x = x if labels else x.detach().to(torch.float64, copy=True).requires_grad_()
+    params = params.detach().to(torch.float64, copy=True).requires_grad_()
     pixelwise_mlp_einsum(x, params, **mlp_kwargs(shape, labels)).backward(grad_out.double())
     return (None if labels else x.grad), params.grad
+
+
+# the sizes of the published-format generators in the tests: small, every module of the published one
+OFFICIAL_TINY = dict(lr_width=8, lr_max_width=16, lr_depth=2, hr_width=16, hr_depth=3)
+
+
+def official_generator(options: dict, generator: torch.Generator, **sizes):
+    """A published-format generator (``reference.official_generator``, published ``options``
+    such as ``label_nc``, ``crop_size``) with random weights like a trained one's: perturbed
+    instance norms and a parameter head scaled so the predicted grid has the spread of trained
+    per-pixel MLP weights. ``sizes`` override :data:`OFFICIAL_TINY`."""
+    from .reference.official_generator import OfficialASAPNetsGenerator
+
+    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
+    model = OfficialASAPNetsGenerator(**{**OFFICIAL_TINY, **sizes}, **options)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.InstanceNorm2d):
+                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
+                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
+        final = model.lowres_stream.model[-1]
+        # a grid of std ~0.3, the size of weights N(0, 1 / fan_in) of these MLPs
+        final.weight.mul_(0.5)
+        final.bias.copy_(0.1 * torch.randn(final.bias.shape, generator=generator))
+    return model.eval()

@@ -99,5 +99,9 @@ def translate(
                     raise ValueError(
                         f"{path}: this generator takes {num_classes}-channel images, translate reads RGB (3 channels)"
                     )
-            save_png(image_to_uint8(generator(x.to(device))[0]), output)
+            try:
+                image = generator(x.to(device))[0]
+            except ValueError as error:  # e.g. a map too small for the LR stream: say which file
+                raise ValueError(f"input {path}: {error}") from error
+            save_png(image_to_uint8(image), output)
     return outputs

@@ -7,7 +7,10 @@ the interpreter on the CPU, small shapes only) and stores the best per tuning ke
 that every later process loads automatically; the launchers then use it whenever no config is
 given. Everything that changes the best choice is in the key: kernel, input channels or classes,
 hidden width, depth, outputs, cell size, encoding, precision, parameter dtype, a power-of-two
-bucket of the pixel count, and the device.
+bucket of the pixel count, the device, the Triton version and a hash of the kernels' source
+(``kernels/pixelwise_mlp.py`` and ``kernels/launch_config.py``): entries of another Triton or of
+changed kernels are never used. Several processes may tune at once: each write takes a file lock
+(``<cache>.lock``) and merges its entries into the file as it is then, so none are lost.
 
 Environment:
   ASAPNET_TRITON_CACHE      the cache file (default: $XDG_CACHE_HOME or ~/.cache, then
@@ -17,17 +20,21 @@ Environment:
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 import os
 import time
 import warnings
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 
 import torch
 
-from .fileio import atomic_write_text
+from . import kernels as _kernels_package
+from .fileio import atomic_write_text, locked, remove_stale_temp_files
 from .kernels.launch_config import KERNELS, LaunchConfig, check_kernel, default_config, device_arch, pow2_at_least
 from .layout import MLPShape
 from .timing import gpu_seconds, median_seconds
@@ -37,9 +44,12 @@ __all__ = [
     "DISABLE_ENV",
     "KERNELS",
     "autotune",
+    "KERNEL_SOURCES",
     "cache_path",
     "chosen_config",
     "config_space",
+    "kernel_source_hash",
+    "triton_version",
     "tuning_key",
     "tuning_enabled",
 ]
@@ -68,6 +78,36 @@ def cache_path() -> Path:
     return base / "asapnet_triton" / "autotune.json"
 
 
+# the files whose contents decide what the tuned kernels compute and how they are launched
+KERNEL_SOURCES = tuple(
+    Path(_kernels_package.__file__).parent / name for name in ("pixelwise_mlp.py", "launch_config.py")
+)
+
+
+@functools.cache
+def triton_version() -> str:
+    """The installed Triton's version, read from the package metadata (importing triton here
+    would settle its interpreter flag too early; see ``functional.py``)."""
+    for distribution in ("triton", "pytorch-triton", "pytorch-triton-rocm", "triton-xpu"):
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return "none"
+
+
+@functools.cache
+def kernel_source_hash(paths: tuple[Path, ...] = KERNEL_SOURCES) -> str:
+    """The first 16 hex digits of the SHA-256 of ``paths``' contents (each file's name, size and
+    bytes, in order): a different kernel source gives a different cache key."""
+    digest = hashlib.sha256()
+    for path in paths:
+        data = Path(path).read_bytes()
+        digest.update(f"{Path(path).name}:{len(data)}:".encode())
+        digest.update(data)
+    return digest.hexdigest()[:16]
+
+
 def device_name(device: torch.device | str) -> str:
     """What the key calls a device: the GPU's name, or "interpreter" for Triton's CPU interpreter."""
     device = torch.device(device)
@@ -84,7 +124,8 @@ def pixel_bucket(pixels: int) -> int:
 def tuning_key(
     kernel: str, shape: MLPShape, *, labels: bool, precision: str, params_dtype: torch.dtype, pixels: int, device: str
 ) -> str:
-    """The cache key: everything that changes the best launch configuration."""
+    """The cache key: everything that changes the best launch configuration, and the Triton
+    version and kernel source it was tuned with."""
     check_kernel(kernel)
     source = f"classes={shape.in_channels}" if labels else f"in={shape.in_channels}"
     return "|".join(
@@ -100,6 +141,8 @@ def tuning_key(
             f"dtype={str(params_dtype).removeprefix('torch.')}",
             f"pixels~{pixel_bucket(pixels)}",
             f"device={device}",
+            f"triton={triton_version()}",
+            f"kernels={kernel_source_hash()}",
         ]
     )
 
@@ -200,10 +243,24 @@ def _entries() -> dict:
     return _loaded
 
 
-def _write_cache(entries: dict) -> Path:
-    # atomic: readers see the old or the new file, never half of one
-    text = json.dumps({"version": _CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True) + "\n"
-    return atomic_write_text(cache_path(), text)
+def _lock_path() -> Path:
+    path = cache_path()
+    return path.with_name(path.name + ".lock")
+
+
+def _merge_into_cache(new_entries: dict) -> tuple[dict, Path]:
+    """Under the cache's file lock: read the file as it is now (other processes may have written
+    entries since this one loaded it), add ``new_entries`` (replacing entries of the same key) and
+    write it back atomically; stale temporary files of killed writes in its folder are removed.
+    Returns the merged entries and the path."""
+    path = cache_path()
+    with locked(_lock_path()):
+        remove_stale_temp_files(path.parent)  # of writes killed mid-way
+        entries = {**_read_cache(path), **new_entries}
+        # atomic: readers that take no lock see the old or the new file, never half of one
+        text = json.dumps({"version": _CACHE_VERSION, "entries": entries}, indent=1, sort_keys=True) + "\n"
+        atomic_write_text(path, text)
+    return entries, path
 
 
 def chosen_config(
@@ -304,10 +361,11 @@ def _print_timings(kernel: str, key: str, timings: list[tuple[float, LaunchConfi
         )
 
 
-def _store_best(entries: dict) -> Path:
-    """Write the cache and make it what this process uses from now on."""
+def _store_best(new_entries: dict) -> Path:
+    """Merge ``new_entries`` into the cache file (see :func:`_merge_into_cache`) and make the
+    merged entries what this process uses from now on."""
     global _loaded, _loaded_from
-    path = _write_cache(entries)
+    entries, path = _merge_into_cache(new_entries)
     _loaded, _loaded_from = entries, path
     return path
 
@@ -361,7 +419,7 @@ def autotune(
     }
     timer = _timer(device, repeats)
     rows = []
-    entries = dict(_entries())
+    entries = {}  # this call's best configurations, merged into the cache at the end
     for kernel in kernels:
         space = config_space(kernel, shape, precision, labels=labels, interpret=interpret, arch=device_arch(device))
         key = tuning_key(

@@ -474,9 +474,11 @@ def _pixelwise_mlp_fwd_kernel(
 
 
 @triton.jit
-def _leaky_relu_grad(activation):
-    # leaky ReLU keeps the sign, so its slope is read off the activation it produced
-    return tl.where(activation > 0, 1.0, 0.01)
+def _leaky_relu_backward(grad, activation):
+    # leaky ReLU keeps the sign, so its slope is read off the activation it produced. The slope
+    # multiplies the gradient as a scalar, which takes the gradient's dtype: a tensor of slopes
+    # would be float32 (0.01 rounded by 2e-9), and fp64 gradients were off by 1e-10 (hypothesis found it)
+    return tl.where(activation > 0, grad, 0.01 * grad)
 
 
 @triton.jit
@@ -633,7 +635,7 @@ def _pixelwise_mlp_bwd_kernel(
         new_b = ()
         new_w = ()
         for layer in tl.static_range(DEPTH - 3, -1, -1):  # hidden layers from the last to the first
-            dz = da * _leaky_relu_grad(acts[layer + 1])
+            dz = _leaky_relu_backward(da, acts[layer + 1])
             new_b = (g_hidden_b[layer] + tl.sum(dz, axis=0),) + new_b
             new_w = (
                 _dot_acc(
@@ -648,7 +650,7 @@ def _pixelwise_mlp_bwd_kernel(
             da = _dot(dz, tl.trans(hidden_w[layer]), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
         g_hidden_b = new_b
         g_hidden_w = new_w
-        dz = da * _leaky_relu_grad(acts[0])
+        dz = _leaky_relu_backward(da, acts[0])
         dz_operand = _as_operand(dz, DOT_DTYPE, ROUNDING)
         g_b0 += tl.sum(dz, axis=0)
         if N_PE > 0:

@@ -14,6 +14,14 @@ if os.environ.get("ASAPNET_TEST_COMPILED", "0") in ("", "0"):
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# Property-based tests: "ci" (the default) is fixed-seed and sized for CI; "long" draws fresh random
+# cases, thousands per test (HYPOTHESIS_PROFILE=long python -m pytest tests/test_fuzz.py; the case
+# counts per test are in tests/test_fuzz.py and the README).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("long", print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture

@@ -174,3 +174,142 @@ def test_environment_variable_pins_defaults(cache, monkeypatch):
     )
     with pytest.raises(RuntimeError, match="disabled"):
         tuning.autotune(16, 16, cell_size=16, num_classes=5, hidden_width=16, depth=3, progress=False)
+
+
+# ---- keys that follow Triton and the kernels; concurrent tuning ------------------------------
+
+
+def _key(**overrides):
+    values = (
+        dict(labels=True, precision="fp32", params_dtype=torch.float32, pixels=2 * 40 * 33, device="interpreter")
+        | overrides
+    )
+    return tuning.tuning_key("forward", SHAPE, **values)
+
+
+def _entry(block=16):
+    return {"config": {"block_pixels": block, "pixels_per_program": 16, "num_warps": 1, "num_stages": 1}}
+
+
+def test_key_holds_the_triton_version_and_the_kernel_source(cache, monkeypatch):
+    key = _key()
+    assert f"|triton={tuning.triton_version()}|" in key and key.endswith(f"|kernels={tuning.kernel_source_hash()}")
+    assert tuning.triton_version() != "none"  # read from the installed package's metadata
+    # an entry tuned with another Triton, or another kernel source, is never used
+    for name, value in (("triton_version", "2.0.0"), ("kernel_source_hash", "0123456789abcdef")):
+        with monkeypatch.context() as patch:
+            patch.setattr(tuning, name, lambda value=value: value)
+            foreign = _key()
+        assert foreign != key
+        cache.write_text(json.dumps({"version": 1, "entries": {foreign: _entry()}}))
+        tuning._loaded = None
+        assert choose()[1] == "default"
+    cache.write_text(json.dumps({"version": 1, "entries": {key: _entry()}}))
+    tuning._loaded = None
+    assert choose()[1] == "tuned"
+
+
+def test_kernel_source_hash_follows_the_files_contents(tmp_path):
+    copies = []
+    for source in tuning.KERNEL_SOURCES:
+        copy = tmp_path / source.name
+        copy.write_bytes(source.read_bytes())
+        copies.append(copy)
+    assert {path.name for path in tuning.KERNEL_SOURCES} == {"pixelwise_mlp.py", "launch_config.py"}
+    assert tuning.kernel_source_hash(tuple(copies)) == tuning.kernel_source_hash()
+    for copy in copies:
+        original = copy.read_bytes()
+        copy.write_bytes(original.replace(b"def ", b"def  ", 1))
+        tuning.kernel_source_hash.cache_clear()
+        assert tuning.kernel_source_hash(tuple(copies)) != tuning.kernel_source_hash()
+        copy.write_bytes(original)
+    tuning.kernel_source_hash.cache_clear()
+
+
+def test_storing_merges_with_entries_other_processes_wrote_meanwhile(cache):
+    mine, theirs, new = _key(pixels=64), _key(pixels=4096), _key(pixels=2**20)
+    cache.write_text(json.dumps({"version": 1, "entries": {mine: _entry(16)}}))
+    assert tuning._entries() == {mine: _entry(16)}  # loaded by this process
+    # another process adds an entry after this one loaded the file
+    cache.write_text(json.dumps({"version": 1, "entries": {mine: _entry(16), theirs: _entry(32)}}))
+    tuning._store_best({new: _entry(64)})
+    stored = json.loads(cache.read_text())["entries"]
+    assert stored == {mine: _entry(16), theirs: _entry(32), new: _entry(64)}
+    assert tuning._entries() == stored
+    assert (cache.parent / (cache.name + ".lock")).is_file()
+
+
+def test_storing_removes_stale_temp_files_of_killed_writes(cache):
+    import os
+    import time
+
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    stale, live = cache.parent / ".tmp-killed01.part", cache.parent / ".tmp-writing1.part"
+    for path in (stale, live):
+        path.write_text('{"version": 1, "entr')
+    past = time.time() - 3600
+    os.utime(stale, (past, past))
+    tuning._store_best({_key(): _entry()})
+    assert not stale.exists() and live.exists()
+
+
+TUNING_PROCESS = """
+import os, sys, time
+from pathlib import Path
+
+os.environ["TRITON_INTERPRET"] = "1"
+from asapnet_triton import tuning
+
+meeting, name, classes = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3])
+
+
+def time_configs(kernel, space, launch, timer, *, progress, printer):
+    # both processes have loaded the cache before either times (and then writes) anything
+    (meeting / f"{name}-{kernel}").touch()
+    deadline = time.monotonic() + 120
+    while len(list(meeting.glob(f"*-{kernel}"))) < 2:
+        if time.monotonic() > deadline:
+            sys.exit("the other tuning process never arrived")
+        time.sleep(0.01)
+    return [(1e-3 * classes, space[-1])]
+
+
+tuning._time_configs = time_configs
+tuning.autotune(
+    24, 20, cell_size=16, num_classes=classes, hidden_width=16, depth=3, precision="fp32",
+    repeats=1, progress=False, printer=lambda *args: None, device="cpu",
+)
+"""
+
+
+@needs_interpreter
+def test_two_processes_tuning_at_once_keep_each_others_entries(cache, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    meeting = tmp_path / "meeting"
+    meeting.mkdir()
+    script = tmp_path / "tune.py"
+    script.write_text(TUNING_PROCESS)
+    environment = {**os.environ, tuning.CACHE_ENV: str(cache), "TRITON_INTERPRET": "1"}
+    processes = [
+        subprocess.Popen(
+            [sys.executable, str(script), str(meeting), name, str(classes)],
+            env=environment,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for name, classes in (("first", 5), ("second", 7))
+    ]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    assert [process.returncode for process in processes] == [0, 0], outputs
+    stored = json.loads(cache.read_text())["entries"]
+    # two kernels from each process, none lost
+    assert sorted(key.split("|")[:2] for key in stored) == [
+        ["backward", "classes=5"],
+        ["backward", "classes=7"],
+        ["forward", "classes=5"],
+        ["forward", "classes=7"],
+    ]

@@ -117,3 +117,60 @@ def test_interpret_backend_needs_the_environment_variable():
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "ERROR backend='interpret' needs TRITON_INTERPRET=1" in result.stdout, result.stderr
+
+
+# --- the module and the generator: user errors are ValueError / TypeError naming the argument ----------
+
+
+def _tiny_generator(**kwargs):
+    return at.ASAPNetGenerator(
+        5, cell_size=16, hidden_width=8, depth=2, lr_width=8, lr_max_width=8, lr_depth=1, **kwargs
+    )
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int16, torch.int32, torch.uint16, torch.uint32])
+def test_every_integer_label_dtype_gives_the_int64_result(generator, dtype):
+    model = _tiny_generator().eval()
+    labels = torch.randint(0, 5, (2, 40, 37), generator=generator)
+    with torch.no_grad():
+        expected = model(labels)
+        torch.testing.assert_close(model(labels.to(dtype)), expected, rtol=0, atol=0)
+    shape = at.MLPShape(5, 16, 3, 32, 3)
+    _, params = random_inputs(shape, 2, 40, 37, generator=generator)
+    for backend in ["torch", *kernel_backends()]:
+        out = at.pixelwise_mlp(
+            labels.to(dtype), params, num_classes=5, **(dict(cell_size=16, hidden_width=32, depth=3)), backend=backend
+        )
+        ref = at.pixelwise_mlp(labels, params, num_classes=5, cell_size=16, hidden_width=32, depth=3, backend="torch")
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 0, 40), (1, 40, 0), (0, 40, 40)])
+def test_generator_refuses_empty_inputs(shape):
+    with pytest.raises(ValueError, match="non-empty batch, height and width"):
+        _tiny_generator()(torch.zeros(shape, dtype=torch.int64))
+
+
+def test_generator_label_and_class_count_errors(generator):
+    model = _tiny_generator()
+    with pytest.raises(
+        ValueError, match=r"x \(labels\) must lie in \[0, num_classes\) = \[0, 5\), found values in \[0, 7\]"
+    ):
+        model(torch.randint(0, 8, (1, 40, 40), generator=generator).clamp(min=0).index_fill_(1, torch.tensor([0]), 7))
+    with pytest.raises(ValueError, match="integer label map"):
+        model(torch.rand(1, 5, 40, 40, generator=generator))
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        model([[0, 1]])
+    with pytest.raises(ValueError, match=r"in_channels \(the number of label classes\) must be an integer >= 1, got 0"):
+        at.ASAPNetGenerator(0, cell_size=16)
+    with pytest.raises(ValueError, match=r"num_classes must be an integer >= 1"):
+        call(torch.zeros(1, 40, 40, dtype=torch.int64), torch.rand(1, 3, 3, 3), num_classes=0)
+
+
+def test_module_checks_the_channels_it_was_built_for(generator):
+    module = at.PixelwiseMLP(3, cell_size=16, hidden_width=32, depth=3, backend="torch")
+    x, params = random_inputs(at.MLPShape(5, 16, 3, 32, 3), 1, 40, 33, generator=generator)
+    with pytest.raises(
+        ValueError, match=r"x must have shape \(B, 3, H, W\) for PixelwiseMLP\(3, ...\), got \(1, 5, 40, 33\)"
+    ):
+        module(x, params)

@@ -14,9 +14,8 @@ import asapnet_triton as at
 from asapnet_triton.checkpoints import official_key_names
 from asapnet_triton.reference import pixelwise_mlp_einsum
 from asapnet_triton.reference.official_generator import OfficialASAPNetsGenerator, instance_edges, one_hot_semantics
-from asapnet_triton.testing import relative_error
+from asapnet_triton.testing import official_generator, relative_error
 
-TINY = dict(lr_width=8, lr_max_width=16, lr_depth=2, hr_width=16, hr_depth=3)
 MLP = dict(hidden_width=16, depth=3)
 
 # (published options, height, width, loader arguments the file cannot tell)
@@ -39,22 +38,6 @@ CONFIGS = {
         dict(lr_padding="replicate"),
     ),
 }
-
-
-def official_generator(options, generator):
-    """A published-format generator with random weights like a trained one's."""
-    torch.manual_seed(int(torch.randint(0, 2**31, (1,), generator=generator)))
-    model = OfficialASAPNetsGenerator(**TINY, **options)
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, torch.nn.InstanceNorm2d):
-                module.weight.copy_(1 + 0.3 * torch.randn(module.weight.shape, generator=generator))
-                module.bias.copy_(0.3 * torch.randn(module.bias.shape, generator=generator))
-        final = model.lowres_stream.model[-1]
-        # a grid of std ~0.3, the size of weights N(0, 1 / fan_in) of these MLPs
-        final.weight.mul_(0.5)
-        final.bias.copy_(0.1 * torch.randn(final.bias.shape, generator=generator))
-    return model.eval()
 
 
 def random_case(model, height, width, generator, batch=2):

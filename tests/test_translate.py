@@ -10,14 +10,6 @@ from asapnet_triton.checkpoints import TrainedModel
 from asapnet_triton.labels import label_convention
 from asapnet_triton.translate import read_label_map, translate
 
-FOLDER_5 = label_convention("folder", 5)  # stored values 0..4 are the class indices
-
-
-def _tiny_model(num_classes=5, label_input=True) -> TrainedModel:
-    generator = _tiny_generator(num_classes, label_input)
-    labels = label_convention("folder", num_classes) if label_input else None
-    return TrainedModel(generator, labels, "tiny test model")
-
 
 def _tiny_generator(num_classes=5, label_input=True):
     model = at.ASAPNetGenerator(
@@ -33,7 +25,8 @@ def _tiny_generator(num_classes=5, label_input=True):
     with torch.no_grad():
         for parameter in model.parameters():
             parameter.add_(0.2 * torch.randn_like(parameter))
-    return model.eval()
+    labels = label_convention("folder", num_classes) if label_input else None
+    return TrainedModel(model.eval(), labels, "a tiny random generator")
 
 
 def _write_labels(path, labels: torch.Tensor):
@@ -41,7 +34,7 @@ def _write_labels(path, labels: torch.Tensor):
 
 
 def test_translate_writes_the_generator_output(tmp_path, generator):
-    model = _tiny_model()
+    model = _tiny_generator()
     inputs = []
     for name, (height, width) in {"a": (40, 37), "b": (21, 50)}.items():  # not multiples of the cell
         labels = torch.randint(0, 5, (height, width), generator=generator)
@@ -58,7 +51,7 @@ def test_translate_writes_the_generator_output(tmp_path, generator):
 
 
 def test_translate_refuses_to_overwrite(tmp_path, generator):
-    model = _tiny_model()
+    model = _tiny_generator()
     path = tmp_path / "a.png"
     _write_labels(path, torch.randint(0, 5, (32, 32), generator=generator))
     before = path.read_bytes()
@@ -78,13 +71,16 @@ def test_translate_refuses_to_overwrite(tmp_path, generator):
 def test_label_map_errors_name_the_file(tmp_path, generator):
     path = tmp_path / "bad.png"
     _write_labels(path, torch.randint(5, 9, (20, 20), generator=generator))
-    with pytest.raises(ValueError, match=r"bad\.png.*label value.*expected class indices 0\.\.4"):
-        read_label_map(path, FOLDER_5)
+    folder = label_convention("folder", 5)
+    with pytest.raises(ValueError, match=r"bad\.png.*value\(s\) .* expected class indices 0\.\.4"):
+        read_label_map(path, folder)
     Image.new("RGB", (20, 20)).save(tmp_path / "rgb.png")
     with pytest.raises(ValueError, match=r"rgb\.png.*single-channel"):
-        read_label_map(tmp_path / "rgb.png", FOLDER_5)
+        read_label_map(tmp_path / "rgb.png", folder)
     (tmp_path / "junk.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match=r"junk\.png.*cannot be read"):
-        read_label_map(tmp_path / "junk.png", FOLDER_5)
+        read_label_map(tmp_path / "junk.png", folder)
     with pytest.raises(FileNotFoundError, match="missing.png"):
-        translate(_tiny_model(), [tmp_path / "missing.png"], tmp_path / "out", progress=False)
+        translate(_tiny_generator(), [tmp_path / "missing.png"], tmp_path / "out", progress=False)
+    with pytest.raises(TypeError, match="TrainedModel"):
+        translate(_tiny_generator().generator, [path], tmp_path / "out", progress=False)

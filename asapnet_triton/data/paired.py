@@ -44,6 +44,7 @@ loaded, and every error names the file and what was expected.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -285,14 +286,45 @@ def folder_samples(root: Path, split: str) -> list[SamplePaths]:
     return _pair_folders(root / "images", root / "labels", "folder")
 
 
+# Pillow refuses images over ~179 megapixels as possible decompression bombs. Label maps far larger
+# than its default guard (89 megapixels warns) are this project's use case, so the guard is ours:
+# 2**30 pixels (e.g. 32768 x 32768), an int64 label map of 8 GiB; ASAPNET_MAX_IMAGE_PIXELS changes it.
+DEFAULT_MAX_IMAGE_PIXELS = 2**30
+
+
+def max_image_pixels() -> int:
+    """The largest image (in pixels) the readers decode: ``$ASAPNET_MAX_IMAGE_PIXELS`` or 2**30."""
+    text = os.environ.get("ASAPNET_MAX_IMAGE_PIXELS", "")
+    if not text:
+        return DEFAULT_MAX_IMAGE_PIXELS
+    if not text.isdigit() or int(text) < 1:
+        raise ValueError(f"ASAPNET_MAX_IMAGE_PIXELS must be a positive whole number of pixels, got {text!r}")
+    return int(text)
+
+
 def _open(path: Path, what: str) -> Image.Image:
+    limit = max_image_pixels()
+    saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # Pillow's guard off: ours is checked here
     try:
-        image = Image.open(path)
-        image.load()  # decode now: a truncated or corrupt file fails here, not somewhere later
-    except FileNotFoundError as err:
-        raise FileNotFoundError(f"{what} file '{path}' has disappeared since the data set was built") from err
-    except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
-        raise ValueError(f"{what} file '{path}' cannot be read as an image: {err}") from err
+        try:
+            image = Image.open(path)  # reads the header only
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"{what} file '{path}' has disappeared since the data set was built") from err
+        except (OSError, SyntaxError, ValueError) as err:  # PIL's UnidentifiedImageError is an OSError
+            raise ValueError(f"{what} file '{path}' cannot be read as an image: {err}") from err
+        width, height = image.size
+        if width * height > limit:
+            raise ValueError(
+                f"{what} file '{path}' is {width}x{height} = {width * height} pixels, over the limit of {limit} "
+                f"(memory: a label map takes 8 bytes a pixel, the output 12); set ASAPNET_MAX_IMAGE_PIXELS to "
+                f"raise it knowingly"
+            )
+        try:
+            image.load()  # decode now: a truncated or corrupt file fails here, not somewhere later
+        except (OSError, SyntaxError, ValueError) as err:
+            raise ValueError(f"{what} file '{path}' cannot be read as an image: {err}") from err
+    finally:
+        Image.MAX_IMAGE_PIXELS = saved
     return image
 
 

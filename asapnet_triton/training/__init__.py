@@ -33,7 +33,7 @@ from .losses import (
     load_vgg19_features,
 )
 from .models import build_discriminator, build_generator
-from .trainer import LinearDecay, Trainer, learning_rates, train
+from .trainer import LinearDecay, Trainer, TrainingDiverged, learning_rates, train
 
 __all__ = [
     "LinearDecay",
@@ -43,6 +43,7 @@ __all__ = [
     "SpectralNormConv2d",
     "TrainConfig",
     "Trainer",
+    "TrainingDiverged",
     "VGG19Features",
     "VGGLoss",
     "atomic_write",

@@ -17,12 +17,16 @@ spectral and instance norm, hinge GAN loss, discriminator feature matching (x10)
 VGG19 perceptual loss (x10), Adam (0, 0.9) with TTUR (generator lr/2, discriminator lr*2), the
 rate constant for --niter epochs and then decaying linearly to 0 over --niter-decay epochs.
 
-Writes to --out: checkpoints/step_N.pt (atomic; the newest --keep-last kept), samples/step_N.png
-(label | generated | target), log.jsonl (losses per step), losses.png and config.json. A non-empty
---out is refused unless --resume is given. --resume latest (or a checkpoint path) continues the
-run exactly where it stopped; the run's settings then come from the checkpoint, and only
-run-control flags (--max-steps, --time-budget, --checkpoint-every, --sample-every, --keep-last,
---num-workers, --device, --backend, --dataroot, --no-progress) may be given anew.
+Writes to --out: checkpoints/step_N.pt (atomic; the newest --keep-last of the branch being
+trained kept: resuming an older checkpoint starts a branch, and other branches' checkpoints are
+never deleted), samples/step_N.png (label | generated | target), log.jsonl (losses per step),
+losses.png and config.json. A non-empty --out is refused unless --resume is given, and so is
+--resume of another folder's checkpoint into an --out holding a run. --resume latest (the
+checkpoint saved last) or a checkpoint path continues the run exactly where it stopped; the
+run's settings then come from the checkpoint, and only run-control flags (--max-steps,
+--time-budget, --checkpoint-every, --sample-every, --keep-last, --num-workers, --device,
+--backend, --dataroot, --no-progress) may be given anew. A NaN or infinite loss or parameter
+stops the run (exit status 1) naming the step; the last finite checkpoint is kept.
 
 Perceptual loss: off unless --vgg-weights names a local torchvision vgg19 state_dict, e.g. made
 once on a machine with torchvision:
@@ -55,6 +59,13 @@ def _options():
                 ("--aspect-ratio", "aspect_ratio", float, f"crop width / height (default {d.aspect_ratio})"),
                 ("--augment", "augment", argparse.BooleanOptionalAction, "random crops and flips (default: on)"),
                 ("--instance", "instance", "true", "use instance-edge maps (cityscapes)"),
+                (
+                    "--contain-dontcare",
+                    "contain_dontcare",
+                    "true",
+                    "255 in label maps is one more class, label_nc ('unknown'; the published "
+                    "--contain_dontcare_label); without it a 255 is an error naming the file",
+                ),
                 ("--num-samples", "num_samples", int, "use this many samples (procedural: generate this many)"),
             ],
         ),
@@ -131,7 +142,12 @@ def _options():
             "run control",
             [
                 ("--out", "out_dir", str, "output folder (required; must be empty or absent unless --resume)"),
-                ("--resume", "resume", str, "continue a run: a checkpoint path, or 'latest' (the newest in --out)"),
+                (
+                    "--resume",
+                    "resume",
+                    str,
+                    "continue a run: a checkpoint path, or 'latest' (the one saved last in --out)",
+                ),
                 ("--max-steps", "max_steps", int, "stop after this many steps in total (default: all epochs)"),
                 (
                     "--time-budget",
@@ -145,7 +161,12 @@ def _options():
                     int,
                     f"steps between checkpoints, 0 = only at the end (default {d.checkpoint_every})",
                 ),
-                ("--keep-last", "keep_last", int, f"checkpoints kept (default {d.keep_last})"),
+                (
+                    "--keep-last",
+                    "keep_last",
+                    int,
+                    f"checkpoints of the branch being trained kept (default {d.keep_last})",
+                ),
                 (
                     "--sample-every",
                     "sample_every",
@@ -200,33 +221,40 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     """The run's :class:`TrainConfig`: the flags given over the defaults; with ``--resume``, the
     checkpoint's settings, the run-control flags given anew, and any other flag given that
     disagrees with the checkpoint reported by the trainer."""
-    from .checkpoint import latest_checkpoint, load_checkpoint
+    from .checkpoint import latest_checkpoint, load_resume_checkpoint
 
     given = _given(args)
     if "out_dir" not in given:
-        raise SystemExit("asapnet train: --out DIR is required")
+        raise ValueError("--out DIR is required")
     if "resume" not in given:
         return TrainConfig(**given)
     path = given["resume"]
     if path == "latest":
         path = latest_checkpoint(given["out_dir"])
         if path is None:
-            raise SystemExit(f"asapnet train: --resume latest: no checkpoint in {given['out_dir']!r}/checkpoints")
+            raise FileNotFoundError(f"--resume latest: no checkpoint in {given['out_dir']!r}/checkpoints")
     # the stored run-control settings too (keep-last, device, backend, ...): a resumed run keeps
     # the checkpoints and the arithmetic the user chose unless a flag says otherwise
-    stored = load_checkpoint(path)["config"]
-    return TrainConfig(**{**stored, **given})
+    stored = load_resume_checkpoint(path)["config"]
+    try:
+        return TrainConfig.from_dict({**stored, **given})
+    except (TypeError, ValueError) as error:  # a config of another version, or a value it refuses
+        raise ValueError(f"--resume {path}: its stored settings cannot be used: {error}") from error
 
 
 def run_train(args: argparse.Namespace) -> int:
     """Run ``asapnet train`` with parsed arguments; returns the exit status."""
-    from .trainer import Trainer
+    import sys
 
-    # errors in the settings or files given end the command with their message; errors during
-    # training keep their traceback
+    from .trainer import Trainer, TrainingDiverged
+
+    # errors in the settings or files given (ValueError, FileExistsError when another process trains
+    # in --out, ...) reach asapnet_triton.cli.main, which prints them in one line (exit 2); a
+    # diverged run ends with its message (exit 1); other errors during training keep their traceback
+    trainer = Trainer(config_from_args(args))
     try:
-        trainer = Trainer(config_from_args(args))
-    except (FileExistsError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"asapnet train: {error}") from error
-    trainer.fit()
+        trainer.fit()
+    except TrainingDiverged as error:
+        print(f"asapnet train: {error}", file=sys.stderr)
+        return 1
     return 0

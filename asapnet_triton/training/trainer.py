@@ -12,7 +12,9 @@ import sys
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 import numpy as np
 import torch
@@ -20,16 +22,22 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoints import model_record
-from ..fileio import atomic_write, save_png
+from ..fileio import atomic_write, locked, remove_stale_temp_files, save_png
 from ..labels import label_convention
 from .checkpoint import (
+    CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
+    Lineage,
     capture_rng_state,
     checkpoint_path,
+    describe_checkpoints,
+    holds_finite_networks,
     latest_checkpoint,
-    load_checkpoint,
+    load_resume_checkpoint,
+    newest_finite_checkpoint,
     prune_checkpoints,
     restore_rng_state,
+    run_folder,
     save_checkpoint,
 )
 from .config import TrainConfig
@@ -45,11 +53,12 @@ from .losses import (
 from .models import build_discriminator, build_generator
 from .visuals import plot_losses, read_log, sample_grid
 
-__all__ = ["LinearDecay", "Trainer", "learning_rates", "train"]
+__all__ = ["LinearDecay", "Trainer", "TrainingDiverged", "learning_rates", "train"]
 
 LOG_NAME = "log.jsonl"
 PLOT_NAME = "losses.png"
 CONFIG_NAME = "config.json"
+RUN_LOCK_NAME = ".train.lock"  # held by the process training in out_dir
 SAMPLES_DIR = "samples"
 PLOT_INTERVAL_S = 60.0  # the loss plot is redrawn at checkpoints at most this often (and at the end)
 VGG_HINT = (
@@ -112,6 +121,70 @@ class _StopRequest:
             signal.signal(signal.SIGINT, self._previous)
 
 
+class TrainingDiverged(RuntimeError):
+    """A loss or parameter became NaN or infinite at ``step``; the message names the last finite
+    checkpoint, which is kept."""
+
+    def __init__(self, message: str, *, step: int):
+        super().__init__(message)
+        self.step = step
+
+
+@dataclass
+class _Session:
+    """What one :meth:`Trainer.fit` call keeps between its steps."""
+
+    start: float  # perf_counter at the start of fit
+    final_step: int
+    progress: _Progress
+    history: list[dict] = field(default_factory=list)
+    log: IO[str] | None = None
+    interrupt: _StopRequest | None = None
+    stop: bool = False
+    last_step_time: float = 0.0
+    last_sample_step: int | None = None
+
+
+class _Progress:
+    """The tqdm bar of a run: steps done of the final step; or, with a time budget, the seconds
+    spent of the budget (the step, of the final step, in the postfix), so that the bar and its
+    time left tell when the run will actually stop."""
+
+    def __init__(self, trainer: Trainer, *, enabled: bool):
+        from tqdm.auto import tqdm
+
+        self.budget_s = trainer.config.time_budget_s
+        self.final_step = trainer.final_step
+        self._start = time.perf_counter()
+        common = dict(dynamic_ncols=True, disable=not enabled, desc="train")
+        if self.budget_s is None:
+            self.bar = tqdm(total=self.final_step, initial=trainer.step, unit="step", **common)
+        else:
+            self.bar = tqdm(
+                total=self.budget_s,
+                unit="s",
+                bar_format="{desc}: {percentage:3.0f}%|{bar}| {n:.0f}/{total:g} s of the time budget "
+                "[{elapsed}<{remaining}{postfix}]",
+                **common,
+            )
+
+    def show(self, record: dict) -> None:
+        """Advance the bar past the step of ``record`` and show its losses and throughput."""
+        postfix = {k: f"{v:.3f}" for k, v in record.items() if k.startswith(("G_", "D_"))}
+        postfix["img/s"] = f"{record['images_per_s']:.1f}"
+        if self.budget_s is None:
+            self.bar.update(1)
+        else:
+            postfix = {"step": f"{record['step']}/{self.final_step}"} | postfix
+            # at most the budget (tqdm drops a total that n passes); the bar's elapsed time
+            # shows any overrun
+            self.bar.update(min(time.perf_counter() - self._start, self.budget_s) - self.bar.n)
+        self.bar.set_postfix(postfix, refresh=False)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
 class Trainer:
     """ASAP-Net's adversarial training.
 
@@ -130,12 +203,13 @@ class Trainer:
             is the one logged).
 
     Writes to ``config.out_dir`` (rank 0 only): ``checkpoints/step_N.pt`` (every
-    ``checkpoint_every`` steps and at the end; the newest ``keep_last`` kept), ``samples/step_N.png``
+    ``checkpoint_every`` steps and at the end; the newest ``keep_last`` of this branch kept, see
+    :func:`~asapnet_triton.training.checkpoint.prune_checkpoints`), ``samples/step_N.png``
     (every ``sample_every`` steps and at the end), ``log.jsonl`` (one record per step),
     ``losses.png`` and ``config.json``. Refuses a non-empty ``out_dir`` unless ``config.resume``
     is set: a previous run's files are never overwritten.
 
-    Resuming (``config.resume``: a checkpoint path, or "latest" for the newest in ``out_dir``)
+    Resuming (``config.resume``: a checkpoint path, or "latest" for the one saved last in ``out_dir``)
     restores the models, optimisers, schedulers, step, epoch, position in the epoch's data order
     and every random-number generator, so the run continues exactly as if it had never stopped
     (bitwise, on the same machine and number of processes, when the dataset's randomness is a
@@ -187,11 +261,32 @@ class Trainer:
             return path
         return Path(resume)
 
+    def _refuse_another_runs_folder(self, resume_path: Path, checkpoint: dict) -> None:
+        """A checkpoint from outside ``out_dir`` may only be resumed into an empty ``out_dir`` or
+        one holding the same run (resuming would trim its log, replace its config and prune its
+        checkpoints)."""
+        if resume_path.resolve().parent == (self.out_dir / CHECKPOINT_DIR).resolve():
+            return
+        if not self.out_dir.exists() or (self.out_dir.is_dir() and not any(self.out_dir.iterdir())):
+            return
+        recorded = Lineage.from_state(checkpoint.get("lineage"))
+        same_run = recorded is not None and any(
+            info.lineage is not None and info.lineage.run == recorded.run for info in describe_checkpoints(self.out_dir)
+        )
+        if not same_run:
+            raise FileExistsError(
+                f"--resume {str(resume_path)!r} is a checkpoint of the run in {str(run_folder(resume_path))!r}, "
+                f"but --out {str(self.out_dir)!r} is not empty and holds another run, whose log, config and "
+                f"checkpoints resuming there would overwrite or prune. Resume into the checkpoint's own folder "
+                f"(--out {str(run_folder(resume_path))!r}) or into an empty or new --out"
+            )
+
     def _setup(self, dataset: Dataset | None) -> None:
         config = self.config
         resume_path = self._resolve_resume()
-        checkpoint = load_checkpoint(resume_path) if resume_path is not None else None
+        checkpoint = load_resume_checkpoint(resume_path) if resume_path is not None else None
         if checkpoint is not None:
+            self._refuse_another_runs_folder(resume_path, checkpoint)
             stored = TrainConfig.from_dict(checkpoint["config"])
             differences = stored.differences(config)
             if differences:
@@ -255,6 +350,9 @@ class Trainer:
         self.batch_in_epoch = 0
         self.elapsed_s = 0.0  # training time over all sessions of this run
         self.checkpoint_step: int | None = None
+        self.last_checkpoint: Path | None = None  # the newest checkpoint of this lineage
+        self.lineage = Lineage.new_run()
+        self._other_branch_ahead = False
         self._checkpoint_time_s = 0.0
         self._plotted_at, self._plotted_step = -math.inf, None
         if checkpoint is not None:
@@ -299,6 +397,16 @@ class Trainer:
         return dataset, labels
 
     def _restore(self, checkpoint: dict, path: Path) -> None:
+        if not holds_finite_networks(checkpoint):
+            finite = newest_finite_checkpoint(run_folder(path), excluding=path)
+            way_on = (
+                f"the newest finite checkpoint there is {str(finite.path)!r} (step {finite.step}): resume from it"
+                if finite is not None
+                else f"no other checkpoint in {str(run_folder(path) / CHECKPOINT_DIR)!r} is finite"
+            )
+            raise ValueError(
+                f"checkpoint {str(path)!r} holds NaN or infinite parameters (its run had diverged); {way_on}"
+            )
         self.generator.load_state_dict(checkpoint["generator"])
         self.discriminator.load_state_dict(checkpoint["discriminator"])
         self.optimizer_g.load_state_dict(checkpoint["optimizer_g"])
@@ -309,6 +417,11 @@ class Trainer:
         self.batch_in_epoch = checkpoint["batch_in_epoch"]
         self.elapsed_s = checkpoint["elapsed_s"]
         self.checkpoint_step = self.step
+        self.last_checkpoint = path
+        recorded = Lineage.from_state(checkpoint.get("lineage"))
+        self.lineage = (
+            recorded.resumed_at(self.step) if recorded is not None else Lineage.resumed_from_unrecorded(self.step)
+        )
         restore_rng_state(checkpoint["rng"], self.device)
         if checkpoint["world_size"] != self.dist.world_size:
             self._say(
@@ -337,6 +450,9 @@ class Trainer:
             "batch_in_epoch": self.batch_in_epoch,
             "world_size": self.dist.world_size,
             "elapsed_s": self.elapsed_s,
+            # which run, session and branch wrote it (what pruning and --resume checks go by)
+            "lineage": self.lineage.to_state(),
+            "saved_at": time.time(),
             "generator": self.generator.state_dict(),
             "discriminator": self.discriminator.state_dict(),
             "optimizer_g": self.optimizer_g.state_dict(),
@@ -355,17 +471,22 @@ class Trainer:
 
     def save_checkpoint(self) -> Path:
         """Write the current state to OUT/checkpoints/step_N.pt (rank 0, atomically, between
-        barriers), prune to ``keep_last``, and redraw the loss plot (at most once a minute)."""
+        barriers; step_N-<session>.pt when another branch of the run already holds step N),
+        prune this lineage's checkpoints to ``keep_last``, and redraw the loss plot (at most once
+        a minute). Returns the path (rank 0's)."""
         path = checkpoint_path(self.out_dir, self.step)
         start = time.perf_counter()
         self.dist.barrier()
         if self.dist.is_main:
+            if path.exists():  # another branch's: a session never writes one step twice
+                path = checkpoint_path(self.out_dir, self.step, self.lineage.session)
             save_checkpoint(self.state_dict(), path)
-            prune_checkpoints(self.out_dir, self.config.keep_last)
+            prune_checkpoints(self.out_dir, self.config.keep_last, self.lineage)
             if time.perf_counter() - self._plotted_at >= PLOT_INTERVAL_S:
                 self._plot()
         self.dist.barrier()
         self.checkpoint_step = self.step
+        self.last_checkpoint = path
         self._checkpoint_time_s = time.perf_counter() - start
         return path
 
@@ -480,106 +601,196 @@ class Trainer:
         """Train until the last epoch, ``max_steps`` or ``time_budget_s``, writing checkpoints,
         samples and logs; returns this session's per-step records: {"step", "epoch", "lr_G",
         "lr_D", "G_GAN", "G_feat" [, "G_VGG"], "D_fake", "D_real", "step_time_s",
-        "images_per_s", "elapsed_s"} ("step" counts completed steps, from 1)."""
-        from tqdm.auto import tqdm
+        "images_per_s", "elapsed_s"} ("step" counts completed steps, from 1).
 
-        config = self.config
-        session_start = time.perf_counter()
-        history: list[dict] = []
-        final_step = self.final_step
-        if self.dist.is_main:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                self.out_dir / CONFIG_NAME, lambda f: f.write(json.dumps(self.config.to_dict(), indent=1).encode())
-            )
-            self._trim_log()
+        Raises :class:`TrainingDiverged` (after logging the step) when a loss or a parameter
+        becomes NaN or infinite: nothing of that state is saved, and the checkpoints written
+        before it (the last finite one included) are kept. FileExistsError when another process
+        is training in ``out_dir``."""
+        try:
+            with self._exclusive_out_dir():
+                return self._fit_session()
+        finally:
+            self.dist.close()
+
+    @contextlib.contextmanager
+    def _exclusive_out_dir(self):
+        """Rank 0 holds OUT/.train.lock while :meth:`fit` runs: a second process training into the
+        same ``out_dir`` is refused (FileExistsError, on every process) before it writes anything."""
+        with contextlib.ExitStack() as stack:
+            busy = False
+            if self.dist.is_main:
+                self.out_dir.mkdir(parents=True, exist_ok=True)
+                try:
+                    stack.enter_context(locked(self.out_dir / RUN_LOCK_NAME, wait=False))
+                except BlockingIOError:
+                    busy = True
+            if self.dist.any(busy):
+                raise FileExistsError(
+                    f"out_dir {str(self.out_dir)!r} is in use: another process is training there (it holds "
+                    f"{str(self.out_dir / RUN_LOCK_NAME)!r}); wait for it to end, or choose another --out"
+                )
+            yield
+
+    def _fit_session(self) -> list[dict]:
+        """:meth:`fit`'s work, with ``out_dir`` held."""
+        self._prepare_out_dir()
+        session = _Session(
+            start=time.perf_counter(),
+            final_step=self.final_step,
+            progress=_Progress(self, enabled=self.config.progress and self.dist.is_main),
+        )
         self._say(
             f"{len(self.dataset)} samples, {self.steps_per_epoch} steps per epoch, training to step "
-            f"{final_step} ({self.dist.world_size} process(es), {self.device}, precision {config.precision})"
+            f"{session.final_step} ({self.dist.world_size} process(es), {self.device}, "
+            f"precision {self.config.precision})"
         )
-        bar = tqdm(
-            total=final_step,
-            initial=self.step,
-            unit="step",
-            dynamic_ncols=True,
-            disable=not (config.progress and self.dist.is_main),
-            desc="train",
-        )
-        last_step_time = 0.0
-        last_sample_step = None
         try:
             with (
                 _StopRequest(self._say) as interrupt,
                 open(self.out_dir / LOG_NAME, "a") if self.dist.is_main else contextlib.nullcontext() as log,
             ):
-                stop = self.step >= final_step
-                while not stop:
-                    g_lr, d_lr = self.optimizer_g.param_groups[0]["lr"], self.optimizer_d.param_groups[0]["lr"]
-                    epoch = self.epoch
-                    for batch in self._loader():
-                        step_start = time.perf_counter()
-                        losses = self.train_step(batch)
-                        self.step += 1
-                        self.batch_in_epoch += 1
-                        if self.batch_in_epoch == self.steps_per_epoch:
-                            self.scheduler_g.step()
-                            self.scheduler_d.step()
-                            self.epoch += 1
-                            self.batch_in_epoch = 0
-                        last_step_time = time.perf_counter() - step_start
-                        self.elapsed_s += last_step_time
-                        record = {
-                            "step": self.step,
-                            "epoch": epoch,
-                            "lr_G": g_lr,
-                            "lr_D": d_lr,
-                            **losses,
-                            "step_time_s": last_step_time,
-                            "images_per_s": config.batch_size / max(last_step_time, 1e-9),
-                            "elapsed_s": self.elapsed_s,
-                        }
-                        history.append(record)
-                        if log is not None:
-                            log.write(json.dumps(record) + "\n")
-                            log.flush()
-                        if self.on_step is not None:
-                            self.on_step(record)
-                        bar.update(1)
-                        bar.set_postfix(
-                            {k: f"{v:.3f}" for k, v in losses.items()} | {"img/s": f"{record['images_per_s']:.1f}"},
-                            refresh=False,
-                        )
-                        if config.sample_every and self.step % config.sample_every == 0:
-                            self._write_sample()
-                            last_sample_step = self.step
-                        if config.checkpoint_every and self.step % config.checkpoint_every == 0:
-                            if log is not None:
-                                log.flush()
-                            self.save_checkpoint()
-                        over_budget = config.time_budget_s is not None and (
-                            time.perf_counter() - session_start + last_step_time + self._checkpoint_time_s
-                            >= config.time_budget_s
-                        )
-                        stop = self.step >= final_step or self.dist.any(over_budget or interrupt.requested)
-                        if stop:
-                            if self.step < final_step:
-                                self._say(
-                                    f"stopping at step {self.step}: "
-                                    f"{'time budget reached' if over_budget else 'interrupted'}"
-                                )
-                            break
-                        if self.epoch != epoch:
-                            break  # a new epoch: new learning rates and a new data order
-            if self.dist.is_main and self.step > 0 and last_sample_step != self.step and history:
-                self._write_sample()
-            if self.checkpoint_step != self.step:
-                self.save_checkpoint()
-            if self.dist.is_main and history and self._plotted_step != self.step:
-                self._plot()
+                session.log, session.interrupt = log, interrupt
+                session.stop = self.step >= session.final_step
+                while not session.stop:
+                    self._train_epoch(session)
+            self._write_final_outputs(session)
         finally:
-            bar.close()
-            self.dist.close()
-        return history
+            session.progress.close()
+        return session.history
+
+    def _prepare_out_dir(self) -> None:
+        """Rank 0: create ``out_dir``, write the run's config, drop the log's records of steps
+        after the checkpoint resumed from, and remove stale temporary files of killed writes."""
+        if not self.dist.is_main:
+            return
+        # resumed from an older checkpoint while newer ones of another branch exist: that
+        # branch's log records and samples are kept beside this branch's
+        self._other_branch_ahead = any(info.step > self.step for info in describe_checkpoints(self.out_dir))
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write(
+            self.out_dir / CONFIG_NAME, lambda f: f.write(json.dumps(self.config.to_dict(), indent=1).encode())
+        )
+        self._trim_log()
+        removed = [
+            path
+            for folder in (self.out_dir, self.out_dir / CHECKPOINT_DIR, self.out_dir / SAMPLES_DIR)
+            for path in remove_stale_temp_files(folder)
+        ]
+        if removed:
+            self._say(
+                f"removed {len(removed)} temporary file(s) left by interrupted writes: "
+                + ", ".join(str(p) for p in removed)
+            )
+
+    def _train_epoch(self, session: _Session) -> None:
+        """Steps of the current epoch (its learning rates and data order) until it ends or the run
+        stops."""
+        rates = (self.optimizer_g.param_groups[0]["lr"], self.optimizer_d.param_groups[0]["lr"])
+        epoch = self.epoch
+        for batch in self._loader():
+            record = self._timed_step(batch, epoch, rates, session)
+            self._record(record, session)
+            self._check_finite(record)
+            if self.on_step is not None:
+                self.on_step(record)
+            session.progress.show(record)
+            self._periodic_outputs(session)
+            session.stop = self._should_stop(session)
+            if session.stop or self.epoch != epoch:
+                break  # a new epoch: new learning rates and a new data order
+
+    def _timed_step(self, batch: dict, epoch: int, rates: tuple[float, float], session: _Session) -> dict:
+        """One training step, the step / epoch counters advanced (and the schedulers at the end
+        of an epoch); returns the step's record."""
+        step_start = time.perf_counter()
+        losses = self.train_step(batch)
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == self.steps_per_epoch:
+            self.scheduler_g.step()
+            self.scheduler_d.step()
+            self.epoch += 1
+            self.batch_in_epoch = 0
+        session.last_step_time = time.perf_counter() - step_start
+        self.elapsed_s += session.last_step_time
+        return {
+            "step": self.step,
+            "epoch": epoch,
+            "lr_G": rates[0],
+            "lr_D": rates[1],
+            **losses,
+            "step_time_s": session.last_step_time,
+            "images_per_s": self.config.batch_size / max(session.last_step_time, 1e-9),
+            "elapsed_s": self.elapsed_s,
+        }
+
+    def _record(self, record: dict, session: _Session) -> None:
+        """Keep the record and append it to the log (rank 0)."""
+        session.history.append(record)
+        if session.log is not None:
+            session.log.write(json.dumps(record) + "\n")
+            session.log.flush()
+
+    def _check_finite(self, record: dict) -> None:
+        """Raise :class:`TrainingDiverged` when a loss of ``record`` or a parameter of either
+        network is NaN or infinite (on any process)."""
+        losses = [name for name in record if name.startswith(("G_", "D_")) and not math.isfinite(record[name])]
+        # one flag per network, read back in one transfer
+        finite = torch.stack(
+            [
+                torch.stack([p.detach().isfinite().all() for p in network.parameters()]).all()
+                for network in (self.generator, self.discriminator)
+            ]
+        ).tolist()
+        networks = [name for name, ok in zip(("generator", "discriminator"), finite) if not ok]
+        if not self.dist.any(bool(losses or networks)):
+            return
+        what = [f"loss {name} = {record[name]}" for name in losses] + [f"{name} parameters" for name in networks]
+        if self.last_checkpoint is not None:
+            kept = (
+                f"the last finite checkpoint, {str(self.last_checkpoint)!r} (step {self.checkpoint_step}), is kept: "
+                f"resume from it (e.g. with a lower --lr)"
+            )
+        else:
+            kept = "no checkpoint of this run was written"
+        raise TrainingDiverged(
+            f"training diverged at step {self.step}: {', '.join(what) or 'values'} not finite (NaN or "
+            f"infinite) on {'some process' if self.dist.enabled else 'this process'}; stopped without saving "
+            f"that state; {kept}",
+            step=self.step,
+        )
+
+    def _periodic_outputs(self, session: _Session) -> None:
+        """The sample grid and checkpoint that fall due at this step."""
+        config = self.config
+        if config.sample_every and self.step % config.sample_every == 0:
+            self._write_sample()
+            session.last_sample_step = self.step
+        if config.checkpoint_every and self.step % config.checkpoint_every == 0:
+            self.save_checkpoint()
+
+    def _should_stop(self, session: _Session) -> bool:
+        """Whether the run ends after this step (on every process alike): the final step, the
+        time budget (it does not start a step that, with the last step's and checkpoint's
+        durations, would overrun) or an interrupt."""
+        budget = self.config.time_budget_s
+        over_budget = budget is not None and (
+            time.perf_counter() - session.start + session.last_step_time + self._checkpoint_time_s >= budget
+        )
+        stop = self.step >= session.final_step or self.dist.any(over_budget or session.interrupt.requested)
+        if stop and self.step < session.final_step:
+            self._say(f"stopping at step {self.step}: {'time budget reached' if over_budget else 'interrupted'}")
+        return stop
+
+    def _write_final_outputs(self, session: _Session) -> None:
+        """The last step's sample grid, checkpoint and loss plot, unless already written."""
+        if self.dist.is_main and self.step > 0 and session.last_sample_step != self.step and session.history:
+            self._write_sample()
+        if self.checkpoint_step != self.step:
+            self.save_checkpoint()
+        if self.dist.is_main and session.history and self._plotted_step != self.step:
+            self._plot()
 
     # ------------------------------------------------------------------ outputs
 
@@ -588,7 +799,10 @@ class Trainer:
             return
         labels, generated, target = self._last_batch
         grid = sample_grid(labels, generated, target, self.label_convention.colours())
-        save_png(grid, self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png")
+        path = self.out_dir / SAMPLES_DIR / f"step_{self.step:08d}.png"
+        if self._other_branch_ahead and path.exists():  # that branch's sample: keep it
+            path = path.with_name(f"step_{self.step:08d}-{self.lineage.session[:8]}.png")
+        save_png(grid, path)
 
     def _plot(self) -> None:
         log_path = self.out_dir / LOG_NAME
@@ -608,7 +822,17 @@ class Trainer:
             torn = not file.read().endswith(b"\n")
         records = read_log(log_path, allow_torn_tail=True)
         kept = [r for r in records if r["step"] <= self.step]
-        if len(kept) != len(records) or torn:
+        dropped = [r for r in records if r["step"] > self.step]
+        if dropped and self._other_branch_ahead:
+            # resumed from an older checkpoint: the dropped steps are another branch's, whose
+            # checkpoints are kept; so is their log, beside this one
+            archive = log_path.with_name(f"log.other-branch-{self.lineage.session[:8]}.jsonl")
+            atomic_write(archive, lambda f: f.write("".join(json.dumps(r) + "\n" for r in dropped).encode()))
+            self._say(
+                f"the log's records of steps {dropped[0]['step']}-{dropped[-1]['step']} belong to another branch "
+                f"of the run (resumed at step {self.step}): moved to {archive}"
+            )
+        if dropped or torn:
             atomic_write(log_path, lambda f: f.write("".join(json.dumps(r) + "\n" for r in kept).encode()))
 
 

@@ -13,7 +13,7 @@ import torch
 
 from ..fileio import atomic_write, image_to_uint8
 
-__all__ = ["plot_losses", "read_log", "sample_grid"]
+__all__ = ["loss_curves", "plot_losses", "read_log", "sample_grid"]
 
 SAMPLE_ROWS = 4  # batch items shown per grid
 SEPARATOR = 2  # pixels of white between panels
@@ -82,24 +82,34 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="valid")
 
 
+def loss_curves(records: list[dict]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """{loss name: (steps, values)} of every "G_*" / "D_*" loss in ``records``, each over the
+    steps that have it (with ``d_steps_per_g > 1`` the generator losses exist only on the
+    generator's steps), in the order the names first appear."""
+    names = list(dict.fromkeys(k for r in records for k in r if k.startswith(("G_", "D_"))))
+    curves = {}
+    for name in names:
+        kept = [r for r in records if name in r]
+        curves[name] = (np.array([r["step"] for r in kept]), np.array([r[name] for r in kept], dtype=float))
+    return curves
+
+
 def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
     """Plot every loss in ``records`` against the step (generator losses above, discriminator
-    losses below; a moving average over long runs) and write the PNG atomically."""
+    losses below; a moving average over long curves) and write the PNG atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     if not records:
         raise ValueError("no records to plot")
-    steps = np.array([r["step"] for r in records])
-    # the union over records: with d_steps_per_g > 1 some steps have no generator losses
-    names = list(dict.fromkeys(k for r in records for k in r if k.startswith(("G_", "D_"))))
     figure = Figure(figsize=(8, 6), dpi=100)
     FigureCanvasAgg(figure)
     axes = {"G": figure.add_subplot(2, 1, 1), "D": figure.add_subplot(2, 1, 2)}
-    window = max(1, len(records) // 50)
-    for name in names:
-        values = np.array([r.get(name, np.nan) for r in records], dtype=float)
+    windows = set()
+    for name, (steps, values) in loss_curves(records).items():
         axis = axes[name[0]]
+        window = max(1, len(steps) // 50)
+        windows.add(window)
         if window > 1:
             (line,) = axis.plot(steps, values, alpha=0.25, linewidth=0.8)
             axis.plot(steps[window - 1 :], _moving_average(values, window), color=line.get_color(), label=name)
@@ -111,7 +121,11 @@ def plot_losses(records: list[dict], path: str | os.PathLike) -> None:
         if axis.lines:
             axis.legend(loc="upper right", fontsize="small")
     axes["D"].set_xlabel("step")
-    figure.suptitle("ASAP-Net training losses" + (f" (moving average over {window} steps)" if window > 1 else ""))
+    smoothed = sorted(w for w in windows if w > 1)
+    figure.suptitle(
+        "ASAP-Net training losses"
+        + (f" (moving average over {'/'.join(map(str, smoothed))} logged values)" if smoothed else "")
+    )
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")

@@ -35,14 +35,14 @@ def check_item(item, height, width, num_classes):
 
 def test_num_classes_of():
     assert DATASETS == ("facades", "cityscapes", "nyu", "folder", "procedural")
-    assert num_classes_of("facades") == 12 and num_classes_of("procedural") == 12
+    assert num_classes_of("facades") == 13 and num_classes_of("procedural") == 13
     assert num_classes_of("cityscapes") == 35 and num_classes_of("cityscapes", 35) == 35
     assert num_classes_of("nyu") == 41 and num_classes_of("nyu", 14) == 14
     assert num_classes_of("folder", 7) == 7
     with pytest.raises(ValueError, match="label_nc"):
         num_classes_of("folder")
-    with pytest.raises(ValueError, match="facades has 12 classes"):
-        num_classes_of("facades", 13)
+    with pytest.raises(ValueError, match="facades has 13 classes"):
+        num_classes_of("facades", 12)
     with pytest.raises(ValueError, match="unknown data set 'ade20k'"):
         num_classes_of("ade20k")
 
@@ -61,15 +61,15 @@ def write_facades_folders(root, rng, disk, phase, names, size=(20, 24)):
     return raws
 
 
-def test_facades_asapnet_layout_pairs_and_maps_1_to_12_onto_0_to_11(tmp_path, rng, disk):
+def test_facades_asapnet_layout_pairs_and_keeps_the_raw_values_1_to_12(tmp_path, rng, disk):
     raws = write_facades_folders(tmp_path, rng, disk, "train", ["cmp_b0200", "cmp_b0061", "cmp_b0010"])
     ds = build_dataset("facades", tmp_path, split="train", crop_size=20, aspect_ratio=24 / 20, augment=False)
-    assert len(ds) == 3 and ds.num_classes == 12
+    assert len(ds) == 3 and ds.num_classes == 13
     for item, name in zip(ds, ["cmp_b0010", "cmp_b0061", "cmp_b0200"]):  # natural order
-        check_item(item, 20, 24, 12)
+        check_item(item, 20, 24, 13)
         assert item["path"].endswith(f"{name}.png")
         raw, photo = raws[name]
-        np.testing.assert_array_equal(item["label"].numpy(), raw - 1)
+        np.testing.assert_array_equal(item["label"].numpy(), raw)  # published: label_nc 13, raw values
         np.testing.assert_array_equal(decode(item["image"]), photo)
 
 
@@ -93,7 +93,7 @@ def test_facades_cmp_folders_and_flat_base_set_with_published_split(tmp_path, rn
     write(split_root / "test", "cmp_b0002")
     ds = build_dataset("facades", split_root, split="train", crop_size=16, augment=False)
     assert len(ds) == 1 and ds.samples[0].label.name == "cmp_b0101.png"
-    np.testing.assert_array_equal(ds[0]["label"].numpy(), raw - 1)
+    np.testing.assert_array_equal(ds[0]["label"].numpy(), raw)
     assert len(build_dataset("facades", split_root, split="val", crop_size=16)) == 1  # val -> test/
 
     flat = tmp_path / "flat"
@@ -109,14 +109,14 @@ def test_facades_cmp_folders_and_flat_base_set_with_published_split(tmp_path, rn
         build_dataset("facades", flat, split="train", crop_size=16)
 
 
-@pytest.mark.parametrize("bad_value", [0, 13])
+@pytest.mark.parametrize("bad_value", [13, 255])
 def test_facades_label_out_of_range_names_the_file(tmp_path, rng, disk, bad_value):
     raws = write_facades_folders(tmp_path, rng, disk, "train", ["cmp_b0070"])
     raw, _ = raws["cmp_b0070"]
     raw[3, 4] = bad_value
     disk.label(tmp_path / "train_label" / "cmp_b0070.png", raw, mode="P")
     ds = build_dataset("facades", tmp_path, crop_size=20, aspect_ratio=1.2)  # pairing is fine
-    with pytest.raises(ValueError, match=rf"cmp_b0070\.png.*value\(s\) {bad_value}.*1\.\.12"):
+    with pytest.raises(ValueError, match=rf"cmp_b0070\.png.*value\(s\) {bad_value}.*0\.\.12 \(facades, 13 classes"):
         ds[0]
 
 
@@ -233,18 +233,20 @@ def write_cityscapes(root, rng, disk, phase, names, size=(24, 48), instance=True
 def test_cityscapes_labels_edges_and_crop(tmp_path, rng, disk):
     names = ["aachen_000000_000019", "bremen_000001_000019"]
     sources = write_cityscapes(tmp_path, rng, disk, "train", names)
-    ds = build_dataset("cityscapes", tmp_path, crop_size=16, aspect_ratio=2.0, load_size=24, instance=True)
-    assert ds.num_classes == 35 and len(ds) == 2
+    ds = build_dataset(
+        "cityscapes", tmp_path, crop_size=16, aspect_ratio=2.0, load_size=24, instance=True, dontcare=True
+    )
+    assert ds.num_classes == 36 and len(ds) == 2  # 35 labelIds + the published don't-care channel for 255
     for epoch in range(2):
         ds.set_epoch(epoch)
         for index, name in enumerate(names):
             item = ds[index]
-            check_item(item, 16, 32, 35)
+            check_item(item, 16, 32, 36)
             assert item["edges"].shape == (1, 16, 32) and item["edges"].dtype == torch.float32
             label, ids = sources[name]
             top, left, flip = crop_of(decode(item["image"]))
             window = (slice(top, top + 16), slice(left, left + 32))
-            expected_label = np.where(label == 255, 0, label)[window]
+            expected_label = np.where(label == 255, 35, label)[window]
             expected_ids = ids[window]
             if flip:
                 expected_label, expected_ids = expected_label[:, ::-1], expected_ids[:, ::-1]
@@ -253,23 +255,30 @@ def test_cityscapes_labels_edges_and_crop(tmp_path, rng, disk):
                 item["edges"].numpy(), instance_edges(torch.from_numpy(expected_ids.copy())).numpy()
             )
     # published "fixed" mode by default: resized to the output size, flipped, never cropped
-    fixed = build_dataset("cityscapes", tmp_path, crop_size=24, aspect_ratio=2.0)
+    fixed = build_dataset("cityscapes", tmp_path, crop_size=24, aspect_ratio=2.0, dontcare=True)
     for index in range(2):
         top, left, _ = crop_of(decode(fixed[index]["image"]))
         assert (top, left) == (0, 0)
-    evaluation = build_dataset("cityscapes", tmp_path, split="train", augment=False, crop_size=24, aspect_ratio=2.0)
+    evaluation = build_dataset(
+        "cityscapes", tmp_path, split="train", augment=False, crop_size=24, aspect_ratio=2.0, dontcare=True
+    )
     for index, name in enumerate(names):
         label, _ = sources[name]
-        np.testing.assert_array_equal(evaluation[index]["label"].numpy(), np.where(label == 255, 0, label))
-        assert evaluation[index]["label"][0, :3].tolist() == [0, 34, 0]
+        np.testing.assert_array_equal(evaluation[index]["label"].numpy(), np.where(label == 255, 35, label))
+        assert evaluation[index]["label"][0, :3].tolist() == [35, 34, 0]
+    # without the don't-care channel (the published default) a 255 is an error naming the file, never a 0
+    plain = build_dataset("cityscapes", tmp_path, split="train", augment=False, crop_size=24, aspect_ratio=2.0)
+    assert plain.num_classes == 35
+    with pytest.raises(ValueError, match=r"aachen_000000_000019_gtFine_labelIds\.png.*255.*contain_dontcare_label"):
+        plain[0]
 
 
 def test_cityscapes_asapnet_layout_and_test_reads_val(tmp_path, rng, disk):
     write_cityscapes(tmp_path, rng, disk, "val", ["lindau_000000_000019"], asap_layout=True, instance=False)
     for split in ("test", "val"):
-        ds = build_dataset("cityscapes", tmp_path, split=split, crop_size=24, aspect_ratio=2.0)
+        ds = build_dataset("cityscapes", tmp_path, split=split, crop_size=24, aspect_ratio=2.0, dontcare=True)
         assert len(ds) == 1 and ds.split == split
-        check_item(ds[0], 24, 48, 35)
+        check_item(ds[0], 24, 48, 36)
 
 
 def test_cityscapes_label_id_out_of_range_and_missing_instance_maps(tmp_path, rng, disk):
@@ -302,7 +311,7 @@ def test_nyu_layout_16_bit_labels_and_label_nc(tmp_path, rng, disk):
     big = rng.integers(0, 41, (12, 16))
     big[2, 2] = 300
     disk.label(tmp_path / "train" / "labels" / "0001.png", big, mode="I;16")
-    with pytest.raises(ValueError, match=r"0001\.png.*300.*label_nc=41"):
+    with pytest.raises(ValueError, match=r"0001\.png.*300.*label_nc=41; pass a larger label_nc"):
         build_dataset("nyu", tmp_path, crop_size=12)[1]
     item = build_dataset("nyu", tmp_path, label_nc=895, crop_size=12, augment=False, aspect_ratio=16 / 12)[1]
     np.testing.assert_array_equal(item["label"].numpy(), big)
@@ -360,7 +369,7 @@ def test_unreadable_files_mismatched_sizes_and_colour_labels(tmp_path, rng, disk
     disk.photo(tmp_path / "images" / "item1.png", disk.random_photo(rng, 20, 30))
     disk.photo(tmp_path / "labels" / "item2.png", disk.random_photo(rng, 24, 30))
     ds = build_dataset("folder", tmp_path, label_nc=40, crop_size=16)
-    with pytest.raises(ValueError, match=r"label file .*item0\.png' cannot be read"):
+    with pytest.raises(ValueError, match=r"label map file .*item0\.png' cannot be read"):
         ds[0]
     with pytest.raises(ValueError, match=r"item1\.png' is 30x20 .*item1\.png' is 30x24"):
         ds[1]
@@ -382,3 +391,22 @@ def test_bad_arguments(tmp_path, rng, disk):
         build_dataset("facades")
     with pytest.raises(ValueError, match="crop_size"):
         build_dataset("folder", tmp_path, label_nc=40, crop_size=0)
+
+
+def test_large_maps_pass_pillows_bomb_guard_but_not_ours(tmp_path, rng, disk, monkeypatch):
+    from PIL import Image
+
+    from asapnet_triton.data.paired import read_index_map
+
+    path = disk.label(tmp_path / "big.png", rng.integers(0, 5, (120, 100)))
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # Pillow's guard, scaled down: 12000 px is a "bomb"
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(path)
+    assert read_index_map(path, "label map").shape == (120, 100)  # our readers accept it knowingly
+    assert Image.MAX_IMAGE_PIXELS == 1000  # and leave Pillow's setting as it was
+    monkeypatch.setenv("ASAPNET_MAX_IMAGE_PIXELS", "11999")
+    with pytest.raises(ValueError, match=r"big\.png' is 100x120 = 12000 pixels, over the limit of 11999.*ASAPNET_MAX"):
+        read_index_map(path, "label map")
+    monkeypatch.setenv("ASAPNET_MAX_IMAGE_PIXELS", "many")
+    with pytest.raises(ValueError, match="ASAPNET_MAX_IMAGE_PIXELS must be a positive whole number"):
+        read_index_map(path, "label map")

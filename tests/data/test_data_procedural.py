@@ -5,7 +5,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from asapnet_triton.data import CMP_CLASSES, build_dataset, palette, random_facade_labels, render_facade
-from asapnet_triton.data.procedural import BACKGROUND, FACADE, SHOP, WINDOW
+from asapnet_triton.data.procedural import BACKGROUND, CMP_FIRST_VALUE, FACADE, SHOP, WINDOW
 
 SIZE = 64
 
@@ -29,11 +29,11 @@ def test_cmp_classes_in_cmp_order():
 
 def test_items_shapes_ranges_and_collate():
     ds = build_dataset("procedural", crop_size=SIZE, aspect_ratio=1.5, num_samples=5)
-    assert len(ds) == 5 and ds.num_classes == 12 and ds.augment
+    assert len(ds) == 5 and ds.num_classes == 13 and ds.augment  # published facades: label_nc 13
     for item in ds:
         assert item["label"].shape == (SIZE, 96) and item["label"].dtype == torch.int64
         assert item["image"].shape == (3, SIZE, 96) and item["image"].dtype == torch.float32
-        assert 0 <= int(item["label"].min()) and int(item["label"].max()) <= 11
+        assert 1 <= int(item["label"].min()) and int(item["label"].max()) <= 12  # CMP values
         assert -1 <= float(item["image"].min()) and float(item["image"].max()) <= 1
         assert float(item["image"].std()) > 0.1  # a picture, not a flat field
     batch = next(iter(DataLoader(ds, batch_size=5)))
@@ -68,8 +68,9 @@ def test_train_and_test_splits_are_disjoint():
 
 def test_every_class_appears_across_a_few_samples():
     ds = build_dataset("procedural", crop_size=SIZE, num_samples=8, augment=False)
-    counts = sum(torch.bincount(ds[i]["label"].flatten(), minlength=12) for i in range(8))
-    assert (counts > 0).all(), dict(zip(CMP_CLASSES, counts.tolist()))
+    counts = sum(torch.bincount(ds[i]["label"].flatten(), minlength=13) for i in range(8))
+    assert counts[0] == 0  # index 0 is unused, as in CMP's files
+    assert (counts[1:] > 0).all(), dict(zip(CMP_CLASSES, counts[1:].tolist()))
 
 
 def test_augment_flips_per_epoch():
@@ -109,9 +110,10 @@ def test_rendering_follows_the_label_map(generator):
         labels = random_facade_labels(SIZE, SIZE, generator)
         image = render_facade(labels, generator)
         luminance = image.mean(0)
-        glass = luminance[(labels == WINDOW) | (labels == SHOP)].mean()
-        assert glass < luminance[labels == BACKGROUND].mean() and glass < luminance[labels == FACADE].mean()
-    swapped = torch.where(labels == WINDOW, FACADE, labels)
+        window, shop, background, facade = (c + CMP_FIRST_VALUE for c in (WINDOW, SHOP, BACKGROUND, FACADE))
+        glass = luminance[(labels == window) | (labels == shop)].mean()
+        assert glass < luminance[labels == background].mean() and glass < luminance[labels == facade].mean()
+    swapped = torch.where(labels == window, facade, labels)
     state = generator.get_state()
     one = render_facade(labels, generator)
     generator.set_state(state)
@@ -121,8 +123,9 @@ def test_rendering_follows_the_label_map(generator):
 def test_bad_arguments(generator):
     with pytest.raises(ValueError, match="height must be an integer >= 16"):
         random_facade_labels(8, 64, generator)
-    with pytest.raises(ValueError, match="0..11"):
-        render_facade(torch.full((16, 16), 12), generator)
+    for bad in (0, 13):
+        with pytest.raises(ValueError, match="1..12"):
+            render_facade(torch.full((16, 16), bad), generator)
     with pytest.raises(ValueError, match="integer tensor"):
         render_facade(torch.zeros(16, 16), generator)
     with pytest.raises(ValueError, match="reads no files"):
@@ -133,7 +136,7 @@ def test_bad_arguments(generator):
         build_dataset("procedural", instance=True)
     with pytest.raises(ValueError, match="minimum"):
         build_dataset("procedural", crop_size=8)
-    with pytest.raises(ValueError, match="procedural has 12 classes"):
+    with pytest.raises(ValueError, match="procedural has 13 classes"):
         build_dataset("procedural", label_nc=35)
 
 

@@ -11,6 +11,7 @@ import torch
 from tiny_data import NUM_CLASSES, TinyPairs, tiny_config
 
 from asapnet_triton import ASAPNetGenerator
+from asapnet_triton.checkpoints import load_model
 from asapnet_triton.training import (
     Trainer,
     atomic_write,
@@ -158,8 +159,13 @@ def test_checkpoint_contents_and_load_generator(tmp_path, tiny_dataset, generato
         "rng",
         "config",
         "data_order",
+        "model",
     ):
         assert key in state
+    # the checkpoint records how to rebuild the generator and which label convention feeds it
+    assert state["model"]["labels"] == trainer.label_convention.to_dict()
+    model = load_model(path)
+    assert model.labels == trainer.label_convention and model.card["step"] == 2
     assert set(state["rng"]) == {"torch", "numpy", "python", "cuda"}
     loaded = load_generator(path)
     assert isinstance(loaded, ASAPNetGenerator) and not loaded.training
@@ -168,7 +174,7 @@ def test_checkpoint_contents_and_load_generator(tmp_path, tiny_dataset, generato
         torch.testing.assert_close(loaded(labels), trainer.generator(labels), rtol=0, atol=0)
     not_a_checkpoint = tmp_path / "other.pt"
     torch.save({"weights": torch.zeros(1)}, not_a_checkpoint)
-    with pytest.raises(ValueError, match="other.pt.*not an asapnet-triton training checkpoint"):
+    with pytest.raises(ValueError, match="other.pt.*not an asapnet-triton model file .* or training checkpoint"):
         load_generator(not_a_checkpoint)
 
 

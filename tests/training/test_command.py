@@ -3,6 +3,7 @@ perceptual loss, instance edges)."""
 
 import json
 import os
+import re
 
 import numpy as np
 import pytest
@@ -89,8 +90,9 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, capsys):
     assert json.loads((out / "config.json").read_text())["cell_size"] == 16
 
     # an occupied --out is refused without --resume ...
-    with pytest.raises(SystemExit, match="not empty"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", *TINY_FLAGS, "--out", str(out)])
+    assert exit_info.value.code == 2 and re.search("not empty", capsys.readouterr().err)
     # files get the mode a plain open() would give them, not mkstemp's owner-only 0600
     umask = os.umask(0)
     os.umask(umask)
@@ -104,13 +106,15 @@ def test_cli_trains_writes_outputs_and_resumes(tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().err
     assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step_00000003.pt", "step_00000004.pt"]
     assert [json.loads(line)["step"] for line in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
-    with pytest.raises(SystemExit, match="hidden_width"):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", "--out", str(out), "--resume", "latest", "--hidden-width", "32"])
+    assert exit_info.value.code == 2 and re.search("hidden_width", capsys.readouterr().err)
 
 
-def test_cli_reports_a_missing_vgg_file(tmp_path):
-    with pytest.raises(SystemExit, match="nowhere.pth"):
+def test_cli_reports_a_missing_vgg_file(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
         main(["train", *TINY_FLAGS, "--out", str(tmp_path / "run"), "--vgg-weights", str(tmp_path / "nowhere.pth")])
+    assert exit_info.value.code == 2 and re.search("nowhere.pth", capsys.readouterr().err)
 
 
 def test_bf16_perceptual_loss_and_instance_edges(tmp_path, capsys):
@@ -164,3 +168,17 @@ def test_d_steps_per_g_skips_generator_steps_and_on_step_sees_every_step(tmp_pat
     assert unchanged(snapshots[0][1], snapshots[1][1])  # no generator step at step 2
     assert not unchanged(snapshots[1][1], snapshots[2][1]) and not unchanged(snapshots[0][2], snapshots[1][2])
     assert (tmp_path / "run" / "losses.png").is_file()
+
+
+def test_a_stored_config_of_another_version_is_a_clear_error(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", *TINY_FLAGS, "--out", str(out), "--max-steps", "1"]) == 0
+    (path,) = (out / "checkpoints").glob("step_*.pt")
+    state = torch.load(path, weights_only=True)
+    state["config"]["a_future_option"] = 3
+    torch.save(state, path)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--out", str(out), "--resume", str(path), "--max-steps", "2"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "a_future_option" in err and "Traceback" not in err, err
