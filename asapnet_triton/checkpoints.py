@@ -16,6 +16,7 @@ import os
 import re
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,7 @@ __all__ = [
     "model_record",
     "official_key_names",
     "save_model",
+    "shipped_model_path",
 ]
 
 _PREFIX = "lowres_stream.model."
@@ -343,6 +345,7 @@ def _to_our_names(
 # --- model files: a generator with its label convention, whatever trained it -------------------
 
 MODEL_FORMAT = "asapnet-triton-model/1"
+SHIPPED_MODEL_FILE = "procedural-facades-256.pt"  # in asapnet_triton/pretrained/, with MODEL_CARD.md
 _RUNTIME_KWARGS = ("precision", "backend", "lr_precision")  # how to run it, not what it computes
 
 
@@ -446,8 +449,21 @@ def _official_labels(generator: ASAPNetGenerator, dataset: str | None, source: s
     return labels
 
 
+def shipped_model_path() -> Path:
+    """The model file shipped inside the package (``asapnet_triton/pretrained/``): ASAP-Net trained
+    on the embedded procedural facades at 256x256 (its card: ``load_model(path).card`` and
+    ``pretrained/MODEL_CARD.md``). Raises FileNotFoundError when this installation lacks it."""
+    path = Path(__file__).resolve().parent / "pretrained" / SHIPPED_MODEL_FILE
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"the shipped model {path} is missing from this installation of asapnet-triton (a build "
+            f"without package data?): reinstall the package, or pass a model file or checkpoint of your own"
+        )
+    return path
+
+
 def load_model(
-    path: str | os.PathLike,
+    path: str | os.PathLike | None = None,
     *,
     official: bool = False,
     dataset: str | None = None,
@@ -460,7 +476,8 @@ def load_model(
 
     Args:
         path: a model file (:func:`save_model`), a training checkpoint (``OUT/checkpoints/step_N.pt``
-            of ``asapnet train``), or, with ``official=True``, a generator saved by the published
+            of ``asapnet train``), None for the model shipped in the package
+            (:func:`shipped_model_path`), or, with ``official=True``, a generator saved by the published
             ASAP-Net code (``latest_net_G.pth``).
         official: read ``path`` with :func:`load_official_checkpoint`; ``official_kwargs`` go to it.
         dataset: (official only) the data set the published model was trained on, for its label
@@ -470,6 +487,10 @@ def load_model(
 
     Raises ValueError naming the file for anything it cannot read, FileNotFoundError when missing.
     """
+    if path is None:
+        if official:
+            raise TypeError("load_model: official=True needs the path of a published checkpoint, got path=None")
+        path = shipped_model_path()
     source = str(path)
     if official:
         kwargs = dict(official_kwargs)

@@ -147,16 +147,17 @@ def _parser() -> argparse.ArgumentParser:
         help="label maps (or images) to PNGs with a trained generator",
         description="Run a trained generator on each input file (a label map: single-channel PNG of "
         "the values its data set stores, read with the label convention the checkpoint records; or an "
-        "image, for image-input models) at its own size and write "
-        "OUT/<stem>.png. Inputs are never overwritten; existing outputs only with "
-        "--overwrite.",
+        "image, for image-input models) at its own size and write OUT/<stem>.png. Without "
+        "--checkpoint: the model shipped in the package (procedural facades, CMP label values 1..12; "
+        "see asapnet_triton/pretrained/MODEL_CARD.md). Inputs are never overwritten; existing "
+        "outputs only with --overwrite.",
     )
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="label-map (or image) files")
     p.add_argument(
         "--checkpoint",
-        required=True,
-        help="a checkpoint written by asapnet train (or, with --official, "
-        "a latest_net_G.pth of the published implementation)",
+        default=None,
+        help="a model file or a checkpoint written by asapnet train (or, with --official, "
+        "a latest_net_G.pth of the published implementation); default: the shipped model",
     )
     p.add_argument("--out", required=True, help="folder for the outputs (created if missing)")
     p.add_argument(
@@ -190,9 +191,10 @@ def _parser() -> argparse.ArgumentParser:
         "demo",
         help="train and evaluate a small ASAP-Net on embedded procedural facades",
         description="Build the embedded procedural facades dataset (CMP Facades classes; nothing is "
-        "downloaded), train a small ASAP-Net for a fixed time budget, translate held-out "
-        "label maps and write samples.png (label | generated | target), losses.png and "
-        "metrics.json; print PSNR/SSIM and the LR-/HR-stream timings.",
+        "downloaded); translate held-out label maps with the model shipped in the package and write "
+        "shipped/samples.png (label | generated | target); then train a small ASAP-Net for a fixed "
+        "time budget, translate held-out label maps and write samples.png, losses.png and "
+        "metrics.json; print PSNR/SSIM of both models and the LR-/HR-stream timings.",
     )
     p.add_argument(
         "--out",
@@ -211,6 +213,11 @@ def _parser() -> argparse.ArgumentParser:
         help="image sizes HxW at which to time the LR and HR streams (default: 128x128,1024x1024)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default 0)")
+    p.add_argument(
+        "--skip-training",
+        action="store_true",
+        help="only translate and score held-out maps with the shipped model (seconds)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
     from .paint.command import add_paint_parser
@@ -411,9 +418,14 @@ def _demo(args) -> int:
         seed=args.seed,
         timing_sizes=args.timing_sizes,
         progress=not args.no_progress,
+        skip_training=args.skip_training,
     )
     print(result.summary())
-    for size, timing in result.timings_ms.items():
+    print(f"wrote {out}/shipped/samples.png (label | shipped model's image | target)")
+    if result.timings_ms is None:
+        print(f"wrote {out}/metrics.json")
+        return 0
+    for size, timing in (result.timings_ms or {}).items():
         print(
             f"one {size} image on this CPU ({torch.get_num_threads()} threads, fp32): LR stream "
             f"{timing['lr_stream_ms']:.1f} ms, HR stream {timing['hr_stream_ms']:.1f} ms"
@@ -511,6 +523,8 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
 
         return run_train(args)
     if args.command == "translate":
+        if args.official and args.checkpoint is None:
+            parser.error("translate --official: pass the published checkpoint with --checkpoint PATH")
         if args.dataset is not None and not args.official:
             parser.error("--dataset applies to --official checkpoints only (ours record their label convention)")
         return _translate(args)

@@ -1,13 +1,16 @@
 """``asapnet demo``: the whole system on embedded data, on a CPU, in about three minutes.
 
-It trains a small ASAP-Net on the procedural facades set (``asapnet_triton.data``: CMP Facades
-label maps rendered into photo-like images; nothing is downloaded) for a fixed wall-clock budget,
-translates held-out label maps, and writes
+First it translates held-out procedural facades (``asapnet_triton.data``: CMP Facades label maps
+rendered into photo-like images; nothing is downloaded) with the model shipped in the package
+(:func:`~asapnet_triton.checkpoints.shipped_model_path`, trained for an hour or more at 256x256)
+and scores them, in seconds. Then, unless ``skip_training``, it trains a small ASAP-Net on the same
+data for a fixed wall-clock budget, translates held-out label maps with it, and writes
 
-- ``samples.png``: label | generated | target, one held-out map per row;
+- ``shipped/samples.png``: label | shipped model's image | target, one held-out map per row;
+- ``samples.png``: the same for the model trained here;
 - ``losses.png`` and ``train/``: the training run (checkpoints, log, sample grids, loss curve);
-- ``metrics.json``: PSNR / SSIM of the held-out translations against their targets, and the time
-  of the LR stream and of the HR stream for one image at the demo size and at 1024x1024;
+- ``metrics.json``: PSNR / SSIM of both models' held-out translations against their targets, and
+  the time of the LR stream and of the HR stream for one image at the demo size and at 1024x1024;
 
 and prints the metrics and timings as one line each.
 """
@@ -20,9 +23,10 @@ import os
 import shutil
 from pathlib import Path
 
+import numpy as np
 import torch
 
-__all__ = ["DemoResult", "demo_config", "run_demo"]
+__all__ = ["DemoResult", "HeldOutQuality", "demo_config", "held_out_quality", "run_demo"]
 
 
 def demo_config(
@@ -70,22 +74,82 @@ def demo_config(
 
 
 @dataclasses.dataclass
-class DemoResult:
-    """What ``run_demo`` measured: held-out quality and stream timings (milliseconds)."""
+class HeldOutQuality:
+    """A model's translations of ``count`` held-out procedural label maps (the test split, items
+    0..count-1 of ``seed``) at ``size`` x ``size``, scored against their photos: mean PSNR (dB) and
+    SSIM with both images in [0, 1], the generator's output clamped to [-1, 1] first."""
 
-    steps: int
-    train_seconds: float
     psnr_db: float
     ssim: float
+    count: int
+    size: int
+    seconds: float  # building the maps, translating and scoring them
+
+
+def held_out_quality(
+    model, *, size: int, count: int, seed: int = 0, batch_size: int = 8
+) -> tuple[HeldOutQuality, np.ndarray]:
+    """Translate ``count`` held-out procedural label maps of ``size`` x ``size`` with ``model`` (a
+    :class:`~asapnet_triton.checkpoints.TrainedModel` of the procedural convention), score them
+    (:class:`HeldOutQuality`) and return the scores with a label | generated | target grid of
+    them (uint8, :func:`~asapnet_triton.training.visuals.sample_grid`)."""
+    import time
+
+    from .data import build_dataset
+    from .metrics import psnr, ssim
+    from .training.visuals import sample_grid
+
+    if model.labels is None or model.labels.dataset != "procedural":
+        raise ValueError(
+            f"model: held-out procedural facades need a model of the procedural label convention, got "
+            f"{'an image-input model' if model.labels is None else model.labels.dataset!r} ({model.source})"
+        )
+    start = time.perf_counter()
+    test_set = build_dataset("procedural", split="test", crop_size=size, num_samples=count, seed=seed)
+    items = [test_set[index] for index in range(len(test_set))]
+    labels = torch.stack([item["label"] for item in items])
+    targets = torch.stack([item["image"] for item in items])
+    with torch.inference_mode():
+        generated = torch.cat([model.generator(chunk) for chunk in labels.split(batch_size)]).clamp(-1, 1)
+    # both in [0, 1]
+    quality = HeldOutQuality(
+        psnr_db=psnr((generated + 1) / 2, (targets + 1) / 2).mean().item(),
+        ssim=ssim((generated + 1) / 2, (targets + 1) / 2).mean().item(),
+        count=len(items),
+        size=size,
+        seconds=time.perf_counter() - start,
+    )
+    grid = sample_grid(labels, generated, targets, model.labels.colours(), rows=count)
+    return quality, grid
+
+
+@dataclasses.dataclass
+class DemoResult:
+    """What ``run_demo`` measured: the shipped model's held-out quality, and (unless training was
+    skipped; then None) the demo-trained model's quality and stream timings (milliseconds)."""
+
+    shipped: dict  # HeldOutQuality's fields, plus the shipped model's training "steps" and "file"
+    steps: int | None
+    train_seconds: float | None
+    psnr_db: float | None
+    ssim: float | None
     held_out: int
-    timings_ms: dict
+    timings_ms: dict | None
     out_dir: str
 
     def summary(self) -> str:
-        return (
-            f"held-out quality ({self.held_out} procedural facades, {self.steps} training steps in "
-            f"{self.train_seconds:.0f} s): PSNR {self.psnr_db:.2f} dB, SSIM {self.ssim:.3f}"
-        )
+        shipped = self.shipped
+        lines = [
+            f"shipped model ({shipped['steps']} training steps at 256x256), {shipped['count']} held-out procedural "
+            f"facades at {shipped['size']}x{shipped['size']}: PSNR {shipped['psnr_db']:.2f} dB, SSIM "
+            f"{shipped['ssim']:.3f} ({shipped['seconds']:.1f} s)"
+        ]
+        if self.steps is not None:
+            lines.append(
+                f"held-out quality ({self.held_out} procedural facades, {self.steps} training steps in "
+                f"{self.train_seconds:.0f} s): PSNR {self.psnr_db:.2f} dB, SSIM {self.ssim:.3f}"
+            )
+        return "\n".join(lines)
 
 
 def _stream_timings(generator, sizes, *, repeats: int) -> dict:
@@ -116,57 +180,59 @@ def run_demo(
     timing_sizes=((128, 128), (1024, 1024)),
     timing_repeats: int = 5,
     progress: bool = True,
+    skip_training: bool = False,
+    shipped_size: int = 256,
+    shipped_model=None,
 ) -> DemoResult:
-    """Train on the procedural facades for ``time_budget_s`` seconds (or ``max_steps`` steps),
-    translate ``held_out`` held-out label maps, write the outputs listed in the module docstring
-    to ``out_dir`` (which must not exist yet or be empty) and return the measurements."""
-    from .checkpoints import load_model
-    from .data import build_dataset
-    from .fileio import save_png
-    from .metrics import psnr, ssim
+    """Translate ``held_out`` held-out label maps of ``shipped_size`` pixels with the shipped model
+    (or ``shipped_model``, a path or :class:`~asapnet_triton.checkpoints.TrainedModel`), then, unless
+    ``skip_training``, train on the procedural facades for ``time_budget_s`` seconds (or
+    ``max_steps`` steps) and translate ``held_out`` held-out maps of ``crop_size`` pixels; write the
+    outputs listed in the module docstring to ``out_dir`` (which must not exist yet or be empty) and
+    return the measurements."""
+    from .checkpoints import TrainedModel, load_model
+    from .fileio import atomic_write_text, save_png
     from .training import Trainer
     from .training.checkpoint import latest_checkpoint
-    from .training.visuals import sample_grid
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(
             f"out_dir {out_dir} is not empty: the demo never overwrites files; choose another --out or remove it"
         )
-    config = demo_config(
-        out_dir / "train",
-        time_budget_s=time_budget_s,
-        max_steps=max_steps,
-        crop_size=crop_size,
-        seed=seed,
-        progress=progress,
-    )
-    history = Trainer(config).fit()
-    model = load_model(latest_checkpoint(out_dir / "train"))
-    generator = model.generator
+    shipped = shipped_model if isinstance(shipped_model, TrainedModel) else load_model(shipped_model)
+    quality, grid = held_out_quality(shipped, size=shipped_size, count=held_out, seed=seed)
+    save_png(grid, out_dir / "shipped" / "samples.png")
+    shipped_record = dataclasses.asdict(quality) | {"steps": shipped.card.get("steps"), "file": shipped.source}
 
-    test_set = build_dataset("procedural", split="test", crop_size=crop_size, num_samples=held_out, seed=seed)
-    items = [test_set[index] for index in range(len(test_set))]
-    labels = torch.stack([item["label"] for item in items])
-    targets = torch.stack([item["image"] for item in items])
-    with torch.inference_mode():
-        generated = generator(labels).clamp(-1, 1)
-    # both in [0, 1]
-    quality_psnr = psnr((generated + 1) / 2, (targets + 1) / 2).mean().item()
-    quality_ssim = ssim((generated + 1) / 2, (targets + 1) / 2).mean().item()
-    save_png(sample_grid(labels, generated, targets, model.labels.colours(), rows=held_out), out_dir / "samples.png")
-    shutil.copyfile(out_dir / "train" / "losses.png", out_dir / "losses.png")
-
-    timings = _stream_timings(generator, timing_sizes, repeats=timing_repeats)
     result = DemoResult(
-        steps=history[-1]["step"] if history else 0,
-        train_seconds=history[-1]["elapsed_s"] if history else 0.0,
-        psnr_db=quality_psnr,
-        ssim=quality_ssim,
-        held_out=len(items),
-        timings_ms=timings,
+        shipped=shipped_record,
+        steps=None,
+        train_seconds=None,
+        psnr_db=None,
+        ssim=None,
+        held_out=held_out,
+        timings_ms=None,
         out_dir=str(out_dir),
     )
-    with open(out_dir / "metrics.json", "w") as handle:
-        json.dump(dataclasses.asdict(result) | {"threads": torch.get_num_threads()}, handle, indent=1)
+    if not skip_training:
+        config = demo_config(
+            out_dir / "train",
+            time_budget_s=time_budget_s,
+            max_steps=max_steps,
+            crop_size=crop_size,
+            seed=seed,
+            progress=progress,
+        )
+        history = Trainer(config).fit()
+        model = load_model(latest_checkpoint(out_dir / "train"))
+        trained, grid = held_out_quality(model, size=crop_size, count=held_out, seed=seed)
+        save_png(grid, out_dir / "samples.png")
+        shutil.copyfile(out_dir / "train" / "losses.png", out_dir / "losses.png")
+        result.steps = history[-1]["step"] if history else 0
+        result.train_seconds = history[-1]["elapsed_s"] if history else 0.0
+        result.psnr_db, result.ssim, result.held_out = trained.psnr_db, trained.ssim, trained.count
+        result.timings_ms = _stream_timings(model.generator, timing_sizes, repeats=timing_repeats)
+    metrics = dataclasses.asdict(result) | {"threads": torch.get_num_threads()}
+    atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=1))
     return result

@@ -154,8 +154,10 @@ def _(
     backend,
     need_grad_x,
 ):
-    grad_x = torch.empty_like(x) if need_grad_x and num_classes is None else x.new_empty((0,), dtype=torch.float32)
-    return grad_x, torch.empty_like(params, memory_format=torch.contiguous_format)
+    # contiguous, in x's and params' dtypes, like the real implementation's results (whatever the
+    # inputs' strides: empty_like would copy a channels-last x's strides)
+    grad_x = x.new_empty(x.shape) if need_grad_x and num_classes is None else x.new_empty((0,), dtype=torch.float32)
+    return grad_x, params.new_empty(params.shape)
 
 
 def _setup_context(ctx, inputs, output):

@@ -122,6 +122,20 @@ def _round_(t: torch.Tensor, precision: str) -> torch.Tensor:
     raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
 
 
+def _round_gradient_(t: torch.Tensor, precision: str) -> torch.Tensor:
+    """Round the upstream gradient ``t`` (fp32) in place to the operand format of ``precision``,
+    except that fp16 keeps fp32's exponent range: a mean-reduced loss over a megapixel image
+    gives gradients of ~1e-7, fp16 subnormals that rounding would all but wipe out. So for fp16
+    the gradient is rounded to fp16's significand (10 stored bits, to nearest even) and kept in
+    fp32: what the Triton kernels' per-block power-of-two scaling before their fp16 products gives
+    (``kernels/pixelwise_mlp.py``, ``_grad_operand``)."""
+    if precision != "fp16" or t.dtype != torch.float32:
+        return _round_(t, precision)
+    bits = t.view(torch.int32)
+    bits.add_(bits.bitwise_right_shift(13).bitwise_and_(1).add_(0xFFF)).bitwise_and_(~0x1FFF)
+    return t
+
+
 def _cell_tiles(
     t: torch.Tensor, cell_size: int, grid: tuple[int, int], *, channels_first: bool = False
 ) -> torch.Tensor:
@@ -370,8 +384,8 @@ def pixelwise_mlp_torch_backward(
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(grad_x or None, grad_params) of :func:`pixelwise_mlp_torch`, recomputing the forward chunk
     by chunk: memory beyond inputs and gradients is one chunk's activations. Operands rounded as
-    in the forward (emulated, see the module doc); bias gradients sum the unrounded upstream
-    gradient. The label rows' gradient is a scatter-add: index_add_ on CPU (sequential there), the
+    in the forward (emulated, see the module doc), upstream gradients too, but in fp32's exponent
+    range for fp16 (``_round_gradient_``); bias gradients sum the unrounded upstream gradient. The label rows' gradient is a scatter-add: index_add_ on CPU (sequential there), the
     product with the one-hot rows on other devices (deterministic, unlike index_add_ on CUDA)."""
     tiles = _Tiles(x, params, shape, labels, precision)
     dy_tiles = _cell_tiles(grad_out.to(tiles.compute), shape.cell_size, (tiles.rows, tiles.cols), channels_first=True)
@@ -398,12 +412,12 @@ def pixelwise_mlp_torch_backward(
         dz = y.mul_(y).neg_().add_(1).mul_(dy_tiles[cells])
         last = shape.layers[-1]
         torch.sum(dz, 2, out=grad_params[cells, last.bias_offset : last.weight_offset])
-        dz = _round_(dz, precision).transpose(1, 2)  # the bias gradient above sums the unrounded dz
+        dz = _round_gradient_(dz, precision).transpose(1, 2)  # the bias gradient above sums the unrounded dz
         for index in range(len(weights) - 1, 0, -1):  # last layer down to the second
             layer = shape.layers[index]
             if index < len(weights) - 1:
                 torch.sum(dz, 1, out=grad_params[cells, layer.bias_offset : layer.weight_offset])
-                dz = _round_(dz, precision)
+                dz = _round_gradient_(dz, precision)
             a_prev = acts[index - 1]  # unrounded: its signs give the leaky-ReLU slopes below
             grad_w = grad_params[cells, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features)
             _bmm_into(grad_w, tiles.operand(a_prev, None if operand is None else operand[:n]).transpose(1, 2), dz)
@@ -412,7 +426,7 @@ def pixelwise_mlp_torch_backward(
         # first layer: input rows (for labels the one-hot scatter-add), then encoding rows
         first = shape.layers[0]
         torch.sum(dz, 1, out=grad_params[cells, first.bias_offset : first.weight_offset])
-        dz = _round_(dz, precision)
+        dz = _round_gradient_(dz, precision)
         grad_w0 = grad_params[cells, first.weight_offset : first.end].view(n, first.in_features, -1)
         if labels and dz.device.type == "cpu":
             # the label rows' scatter-add; CPU index_add_ adds in index order (deterministic) and

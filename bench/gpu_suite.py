@@ -8,6 +8,12 @@ published algorithm and the einsum reference, in one command (about 5-9 minutes 
 Steps:
  1. correctness: ``asapnet_triton.compare`` with the "triton" backend, every precision, forward and
     backward, 35-class labels and 3-channel float input, against the float64 einsum reference;
+ 1b. an image whose output has more than 2^31 elements (27000x27000, 35 classes, cell 64, bf16:
+    about 12 GB of GPU memory for the forward, 80 GB with the backward, which is skipped with a
+    message where it does not fit; 40x50 with cell 16 under --smoke): forward and backward on
+    the "triton" backend, the first and last cells' outputs and gradients against the float64
+    reference (cells are independent, so the reference runs on those crops): the kernels' 64-bit
+    address arithmetic, proven where 32-bit offsets would wrap;
  2. autotuning of the forward and backward kernels for the default model (35 classes, cell 64,
     bf16) at 1024x2048, stored in the autotuning cache that step 3 then uses;
  3. timings (``triton.testing.do_bench``: median and 20th/80th percentiles; wall-clock medians
@@ -31,6 +37,85 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 RESOLUTIONS = [(512, 512), (1024, 1024), (1024, 2048), (2048, 2048)]
 SMOKE_RESOLUTIONS = [(32, 32), (64, 64)]
+# 3 * 27000^2 = 2.19e9 output elements > 2^31; channels-last params rows (Hc - 1) * Wc * P = 2.9e9
+LARGE_IMAGE = (27000, 27000)
+SMOKE_LARGE_IMAGE = (40, 50)  # with cell 16: 3 x 4 cells
+
+
+def large_image_check(
+    height: int, width: int, *, device: str, backend: str, cell_size: int = 64, printer=print
+) -> list[dict]:
+    """Forward and backward of the default model (35 classes, cell 64, bf16) on a height x width
+    label map; the outputs and gradients of the first and the last 2x2 cells against the float64
+    einsum reference on those crops (``cell_size`` other than 64: a smaller model for checks of
+    the flow; tolerances: ``TOLERANCES["bf16"]`` in the max-norm for the
+    output, ``GRAD_TOLERANCES["bf16"]`` in the RMS norm for the gradients). One row per check."""
+    import torch
+
+    import asapnet_triton as at
+    from asapnet_triton.layout import grid_size
+    from asapnet_triton.testing import mlp_kwargs, reference_grads, reference_output, relative_error, rms_relative_error
+
+    shape = at.MLPShape(35, cell_size)
+    generator = torch.Generator(device).manual_seed(0)
+    # drawn on the device, like testing.random_params (weights ~ N(0, 1 / fan_in), biases ~
+    # N(0, 0.1^2)), whose float64 CPU draw of these 3e9 parameters would take minutes
+    rows_cells, cols_cells = grid_size(height, width, cell_size)
+    if rows_cells < 2 or cols_cells < 2:
+        raise ValueError(f"height and width must span at least 2 x 2 cells of {cell_size}, got {height}x{width}")
+    params = torch.empty(1, shape.param_count, rows_cells, cols_cells, device=device, dtype=torch.bfloat16)
+    params = params.contiguous(memory_format=torch.channels_last)
+    for layer in shape.layers:
+        bias = params[:, layer.bias_offset : layer.weight_offset]
+        bias.copy_(0.1 * torch.randn(bias.shape, generator=generator, device=device, dtype=bias.dtype))
+        weight = params[:, layer.weight_offset : layer.end]
+        scale = layer.in_features**-0.5
+        weight.copy_(scale * torch.randn(weight.shape, generator=generator, device=device, dtype=weight.dtype))
+    params.requires_grad_()
+    labels = torch.randint(0, 35, (1, height, width), generator=generator, device=device, dtype=torch.uint8)
+    kwargs = mlp_kwargs(shape, True)
+    out = at.pixelwise_mlp(labels, params, precision="bf16", backend=backend, **kwargs)
+    grad_out = torch.randn(out.shape, generator=generator, device=device, dtype=out.dtype)
+    try:
+        out.backward(grad_out)
+        backward = True
+    except torch.OutOfMemoryError:  # the per-program partial sums: 4 * 3e9 fp32 values at 27000^2
+        printer(f"{height}x{width}: backward out of memory on this device; gradients not checked")
+        backward = False
+    rows = []
+    for where, (cy, cx) in (("first cells", (0, 0)), ("last cells", (rows_cells - 2, cols_cells - 2))):
+        cells = (slice(None), slice(None), slice(cy, cy + 2), slice(cx, cx + 2))
+        pixels = (
+            slice(None),
+            slice(cy * cell_size, (cy + 2) * cell_size),
+            slice(cx * cell_size, (cx + 2) * cell_size),
+        )
+        crop_x, crop_p = labels[pixels].cpu(), params.detach()[cells].cpu()
+        image = (slice(None), slice(None), *pixels[1:])  # the same pixels of (B, C, H, W) tensors
+        crop_grad = grad_out[image].cpu().float()
+        ref = reference_output(crop_x, crop_p, shape, True, precision="bf16")
+        errors = {"output": relative_error(out.detach()[image].cpu(), ref)}
+        if backward:
+            _, ref_grad = reference_grads(crop_x, crop_p, crop_grad, shape, True)
+            errors["grad_params"] = rms_relative_error(params.grad[cells].cpu(), ref_grad)
+        for quantity, error in errors.items():
+            tolerance = at.TOLERANCES["bf16"] if quantity == "output" else at.GRAD_TOLERANCES["bf16"]
+            rows.append(
+                dict(
+                    height=height,
+                    width=width,
+                    output_elements=out.numel(),
+                    where=where,
+                    quantity=quantity,
+                    error=error,
+                    tolerance=tolerance,
+                    ok=error <= tolerance,
+                )
+            )
+            printer(
+                f"{height}x{width} ({out.numel()} output elements) {where} {quantity}: {error:.2e} (<= {tolerance})"
+            )
+    return rows
 
 
 def measure(fn, device: str, repeats: int) -> dict:
@@ -85,6 +170,18 @@ def main() -> int:
         )
     failed = [row for row in checks if not row["ok"]]
     report["steps"]["correctness"] = {"rows": checks, "failed": len(failed)}
+
+    # 1b. an output of more than 2^31 elements
+    print("== 1b. an image whose output has more than 2^31 elements", flush=True)
+    if args.smoke:
+        large = large_image_check(*SMOKE_LARGE_IMAGE, device=device, backend=backend, cell_size=16)
+    else:
+        large = large_image_check(*LARGE_IMAGE, device=device, backend=backend)
+    large_failed = [row for row in large if not row["ok"]]
+    report["steps"]["large_image"] = {"rows": large, "failed": len(large_failed)}
+    failed += large_failed
+    if device == "cuda":
+        torch.cuda.empty_cache()
 
     # 2. autotuning
     if not args.skip_tuning:

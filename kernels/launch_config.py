@@ -262,7 +262,12 @@ def kernel_build(
         pointers = {"x_ptr": x_dtype, "params_ptr": params_dtype, "out_ptr": params_dtype}
     else:
         need_grad_x = need_grad_x and not labels
-        constexprs.update(NEED_GRAD_X=need_grad_x, LABEL_GRAD_DOT=label_grad_by_dot(shape, arch, precision))
+        constexprs.update(
+            NEED_GRAD_X=need_grad_x,
+            LABEL_GRAD_DOT=label_grad_by_dot(shape, arch, precision),
+            # fp16's exponent range would flush small upstream gradients: they are scaled per block
+            SCALE_GRADS=precision == "fp16",
+        )
         accumulator = accumulator_dtype(precision)
         pointers = {
             "x_ptr": x_dtype,

@@ -89,6 +89,49 @@ def _dot_acc(a, w, acc, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr, INPUT_P
 
 
 @triton.jit
+def _grad_operand(dz, SCALE_GRADS: tl.constexpr, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
+    # (operand, inv_scale) of an upstream gradient dz: operand * inv_scale is dz rounded to the
+    # operand format. fp16 (SCALE_GRADS) has a narrow exponent range: a mean-reduced loss over a
+    # megapixel image gives gradients of ~1e-7, fp16 subnormals, that rounding would all but wipe
+    # out. So dz is first scaled by a power of two that brings the block's largest |dz| into
+    # [2^14, 2^15) (exact; a scale in [2^-125, 2^126]), and every product with it is unscaled in
+    # the fp32 accumulator: the operand keeps fp16's 11-bit significand at any magnitude, as if
+    # the upstream gradient were kept in fp32 and rounded to fp16's precision only.
+    if SCALE_GRADS:
+        largest = tl.max(tl.max(tl.abs(dz), axis=1), axis=0).to(tl.float32)
+        exponent = (largest.to(tl.int32, bitcast=True) >> 23) & 0xFF  # biased: 127 + floor(log2)
+        scale_exponent = tl.minimum(tl.maximum(127 + 14 + 127 - exponent, 2), 253)
+        scale = (scale_exponent << 23).to(tl.float32, bitcast=True)
+        operand = _as_operand(dz * scale, DOT_DTYPE, ROUNDING)
+        inv_scale = 1.0 / scale
+    else:
+        operand = _as_operand(dz, DOT_DTYPE, ROUNDING)
+        inv_scale = 1.0
+    return operand, inv_scale
+
+
+@triton.jit
+def _dot_acc_grad(
+    a,
+    dz_operand,
+    acc,
+    inv_scale,
+    SCALE_GRADS: tl.constexpr,
+    ACC_DTYPE: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
+):
+    # acc + a @ (dz_operand * inv_scale) for a gradient operand of _grad_operand: accumulated in
+    # place where it is not scaled; a scaled product is unscaled before it is added.
+    if SCALE_GRADS:
+        result = acc + _dot(a, dz_operand, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
+    else:
+        result = _dot_acc(a, dz_operand, acc, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+    return result
+
+
+@triton.jit
 def _load_weight(
     cell_ptr,
     stride_c,
@@ -171,13 +214,30 @@ def _store_vector(cell_ptr, vector, OFFSET: tl.constexpr, COLS: tl.constexpr, CO
 # --------------------------------------------------------------------------------------------------
 
 
+# Address arithmetic (issue 11): integer arguments are 32-bit (Triton passes a value as i64 only
+# when it exceeds int32), and so is every product of two of them. The products that can pass 2^31
+# on a large image are computed in 64 bits, once per program on scalars: a cell's origin in every
+# tensor (batch, row and column of the cell times their strides: (Hc - 1) * Wc * P alone wraps at
+# ~34 megapixels with cell 16 and 35 classes) and the channel offsets (channel times the channel
+# stride: C * H * W for NCHW tensors), as 64-bit vectors outside the pixel loop. What stays 32-bit
+# is a pixel's offset inside its cell, (CELL - 1) * (stride_h + stride_w) at most, which the
+# launcher checks fits (_check_offsets): the per-pixel vector arithmetic stays 32-bit and as fast.
+
+
 @triton.jit
 def _program_cell(params_ptr, Hc, Wc, stride_pb, stride_ph, stride_pw):
     cell = tl.program_id(0)  # b * Hc * Wc + cy * Wc + cx
     b = (cell // (Hc * Wc)).to(tl.int64)
     cy = (cell // Wc) % Hc
     cx = cell % Wc
-    return cell, b, cy, cx, params_ptr + b * stride_pb + cy * stride_ph + cx * stride_pw
+    p_cell = params_ptr + b * stride_pb + cy.to(tl.int64) * stride_ph + cx.to(tl.int64) * stride_pw
+    return cell, b, cy, cx, p_cell
+
+
+@triton.jit
+def _cell_origin(ptr, b, cy, cx, stride_b, stride_h, stride_w, CELL: tl.constexpr):
+    # pointer to pixel (cy * CELL, cx * CELL) of image b (b is int64), in 64-bit arithmetic
+    return ptr + b * stride_b + (cy * CELL).to(tl.int64) * stride_h + (cx * CELL).to(tl.int64) * stride_w
 
 
 @triton.jit
@@ -291,19 +351,20 @@ def _store_cell_grads(
 
 @triton.jit
 def _block_pixels(part, blk, cy, cx, H, W, CELL: tl.constexpr, BLOCK_P: tl.constexpr, BLOCKS_PER_PROGRAM: tl.constexpr):
-    # Block `blk` of program slice `part` of cell (cy, cx): cell-local and global coordinates.
+    # Block `blk` of program slice `part` of cell (cy, cx): cell-local coordinates, and which pixels
+    # lie in the cell and the image.
     i = (part * BLOCKS_PER_PROGRAM + blk) * BLOCK_P + tl.arange(0, BLOCK_P)
     ly = i // CELL
     lx = i % CELL
     gy = cy * CELL + ly
     gx = cx * CELL + lx
     valid = (i < CELL * CELL) & (gy < H) & (gx < W)
-    return lx, ly, gy, gx, valid
+    return lx, ly, valid
 
 
 @triton.jit
 def _mlp_block(
-    x_img,
+    x_cell,
     p_cell,
     stride_xc,
     stride_xh,
@@ -311,8 +372,6 @@ def _mlp_block(
     stride_pc,
     lx,
     ly,
-    gy,
-    gx,
     valid,
     b0,
     w_in,
@@ -334,7 +393,7 @@ def _mlp_block(
     ROUNDING: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    # One block's MLP. Returns y [BLOCK_P, C_OUT_PAD] (after tanh), the tuple of the DEPTH - 1
+    # One block's MLP; x_cell points at the cell's origin (_cell_origin). Returns y [BLOCK_P, C_OUT_PAD] (after tanh), the tuple of the DEPTH - 1
     # hidden activations (after leaky ReLU; the backward kernel's recomputation), the block's
     # layer-0 input (labels [BLOCK_P] or x [BLOCK_P, C_IN_PAD]) and its encoding [BLOCK_P, PE_PAD].
     if LABELS:
@@ -342,13 +401,13 @@ def _mlp_block(
         # the cell's parameters: the [C_IN, HIDDEN] matrix is a few KB that the first block brings
         # into L1, while a register-resident copy for tl.gather would cost every thread
         # C_IN * HIDDEN / threads registers for the whole loop.
-        layer_in = tl.load(x_img + gy * stride_xh + gx * stride_xw, mask=valid, other=0).to(tl.int32)
+        layer_in = tl.load(x_cell + ly * stride_xh + lx * stride_xw, mask=valid, other=0).to(tl.int32)
         row_channel = HIDDEN + layer_in[:, None] * HIDDEN + tl.arange(0, HIDDEN)[None, :]
         w_row = tl.load(p_cell + row_channel.to(tl.int64) * stride_pc, mask=valid[:, None], other=0.0)
         acc = _as_operand(w_row, DOT_DTYPE, ROUNDING).to(ACC_DTYPE)
     else:
         c_in = tl.arange(0, C_IN_PAD)
-        x_ptrs = x_img + gy[:, None] * stride_xh + gx[:, None] * stride_xw + c_in[None, :] * stride_xc
+        x_ptrs = x_cell + (ly * stride_xh + lx * stride_xw)[:, None] + c_in.to(tl.int64)[None, :] * stride_xc
         layer_in = tl.load(x_ptrs, mask=valid[:, None] & (c_in[None, :] < C_IN), other=0.0)
         acc = _dot(layer_in, w_in, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
     pe = _pos_encoding(lx, ly, CELL, N_PE, PE_PAD, ACC_DTYPE)
@@ -428,12 +487,13 @@ def _pixelwise_mlp_fwd_kernel(
         ROUNDING,
     )
     c_out = tl.arange(0, C_OUT_PAD)
-    x_img = x_ptr + b * stride_xb
-    out_img = out_ptr + b * stride_ob
+    x_cell = _cell_origin(x_ptr, b, cy, cx, stride_xb, stride_xh, stride_xw, CELL)
+    out_cell = _cell_origin(out_ptr, b, cy, cx, stride_ob, stride_oh, stride_ow, CELL)
+    out_channels = c_out.to(tl.int64) * stride_oc
     for blk in range(BLOCKS_PER_PROGRAM):
-        lx, ly, gy, gx, valid = _block_pixels(part, blk, cy, cx, H, W, CELL, BLOCK_P, BLOCKS_PER_PROGRAM)
+        lx, ly, valid = _block_pixels(part, blk, cy, cx, H, W, CELL, BLOCK_P, BLOCKS_PER_PROGRAM)
         y, _, _, _ = _mlp_block(
-            x_img,
+            x_cell,
             p_cell,
             stride_xc,
             stride_xh,
@@ -441,8 +501,6 @@ def _pixelwise_mlp_fwd_kernel(
             stride_pc,
             lx,
             ly,
-            gy,
-            gx,
             valid,
             b0,
             w_in,
@@ -464,7 +522,7 @@ def _pixelwise_mlp_fwd_kernel(
             ROUNDING,
             INPUT_PRECISION,
         )
-        out_ptrs = out_img + gy[:, None] * stride_oh + gx[:, None] * stride_ow + c_out[None, :] * stride_oc
+        out_ptrs = out_cell + (ly * stride_oh + lx * stride_ow)[:, None] + out_channels[None, :]
         tl.store(out_ptrs, y.to(out_ptr.dtype.element_ty), mask=valid[:, None] & (c_out[None, :] < C_OUT))
 
 
@@ -527,6 +585,7 @@ def _pixelwise_mlp_bwd_kernel(
     INPUT_PRECISION: tl.constexpr,
     NEED_GRAD_X: tl.constexpr,
     LABEL_GRAD_DOT: tl.constexpr,  # label-row weight gradient as a one-hot product (else row sums)
+    SCALE_GRADS: tl.constexpr,  # fp16 operands: upstream gradients scaled per block (_grad_operand)
 ):
     # Each program recomputes its pixels' activations block by block (nothing of the forward's
     # internals was saved), back-propagates, and sums its pixels' parameter gradients in registers
@@ -577,11 +636,15 @@ def _pixelwise_mlp_bwd_kernel(
 
     c_in = tl.arange(0, C_IN_PAD)
     c_out = tl.arange(0, C_OUT_PAD)
-    x_img = x_ptr + b * stride_xb
+    x_cell = _cell_origin(x_ptr, b, cy, cx, stride_xb, stride_xh, stride_xw, CELL)
+    g_cell_origin = _cell_origin(grad_out_ptr, b, cy, cx, stride_gb, stride_gh, stride_gw, CELL)
+    g_channels = c_out.to(tl.int64) * stride_gc
+    dx_cell = _cell_origin(grad_x_ptr, b, cy, cx, stride_dxb, stride_dxh, stride_dxw, CELL)
+    dx_channels = c_in.to(tl.int64) * stride_dxc
     for blk in range(BLOCKS_PER_PROGRAM):
-        lx, ly, gy, gx, valid = _block_pixels(part, blk, cy, cx, H, W, CELL, BLOCK_P, BLOCKS_PER_PROGRAM)
+        lx, ly, valid = _block_pixels(part, blk, cy, cx, H, W, CELL, BLOCK_P, BLOCKS_PER_PROGRAM)
         y, acts, layer_in, pe = _mlp_block(
-            x_img,
+            x_cell,
             p_cell,
             stride_xc,
             stride_xh,
@@ -589,8 +652,6 @@ def _pixelwise_mlp_bwd_kernel(
             stride_pc,
             lx,
             ly,
-            gy,
-            gx,
             valid,
             b0,
             w_in,
@@ -613,78 +674,108 @@ def _pixelwise_mlp_bwd_kernel(
             INPUT_PRECISION,
         )
         # dL/dy, zero outside the image so that padding pixels contribute nothing below
-        g_ptrs = (
-            grad_out_ptr
-            + b * stride_gb
-            + gy[:, None] * stride_gh
-            + gx[:, None] * stride_gw
-            + c_out[None, :] * stride_gc
-        )
+        g_ptrs = g_cell_origin + (ly * stride_gh + lx * stride_gw)[:, None] + g_channels[None, :]
         dy = tl.load(g_ptrs, mask=valid[:, None] & (c_out[None, :] < C_OUT), other=0.0).to(ACC_DTYPE)
         dz = dy * (1.0 - y * y)  # through tanh
         g_b_last += tl.sum(dz, axis=0)
-        g_w_last = _dot_acc(
+        dz_operand, inv_scale = _grad_operand(dz, SCALE_GRADS, DOT_DTYPE, ROUNDING)
+        g_w_last = _dot_acc_grad(
             tl.trans(acts[DEPTH - 2]),
-            _as_operand(dz, DOT_DTYPE, ROUNDING),
+            dz_operand,
             g_w_last,
+            inv_scale,
+            SCALE_GRADS,
+            ACC_DTYPE,
             DOT_DTYPE,
             ROUNDING,
             INPUT_PRECISION,
         )
-        da = _dot(dz, tl.trans(w_last), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+        da = _dot(dz_operand, tl.trans(w_last), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
         new_b = ()
         new_w = ()
         for layer in tl.static_range(DEPTH - 3, -1, -1):  # hidden layers from the last to the first
             dz = _leaky_relu_backward(da, acts[layer + 1])
             new_b = (g_hidden_b[layer] + tl.sum(dz, axis=0),) + new_b
+            dz_operand, inv_scale = _grad_operand(dz, SCALE_GRADS, DOT_DTYPE, ROUNDING)
             new_w = (
-                _dot_acc(
+                _dot_acc_grad(
                     tl.trans(acts[layer]),
-                    _as_operand(dz, DOT_DTYPE, ROUNDING),
+                    dz_operand,
                     g_hidden_w[layer],
+                    inv_scale,
+                    SCALE_GRADS,
+                    ACC_DTYPE,
                     DOT_DTYPE,
                     ROUNDING,
                     INPUT_PRECISION,
                 ),
             ) + new_w
-            da = _dot(dz, tl.trans(hidden_w[layer]), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            da = (
+                _dot(dz_operand, tl.trans(hidden_w[layer]), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
+            )
         g_hidden_b = new_b
         g_hidden_w = new_w
         dz = _leaky_relu_backward(da, acts[0])
-        dz_operand = _as_operand(dz, DOT_DTYPE, ROUNDING)
+        dz_operand, inv_scale = _grad_operand(dz, SCALE_GRADS, DOT_DTYPE, ROUNDING)
         g_b0 += tl.sum(dz, axis=0)
         if N_PE > 0:
-            g_w_pe = _dot_acc(tl.trans(pe), dz_operand, g_w_pe, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            g_w_pe = _dot_acc_grad(
+                tl.trans(pe),
+                dz_operand,
+                g_w_pe,
+                inv_scale,
+                SCALE_GRADS,
+                ACC_DTYPE,
+                DOT_DTYPE,
+                ROUNDING,
+                INPUT_PRECISION,
+            )
         if LABELS:
             # the scatter-add of dz's rows by label, deterministic, no atomics: as the product with
             # the block's one-hot (exact in any operand format), or as one masked row sum per class
             # where that product spills (LABEL_GRAD_DOT=False, sm_8x)
             if LABEL_GRAD_DOT:
                 one_hot = ((layer_in[:, None] == c_in[None, :]) & valid[:, None]).to(DOT_DTYPE)
-                g_w_in_t = _dot_acc(tl.trans(dz_operand), one_hot, g_w_in_t, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+                if SCALE_GRADS:
+                    g_w_in_t += (
+                        _dot(tl.trans(dz_operand), one_hot, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
+                    )
+                else:
+                    g_w_in_t = _dot_acc(tl.trans(dz_operand), one_hot, g_w_in_t, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
             else:
-                dz_acc = dz_operand.to(ACC_DTYPE)
+                dz_acc = dz_operand.to(ACC_DTYPE) * inv_scale
                 new_rows = ()
                 for c in tl.static_range(C_IN):
                     hit = (layer_in == c)[:, None]
                     new_rows = new_rows + (g_w_in_rows[c] + tl.sum(tl.where(hit, dz_acc, 0.0), axis=0),)
                 g_w_in_rows = new_rows
         else:
-            g_w_in = _dot_acc(tl.trans(layer_in), dz_operand, g_w_in, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+            g_w_in = _dot_acc_grad(
+                tl.trans(layer_in),
+                dz_operand,
+                g_w_in,
+                inv_scale,
+                SCALE_GRADS,
+                ACC_DTYPE,
+                DOT_DTYPE,
+                ROUNDING,
+                INPUT_PRECISION,
+            )
             if NEED_GRAD_X:
-                dx_img = grad_x_ptr + b * stride_dxb + gy * stride_dxh + gx * stride_dxw
+                dx_pixels = dx_cell + (ly * stride_dxh + lx * stride_dxw)
                 if C_IN <= ROW_GRAD_X_MAX:
                     # dz @ w_in^T as one row reduction per input channel: for the few channels of
                     # an image this keeps the backward free of spills, which the small extra
                     # product (and its transposed operand) is not (see `asapnet kernel-report`)
-                    dz_acc = dz_operand.to(ACC_DTYPE)
+                    dz_acc = dz_operand.to(ACC_DTYPE) * inv_scale
                     for c in tl.static_range(C_IN):
                         dx_c = tl.sum(dz_acc * w_in_rows[c][None, :], axis=1)
-                        tl.store(dx_img + c * stride_dxc, dx_c.to(grad_x_ptr.dtype.element_ty), mask=valid)
+                        dx_c_ptrs = dx_pixels + stride_dxc.to(tl.int64) * c
+                        tl.store(dx_c_ptrs, dx_c.to(grad_x_ptr.dtype.element_ty), mask=valid)
                 else:
-                    dx = _dot(dz, tl.trans(w_in), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION)
+                    dx = _dot(dz_operand, tl.trans(w_in), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
                     tl.store(
-                        dx_img[:, None] + c_in[None, :] * stride_dxc,
+                        dx_pixels[:, None] + dx_channels[None, :],
                         dx.to(grad_x_ptr.dtype.element_ty),
                         mask=valid[:, None] & (c_in[None, :] < C_IN),
                     )
@@ -759,10 +850,64 @@ def _empty(shape, *, device, dtype) -> torch.Tensor:
     return torch.empty(shape, device=device, dtype=dtype)
 
 
+# CUDA's grid limits: dimension 0 up to 2^31 - 1 programs, dimensions 1 and 2 up to 65535.
+MAX_GRID = (2**31 - 1, 65535)
+_INT32_MAX = 2**31 - 1
+
+
 def _grid(shape: MLPShape, num_cells: int, constexprs: dict) -> tuple[int, int]:
-    # one program per (cell, slice of the cell's pixels)
+    """One program per (cell, slice of the cell's pixels); ValueError where CUDA cannot launch it."""
     pixels_per_program = constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"]
-    return num_cells, triton.cdiv(shape.cell_size**2, pixels_per_program)
+    grid = (num_cells, triton.cdiv(shape.cell_size**2, pixels_per_program))
+    if grid[0] > MAX_GRID[0]:
+        raise ValueError(
+            f"params must have at most {MAX_GRID[0]} cells (B * Hc * Wc, one program each: grid "
+            f"dimension 0's limit), got {num_cells}; use a larger cell_size or a smaller batch"
+        )
+    if grid[1] > MAX_GRID[1]:
+        raise ValueError(
+            f"cell_size={shape.cell_size} needs {grid[1]} programs per cell ({shape.cell_size}**2 "
+            f"pixels, {pixels_per_program} a program), more than grid dimension 1's limit of "
+            f"{MAX_GRID[1]}; use a smaller cell_size or a launch configuration with more "
+            f"pixels_per_program"
+        )
+    return grid
+
+
+def _check_tiles(shape: MLPShape, labels: bool, constexprs: dict) -> None:
+    """ValueError, naming the argument, for a problem whose register tiles Triton cannot build
+    (more than triton.language.TRITON_MAX_TENSOR_NUMEL elements) or whose in-cell pixel index
+    does not fit the kernels' int32 arithmetic."""
+    limit = tl.TRITON_MAX_TENSOR_NUMEL
+    rows = max(constexprs["BLOCK_P"], constexprs["HIDDEN"])
+    for name, value, pad in (
+        ("num_classes" if labels else "in_channels", shape.in_channels, constexprs["C_IN_PAD"]),
+        ("out_channels", shape.out_channels, constexprs["C_OUT_PAD"]),
+    ):
+        if rows * pad > limit:
+            raise ValueError(
+                f"{name} must be at most {limit // rows} for the Triton kernels with hidden_width="
+                f"{shape.hidden_width} (a [{rows}, {pad}] tile exceeds Triton's {limit} elements), got {value}"
+            )
+    if shape.cell_size**2 + constexprs["BLOCK_P"] * constexprs["BLOCKS_PER_PROGRAM"] > _INT32_MAX:
+        raise ValueError(
+            f"cell_size must be at most 32768 for the Triton kernels (a cell's pixel index is "
+            f"32-bit), got {shape.cell_size}"
+        )
+
+
+def _check_offsets(cell_size: int, **strides: tuple[int, int]) -> None:
+    """ValueError when a pixel's offset from its cell's origin, at most (cell_size - 1) *
+    (stride_h + stride_w) elements, does not fit the kernels' 32-bit per-pixel arithmetic (see
+    "Address arithmetic" above). strides: name -> (stride_h, stride_w) of each image tensor."""
+    for name, (stride_h, stride_w) in strides.items():
+        span = (cell_size - 1) * (abs(stride_h) + abs(stride_w))
+        if span > _INT32_MAX:
+            raise ValueError(
+                f"{name} must have row and column strides with (cell_size - 1) * (stride_h + "
+                f"stride_w) < 2^31 for the Triton kernels, got strides ({stride_h}, {stride_w}) "
+                f"with cell_size={cell_size}; pass a contiguous {name}"
+            )
 
 
 def _x_strides(x: torch.Tensor, labels: bool) -> tuple[int, int, int, int]:
@@ -791,9 +936,7 @@ def pixelwise_mlp_forward(
     B = params.shape[0]
     H, W = x.shape[-2:]
     Hc, Wc = params.shape[-2:]
-    if out is None:
-        out = _empty((B, shape.out_channels, H, W), device=params.device, dtype=params.dtype)
-    elif out.shape != (B, shape.out_channels, H, W) or out.dtype != params.dtype:
+    if out is not None and (out.shape != (B, shape.out_channels, H, W) or out.dtype != params.dtype):
         raise ValueError(
             f"out must have shape {(B, shape.out_channels, H, W)} and dtype {params.dtype}, "
             f"got {tuple(out.shape)} {out.dtype}"
@@ -808,7 +951,12 @@ def pixelwise_mlp_forward(
         x_dtype=x.dtype,
         params_dtype=params.dtype,
     )
+    _check_tiles(shape, labels, build.constexprs)
     grid = _grid(shape, B * Hc * Wc, build.constexprs)
+    if out is None:  # allocated once the launch is known to be possible
+        out = _empty((B, shape.out_channels, H, W), device=params.device, dtype=params.dtype)
+    x_strides = _x_strides(x, labels)
+    _check_offsets(shape.cell_size, x=x_strides[2:], out=out.stride()[2:])
     _pixelwise_mlp_fwd_kernel[grid](
         x,
         params,
@@ -817,7 +965,7 @@ def pixelwise_mlp_forward(
         W,
         Hc,
         Wc,
-        *_x_strides(x, labels),
+        *x_strides,
         *params.stride(),
         *out.stride(),
         num_warps=build.num_warps,
@@ -868,9 +1016,13 @@ def pixelwise_mlp_backward(
         need_grad_x=need_grad_x,
         arch=device_arch(params.device) if arch is None else arch,
     )
+    _check_tiles(shape, labels, build.constexprs)
+    x_strides = _x_strides(x, labels)
     grid = _grid(shape, B * Hc * Wc, build.constexprs)
     partial = _empty((grid[0], grid[1], P), device=params.device, dtype=accumulator_dtype(precision))
     grad_x = _empty(x.shape, device=x.device, dtype=x.dtype) if need_grad_x else None
+    images = dict(x=x_strides[2:], grad_out=grad_out.stride()[2:])
+    _check_offsets(shape.cell_size, **images, **({"grad_x": grad_x.stride()[2:]} if need_grad_x else {}))
     dx = grad_x if need_grad_x else partial  # any tensor: the kernel never touches it then
     _pixelwise_mlp_bwd_kernel[grid](
         x,
@@ -883,7 +1035,7 @@ def pixelwise_mlp_backward(
         Hc,
         Wc,
         P,
-        *_x_strides(x, labels),
+        *x_strides,
         *params.stride(),
         *grad_out.stride(),
         *(dx.stride() if need_grad_x else (0, 0, 0, 0)),

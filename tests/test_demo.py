@@ -1,4 +1,5 @@
-"""``asapnet demo`` end to end with a tiny step budget: every output written, metrics consistent."""
+"""``asapnet demo`` end to end with a tiny step budget: the shipped model's held-out translations
+first, then the short training; every output written, metrics consistent."""
 
 import json
 
@@ -22,9 +23,17 @@ def test_demo_writes_its_outputs(tmp_path):
         timing_sizes=((64, 96),),
         timing_repeats=1,
         progress=False,
+        shipped_size=64,
     )
     assert result.steps == 2
-    for name in ("samples.png", "losses.png", "metrics.json", "train/config.json", "train/log.jsonl"):
+    for name in (
+        "shipped/samples.png",
+        "samples.png",
+        "losses.png",
+        "metrics.json",
+        "train/config.json",
+        "train/log.jsonl",
+    ):
         assert (out / name).is_file(), name
     grid = np.array(Image.open(out / "samples.png"))
     assert grid.shape[2] == 3 and grid.shape[1] > 3 * 64
@@ -33,7 +42,9 @@ def test_demo_writes_its_outputs(tmp_path):
     assert set(metrics["timings_ms"]) == {"64x96"}
     assert all(value > 0 for value in metrics["timings_ms"]["64x96"].values())
     assert np.isfinite(metrics["psnr_db"]) and -1 <= metrics["ssim"] <= 1
-    assert "PSNR" in result.summary()
+    assert "PSNR" in result.summary() and "shipped model" in result.summary()
+    assert metrics["shipped"]["count"] == 2 and metrics["shipped"]["size"] == 64
+    assert np.isfinite(metrics["shipped"]["psnr_db"]) and metrics["shipped"]["psnr_db"] != metrics["psnr_db"]
     # the reported PSNR is the held-out generator's, recomputed independently from its checkpoint
     from asapnet_triton.data import build_dataset
     from asapnet_triton.training import latest_checkpoint, load_generator

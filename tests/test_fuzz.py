@@ -207,7 +207,9 @@ def _corrupt(kind: str, x, params, kwargs, shape, labels, draw_int):
     elif kind == "num_classes":
         kwargs["num_classes"] = draw_int(-3, 0)
     elif kind == "cell_size":
-        kwargs["cell_size"] = [0, -4, 3, 6, 2.0, "16", None][draw_int(0, 6)]
+        bad = [0, -4, 3, 6, 2.0, "16", None][draw_int(0, 6)]
+        # 3 and 6 are wrong only with the positional encoding (its periods halve down to 2)
+        kwargs["cell_size"] = 0 if bad in (3, 6) and not shape.pos_encoding else bad
     elif kind == "hidden_width":
         kwargs["hidden_width"] = [0, -1, 1.5, "64"][draw_int(0, 3)]
     elif kind == "depth":

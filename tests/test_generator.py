@@ -101,7 +101,7 @@ def test_bad_inputs(generator):
     with pytest.raises(ValueError, match="integer label map"):
         model(torch.rand(1, 5, 16, 16, generator=generator))
     images = _generator(3, cell_size=16, label_input=False, **TINY)
-    with pytest.raises(ValueError, match=r"x must have shape \(B, 3, H, W\)"):
+    with pytest.raises(ValueError, match=r"x must be a float image \(B, 3, H, W\)"):
         images(torch.rand(1, 4, 16, 16, generator=generator))
     with pytest.raises(ValueError, match="instance_edges=False"):
         model(torch.zeros(1, 16, 16, dtype=torch.long), torch.zeros(1, 1, 16, 16))

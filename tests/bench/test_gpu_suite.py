@@ -47,3 +47,27 @@ def test_without_a_gpu_it_refuses_with_exit_status_2(monkeypatch, capsys):
     monkeypatch.setattr(sys, "argv", ["gpu_suite.py"])
     assert gpu_suite.main() == 2
     assert "no CUDA GPU" in capsys.readouterr().out
+
+
+def test_the_suite_runs_an_output_of_more_than_2_31_elements():
+    height, width = gpu_suite.LARGE_IMAGE
+    assert 3 * height * width > 2**31
+
+
+def test_large_image_check_compares_first_and_last_cells_with_the_reference():
+    """The check's flow on the CPU, at the --smoke size (cell 16) on the torch backend (the GPU suite runs it
+    at LARGE_IMAGE on the compiled kernels): every row within tolerance."""
+    lines = []
+    rows = gpu_suite.large_image_check(
+        *gpu_suite.SMOKE_LARGE_IMAGE, device="cpu", backend="torch", cell_size=16, printer=lines.append
+    )
+    assert [(r["where"], r["quantity"]) for r in rows] == [
+        ("first cells", "output"),
+        ("first cells", "grad_params"),
+        ("last cells", "output"),
+        ("last cells", "grad_params"),
+    ]
+    assert all(r["ok"] and 0 < r["error"] <= r["tolerance"] for r in rows), rows
+    assert len(lines) == 4
+    with pytest.raises(ValueError, match="at least 2 x 2 cells"):
+        gpu_suite.large_image_check(40, 50, device="cpu", backend="torch", cell_size=64)
