@@ -48,13 +48,19 @@ class ModelRequired(ValueError):
 
 
 def shipped_model(*, map_location="cpu", backend=None, precision=None):
-    """The trained model shipped in the package: what ``asapnet paint`` serves without
-    ``--checkpoint``. The package ships none yet, so this raises :class:`ModelRequired`; once it
-    does, this is the one place to load it (e.g. ``load_model(<its path>, ...)``)."""
-    raise ModelRequired(
-        "a model is required: pass --checkpoint PATH (a model file, or a checkpoint of "
-        "asapnet train) or --official latest_net_G.pth, until the package ships a trained model"
-    )
+    """The trained model shipped in the package (:func:`asapnet_triton.checkpoints.shipped_model_path`):
+    what ``asapnet paint`` serves without ``--checkpoint``. An installation without it raises
+    :class:`ModelRequired` saying what to pass instead."""
+    from ..checkpoints import load_model, shipped_model_path
+
+    try:
+        path = shipped_model_path()
+    except FileNotFoundError as error:
+        raise ModelRequired(
+            f"{error}; or pass --checkpoint PATH (a model file, or a checkpoint of asapnet train) or "
+            f"--official latest_net_G.pth"
+        ) from None
+    return load_model(path, map_location=map_location, backend=backend, precision=precision)
 
 
 def load_examples(

@@ -22,8 +22,8 @@ def add_paint_parser(sub) -> None:
     model.add_argument(
         "--checkpoint",
         metavar="PATH",
-        help="a model file (save_model) or a checkpoint of asapnet train (required, or --official, until the "
-        "package ships a trained model)",
+        help="a model file (save_model) or a checkpoint of asapnet train (default: the model shipped in the "
+        "package, trained on the procedural facades)",
     )
     model.add_argument("--official", metavar="PATH", help="a latest_net_G.pth of the published ASAP-Net implementation")
     p.add_argument(
@@ -64,7 +64,7 @@ def run_paint(args) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must lie in 0..65535, got {args.port}")
-    model = open_model(  # no model given, and none shipped: ModelRequired, a ValueError
+    model = open_model(  # no model given: the shipped one (missing from the installation: ModelRequired)
         args.official or args.checkpoint,
         official=args.official is not None,
         device=args.device,

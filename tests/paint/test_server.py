@@ -559,9 +559,26 @@ def _cli_user_error(argv, capsys) -> str:
     return err
 
 
-def test_paint_without_a_model_exits_2_with_one_line(capsys):
+def test_paint_without_a_model_serves_the_shipped_one():
+    from asapnet_triton.checkpoints import load_model, shipped_model_path
+    from asapnet_triton.paint import open_model
+
+    model = open_model(None)
+    shipped = load_model(shipped_model_path())
+    assert model.labels == shipped.labels and model.labels.dataset == "procedural" and model.labels.num_classes == 13
+    for ours, theirs in zip(model.generator.state_dict().values(), shipped.generator.state_dict().values()):
+        assert torch.equal(ours, theirs)
+
+
+def test_paint_without_a_model_in_an_installation_without_one_exits_2_with_one_line(capsys, monkeypatch):
+    from asapnet_triton import checkpoints
+
+    def missing():
+        raise FileNotFoundError("the shipped model /x/procedural-facades-256.pt is missing from this installation")
+
+    monkeypatch.setattr(checkpoints, "shipped_model_path", missing)
     err = _cli_user_error(["paint"], capsys)
-    assert "--checkpoint" in err and "ships" in err
+    assert "--checkpoint" in err and "missing from this installation" in err
 
 
 def test_paint_with_a_missing_checkpoint_exits_2(tmp_path, capsys):
