@@ -67,6 +67,24 @@ def _add_model_arguments(p, *, height: int, width: int, cell_size: int) -> None:
     p.add_argument("--depth", type=int, default=5, help="the MLP's layers (default 5, as published)")
 
 
+def add_model_run_arguments(p: argparse.ArgumentParser, *, device_help: str = "cpu or cuda (default: cpu)") -> None:
+    """--device, --backend and --precision of the commands that run a loaded model (translate,
+    paint, evaluate): where it runs and how its HR stream computes, overriding the checkpoint's."""
+    p.add_argument("--device", default="cpu", help=device_help)
+    p.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default=None,
+        help="HR-stream backend (default: the checkpoint's, 'auto' for --official)",
+    )
+    p.add_argument(
+        "--precision",
+        choices=FLOAT32_PRECISIONS,
+        default=None,
+        help="HR-stream precision (default: the checkpoint's, fp32 for --official)",
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="asapnet", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -172,19 +190,7 @@ def _parser() -> argparse.ArgumentParser:
         help="with --official: the data set the published model was trained on, for its label convention "
         "(default: from its class count, 13 facades, 35 or 36 cityscapes)",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=None,
-        help="HR-stream backend (default: the checkpoint's, 'auto' for --official)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=FLOAT32_PRECISIONS,
-        default=None,
-        help="HR-stream precision (default: the checkpoint's, fp32 for --official)",
-    )
+    add_model_run_arguments(p)
     p.add_argument("--overwrite", action="store_true", help="replace existing outputs (never inputs)")
 
     p = sub.add_parser(
@@ -265,11 +271,7 @@ def _add_evaluate_parser(sub) -> None:
         help="also the Fréchet distance in our segmenter's features (needs no downloaded weights)",
     )
     p.add_argument("--batch", type=int, default=8, help="images per batch (default 8)")
-    p.add_argument("--device", default="cpu", help="where the networks run: cpu or cuda (default: cpu)")
-    p.add_argument("--backend", choices=BACKENDS, default=None, help="HR-stream backend (default: the checkpoint's)")
-    p.add_argument(
-        "--precision", choices=FLOAT32_PRECISIONS, default=None, help="HR-stream precision (default: the checkpoint's)"
-    )
+    add_model_run_arguments(p, device_help="where the networks run: cpu or cuda (default: cpu)")
     p.add_argument("--save-generated", help="also write the generated images here (a new or empty folder)")
     p.add_argument("--report", help="write the JSON report here (default: print it)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from ..functional import BACKENDS
-from ..precision import FLOAT32_PRECISIONS
-
 __all__ = ["add_paint_parser", "run_paint"]
 
 
 def add_paint_parser(sub) -> None:
     """Add ``paint`` to the ``asapnet`` subcommands ``sub``."""
+    from ..cli import add_model_run_arguments  # the parser being built is the CLI's
+
     p = sub.add_parser(
         "paint",
         help="a local web page: paint a label map, see the photo live",
@@ -37,19 +36,7 @@ def add_paint_parser(sub) -> None:
         metavar="FOLDER",
         help="label-map PNGs to offer as starting points (default: held-out procedural facades for facades models)",
     )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument(
-        "--backend",
-        choices=BACKENDS,
-        default=None,
-        help="HR-stream backend (default: the checkpoint's, 'auto' for --official)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=FLOAT32_PRECISIONS,
-        default=None,
-        help="HR-stream precision (default: the checkpoint's, fp32 for --official)",
-    )
+    add_model_run_arguments(p)
     p.add_argument("--verbose", action="store_true", help="log every request")
 
 
