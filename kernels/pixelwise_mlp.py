@@ -146,7 +146,7 @@ def _load_weight(
     # as a zero-padded [ROWS_PAD, COLS_PAD] tile.
     r = tl.arange(0, ROWS_PAD)[:, None]
     c = tl.arange(0, COLS_PAD)[None, :]
-    channel = (OFFSET + (ROW0 + r) * COLS + c).to(tl.int64)
+    channel = OFFSET + (ROW0 + r) * COLS + c  # 32-bit: the launcher checks (P - 1) * stride_pc < 2^31
     return tl.load(cell_ptr + channel * stride_c, mask=(r < ROWS) & (c < COLS), other=0.0)
 
 
@@ -154,7 +154,7 @@ def _load_weight(
 def _load_vector(cell_ptr, stride_c, OFFSET: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
     # COLS consecutive channels from OFFSET (a bias, or one row of a weight) as a zero-padded vector
     c = tl.arange(0, COLS_PAD)
-    return tl.load(cell_ptr + (OFFSET + c).to(tl.int64) * stride_c, mask=c < COLS, other=0.0)
+    return tl.load(cell_ptr + (OFFSET + c) * stride_c, mask=c < COLS, other=0.0)
 
 
 @triton.jit
@@ -219,7 +219,8 @@ def _store_vector(cell_ptr, vector, OFFSET: tl.constexpr, COLS: tl.constexpr, CO
 # on a large image are computed in 64 bits, once per program on scalars: a cell's origin in every
 # tensor (batch, row and column of the cell times their strides: (Hc - 1) * Wc * P alone wraps at
 # ~34 megapixels with cell 16 and 35 classes) and the channel offsets (channel times the channel
-# stride: C * H * W for NCHW tensors), as 64-bit vectors outside the pixel loop. What stays 32-bit
+# stride: C * H * W for NCHW tensors), as 64-bit vectors outside the pixel loop; params' channel
+# offsets stay 32-bit, checked by the launcher (_check_params_channel_stride), since 64-bit ones spill. What stays 32-bit
 # is a pixel's offset inside its cell, (CELL - 1) * (stride_h + stride_w) at most, which the
 # launcher checks fits (_check_offsets): the per-pixel vector arithmetic stays 32-bit and as fast.
 
@@ -403,7 +404,7 @@ def _mlp_block(
         # C_IN * HIDDEN / threads registers for the whole loop.
         layer_in = tl.load(x_cell + ly * stride_xh + lx * stride_xw, mask=valid, other=0).to(tl.int32)
         row_channel = HIDDEN + layer_in[:, None] * HIDDEN + tl.arange(0, HIDDEN)[None, :]
-        w_row = tl.load(p_cell + row_channel.to(tl.int64) * stride_pc, mask=valid[:, None], other=0.0)
+        w_row = tl.load(p_cell + row_channel * stride_pc, mask=valid[:, None], other=0.0)
         acc = _as_operand(w_row, DOT_DTYPE, ROUNDING).to(ACC_DTYPE)
     else:
         c_in = tl.arange(0, C_IN_PAD)
@@ -536,7 +537,12 @@ def _leaky_relu_backward(grad, activation):
     # leaky ReLU keeps the sign, so its slope is read off the activation it produced. The slope
     # multiplies the gradient as a scalar, which takes the gradient's dtype: a tensor of slopes
     # would be float32 (0.01 rounded by 2e-9), and fp64 gradients were off by 1e-10 (hypothesis found it)
-    return tl.where(activation > 0, grad, 0.01 * grad)
+    if grad.dtype == tl.float64:
+        out = tl.where(activation > 0, grad, 0.01 * grad)
+    else:  # a float32 slope is exact enough here, and the select-then-multiply form costs no registers
+        # (the fp64 form above made the sm_80/sm_90 backward kernels spill: measured with kernel-report)
+        out = grad * tl.where(activation > 0, 1.0, 0.01)
+    return out
 
 
 @triton.jit
@@ -910,6 +916,21 @@ def _check_offsets(cell_size: int, **strides: tuple[int, int]) -> None:
             )
 
 
+def _check_params_channel_stride(params: torch.Tensor) -> None:
+    """ValueError when params' channel offsets, up to (P - 1) * stride_pc, do not fit 32 bits. The
+    kernels load a cell's weights with 32-bit channel offsets: 64-bit ones made the forward spill
+    registers on sm_80/sm_90 (24-48 bytes in 4 of the 28 default forward kernels, kernel-report).
+    Only a contiguous (NCHW) grid of more than 2^31 / P cells fails it; channels-last grids (what
+    the generator produces) have stride_pc = 1."""
+    span = (params.shape[1] - 1) * abs(params.stride(1))
+    if span > _INT32_MAX:
+        raise ValueError(
+            f"params must have a channel stride with (P - 1) * stride < 2^31 for the Triton kernels, got "
+            f"stride {params.stride(1)} with P={params.shape[1]}; pass channels-last params "
+            f"(params.contiguous(memory_format=torch.channels_last)), as ASAPNetGenerator does"
+        )
+
+
 def _x_strides(x: torch.Tensor, labels: bool) -> tuple[int, int, int, int]:
     # labels (B, H, W) get a dummy channel stride
     return (x.stride(0), 0, x.stride(1), x.stride(2)) if labels else x.stride()
@@ -957,6 +978,7 @@ def pixelwise_mlp_forward(
         out = _empty((B, shape.out_channels, H, W), device=params.device, dtype=params.dtype)
     x_strides = _x_strides(x, labels)
     _check_offsets(shape.cell_size, x=x_strides[2:], out=out.stride()[2:])
+    _check_params_channel_stride(params)
     _pixelwise_mlp_fwd_kernel[grid](
         x,
         params,
@@ -1023,6 +1045,7 @@ def pixelwise_mlp_backward(
     grad_x = _empty(x.shape, device=x.device, dtype=x.dtype) if need_grad_x else None
     images = dict(x=x_strides[2:], grad_out=grad_out.stride()[2:])
     _check_offsets(shape.cell_size, **images, **({"grad_x": grad_x.stride()[2:]} if need_grad_x else {}))
+    _check_params_channel_stride(params)
     dx = grad_x if need_grad_x else partial  # any tensor: the kernel never touches it then
     _pixelwise_mlp_bwd_kernel[grid](
         x,
