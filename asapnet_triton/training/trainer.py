@@ -67,6 +67,28 @@ VGG_HINT = (
 )
 
 
+def discriminate_with_real_targets(discriminator, fake_input: torch.Tensor, real_input: torch.Tensor):
+    """The generator step's discriminator predictions (fake, real): the same values as the
+    published single pass over ``torch.cat([fake_input, real_input])``, with the real half run
+    without a graph.
+
+    The real activations are only feature-matching targets (constants): the published trainer keeps
+    their graph and back-propagates zeros through it. Here they run under ``no_grad`` and in eval
+    mode, so that spectral norm reuses the u, v the fake pass has just updated (one power
+    iteration per step, as in the single pass) and divides by the same sigma; instance norm has
+    no running statistics, so eval mode changes nothing else. Tested against the single pass in
+    ``tests/training/test_generator_step.py``."""
+    pred_fake = discriminator(fake_input)
+    was_training = discriminator.training
+    try:
+        discriminator.eval()
+        with torch.no_grad():
+            pred_real = discriminator(real_input)
+    finally:
+        discriminator.train(was_training)
+    return pred_fake, pred_real
+
+
 class LinearDecay:
     """The published learning-rate factor of epoch e (0-based): 1 for the first ``niter + 1``
     epochs, then 1 - (e - niter) / niter_decay, reaching 1 / niter_decay in the last epoch (the
@@ -553,7 +575,9 @@ class Trainer:
         try:
             fake = self.generator_ddp(labels, edges)
             with self._autocast():
-                pred_fake, pred_real = self._discriminate(self.discriminator, with_image(condition, fake), real_input)
+                pred_fake, pred_real = discriminate_with_real_targets(
+                    self.discriminator, with_image(condition, fake), real_input
+                )
                 losses = {"G_GAN": generator_hinge_loss(pred_fake)}
                 if config.lambda_feat > 0:
                     losses["G_feat"] = config.lambda_feat * feature_matching_loss(pred_fake, pred_real)

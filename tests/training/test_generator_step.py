@@ -1,0 +1,62 @@
+"""The generator step's discriminator pass (``discriminate_with_real_targets``): the real half runs
+without a graph, and every value the step uses equals the published single pass over fake and real
+concatenated: predictions, losses, the generator's gradient and the spectral-norm state left behind."""
+
+import copy
+
+import pytest
+import torch
+
+from asapnet_triton.training.discriminator import MultiscaleDiscriminator
+from asapnet_triton.training.losses import feature_matching_loss, generator_hinge_loss
+from asapnet_triton.training.trainer import discriminate_with_real_targets
+
+
+def _spectral_state(discriminator) -> list[torch.Tensor]:
+    return [t.clone() for name, t in discriminator.state_dict().items() if name.endswith(("_u", "_v"))]
+
+
+def _generator_loss(pred_fake, pred_real) -> torch.Tensor:
+    return generator_hinge_loss(pred_fake) + 10.0 * feature_matching_loss(pred_fake, pred_real)
+
+
+@pytest.mark.parametrize("batch", [1, 3])
+def test_it_equals_the_published_single_pass(batch):
+    torch.manual_seed(batch)
+    discriminator = MultiscaleDiscriminator(7, num_d=2, ndf=8, n_layers=3, ndf_max=32)
+    # a few steps of power iteration first, so u, v are not at their initial values
+    with torch.no_grad():
+        for _ in range(3):
+            discriminator(torch.randn(1, 7, 37, 45))
+    published, ours = discriminator, copy.deepcopy(discriminator)
+    fake = torch.randn(batch, 7, 37, 45)  # odd sizes: not a multiple of any stride
+    real = torch.randn(batch, 7, 37, 45)
+
+    fake_a = fake.clone().requires_grad_()
+    predictions = published(torch.cat([fake_a, real]))
+    pred_fake_a = [[t[:batch] for t in scale] for scale in predictions]
+    pred_real_a = [[t[batch:] for t in scale] for scale in predictions]
+    loss_a = _generator_loss(pred_fake_a, pred_real_a)
+    loss_a.backward()
+
+    fake_b = fake.clone().requires_grad_()
+    pred_fake_b, pred_real_b = discriminate_with_real_targets(ours, fake_b, real)
+    loss_b = _generator_loss(pred_fake_b, pred_real_b)
+    loss_b.backward()
+
+    assert ours.training  # back in training mode
+    assert all(t.grad_fn is None for scale in pred_real_b for t in scale)  # no graph kept for the real half
+    for scale_a, scale_b in zip(pred_real_a + pred_fake_a, pred_real_b + pred_fake_b, strict=True):
+        for a, b in zip(scale_a, scale_b, strict=True):
+            torch.testing.assert_close(b, a.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(loss_b, loss_a, rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(fake_b.grad, fake_a.grad, rtol=1e-5, atol=1e-7)
+    # one power iteration per step, as in the single pass (a training-mode real pass would add one)
+    for a, b in zip(_spectral_state(published), _spectral_state(ours), strict=True):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-7)
+
+
+def test_eval_mode_is_restored_as_it_was():
+    discriminator = MultiscaleDiscriminator(5, num_d=1, ndf=4, n_layers=2, ndf_max=8).eval()
+    discriminate_with_real_targets(discriminator, torch.randn(1, 5, 20, 20), torch.randn(1, 5, 20, 20))
+    assert not discriminator.training
