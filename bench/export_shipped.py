@@ -7,7 +7,14 @@
 
 Scores: mean PSNR / SSIM of the translations of the first ``--held-out`` items of the procedural
 test split (never trained on) at 256x256 against their photos, for the exported model and for the
-same architecture untrained (the run's initialisation, seed 0).
+same architecture untrained (the run's initialisation, seed 0); and the paper's segmentation protocol
+(:func:`asapnet_triton.evaluation.evaluate` with the shipped segmenter: mIoU of the generated images
+against the real photos' mIoU, and the Fréchet distance in the segmenter's features) on the same
+maps, written to ``bench/results/<machine>/evaluate/shipped_model_256.json`` and into the card.
+
+``--checkpoint`` exports a given checkpoint of the run instead of the newest; ``--selection`` says
+in the card how it was chosen (choose on maps other than the scored ones, e.g. ``asapnet evaluate
+--seed 1``: the scored maps are the test split of seed 0).
 
 Weight storage: the package holds at most 20 MB of weights. The generator's float32 weights are
 stored as they are when they fit; otherwise in float16 or bfloat16 (loaded back into float32
@@ -36,6 +43,7 @@ from common import machine_description, results_dir  # noqa: E402
 
 from asapnet_triton.checkpoints import SHIPPED_MODEL_FILE, TrainedModel, load_model, save_model  # noqa: E402
 from asapnet_triton.demo import held_out_quality  # noqa: E402
+from asapnet_triton.evaluation.evaluate import evaluate, write_report  # noqa: E402
 from asapnet_triton.fileio import atomic_write_text, load_weights_file, save_png  # noqa: E402
 from asapnet_triton.metrics import psnr  # noqa: E402
 from asapnet_triton.training import TrainConfig  # noqa: E402
@@ -118,7 +126,7 @@ def _card_markdown(card: dict) -> str:
         f"training wall-clock {run['wall_clock_s'] / 3600:.2f} h ({run['wall_clock_s']:.0f} s, the sum of the step times)",
         f"- machine: {run['machine']['name']}, {run['threads']} thread (shared with other work)",
         f"- command (starts or resumes): `{run['command']}`",
-        f"- exported {card['exported_utc']} from `{run['checkpoint']}`",
+        f"- exported {card['exported_utc']} from `{run['checkpoint']}` ({run.get('selection', 'the newest checkpoint')})",
         "",
         "## Scores (held-out, 256x256, images in [0, 1])",
         "| model | PSNR (dB) | SSIM |",
@@ -126,7 +134,7 @@ def _card_markdown(card: dict) -> str:
         f"| this model | {scores['psnr_db']:.2f} | {scores['ssim']:.3f} |",
         f"| untrained (same architecture, seed 0) | {scores['untrained_psnr_db']:.2f} | {scores['untrained_ssim']:.3f} |",
         "",
-        "Segmentation and FID-style scores: not measured yet.",
+        *_segmentation_lines(scores),
         "",
         "## Weights",
         f"- stored as {storage['dtype']} ({storage['stored_bytes'] / 1e6:.1f} MB of tensors), loaded into float32 parameters;"
@@ -136,16 +144,54 @@ def _card_markdown(card: dict) -> str:
     return "\n".join(lines)
 
 
+def _segmentation_lines(scores: dict) -> list[str]:
+    seg = scores.get("segmentation")
+    if seg is None:
+        return ["Segmentation and FID-style scores: not measured."]
+    return [
+        f"Segmentation (the paper's protocol, the project's shipped segmenter, same {scores['held_out']} maps): "
+        f"mIoU {seg['miou']:.3f} on this model's images against {seg['real_miou']:.3f} on the real photos "
+        f"({100 * seg['miou_ratio']:.0f}% of that ceiling), pixel accuracy {seg['pixel_accuracy']:.3f}; "
+        f"Fréchet distance in the segmenter's pooled features {seg['segmenter_fd']:.2f} "
+        "(not comparable with published FIDs; FID itself needs pytorch-fid's Inception weights file).",
+    ]
+
+
+def _segmentation_scores(model_path: Path, count: int) -> tuple[dict, dict]:
+    """(the card's segmentation scores, the whole ``asapnet evaluate`` report) of the written model
+    file on the first ``count`` procedural test maps (seed 0)."""
+    report = evaluate(
+        checkpoint=model_path,
+        dataset="procedural",
+        num_samples=count,
+        crop_size=SIZE,
+        segmenter_fd=True,
+        progress=False,
+    )
+    seg = report["segmentation"]
+    return {
+        "miou": seg["generated"]["miou"],
+        "pixel_accuracy": seg["generated"]["pixel_accuracy"],
+        "real_miou": seg["real"]["miou"],
+        "miou_ratio": seg["miou_ratio"],
+        "segmenter_fd": report["segmenter_fd"],
+    }, report
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="/work/runs/shipped", help="the run folder (default /work/runs/shipped)")
     parser.add_argument("--held-out", type=int, default=40, help="held-out maps to score (default 40)")
+    parser.add_argument("--checkpoint", default=None, help="a checkpoint file of the run (default: its newest)")
+    parser.add_argument(
+        "--selection", default="the newest checkpoint of the run", help="how the checkpoint was chosen (for the card)"
+    )
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
 
-    checkpoint_file = latest_checkpoint(Path(args.run))
-    if checkpoint_file is None:
-        raise SystemExit(f"export_shipped: no checkpoint in {args.run}/checkpoints")
+    checkpoint_file = Path(args.checkpoint) if args.checkpoint else latest_checkpoint(Path(args.run))
+    if checkpoint_file is None or not checkpoint_file.is_file():
+        raise SystemExit(f"export_shipped: no checkpoint {args.checkpoint or f'in {args.run}/checkpoints'}")
     checkpoint = load_weights_file(checkpoint_file, "checkpoint")
     config = TrainConfig.from_dict(checkpoint["config"])
     model = load_model(checkpoint_file)
@@ -179,6 +225,7 @@ def main(argv=None) -> int:
             "machine": machine_description(),
             "command": TRAIN_COMMAND,
             "checkpoint": str(checkpoint_file),
+            "selection": args.selection,
         },
         "steps": checkpoint["step"],
         "scores": {
@@ -205,7 +252,13 @@ def main(argv=None) -> int:
     reloaded, _ = held_out_quality(load_model(model_path), size=SIZE, count=args.held_out)
     if abs(reloaded.psnr_db - quality.psnr_db) > 1e-9:
         raise SystemExit(f"export_shipped: the written model scores {reloaded.psnr_db} dB, not {quality.psnr_db}")
+    card["scores"]["segmentation"], report = _segmentation_scores(model_path, args.held_out)
+    save_model(model_path, storage_generator, model.labels, card=card)  # the same weights, the card completed
     atomic_write_text(PACKAGE_DIR / "MODEL_CARD.md", _card_markdown(card))
+    evaluation_dir = results_dir() / "evaluate"
+    evaluation_dir.mkdir(parents=True, exist_ok=True)
+    report["inputs"]["checkpoint"] = f"asapnet_triton/pretrained/{SHIPPED_MODEL_FILE}"
+    write_report(evaluation_dir / "shipped_model_256.json", report)
 
     out = results_dir() / "shipped"
     out.mkdir(parents=True, exist_ok=True)
