@@ -67,3 +67,21 @@ def write_json(name: str, payload: dict, folder: str | None = None) -> Path:
 
     text = json.dumps({"machine": machine_description(), **payload}, indent=2) + "\n"
     return atomic_write_text(results_dir(folder) / name, text)
+
+
+def run_child(script: str, spec: dict, timeout: float, env: dict | None = None) -> dict:
+    """Run ``script --child SPEC_JSON`` in a fresh interpreter (a clean peak-memory reading per case)
+    and return the JSON its last stdout line holds, or ``{"failed": why}``."""
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, str(Path(script).resolve()), "--child", json.dumps(spec)]
+    try:
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return dict(failed=f"timed out after {timeout:.0f} s")
+    if result.returncode != 0:
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        return dict(failed=f"exit {result.returncode}: {lines[-1] if lines else 'no output'}")
+    return json.loads(result.stdout.strip().splitlines()[-1])

@@ -45,7 +45,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -234,15 +233,9 @@ def ceiling_keys(implementation: str, precision: str, device: str, passname: str
 
 
 def measure(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
-    except subprocess.TimeoutExpired:
-        return dict(failed=f"timed out after {timeout:.0f} s")
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        return dict(failed=f"exit {result.returncode}: {lines[-1] if lines else 'no output'}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    from common import run_child
+
+    return run_child(__file__, spec, timeout)
 
 
 def plan(args, cuda: bool) -> list[dict]:

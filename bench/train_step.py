@@ -34,7 +34,6 @@ import dataclasses
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -267,16 +266,10 @@ def run_child(spec: dict) -> dict:
 
 
 def measure(spec: dict, timeout: float) -> dict:
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    from common import run_child
+
     env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
-    try:
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
-    except subprocess.TimeoutExpired:
-        return dict(failed=f"timed out after {timeout:.0f} s")
-    if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
-        return dict(failed=f"exit {result.returncode}: {lines[-1] if lines else 'no output'}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    return run_child(__file__, spec, timeout, env)
 
 
 def composed(parts: dict) -> dict:
