@@ -62,6 +62,7 @@ def _config(spec: dict, out_dir: str):
     overrides, batch = CASES[spec["case"]]
     overrides = dict(overrides) | (SMOKE if spec["smoke"] else {})
     common = dict(batch_size=batch, device=spec["device"], progress=False, precision=spec["precision"])
+    common |= dict(d_fake=spec.get("d_fake", "regenerate"))
     common |= dict(out_dir=out_dir, num_samples=max(batch, 4), time_budget_s=None, sample_every=0)
     if spec["case"] == "demo":
         return dataclasses.replace(demo_config(out_dir, device=spec["device"], progress=False), **common, **overrides)
@@ -319,6 +320,12 @@ def main() -> None:
     parser.add_argument("--full", action="store_true", help="every case (facades512 batch 4, cityscapes)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and 1 repeat: check that it runs")
     parser.add_argument("--case-timeout", type=float, default=1800)
+    parser.add_argument(
+        "--d-fake",
+        default="regenerate",
+        choices=("regenerate", "reuse"),
+        help="ours: TrainConfig.d_fake (default regenerate, as published)",
+    )
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/train_step)")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -337,7 +344,7 @@ def main() -> None:
     repeats = 1 if args.smoke else args.repeats
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/train_step")
     out.mkdir(parents=True, exist_ok=True)
-    base = dict(device=device, threads=args.threads, repeats=repeats, smoke=args.smoke)
+    base = dict(device=device, threads=args.threads, repeats=repeats, smoke=args.smoke, d_fake=args.d_fake)
     rows, published_of = [], {}
     for case in cases:
         for precision in args.precisions.split(","):
@@ -373,6 +380,7 @@ def main() -> None:
         command=" ".join([Path(sys.executable).name, *sys.argv]),
         device=device,
         threads=args.threads,
+        d_fake=args.d_fake,
         repeats=repeats,
         warmup=WARMUP,
         rows=rows,

@@ -135,6 +135,13 @@ def _options():
                     int,
                     f"discriminator steps per generator step (default {d.d_steps_per_g})",
                 ),
+                (
+                    "--d-fake",
+                    "d_fake",
+                    str,
+                    "the discriminator step's fake image: regenerate (as published: the updated generator again) "
+                    f"or reuse (the generator step's image, as pix2pixHD; one generator forward less) (default {d.d_fake})",
+                ),
                 ("--seed", "seed", int, f"seed of initialisation, data order and augmentation (default {d.seed})"),
             ],
         ),

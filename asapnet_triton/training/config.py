@@ -8,7 +8,14 @@ from dataclasses import dataclass
 
 from ..functional import FUSED_BACKENDS
 
-__all__ = ["RUN_CONTROL_FIELDS", "TRAIN_BACKENDS", "TRAIN_PRECISIONS", "TrainConfig", "default_cell_size"]
+__all__ = [
+    "D_FAKE_MODES",
+    "RUN_CONTROL_FIELDS",
+    "TRAIN_BACKENDS",
+    "TRAIN_PRECISIONS",
+    "TrainConfig",
+    "default_cell_size",
+]
 
 # Fields that only steer how a run is executed, not what it computes (the HR stream's backends
 # compute the same function): a resumed run may change them. Every other field must match the checkpoint's, or the continuation would not be the same
@@ -34,6 +41,7 @@ RUN_CONTROL_FIELDS = frozenset(
 # the generator (bf16 also runs the discriminator and losses under autocast).
 TRAIN_BACKENDS = ("auto", *FUSED_BACKENDS)
 TRAIN_PRECISIONS = ("fp32", "bf16")
+D_FAKE_MODES = ("regenerate", "reuse")
 
 
 def default_cell_size(crop_size: int) -> int:
@@ -74,7 +82,10 @@ class TrainConfig:
     torchrun); Adam(``beta1``, ``beta2``) with ``lr``, and with ``ttur`` the generator gets lr / 2
     and the discriminator lr * 2; the learning rate is constant for ``niter`` epochs, then decays
     linearly to 0 over ``niter_decay`` epochs; ``d_steps_per_g`` discriminator steps per
-    generator step.
+    generator step. ``d_fake``: the discriminator step's fake image, "regenerate" (as published:
+    the updated generator run again under no_grad) or "reuse" (the generator step's image, as
+    pix2pixHD does: one generator forward less per step; after a step without a generator step,
+    it regenerates).
 
     Run control (may change on resume): ``out_dir``; ``resume`` (a checkpoint path, or "latest"
     in ``out_dir``); ``max_steps`` (total optimisation steps, counted across resumes);
@@ -123,6 +134,7 @@ class TrainConfig:
     niter: int = 200
     niter_decay: int = 100
     d_steps_per_g: int = 1
+    d_fake: str = "regenerate"
     seed: int = 0
     # run control
     out_dir: str = "runs/asapnet"
@@ -160,6 +172,7 @@ class TrainConfig:
         check(self.niter_decay >= 0, "niter_decay", ">= 0")
         check(self.niter + self.niter_decay >= 1, "niter", "such that niter + niter_decay >= 1")
         check(self.d_steps_per_g >= 1, "d_steps_per_g", ">= 1")
+        check(self.d_fake in D_FAKE_MODES, "d_fake", f"one of {D_FAKE_MODES}")
         check(self.max_steps is None or self.max_steps >= 0, "max_steps", "None or >= 0")
         check(self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s", "None or > 0")
         check(self.checkpoint_every >= 0, "checkpoint_every", ">= 0")

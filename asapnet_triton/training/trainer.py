@@ -212,7 +212,8 @@ class Trainer:
 
     Per step, on one batch (as published): a generator step (hinge GAN loss + lambda_feat x
     discriminator feature matching [+ lambda_vgg x VGG19 perceptual loss]), then a discriminator
-    step (hinge loss on a freshly generated image and the real one). The learning rates follow
+    step (hinge loss on a freshly generated image, or with ``d_fake="reuse"`` the generator step's,
+    and the real one). The learning rates follow
     :func:`learning_rates`, stepped at the end of every epoch.
 
     Args:
@@ -592,10 +593,12 @@ class Trainer:
             self.discriminator.requires_grad_(True)
         return losses, fake.detach()
 
-    def _discriminator_step(self, labels, edges, condition, real_input) -> tuple[dict, torch.Tensor]:
+    def _discriminator_step(self, labels, edges, condition, real_input, fake=None) -> tuple[dict, torch.Tensor]:
+        """The discriminator step on ``fake`` (detached), or on a freshly generated image when None."""
         self.optimizer_d.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            fake = self.generator(labels, edges)
+        if fake is None:
+            with torch.no_grad():
+                fake = self.generator(labels, edges)
         with self._autocast():
             pred_fake, pred_real = self._discriminate(self.discriminator_ddp, with_image(condition, fake), real_input)
             losses = {
@@ -617,7 +620,8 @@ class Trainer:
         if self.step % self.config.d_steps_per_g == 0:
             g_losses, fake = self._generator_step(labels, image, edges, condition, real_input)
             losses.update(g_losses)
-        d_losses, d_fake = self._discriminator_step(labels, edges, condition, real_input)
+        reuse = self.config.d_fake == "reuse" and "G_GAN" in losses
+        d_losses, d_fake = self._discriminator_step(labels, edges, condition, real_input, fake if reuse else None)
         losses.update(d_losses)
         self._last_batch = (labels, fake if "G_GAN" in losses else d_fake, image)
         names = sorted(losses)

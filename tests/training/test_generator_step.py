@@ -60,3 +60,33 @@ def test_eval_mode_is_restored_as_it_was():
     discriminator = MultiscaleDiscriminator(5, num_d=1, ndf=4, n_layers=2, ndf_max=8).eval()
     discriminate_with_real_targets(discriminator, torch.randn(1, 5, 20, 20), torch.randn(1, 5, 20, 20))
     assert not discriminator.training
+
+
+@pytest.mark.parametrize(
+    "d_fake, d_steps_per_g, forwards",
+    [("regenerate", 1, [2, 2, 2]), ("reuse", 1, [1, 1, 1]), ("reuse", 2, [1, 1, 1])],
+)
+def test_d_fake_reuse_runs_the_generator_once_per_step(tmp_path, d_fake, d_steps_per_g, forwards):
+    from asapnet_triton.training import Trainer
+
+    from .tiny_data import TinyPairs, tiny_config
+
+    config = tiny_config(tmp_path / "run", max_steps=3, d_fake=d_fake, d_steps_per_g=d_steps_per_g)
+    trainer = Trainer(config, TinyPairs(6))
+    outputs = []
+    trainer.generator.register_forward_hook(lambda module, args, out: outputs.append(out.detach().clone()))
+    counts = []
+    trainer.on_step = lambda record: counts.append(len(outputs) - sum(counts))
+    trainer.fit()
+    # (with d_steps_per_g=2, step 2 has no generator step: its discriminator step generates)
+    assert counts == forwards
+    if d_fake == "reuse":
+        # the image the discriminator step saw is the generator step's, not a regenerated one
+        assert torch.equal(trainer._last_batch[1], outputs[-1])
+
+
+def test_d_fake_must_be_a_known_mode(tmp_path):
+    from asapnet_triton.training import TrainConfig
+
+    with pytest.raises(ValueError, match=r"TrainConfig.d_fake must be one of \('regenerate', 'reuse'\), got 'twice'"):
+        TrainConfig(out_dir=str(tmp_path), d_fake="twice")
