@@ -69,7 +69,7 @@ def write_json(name: str, payload: dict, folder: str | None = None) -> Path:
     return atomic_write_text(results_dir(folder) / name, text)
 
 
-def run_child(script: str, spec: dict, timeout: float, env: dict | None = None) -> dict:
+def run_in_subprocess(script: str, spec: dict, timeout: float, env: dict | None = None) -> dict:
     """Run ``script --child SPEC_JSON`` in a fresh interpreter (a clean peak-memory reading per case)
     and return the JSON its last stdout line holds, or ``{"failed": why}``."""
     import json

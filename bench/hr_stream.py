@@ -233,9 +233,9 @@ def ceiling_keys(implementation: str, precision: str, device: str, passname: str
 
 
 def measure(spec: dict, timeout: float) -> dict:
-    from common import run_child
+    from common import run_in_subprocess
 
-    return run_child(__file__, spec, timeout)
+    return run_in_subprocess(__file__, spec, timeout)
 
 
 def plan(args, cuda: bool) -> list[dict]:

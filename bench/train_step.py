@@ -267,10 +267,10 @@ def run_child(spec: dict) -> dict:
 
 
 def measure(spec: dict, timeout: float) -> dict:
-    from common import run_child
+    from common import run_in_subprocess
 
     env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
-    return run_child(__file__, spec, timeout, env)
+    return run_in_subprocess(__file__, spec, timeout, env)
 
 
 def composed(parts: dict) -> dict:
