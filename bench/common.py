@@ -69,8 +69,10 @@ def write_json(name: str, payload: dict, folder: str | None = None) -> Path:
     return atomic_write_text(results_dir(folder) / name, text)
 
 
-def _memory_status() -> dict:
-    """VmHWM and VmRSS of this process, in bytes (Linux's /proc/self/status)."""
+def memory_status() -> dict:
+    """VmHWM and VmRSS of this process, in bytes (Linux's /proc/self/status). Unlike getrusage's
+    ru_maxrss, which a child started by exec inherits from its parent's high-water mark, VmHWM
+    covers this process's own memory only."""
     fields = {}
     with open("/proc/self/status") as f:
         for line in f:
@@ -101,8 +103,8 @@ def peak_memory_of(fn, device: str) -> tuple[int | None, str]:
     statistics are reset first). On the CPU: the growth of the resident set, the kernel's VmHWM,
     reset through /proc/self/clear_refs just before the call, minus VmRSS before it, after the
     C heap's free pages were handed back (everything the call touched, allocator caches
-    included). The reset also lowers the process's getrusage ru_maxrss (Linux derives it from the
-    same high-water mark): read that before."""
+    included). The reset also lowers the process's VmHWM and getrusage ru_maxrss: read them
+    before."""
     import torch
 
     if device == "cuda":
@@ -116,13 +118,13 @@ def peak_memory_of(fn, device: str) -> tuple[int | None, str]:
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")  # resets VmHWM to the current VmRSS
-        before = _memory_status()["VmRSS"]
+        before = memory_status()["VmRSS"]
     except OSError as error:
         fn()
         return None, f"unavailable: {error}"
     fn()
     method = "VmHWM after (reset via clear_refs) - VmRSS before" + (", after malloc_trim" if trimmed else "")
-    return _memory_status()["VmHWM"] - before, method
+    return memory_status()["VmHWM"] - before, method
 
 
 def run_in_subprocess(script: str, spec: dict, timeout: float, env: dict | None = None) -> dict:

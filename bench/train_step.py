@@ -23,8 +23,9 @@ on one batch of the procedural data set, for every case x precision:
   step, on a GPU torch.cuda.max_memory_allocated minus the memory allocated before; the models,
   optimiser states and batch, already allocated, are not counted);
   "process peak": the whole process's high-water mark after the timed steps, torch itself, the
-  data and the first steps' allocations included (resource.getrusage(RUSAGE_SELF).ru_maxrss on
-  the CPU, torch.cuda.max_memory_allocated since the process started on a GPU).
+  data and the first steps' allocations included (on the CPU the kernel's VmHWM: getrusage's
+  ru_maxrss would also count the parent's high-water mark, which a child inherits at exec; on a
+  GPU torch.cuda.max_memory_allocated since the process started).
 
 Cases: demo (128x128, batch 4, demo_config's narrow widths), facades512 (512x512, the published
 defaults, batch 1; batch 4 too with --full), cityscapes (512x1024, cell 32, 35 classes +
@@ -119,16 +120,14 @@ class _CityscapesLike:
 
 def _memory(step, device: str) -> dict:
     """The process's peak so far, then the peak of one more ``step`` above the memory before it
-    (MiB; in this order: measuring the step resets the high-water mark ru_maxrss reads)."""
-    import resource
-
+    (MiB; in this order: measuring the step resets the process's high-water mark)."""
     import torch
-    from common import peak_memory_of
+    from common import memory_status, peak_memory_of
 
     if device == "cuda":
         process = torch.cuda.max_memory_allocated() / 2**20
     else:
-        process = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        process = memory_status()["VmHWM"] / 2**20
     step_bytes, method = peak_memory_of(step, device)
     step_mib = None if step_bytes is None else step_bytes / 2**20
     return dict(process_peak_mib=process, step_peak_mib=step_mib, step_peak_method=method)
