@@ -336,14 +336,14 @@ def _kernel_report_archs(args) -> list[int]:
     return archs
 
 
-def _kernel_report(args) -> int:
+def _kernel_report(args, archs: list[int]) -> int:
+    """The kernel report of ``args``; ``archs``: its --arch as :func:`_kernel_report_archs` checked them."""
     from tqdm.auto import tqdm
 
     from .aot import kernel_resources
     from .kernels.launch_config import default_config
     from .layout import MLPShape
 
-    archs = _kernel_report_archs(args)
     jobs = [
         (kernel, labels, cell, precision, arch)
         for arch in archs
@@ -499,12 +499,12 @@ def _dispatch(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     # environment for the request before anything imports it.
     interpreting = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
     if args.command == "kernel-report":
-        _kernel_report_archs(args)  # a bad --arch or --precision is a user error, interpreter or not
+        archs = _kernel_report_archs(args)  # a bad --arch or --precision is a user error, interpreter or not
         if interpreting:
             if "triton" in sys.modules:
                 parser.error("kernel-report needs Triton's compiler, but the interpreter is already active")
             os.environ.pop("TRITON_INTERPRET")
-        return _kernel_report(args)
+        return _kernel_report(args, archs)
     if args.command == "compare":
         wants_interpreter = "interpret" in args.backend
         if wants_interpreter and "triton" in args.backend:

@@ -12,6 +12,7 @@ from .layout import MLPShape, grid_size
 
 __all__ = [
     "OFFICIAL_TINY",
+    "TINY",
     "official_generator",
     "MLP_CASES",
     "device_for",
@@ -25,6 +26,7 @@ __all__ = [
     "reference_output",
     "relative_error",
     "rms_relative_error",
+    "tiny_generator",
 ]
 
 
@@ -209,4 +211,24 @@ def official_generator(options: dict, generator: torch.Generator, **sizes):
         # a grid of std ~0.3, the size of weights N(0, 1 / fan_in) of these MLPs
         final.weight.mul_(0.5)
         final.bias.copy_(0.1 * torch.randn(final.bias.shape, generator=generator))
+    return model.eval()
+
+
+# the sizes of our generators in the tests (ASAPNetGenerator's and TrainConfig's names alike): a
+# 3-layer, 16-wide MLP per 16x16 cell and a one-level LR stream, milliseconds a call on a CPU
+TINY = dict(cell_size=16, hidden_width=16, depth=3, lr_width=8, lr_max_width=16, lr_depth=1)
+
+
+def tiny_generator(in_channels: int, *, noise: float = 0.0, **options):
+    """An ``ASAPNetGenerator`` of :data:`TINY`'s sizes (``options`` override them or add other
+    arguments, e.g. ``label_input``), in eval mode. ``noise``: add ``noise`` x N(0, 1), drawn from
+    torch's global generator, to every parameter: the published initialisation's small gain makes
+    every output nearly flat, so different inputs would give nearly the same image."""
+    from .generator import ASAPNetGenerator
+
+    model = ASAPNetGenerator(in_channels, **{**TINY, **options})
+    if noise:
+        with torch.no_grad():
+            for parameter in model.parameters():
+                parameter.add_(noise * torch.randn_like(parameter))
     return model.eval()

@@ -1,5 +1,6 @@
-"""The GPU suite: correctness on the GPU, autotuning, and timings of the fused kernels against the
-published algorithm and the einsum reference, in one command (about 5-9 minutes on an H100).
+"""The GPU suite: correctness on the GPU, autotuning, timings of the fused kernels against the
+published algorithm and the einsum reference, and a whole training step against the published way,
+in one command (steps 1-3: about 5-9 minutes on an H100; step 4 not yet timed on a GPU).
 
     python bench/gpu_suite.py            # on a machine with a CUDA GPU
     python bench/gpu_suite.py --smoke    # the same flow on the CPU with Triton's interpreter and
@@ -20,7 +21,12 @@ Steps:
     under --smoke) of forward and forward + backward at 512x512,
     1024x1024, 1024x2048 and 2048x2048 (batch 1, 35 classes, cell 64, the paper's 5x64 MLP): the fused
     kernels in bf16 and fp32 ("triton"), the published algorithm ("published", fp32, autograd) and
-    the einsum reference ("einsum", fp32, only where its full-resolution weights fit in memory).
+    the einsum reference ("einsum", fp32, only where its full-resolution weights fit in memory);
+ 4. the training step of bench/train_step.py (its functions, each case x implementation x precision
+    in a fresh subprocess: wall-clock medians of synchronised steps, ours' per-part breakdown, one
+    step's peak memory and the process's): ours in fp32 and bf16 against the published way (fp32),
+    facades 512x512 and the Cityscapes-like 1024x2048 (cell 64, 35 classes, instance edges);
+    under --smoke at train_step's tiny SMOKE sizes on the CPU; --skip-train-step leaves it out.
 Writes bench/results/<gpu name>/gpu_suite.json and gpu_suite.png; exits 1 when a correctness
 check fails.
 """
@@ -40,6 +46,9 @@ SMOKE_RESOLUTIONS = [(32, 32), (64, 64)]
 # 3 * 27000^2 = 2.19e9 output elements > 2^31; channels-last params rows (Hc - 1) * Wc * P = 2.9e9
 LARGE_IMAGE = (27000, 27000)
 SMOKE_LARGE_IMAGE = (40, 50)  # with cell 16: 3 x 4 cells
+# step 4: bench/train_step.py's cases
+TRAIN_STEP_CASES = ("facades512", "cityscapes1024")
+TRAIN_STEP_PRECISIONS = ("fp32", "bf16")
 
 
 def large_image_check(
@@ -130,11 +139,29 @@ def measure(fn, device: str, repeats: int) -> dict:
     return {"median": pick(0.5), "p20": pick(0.2), "p80": pick(0.8), "method": "wall-clock"}
 
 
+def train_step_breakdown(device: str, smoke: bool) -> dict:
+    """Step 4: bench/train_step.py's cases ``TRAIN_STEP_CASES``, ours (fp32, bf16) against the
+    published way; prints train_step's table and returns its rows with how they were run."""
+    import train_step
+
+    print("== 4. training step: ours vs the published way (bench/train_step.py)", flush=True)
+    repeats = 1 if smoke else train_step.REPEATS
+    # one CPU thread: on a GPU the step's work is on the device; under --smoke it keeps the CPU
+    # figures comparable with train_step's defaults
+    base = dict(device=device, threads=1, repeats=repeats, smoke=smoke, d_fake="regenerate")
+    rows = train_step.run_cases(
+        TRAIN_STEP_CASES, TRAIN_STEP_PRECISIONS, base, printer=lambda line: print(line, flush=True)
+    )
+    print(train_step.table(rows), flush=True)
+    return dict(base, warmup=train_step.WARMUP, method="wall-clock, synchronised", rows=rows)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--smoke", action="store_true", help="run the flow on the CPU with the interpreter")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per measurement")
     parser.add_argument("--skip-tuning", action="store_true")
+    parser.add_argument("--skip-train-step", action="store_true", help="leave out step 4, the training step")
     args = parser.parse_args()
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"
@@ -250,6 +277,10 @@ def main() -> int:
                 flush=True,
             )
     report["steps"]["timings"] = timings
+
+    # 4. the training step
+    if not args.skip_train_step:
+        report["steps"]["train_step"] = train_step_breakdown(device, args.smoke)
     report["seconds"] = time.perf_counter() - started
     folder = "smoke-" + machine_name() if args.smoke else None
     path = write_json("gpu_suite.json", report, folder=folder)

@@ -68,43 +68,12 @@ NUM_CLASSES, FLOAT_CHANNELS = 35, 3
 # child: one measurement in a fresh process
 
 
-def _memory_status() -> dict:
-    fields = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            key, _, value = line.partition(":")
-            if key in ("VmHWM", "VmRSS"):
-                fields[key] = int(value.split()[0]) * 1024
-    return fields
-
-
-def _peak_of(fn, device: str) -> tuple[float | None, str]:
-    """(peak bytes of one call of fn, how it was measured)."""
-    import torch
-
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        before = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - before, "torch.cuda.max_memory_allocated"
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")  # resets VmHWM to the current VmRSS
-        before = _memory_status()["VmRSS"]
-    except OSError as error:
-        fn()
-        return None, f"unavailable: {error}"
-    fn()
-    return _memory_status()["VmHWM"] - before, "VmHWM after (reset via clear_refs) - VmRSS before"
-
-
 def run_child(spec: dict) -> dict:
     """Measure one (case, implementation, precision, pass); returns the result fields."""
     import resource
 
     import torch
+    from common import peak_memory_of
 
     import asapnet_triton as at
     from asapnet_triton.reference import pixelwise_mlp_einsum, pixelwise_mlp_published
@@ -164,7 +133,7 @@ def run_child(spec: dict) -> dict:
             torch.cuda.synchronize()
         return time.perf_counter() - start
 
-    peak, memory_method = _peak_of(fn, device)  # the first full-size run: also the timing's warm-up
+    peak, memory_method = peak_memory_of(fn, device)  # the first full-size run: also the timing's warm-up
     times = sorted(timed() for _ in range(spec["repeats"]))
     return dict(
         seconds_median=statistics.median(times),

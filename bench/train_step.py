@@ -17,14 +17,21 @@ on one batch of the procedural data set, for every case x precision:
   forward / forward + backward, the HR stream forward / forward + backward (w.r.t. the grid), the
   discriminator's forward / forward + backward per scale on the 2B-image batch, and both Adam
   steps; the plot stacks them as a step uses them (G fwd+bwd, G fwd, 2 x D fwd+bwd, Adam);
-- peak memory: each (case, implementation, precision) runs in a fresh subprocess and reports
-  resource.getrusage(RUSAGE_SELF).ru_maxrss after its steps (the whole process: torch and the
-  data included), or torch.cuda.max_memory_allocated on a GPU.
+- peak memory, two figures, each (case, implementation, precision) in a fresh subprocess:
+  "step peak": one more training step after the timed ones, its peak above the memory before it
+  (``common.peak_memory_of``: on the CPU the resident set's high-water mark reset just before the
+  step, on a GPU torch.cuda.max_memory_allocated minus the memory allocated before; the models,
+  optimiser states and batch, already allocated, are not counted);
+  "process peak": the whole process's high-water mark after the timed steps, torch itself, the
+  data and the first steps' allocations included (on the CPU the kernel's VmHWM: getrusage's
+  ru_maxrss would also count the parent's high-water mark, which a child inherits at exec; on a
+  GPU torch.cuda.max_memory_allocated since the process started).
 
 Cases: demo (128x128, batch 4, demo_config's narrow widths), facades512 (512x512, the published
-defaults, batch 1; batch 4 too with --full) and cityscapes (512x1024, cell 32, 35 classes +
-instance edges, batch 1; --full only). Timings on a shared machine: read them against the load
-average recorded with every result.
+defaults, batch 1; batch 4 too with --full), cityscapes (512x1024, cell 32, 35 classes +
+instance edges, batch 1; --full only) and cityscapes1024 (1024x2048, cell 64, 35 classes +
+instance edges, batch 1; asked for, or --full; bench/gpu_suite.py runs it on a GPU). Timings on
+a shared machine: read them against the load average recorded with every result.
 """
 
 from __future__ import annotations
@@ -46,7 +53,10 @@ CASES = {
     "facades512": (dict(crop_size=512), 1),
     "facades512_b4": (dict(crop_size=512), 4),
     "cityscapes": (dict(crop_size=512, aspect_ratio=2.0, cell_size=32, label_nc=35, instance=True), 1),
+    "cityscapes1024": (dict(crop_size=1024, aspect_ratio=2.0, cell_size=64, label_nc=35, instance=True), 1),
 }
+DEFAULT_CASES = ("demo", "facades512")
+REPEATS, CASE_TIMEOUT = 5, 1800.0
 SMOKE = dict(crop_size=32, cell_size=16, lr_width=8, lr_max_width=16, lr_depth=1, ndf=8, ndf_max=16, n_layers_d=2)
 WARMUP = 2
 
@@ -108,14 +118,19 @@ class _CityscapesLike:
         return item
 
 
-def _peak_mib(device: str) -> float:
-    import resource
-
+def _memory(step, device: str) -> dict:
+    """The process's peak so far, then the peak of one more ``step`` above the memory before it
+    (MiB; in this order: measuring the step resets the process's high-water mark)."""
     import torch
+    from common import memory_status, peak_memory_of
 
     if device == "cuda":
-        return torch.cuda.max_memory_allocated() / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+        process = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        process = memory_status()["VmHWM"] / 2**20
+    step_bytes, method = peak_memory_of(step, device)
+    step_mib = None if step_bytes is None else step_bytes / 2**20
+    return dict(process_peak_mib=process, step_peak_mib=step_mib, step_peak_method=method)
 
 
 def _ours(spec, config, dataset, batch, timer) -> dict:
@@ -125,7 +140,9 @@ def _ours(spec, config, dataset, batch, timer) -> dict:
 
     trainer = Trainer(config, dataset)
     times = timer(lambda: trainer.train_step(batch))
-    result = dict(seconds=statistics.median(times), times=times, peak_mib=_peak_mib(spec["device"]))
+    result = dict(seconds=statistics.median(times), times=times) | _memory(
+        lambda: trainer.train_step(batch), spec["device"]
+    )
     result["params"] = dict(
         G=sum(p.numel() for p in trainer.generator.parameters()),
         D=sum(p.numel() for p in trainer.discriminator.parameters()),
@@ -235,7 +252,7 @@ def _published(spec, config, dataset, batch, timer) -> dict:
         optimizer_d.step()
 
     times = timer(step)
-    result = dict(seconds=statistics.median(times), times=times, peak_mib=_peak_mib(spec["device"]))
+    result = dict(seconds=statistics.median(times), times=times) | _memory(step, spec["device"])
     result["params"] = dict(
         G=sum(p.numel() for p in generator.parameters()), D=sum(p.numel() for p in discriminator.parameters())
     )
@@ -271,6 +288,52 @@ def measure(spec: dict, timeout: float) -> dict:
 
     env = os.environ | {"OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
     return run_in_subprocess(__file__, spec, timeout, env)
+
+
+def run_cases(cases, precisions, base: dict, timeout: float = CASE_TIMEOUT, printer=print) -> list[dict]:
+    """One row per case x precision: ours (in ``precision``) and the published way (fp32, measured
+    once per case), each in a fresh subprocess with ``base``'s device, threads, repeats, smoke and
+    d_fake."""
+    rows, published_of = [], {}
+    for case in cases:
+        for precision in precisions:
+            if case not in published_of:  # the published trainer is fp32 only: once per case
+                spec = base | dict(case=case, implementation="published", precision="fp32")
+                published_of[case] = measure(spec, timeout)
+            ours = measure(base | dict(case=case, implementation="ours", precision=precision), timeout)
+            rows.append(dict(case=case, precision=precision, ours=ours, published=published_of[case]))
+            printer(f"{case} {precision}: ours {ours.get('seconds', ours.get('failed'))}")
+    return rows
+
+
+def _mib(value) -> str:
+    return "-" if value is None else f"{value:.0f}"
+
+
+def table(rows: list[dict]) -> str:
+    """The rows as a markdown table: seconds per step, the ratio, both peaks, ours' parts."""
+    lines = [
+        "| case | precision | ours s/step | published s/step | ratio (published / ours) "
+        "| one step's peak above before, MiB ours / published "
+        "| process high-water mark (incl. torch), MiB ours / published | parts (s) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        ours, published = row["ours"], row["published"]
+        if "failed" in ours or "failed" in published:
+            lines.append(f"| {row['case']} | {row['precision']} | {ours.get('failed', '')} | "
+                         f"{published.get('failed', '')} | | | | |")  # fmt: skip
+            continue
+        parts = ", ".join(f"{k} {v:.3g}" for k, v in ours["parts"].items())
+        lines.append(
+            f"| {row['case']} | {row['precision']} | {ours['seconds']:.3f} | {published['seconds']:.3f} | "
+            f"{published['seconds'] / ours['seconds']:.2f}x "
+            f"| {_mib(ours['step_peak_mib'])} / {_mib(published['step_peak_mib'])} "
+            f"| {ours['process_peak_mib']:.0f} / {published['process_peak_mib']:.0f} | {parts} |"
+        )
+        if ours["params"] != published["params"]:
+            lines.append(f"| | | parameter counts differ: ours {ours['params']}, published {published['params']} |")
+    return "\n".join(lines)
 
 
 def composed(parts: dict) -> dict:
@@ -313,13 +376,13 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--cases", default="demo,facades512", help=f"comma list of {list(CASES)} (--full: all)")
+    parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma list of {list(CASES)} (--full: all)")
     parser.add_argument("--precisions", default="fp32,bf16")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=REPEATS)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--full", action="store_true", help="every case (facades512 batch 4, cityscapes)")
+    parser.add_argument("--full", action="store_true", help="every case (facades512 batch 4, both cityscapes)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and 1 repeat: check that it runs")
-    parser.add_argument("--case-timeout", type=float, default=1800)
+    parser.add_argument("--case-timeout", type=float, default=CASE_TIMEOUT)
     parser.add_argument(
         "--d-fake",
         default="regenerate",
@@ -345,36 +408,11 @@ def main() -> None:
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/train_step")
     out.mkdir(parents=True, exist_ok=True)
     base = dict(device=device, threads=args.threads, repeats=repeats, smoke=args.smoke, d_fake=args.d_fake)
-    rows, published_of = [], {}
-    for case in cases:
-        for precision in args.precisions.split(","):
-            if case not in published_of:  # the published trainer is fp32 only: once per case
-                spec = base | dict(case=case, implementation="published", precision="fp32")
-                published_of[case] = measure(spec, args.case_timeout)
-            ours = measure(base | dict(case=case, implementation="ours", precision=precision), args.case_timeout)
-            rows.append(dict(case=case, precision=precision, ours=ours, published=published_of[case]))
-            print(f"{case} {precision}: ours {ours.get('seconds', ours.get('failed'))}", file=sys.stderr)
-
-    lines = [
-        "| case | precision | ours s/step | published s/step | ratio (published / ours) | peak MiB ours / published | parts (s) |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        ours, published = row["ours"], row["published"]
-        if "failed" in ours or "failed" in published:
-            lines.append(f"| {row['case']} | {row['precision']} | {ours.get('failed', '')} | "
-                         f"{published.get('failed', '')} | | | |")  # fmt: skip
-            continue
-        parts = ", ".join(f"{k} {v:.3g}" for k, v in ours["parts"].items())
-        lines.append(
-            f"| {row['case']} | {row['precision']} | {ours['seconds']:.3f} | {published['seconds']:.3f} | "
-            f"{published['seconds'] / ours['seconds']:.2f}x | {ours['peak_mib']:.0f} / {published['peak_mib']:.0f} "
-            f"| {parts} |"
-        )
-        if ours["params"] != published["params"]:
-            lines.append(f"| | | parameter counts differ: ours {ours['params']}, published {published['params']} |")
-    table = "\n".join(lines)
-    print(table)
+    rows = run_cases(
+        cases, args.precisions.split(","), base, args.case_timeout, lambda line: print(line, file=sys.stderr)
+    )
+    text = table(rows)
+    print(text)
     payload = dict(
         machine=machine_description(),
         command=" ".join([Path(sys.executable).name, *sys.argv]),
@@ -386,7 +424,7 @@ def main() -> None:
         rows=rows,
     )
     (out / "train_step.json").write_text(json.dumps(payload, indent=2) + "\n")
-    (out / "train_step.md").write_text(table + "\n")
+    (out / "train_step.md").write_text(text + "\n")
     plot(rows, out / "train_step.png")
     print(f"wrote {out}/train_step.{{json,md,png}}", file=sys.stderr)
 

@@ -5,28 +5,16 @@ import pytest
 import torch
 from PIL import Image
 
-import asapnet_triton as at
 from asapnet_triton.checkpoints import TrainedModel
 from asapnet_triton.labels import label_convention
+from asapnet_triton.testing import tiny_generator
 from asapnet_triton.translate import read_label_map, translate
 
 
 def _tiny_generator(num_classes=5, label_input=True):
-    model = at.ASAPNetGenerator(
-        num_classes,
-        cell_size=16,
-        hidden_width=16,
-        depth=3,
-        lr_width=8,
-        lr_max_width=16,
-        lr_depth=1,
-        label_input=label_input,
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.2 * torch.randn_like(parameter))
+    model = tiny_generator(num_classes, noise=0.2, label_input=label_input)
     labels = label_convention("folder", num_classes) if label_input else None
-    return TrainedModel(model.eval(), labels, "a tiny random generator")
+    return TrainedModel(model, labels, "a tiny random generator")
 
 
 def _write_labels(path, labels: torch.Tensor):

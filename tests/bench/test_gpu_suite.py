@@ -71,3 +71,16 @@ def test_large_image_check_compares_first_and_last_cells_with_the_reference():
     assert len(lines) == 4
     with pytest.raises(ValueError, match="at least 2 x 2 cells"):
         gpu_suite.large_image_check(40, 50, device="cpu", backend="torch", cell_size=64)
+
+
+def test_training_step_cases_are_train_steps_with_the_sizes_the_suite_names(tmp_path):
+    """Step 4 runs bench/train_step.py's own cases: facades 512x512 and a Cityscapes-like
+    1024x2048 (cell 64, 35 classes, instance edges), fp32 and bf16."""
+    import train_step
+
+    assert set(gpu_suite.TRAIN_STEP_CASES) <= set(train_step.CASES)
+    assert gpu_suite.TRAIN_STEP_PRECISIONS == ("fp32", "bf16")
+    spec = dict(case="cityscapes1024", device="cpu", precision="bf16", smoke=False)
+    config = train_step._config(spec, str(tmp_path / "run"))
+    assert (config.crop_size, config.aspect_ratio, config.resolved_cell_size) == (1024, 2.0, 64)
+    assert (config.label_nc, config.instance, config.batch_size) == (35, True, 1)

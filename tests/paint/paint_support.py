@@ -19,6 +19,7 @@ from asapnet_triton.checkpoints import save_model
 from asapnet_triton.labels import label_convention
 from asapnet_triton.paint import make_server, open_model
 from asapnet_triton.paint.engine import output_size, upsample_nearest
+from asapnet_triton.testing import tiny_generator
 
 FACADES = label_convention("facades")
 
@@ -40,24 +41,13 @@ def random_generator(
     different labels give different colours almost everywhere). (With the LR stream's instance norms, any other model changes every
     pixel a little whenever any label changes.)"""
     torch.manual_seed(seed)
-    model = at.ASAPNetGenerator(
-        num_classes,
-        cell_size=cell_size,
-        hidden_width=16,
-        depth=3,
-        lr_width=8,
-        lr_max_width=16,
-        lr_depth=1,
-        label_input=label_input,
-    )
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(0.3 * torch.randn_like(parameter))
-        if input_independent_params:
+    model = tiny_generator(num_classes, noise=0.3, cell_size=cell_size, label_input=label_input)
+    if input_independent_params:
+        with torch.no_grad():
             model.lowres.to_params.weight.zero_()
             # small enough that few outputs reach the clamp at +-1, where two labels would look alike
             model.lowres.to_params.bias.copy_(0.3 * torch.randn_like(model.lowres.to_params.bias))
-    return model.eval()
+    return model
 
 
 def save_random_model(path, seed: int = 0, **options) -> at.ASAPNetGenerator:

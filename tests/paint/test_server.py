@@ -19,7 +19,6 @@ from paint_support import (
     error_of,
     expected_photo,
     png_bytes,
-    random_generator,
     read_png,
     request,
     running_server,
@@ -30,6 +29,7 @@ from paint_support import (
 from asapnet_triton.checkpoints import save_model
 from asapnet_triton.cli import main
 from asapnet_triton.paint.engine import MAX_UPLOAD_BYTES, Job, output_size, upsample_nearest
+from asapnet_triton.testing import tiny_generator
 
 NUM_CLASSES = FACADES.num_classes
 
@@ -591,17 +591,7 @@ def test_paint_with_a_file_that_is_no_model_exits_2_with_one_line(tmp_path, caps
 
 
 def test_paint_refuses_an_instance_edge_generator(tmp_path, capsys):
-    generator = random_generator(0)
-    edges = type(generator)(
-        NUM_CLASSES,
-        cell_size=16,
-        hidden_width=16,
-        depth=3,
-        lr_width=8,
-        lr_max_width=16,
-        lr_depth=1,
-        instance_edges=True,
-    )
+    edges = tiny_generator(NUM_CLASSES, instance_edges=True)
     save_model(tmp_path / "edges.pt", edges, FACADES)
     assert "instance-edge" in _cli_user_error(["paint", "--checkpoint", str(tmp_path / "edges.pt")], capsys)
 

@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from asapnet_triton.testing import TINY
 from asapnet_triton.training import TrainConfig
 
 NUM_CLASSES = 4
@@ -65,14 +66,9 @@ class TinyPairs(Dataset):
 def tiny_config(out_dir, **overrides) -> TrainConfig:
     """A generator and discriminator small enough for a CPU test: cell 16 on 32x32 images."""
     values = dict(
+        TINY,
         label_nc=NUM_CLASSES,
         crop_size=SIZE,
-        cell_size=16,
-        hidden_width=16,
-        depth=3,
-        lr_width=8,
-        lr_max_width=16,
-        lr_depth=1,
         ndf=8,
         batch_size=2,
         niter=0,
