@@ -32,13 +32,27 @@ computed in fp32. Two implementations of "bf16" give these semantics:
   Only the forward uses it;
 - emulated (every device): operands rounded to bf16 in fp32 tensors, fp32 matmuls.
 
-Both agree to fp32 accumulation-order differences (which can flip a bf16 rounding). The backward
-pass always uses the emulated form: its weight gradients are fp32 sums over a cell's pixels, which
-a bf16-output matmul would round.
+Both agree to fp32 accumulation-order differences (which can flip a bf16 rounding).
+
+The backward has the same two forms:
+
+- native (CPU with oneDNN bf16 support, every cell size: its products are batched over a chunk's
+  cells, one call per layer): it recomputes the forward as the forward ran (native or emulated,
+  the same choice), then every product of the chain rule (weight gradients, gradients w.r.t.
+  activations, the label and encoding rows' gradients) is a bf16 matmul with fp32 accumulation
+  whose result is rounded once to bf16, as torch's bf16 autocast rounds the weight gradients of
+  the LR stream's and discriminator's convolutions; the leaky-ReLU backward runs in bf16 on those
+  results, bias gradients are fp32 sums, the tanh's gradient is fp32. So each weight gradient
+  carries one extra rounding (2^-9 relative) that the Triton kernels, which keep their fp32
+  accumulators, do not: the two agree to about 2e-3 RMS instead of 1e-3;
+- emulated (every device, or ``bf16_matmul_mode("emulated")``): operands rounded to bf16 in fp32
+  tensors, fp32 matmuls, fp32 results: the Triton kernels' rounding.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
 
 import torch
@@ -49,7 +63,9 @@ from .precision import PRECISIONS, round_operand, round_tf32_
 
 __all__ = [
     "BF16_MATMUL_MODES",
+    "bf16_matmul_mode",
     "cell_positional_encoding",
+    "current_bf16_matmul",
     "native_bf16_supported",
     "pixelwise_mlp_torch",
     "pixelwise_mlp_torch_backward",
@@ -73,6 +89,30 @@ _NATIVE_CHUNK_PIXELS = 4 * 64 * 64
 _NATIVE_BF16_MIN_PIXELS = 32 * 32
 
 BF16_MATMUL_MODES = ("auto", "native", "emulated")
+_BF16_MATMUL = contextvars.ContextVar("asapnet_triton_bf16_matmul", default="auto")
+
+
+def current_bf16_matmul() -> str:
+    """The bf16 matmul mode that the "torch" backend's bf16 forward and backward use when called
+    without ``bf16_matmul=`` (through ``pixelwise_mlp`` and the generator): "auto" unless a
+    :func:`bf16_matmul_mode` block says otherwise."""
+    return _BF16_MATMUL.get()
+
+
+@contextlib.contextmanager
+def bf16_matmul_mode(mode: str):
+    """Within the block (this thread or task), the "torch" backend runs bf16 with ``mode``:
+    "native" (oneDNN bf16 matmuls; RuntimeError where the CPU has none), "emulated" (fp32 matmuls
+    of bf16-rounded operands: the Triton kernels' rounding, fp32 gradients) or "auto" (the
+    default: native where supported; the forward only for cells of at least 1024 pixels)."""
+    if mode not in BF16_MATMUL_MODES:
+        raise ValueError(f"bf16_matmul must be one of {BF16_MATMUL_MODES}, got {mode!r}")
+    token = _BF16_MATMUL.set(mode)
+    try:
+        yield
+    finally:
+        _BF16_MATMUL.reset(token)
+
 
 _NEGATIVE_SLOPE = 0.01
 
@@ -281,15 +321,19 @@ def _affine_transposed_(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: 
 
 def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
     """out = a @ b (batched) for an ``out`` view into a larger tensor: written directly when it is
-    contiguous (one cell per chunk), else through a temporary (bmm's out= wants contiguous)."""
-    if out.is_contiguous():
+    contiguous (one cell per chunk) and of the product's dtype, else through a temporary (bmm's
+    out= wants both; a bf16 product into an fp32 gradient converts exactly)."""
+    if out.is_contiguous() and out.dtype == a.dtype:
         torch.bmm(a, b, out=out)
     else:
         out.copy_(torch.bmm(a, b))
 
 
-def _check_bf16_matmul(bf16_matmul: str, precision: str, device: torch.device, pixels: int) -> bool:
-    """Whether to run the native bf16 forward; raises when "native" is asked but cannot run."""
+def _check_bf16_matmul(bf16_matmul: str | None, precision: str, device: torch.device, pixels: int) -> bool:
+    """Whether to run the native bf16 forward (``bf16_matmul`` None: :func:`current_bf16_matmul`);
+    raises when "native" is asked but cannot run."""
+    if bf16_matmul is None:
+        bf16_matmul = current_bf16_matmul()
     if bf16_matmul not in BF16_MATMUL_MODES:
         raise ValueError(f"bf16_matmul must be one of {BF16_MATMUL_MODES}, got {bf16_matmul!r}")
     if bf16_matmul == "emulated" or precision != "bf16":
@@ -303,40 +347,76 @@ def _check_bf16_matmul(bf16_matmul: str, precision: str, device: torch.device, p
     return supported and (bf16_matmul == "native" or pixels >= _NATIVE_BF16_MIN_PIXELS)
 
 
+def _check_bf16_backward(bf16_matmul: str | None, precision: str, device: torch.device) -> bool:
+    """Whether the backward's products run as native bf16 matmuls: wherever they can ("auto"),
+    whatever the cell size, since they are batched over a chunk's cells (at 16x16 cells, four
+    cells per call: 40 us against 91 us for the fp32 product, one thread, the 2-core EPYC)."""
+    return _check_bf16_matmul(bf16_matmul, precision, device, _NATIVE_BF16_MIN_PIXELS)
+
+
+def _native_layers(shape: MLPShape, p: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer but the last, of a chunk's (n, P) params: (fp32 bias (n, c_out), bf16 weight
+    (n, c_out, c_in), the layout oneDNN wants)."""
+    n = p.shape[0]
+    return [
+        (
+            p[:, layer.bias_offset : layer.weight_offset],
+            p[:, layer.weight_offset : layer.end]
+            .view(n, layer.in_features, layer.out_features)
+            .to(torch.bfloat16)
+            .transpose(1, 2),
+        )
+        for layer in shape.layers[:-1]
+    ]
+
+
+def _native_features(tiles: _Tiles, n: int) -> torch.Tensor:
+    """The first layer's bf16 operand buffer [input | encoding], (chunk, pixels, in_features),
+    with the encoding columns written once (already rounded to bf16: exact)."""
+    features = tiles.buffer(tiles.shape.layers[0].in_features, torch.bfloat16)
+    if tiles.pe is not None:
+        features[:, :, tiles.shape.in_channels :] = tiles.pe
+    return features
+
+
+def _native_hidden_(tiles: _Tiles, cells: slice, layers, features: torch.Tensor, outputs: list) -> None:
+    """The native first and hidden layers of a chunk of cells: ``outputs[i]`` (a (n, pixels,
+    hidden) buffer, or None where not needed) receives hidden layer i's bf16 activation."""
+    n = cells.stop - cells.start
+    chunk_features = features[:n]
+    chunk_features[:, :, : tiles.shape.in_channels] = (
+        tiles.one_hot(cells, torch.bfloat16) if tiles.labels else tiles.x[cells]
+    )
+    linear = torch.ops.mkldnn._linear_pointwise
+    for cell in range(n):
+        h = chunk_features[cell]
+        for (bias, weight), output in zip(layers, outputs):
+            h = linear(h, weight[cell], bias[cell], "leaky_relu", [_NEGATIVE_SLOPE], "")
+            if output is not None:
+                output[cell] = h
+
+
+def _last_layer_(tiles: _Tiles, p: torch.Tensor, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """out (n, C_out, pixels) = tanh of the last layer of the bf16-valued fp32 ``hidden``: an fp32
+    matmul of bf16 operands, so the output is not rounded to bf16."""
+    last, n = tiles.shape.layers[-1], p.shape[0]
+    b_last = p[:, last.bias_offset : last.weight_offset].unsqueeze(1)
+    w_last = round_operand(p[:, last.weight_offset : last.end].view(n, last.in_features, last.out_features), "bf16")
+    return _affine_transposed_(out, hidden, w_last, b_last).tanh_()
+
+
 def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
     """The native bf16 forward (see the module doc) of every chunk, into ``out`` tiles."""
-    linear = torch.ops.mkldnn._linear_pointwise
-    shape = tiles.shape
-    c_in, last = shape.in_channels, shape.layers[-1]
-    # first-layer operand [input | encoding] in bf16; the encoding columns are written once
-    features = tiles.buffer(shape.layers[0].in_features, torch.bfloat16)
-    if tiles.pe is not None:
-        features[:, :, c_in:] = tiles.pe  # already rounded to bf16: exact
-    hidden = tiles.buffer(shape.hidden_width)  # the last hidden layer's bf16 operand, in fp32
+    features = _native_features(tiles, tiles.chunk)
+    hidden = tiles.buffer(tiles.shape.hidden_width)  # the last hidden layer's bf16 operand, in fp32
+    outputs = [None] * (tiles.shape.depth - 2) + [hidden]
     for cells in tiles.chunks():
         p = tiles.chunk_params(cells)
         n = p.shape[0]
-        # per layer but the last: (fp32 bias (n, c_out), bf16 weight (n, c_out, c_in) as oneDNN wants)
-        layers = [
-            (
-                p[:, layer.bias_offset : layer.weight_offset],
-                p[:, layer.weight_offset : layer.end]
-                .view(n, layer.in_features, layer.out_features)
-                .to(torch.bfloat16)
-                .transpose(1, 2),
-            )
-            for layer in shape.layers[:-1]
-        ]
-        chunk_features = features[:n]
-        chunk_features[:, :, :c_in] = tiles.one_hot(cells, torch.bfloat16) if tiles.labels else tiles.x[cells]
-        for cell in range(n):
-            h = chunk_features[cell]
-            for bias, weight in layers:
-                h = linear(h, weight[cell], bias[cell], "leaky_relu", [_NEGATIVE_SLOPE], "")
-            hidden[cell] = h
-        b_last = p[:, last.bias_offset : last.weight_offset].unsqueeze(1)
-        w_last = round_operand(p[:, last.weight_offset : last.end].view(n, last.in_features, last.out_features), "bf16")
-        _affine_transposed_(out[cells], hidden[:n], w_last, b_last).tanh_()
+        _native_hidden_(
+            tiles, cells, _native_layers(tiles.shape, p), features, [o if o is None else o[:n] for o in outputs]
+        )
+        _last_layer_(tiles, p, hidden[:n], out[cells])
 
 
 def pixelwise_mlp_torch(
@@ -346,7 +426,7 @@ def pixelwise_mlp_torch(
     *,
     labels: bool,
     precision: str = "fp32",
-    bf16_matmul: str = "auto",
+    bf16_matmul: str | None = None,
 ) -> torch.Tensor:
     """Per-pixel MLP by chunks of cells; same contract as the Triton launcher, on any device.
 
@@ -356,7 +436,8 @@ def pixelwise_mlp_torch(
 
     bf16_matmul (``precision="bf16"`` only): "native" runs oneDNN bf16 matmuls (see the module
     doc; RuntimeError where :func:`native_bf16_supported` is false), "emulated" fp32 matmuls of
-    rounded operands, "auto" native where supported and cells have at least 1024 pixels.
+    rounded operands, "auto" native where supported and cells have at least 1024 pixels; None:
+    :func:`current_bf16_matmul`.
     """
     native = _check_bf16_matmul(bf16_matmul, precision, params.device, shape.cell_size**2)
     tiles = _Tiles(x, params, shape, labels, precision, _NATIVE_CHUNK_PIXELS if native else None)
@@ -381,12 +462,18 @@ def pixelwise_mlp_torch_backward(
     labels: bool,
     precision: str = "fp32",
     need_grad_x: bool = False,
+    bf16_matmul: str | None = None,
 ) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(grad_x or None, grad_params) of :func:`pixelwise_mlp_torch`, recomputing the forward chunk
     by chunk: memory beyond inputs and gradients is one chunk's activations. Operands rounded as
-    in the forward (emulated, see the module doc), upstream gradients too, but in fp32's exponent
-    range for fp16 (``_round_gradient_``); bias gradients sum the unrounded upstream gradient. The label rows' gradient is a scatter-add: index_add_ on CPU (sequential there), the
-    product with the one-hot rows on other devices (deterministic, unlike index_add_ on CUDA)."""
+    in the forward, upstream gradients too, but in fp32's exponent range for fp16
+    (``_round_gradient_``); bias gradients sum the unrounded upstream gradient. bf16 runs its
+    products natively or emulated (``bf16_matmul``, as in :func:`pixelwise_mlp_torch`; "auto":
+    native wherever supported, see the module doc). The label rows' gradient is a scatter-add:
+    index_add_ on CPU (sequential there), the product with the one-hot rows on other devices
+    (deterministic, unlike index_add_ on CUDA) and in native bf16."""
+    native_forward = _check_bf16_matmul(bf16_matmul, precision, params.device, shape.cell_size**2)
+    native = _check_bf16_backward(bf16_matmul, precision, params.device)
     tiles = _Tiles(x, params, shape, labels, precision)
     dy_tiles = _cell_tiles(grad_out.to(tiles.compute), shape.cell_size, (tiles.rows, tiles.cols), channels_first=True)
     grad_params = torch.empty(tiles.num_cells, shape.param_count, dtype=tiles.compute, device=params.device)
@@ -396,52 +483,132 @@ def pixelwise_mlp_torch_backward(
         if need_grad_x
         else None
     )
-    c_in = shape.in_channels
-    activations = [tiles.buffer(shape.hidden_width) for _ in range(shape.depth - 1)]
-    operand = tiles.buffer(shape.hidden_width) if precision not in ("fp32", "fp64") else None
-    upstream = [tiles.buffer(shape.hidden_width) for _ in range(2)]  # ping-pong gradients w.r.t. activations
-    y_buffer = torch.empty(tiles.chunk, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=params.device)
+    backward = _ChunkBackward(tiles, native_forward, native)
+    last = shape.layers[-1]
     for cells in tiles.chunks():
         p = tiles.chunk_params(cells)
-        n = p.shape[0]
-        weights = tiles.weights(p)
-        acts = [a[:n] for a in activations]
-        y = y_buffer[:n]
-        tiles.forward(cells, weights, acts, y, None if operand is None else operand[:n])
-        # last layer: (n, C_out, pixels), through tanh, in y's buffer
+        y = backward.recompute(cells, p)
+        # the last layer's pre-activation gradient (n, C_out, pixels), through tanh, in y's buffer
         dz = y.mul_(y).neg_().add_(1).mul_(dy_tiles[cells])
-        last = shape.layers[-1]
         torch.sum(dz, 2, out=grad_params[cells, last.bias_offset : last.weight_offset])
-        dz = _round_gradient_(dz, precision).transpose(1, 2)  # the bias gradient above sums the unrounded dz
-        for index in range(len(weights) - 1, 0, -1):  # last layer down to the second
-            layer = shape.layers[index]
-            if index < len(weights) - 1:
-                torch.sum(dz, 1, out=grad_params[cells, layer.bias_offset : layer.weight_offset])
-                dz = _round_gradient_(dz, precision)
-            a_prev = acts[index - 1]  # unrounded: its signs give the leaky-ReLU slopes below
-            grad_w = grad_params[cells, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features)
-            _bmm_into(grad_w, tiles.operand(a_prev, None if operand is None else operand[:n]).transpose(1, 2), dz)
-            da = torch.bmm(dz, weights[index][1].transpose(1, 2), out=upstream[index % 2][:n])
-            dz = torch.ops.aten.leaky_relu_backward.grad_input(da, a_prev, _NEGATIVE_SLOPE, True, grad_input=da)
-        # first layer: input rows (for labels the one-hot scatter-add), then encoding rows
-        first = shape.layers[0]
-        torch.sum(dz, 1, out=grad_params[cells, first.bias_offset : first.weight_offset])
-        dz = _round_gradient_(dz, precision)
-        grad_w0 = grad_params[cells, first.weight_offset : first.end].view(n, first.in_features, -1)
-        if labels and dz.device.type == "cpu":
-            # the label rows' scatter-add; CPU index_add_ adds in index order (deterministic) and
-            # runs 3x faster than the one-hot product used elsewhere
-            rows = torch.zeros(n * c_in, dz.shape[-1], dtype=dz.dtype, device=dz.device)
-            rows.index_add_(0, tiles.label_rows(cells), dz.reshape(n * tiles.pixels, -1))
-            grad_w0[:, :c_in] = rows.view(n, c_in, -1)
-        else:
-            inputs = tiles.one_hot(cells) if labels else tiles.x[cells]
-            grad_w0[:, :c_in] = torch.bmm(inputs.transpose(1, 2), dz)
-        if tiles.pe is not None:
-            grad_w0[:, c_in:] = torch.matmul(tiles.pe.t(), dz)
-        if need_grad_x:
-            torch.bmm(dz, weights[0][1][:, :c_in].transpose(1, 2), out=grad_x[cells])
+        backward.chain_rule(cells, dz, grad_params[cells], None if grad_x is None else grad_x[cells])
     grad_params = grad_params.view(tiles.batch, tiles.rows, tiles.cols, -1).permute(0, 3, 1, 2)
     if grad_x is not None:
         grad_x = tiles.untile(grad_x).to(x.dtype)
     return grad_x, grad_params.to(params.dtype)
+
+
+class _ChunkBackward:
+    """The backward of one chunk of cells at a time, in buffers allocated once per call.
+
+    :meth:`recompute` reruns the chunk's forward as the forward ran it (native or emulated bf16:
+    the same choice). Emulated products keep fp32 buffers of the unrounded activations (their
+    signs give the leaky-ReLU slopes; rounding to fp16 would flush tiny positive ones to zero),
+    rounded copies going through an ``operand`` buffer. The native bf16 backward keeps bf16
+    buffers of the rounded activations instead, which keep every sign (bf16 has fp32's exponent
+    range) and are its products' operands. :meth:`chain_rule` then back-propagates from the last
+    layer's pre-activation gradient."""
+
+    def __init__(self, tiles: _Tiles, native_forward: bool, native: bool):
+        shape = tiles.shape
+        self.tiles, self.native_forward, self.native = tiles, native_forward, native
+        hidden_layers = shape.depth - 1
+        act_dtype = torch.bfloat16 if native else tiles.compute
+        self.acts = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(hidden_layers)]
+        # emulated, reduced precision: the rounded copy of an activation (an operand)
+        self.operand = None
+        if tiles.precision not in ("fp32", "fp64") and not native:
+            self.operand = tiles.buffer(shape.hidden_width)
+        # ping-pong gradients w.r.t. activations, in the products' output dtype
+        self.upstream = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(2)]
+        self.y = torch.empty(tiles.chunk, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=tiles.device)
+        if native_forward:
+            self.features = _native_features(tiles, tiles.chunk)
+            self.last_hidden = tiles.buffer(shape.hidden_width)
+        elif native:  # emulated forward (small cells), native products: fp32 activations rounded in place
+            self.fp32_acts = [tiles.buffer(shape.hidden_width) for _ in range(hidden_layers)]
+
+    def recompute(self, cells: slice, p: torch.Tensor) -> torch.Tensor:
+        """Rerun the forward of a chunk's cells (params ``p`` (n, P)); returns the output (n,
+        C_out, pixels), keeping each hidden activation and the weight operands for the chain rule."""
+        tiles, n = self.tiles, p.shape[0]
+        self.n = n
+        acts, y = [a[:n] for a in self.acts], self.y[:n]
+        if self.native_forward:
+            _native_hidden_(tiles, cells, _native_layers(tiles.shape, p), self.features, acts)
+            _last_layer_(tiles, p, self.last_hidden[:n].copy_(acts[-1]), y)
+        elif self.native:  # rounded in place (no operand buffer), then to bf16 exactly
+            fp32_acts = [a[:n] for a in self.fp32_acts]
+            tiles.forward(cells, tiles.weights(p), fp32_acts, y)
+            for a, rounded in zip(acts, fp32_acts):
+                a.copy_(rounded)
+        else:
+            weights = tiles.weights(p)
+            self.weights = [w for _, w in weights]
+            tiles.forward(cells, weights, acts, y, None if self.operand is None else self.operand[:n])
+        if self.native:
+            self.weights = _bf16_weights(tiles.shape, p)
+        return y
+
+    def chain_rule(self, cells: slice, dz: torch.Tensor, grad_params: torch.Tensor, grad_x) -> None:
+        """Back-propagate the chunk from the last layer's pre-activation gradient ``dz`` (n, C_out,
+        pixels; its bias gradient already summed from it, unrounded): ``grad_params`` (n, P)
+        receives every other weight and bias gradient, ``grad_x`` (n, pixels, C_in) the input
+        gradient when given. Emulated: operands (activations and upstream gradients) rounded to
+        the precision's format, fp32 products. Native bf16: every product a oneDNN bf16 matmul
+        (fp32 accumulation, the result rounded once to bf16), the leaky-ReLU backward in bf16,
+        fp32 bias sums."""
+        tiles, n, native = self.tiles, self.n, self.native
+        shape, precision = tiles.shape, tiles.precision
+        acts = [a[:n] for a in self.acts]
+        operand = None if self.operand is None else self.operand[:n]
+        if native:
+            dz = dz.to(torch.bfloat16).transpose(1, 2)  # (n, pixels, C_out)
+        else:
+            dz = _round_gradient_(dz, precision).transpose(1, 2)
+        for index in range(shape.depth - 1, 0, -1):  # last layer down to the second
+            layer = shape.layers[index]
+            if index < shape.depth - 1:
+                torch.sum(dz, 1, dtype=grad_params.dtype, out=grad_params[:, layer.bias_offset : layer.weight_offset])
+                dz = dz if native else _round_gradient_(dz, precision)
+            a_prev = acts[index - 1]  # emulated: unrounded, its signs give the leaky-ReLU slopes below
+            grad_w = grad_params[:, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features)
+            a_operand = a_prev if native else tiles.operand(a_prev, operand)
+            _bmm_into(grad_w, a_operand.transpose(1, 2), dz)
+            da = torch.bmm(dz, self.weights[index].transpose(1, 2), out=self.upstream[index % 2][:n])
+            dz = torch.ops.aten.leaky_relu_backward.grad_input(da, a_prev, _NEGATIVE_SLOPE, True, grad_input=da)
+        first = shape.layers[0]
+        torch.sum(dz, 1, dtype=grad_params.dtype, out=grad_params[:, first.bias_offset : first.weight_offset])
+        dz = dz if native else _round_gradient_(dz, precision)
+        self._first_layer(cells, dz, grad_params, grad_x)
+
+    def _first_layer(self, cells: slice, dz: torch.Tensor, grad_params: torch.Tensor, grad_x) -> None:
+        """The first layer's weight gradient (input rows: for labels the one-hot scatter-add; then
+        the encoding rows) and the input gradient, from its pre-activation gradient ``dz`` (n,
+        pixels, hidden), an operand (rounded; fp32 or bf16)."""
+        tiles, n = self.tiles, self.n
+        c_in, first = tiles.shape.in_channels, tiles.shape.layers[0]
+        grad_w0 = grad_params[:, first.weight_offset : first.end].view(n, first.in_features, -1)
+        if tiles.labels and dz.device.type == "cpu" and not self.native:
+            # the label rows' scatter-add; CPU index_add_ adds in index order (deterministic) and
+            # runs 3x faster than the one-hot product used elsewhere (fp32; in bf16 the product
+            # is a native matmul)
+            rows = torch.zeros(n * c_in, dz.shape[-1], dtype=dz.dtype, device=dz.device)
+            rows.index_add_(0, tiles.label_rows(cells), dz.reshape(n * tiles.pixels, -1))
+            grad_w0[:, :c_in] = rows.view(n, c_in, -1)
+        else:
+            inputs = tiles.one_hot(cells, dz.dtype) if tiles.labels else tiles.x[cells].to(dz.dtype)
+            _bmm_into(grad_w0[:, :c_in], inputs.transpose(1, 2), dz)
+        if tiles.pe is not None:
+            grad_w0[:, c_in:] = torch.matmul(tiles.pe.to(dz.dtype).t(), dz)
+        if grad_x is not None:
+            _bmm_into(grad_x, dz, self.weights[0][:, :c_in].transpose(1, 2))
+
+
+def _bf16_weights(shape: MLPShape, p: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the bf16 weight operand (n, c_in, c_out) of a chunk's (n, P) params."""
+    n = p.shape[0]
+    return [
+        p[:, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features).to(torch.bfloat16)
+        for layer in shape.layers
+    ]

@@ -10,7 +10,15 @@ import asapnet_triton as at
 import asapnet_triton.torch_tiled as tt
 from asapnet_triton.precision import round_operand
 from asapnet_triton.reference import pixelwise_mlp_einsum
-from asapnet_triton.testing import mlp_kwargs, random_inputs, reference_output, relative_error, rms_relative_error
+from asapnet_triton.testing import (
+    gradient_error,
+    mlp_kwargs,
+    random_inputs,
+    reference_grads,
+    reference_output,
+    relative_error,
+    rms_relative_error,
+)
 
 native_only = pytest.mark.skipif(not tt.native_bf16_supported("cpu"), reason="this CPU's oneDNN has no bf16 matmuls")
 
@@ -175,3 +183,83 @@ def test_fp16_backward_slopes_come_from_unrounded_activations(generator):
     assert expected.abs().min() > 1e-3  # a real gradient flows through the channel
     torch.testing.assert_close(grad_params[:, hidden.bias_offset].double(), expected, rtol=1e-2, atol=0)
     assert rms_relative_error(grad_params, params_ref.grad) <= at.GRAD_TOLERANCES["fp16"]
+
+
+def _bf16_backward(x, params, grad_out, shape, labels, mode):
+    return tt.pixelwise_mlp_torch_backward(
+        x, params, grad_out, shape, labels=labels, precision="bf16", need_grad_x=not labels, bf16_matmul=mode
+    )
+
+
+@native_only
+@pytest.mark.parametrize(
+    "labels, channels, cell, batch, size, channels_last",
+    [
+        (True, 35, 32, 2, (70, 45), True),  # native forward recompute (1024-pixel cells), partial cells
+        (False, 6, 32, 1, (40, 64), False),  # float input (grad_x), params not channels-last
+        (True, 13, 16, 3, (50, 33), True),  # emulated forward recompute (256-pixel cells), batch 3
+        (False, 3, 8, 2, (20, 28), True),  # tiny cells, float input
+    ],
+)
+def test_native_bf16_backward(generator, labels, channels, cell, batch, size, channels_last):
+    """The native bf16 backward (oneDNN bf16 products, each result rounded once to bf16) against
+    the float64 reference at bf16's gradient tolerance, and against the emulated backward (the
+    kernels' rounding): within 3e-3 RMS, the extra rounding of its products, and not equal to it
+    (or it did not run natively)."""
+    shape = at.MLPShape(channels, cell)
+    x, params = random_inputs(
+        shape, batch, *size, labels=labels, generator=generator, channels_last_params=channels_last
+    )
+    grad_out = torch.randn(batch, 3, *size, generator=generator)
+    ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
+    native_x, native = _bf16_backward(x, params, grad_out, shape, labels, "native")
+    emulated_x, emulated = _bf16_backward(x, params, grad_out, shape, labels, "emulated")
+    assert native.shape == params.shape and native.dtype == params.dtype and torch.isfinite(native).all()
+    assert gradient_error(native, ref_params, "bf16") <= at.GRAD_TOLERANCES["bf16"]
+    assert 0 < rms_relative_error(native, emulated) <= 3e-3
+    if not labels:
+        assert native_x.shape == x.shape
+        assert gradient_error(native_x, ref_x, "bf16") <= at.GRAD_TOLERANCES["bf16"]
+        assert 0 < rms_relative_error(native_x, emulated_x) <= 3e-3
+    # "auto" runs native products wherever they are supported, whatever the cell size (its
+    # forward recompute is native from 1024-pixel cells on, as the forward)
+    _, auto = _bf16_backward(x, params, grad_out, shape, labels, "auto")
+    assert 0 < rms_relative_error(auto, emulated) <= 3e-3
+    if cell * cell >= 1024:
+        assert torch.equal(auto, native)
+
+
+@native_only
+def test_native_bf16_backward_chunk_size_does_not_change_results(monkeypatch, generator):
+    """Chunks of 1, 3 (a partial last chunk across the batch boundary) and 8 cells: the same
+    gradients, bitwise (per-cell products, the same per-cell recompute)."""
+    shape = at.MLPShape(9, 32, 3, 32, 4)
+    x, params = random_inputs(shape, 2, 64, 50, generator=generator)  # 2 x 2 x 2 cells
+    grad_out = torch.randn(2, 3, 64, 50, generator=generator)
+    results = []
+    for cells_per_chunk in (1, 3, 8):
+        monkeypatch.setattr(tt, "_CHUNK_PIXELS", cells_per_chunk * 32 * 32)
+        results.append(_bf16_backward(x, params, grad_out, shape, False, "native"))
+    for grad_x, grad_params in results[1:]:
+        assert torch.equal(grad_params, results[0][1]) and torch.equal(grad_x, results[0][0])
+
+
+def test_bf16_matmul_mode(generator, monkeypatch):
+    """The context manager sets the mode of calls without ``bf16_matmul=`` (the public op's) and
+    restores the previous one; a bad mode is an error naming the choices."""
+    assert tt.current_bf16_matmul() == "auto"
+    with tt.bf16_matmul_mode("emulated"):
+        assert tt.current_bf16_matmul() == "emulated"
+        with tt.bf16_matmul_mode("auto"):
+            assert tt.current_bf16_matmul() == "auto"
+        assert tt.current_bf16_matmul() == "emulated"
+        assert not tt._check_bf16_backward(None, "bf16", torch.device("cpu"))
+    assert tt.current_bf16_matmul() == "auto"
+    with pytest.raises(ValueError, match="bf16_matmul must be one of"):
+        with tt.bf16_matmul_mode("fast"):
+            pass
+    monkeypatch.setattr(tt, "native_bf16_supported", lambda device: False)
+    shape = at.MLPShape(3, 16, 3, 16, 3)
+    x, params = random_inputs(shape, 1, 20, 20, generator=generator)
+    with tt.bf16_matmul_mode("native"), pytest.raises(RuntimeError, match="bf16_matmul='native' needs"):
+        at.pixelwise_mlp(x, params, precision="bf16", backend="torch", **mlp_kwargs(shape, False))
