@@ -143,3 +143,17 @@ def run_in_subprocess(script: str, spec: dict, timeout: float, env: dict | None 
         lines = (result.stderr or result.stdout).strip().splitlines()
         return dict(failed=f"exit {result.returncode}: {lines[-1] if lines else 'no output'}")
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def parse_or_run_child(parser, run_child):
+    """Parse the command line; with ``--child SPEC_JSON`` (how :func:`run_in_subprocess` starts a
+    script) run ``run_child(spec)``, print its JSON as the last stdout line and return None."""
+    import argparse
+    import json
+
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_child(json.loads(args.child))))
+        return None
+    return args
