@@ -54,6 +54,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
+import threading
 
 import torch
 import torch.nn.functional as F
@@ -221,6 +222,67 @@ class _Tiles:
         for start in range(0, self.num_cells, self.chunk):
             yield slice(start, min(start + self.chunk, self.num_cells))
 
+    def run_chunks(self, make_worker) -> None:
+        """Call ``worker(cells)`` for every chunk, ``worker = make_worker()`` holding its own
+        buffers. On a CPU with ``torch.get_num_threads()`` > 1, that many threads each make a
+        worker and take the next chunk not yet taken until none is left, running its operations
+        on one thread (``torch.set_num_threads`` is per thread). Chunks write disjoint outputs,
+        and each chunk's arithmetic (single-threaded, its bounds fixed) does not depend on which
+        thread ran it: results are bitwise those of one thread, run after run. Taking chunks as
+        they come rather than dealing fixed ranges lets a thread whose core another job holds
+        fall behind without holding up the other.
+
+        Why not torch's own intra-op threads: one chunk's operations (a 4096 x 64 x 64 matmul,
+        elementwise passes over 1 MiB) are too small to split well, and every one of them ends
+        at a barrier where both threads wait for the slower (README, Threads)."""
+        chunks = iter(list(self.chunks()))
+        count = -(-self.num_cells // self.chunk)
+        threads = min(torch.get_num_threads(), count) if self.device.type == "cpu" else 1
+        device_type = self.device.type
+        lock, failed = threading.Lock(), threading.Event()
+
+        def next_chunk() -> slice | None:
+            with lock:
+                return None if failed.is_set() else next(chunks, None)
+
+        def run(alone: bool) -> None:
+            if alone:
+                torch.set_num_threads(1)  # this thread only
+            # grad mode and autocast are per thread: every worker computes without a graph (the
+            # op's autograd formula calls the backward) and in the precision asked, autocast or not
+            no_autocast = (
+                torch.autocast(device_type, enabled=False)
+                if torch.amp.is_autocast_available(device_type)
+                else contextlib.nullcontext()
+            )
+            try:
+                with torch.no_grad(), no_autocast:
+                    worker = make_worker()
+                    while (cells := next_chunk()) is not None:
+                        worker(cells)
+            except BaseException:
+                failed.set()  # the other threads stop at their next chunk
+                raise
+
+        if threads <= 1:
+            run(alone=False)
+            return
+        errors = []
+
+        def run_alone() -> None:
+            try:
+                run(alone=True)
+            except BaseException as error:  # re-raised in the caller below
+                errors.append(error)
+
+        workers = [threading.Thread(target=run_alone, name=f"asapnet-cells-{k}") for k in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        if errors:
+            raise errors[0]
+
     def buffer(self, channels: int, dtype=None) -> torch.Tensor:
         """An uninitialised (chunk, pixels, channels) buffer, reused by every chunk."""
         return torch.empty(self.chunk, self.pixels, channels, dtype=dtype or self.compute, device=self.device)
@@ -370,7 +432,7 @@ def _native_layers(shape: MLPShape, p: torch.Tensor) -> list[tuple[torch.Tensor,
     ]
 
 
-def _native_features(tiles: _Tiles, n: int) -> torch.Tensor:
+def _native_features(tiles: _Tiles) -> torch.Tensor:
     """The first layer's bf16 operand buffer [input | encoding], (chunk, pixels, in_features),
     with the encoding columns written once (already rounded to bf16: exact)."""
     features = tiles.buffer(tiles.shape.layers[0].in_features, torch.bfloat16)
@@ -407,16 +469,39 @@ def _last_layer_(tiles: _Tiles, p: torch.Tensor, hidden: torch.Tensor, out: torc
 
 def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
     """The native bf16 forward (see the module doc) of every chunk, into ``out`` tiles."""
-    features = _native_features(tiles, tiles.chunk)
-    hidden = tiles.buffer(tiles.shape.hidden_width)  # the last hidden layer's bf16 operand, in fp32
-    outputs = [None] * (tiles.shape.depth - 2) + [hidden]
-    for cells in tiles.chunks():
-        p = tiles.chunk_params(cells)
-        n = p.shape[0]
-        _native_hidden_(
-            tiles, cells, _native_layers(tiles.shape, p), features, [o if o is None else o[:n] for o in outputs]
-        )
-        _last_layer_(tiles, p, hidden[:n], out[cells])
+
+    def make_worker():
+        features = _native_features(tiles)
+        hidden = tiles.buffer(tiles.shape.hidden_width)  # the last hidden layer's bf16 operand, in fp32
+        outputs = [None] * (tiles.shape.depth - 2) + [hidden]
+
+        def worker(cells: slice) -> None:
+            p = tiles.chunk_params(cells)
+            n = p.shape[0]
+            chunk_outputs = [o if o is None else o[:n] for o in outputs]
+            _native_hidden_(tiles, cells, _native_layers(tiles.shape, p), features, chunk_outputs)
+            _last_layer_(tiles, p, hidden[:n], out[cells])
+
+        return worker
+
+    tiles.run_chunks(make_worker)
+
+
+def _forward_emulated(tiles: _Tiles, out: torch.Tensor) -> None:
+    """The forward with fp32 (fp64) products of rounded operands, of every chunk, into ``out``."""
+
+    def make_worker():
+        shape = tiles.shape
+        activations = [tiles.buffer(shape.hidden_width) for _ in range(min(2, shape.depth - 1))]
+
+        def worker(cells: slice) -> None:
+            weights = tiles.weights(tiles.chunk_params(cells))
+            n = cells.stop - cells.start
+            tiles.forward(cells, weights, [a[:n] for a in activations], out[cells])
+
+        return worker
+
+    tiles.run_chunks(make_worker)
 
 
 def pixelwise_mlp_torch(
@@ -442,14 +527,7 @@ def pixelwise_mlp_torch(
     native = _check_bf16_matmul(bf16_matmul, precision, params.device, shape.cell_size**2)
     tiles = _Tiles(x, params, shape, labels, precision, _NATIVE_CHUNK_PIXELS if native else None)
     out = torch.empty(tiles.num_cells, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=x.device)
-    if native:
-        _forward_native_bf16(tiles, out)
-    else:
-        activations = [tiles.buffer(shape.hidden_width) for _ in range(min(2, shape.depth - 1))]
-        for cells in tiles.chunks():
-            weights = tiles.weights(tiles.chunk_params(cells))
-            n = cells.stop - cells.start
-            tiles.forward(cells, weights, [a[:n] for a in activations], out[cells])
+    (_forward_native_bf16 if native else _forward_emulated)(tiles, out)
     return tiles.untile(out, channels_first=True).to(params.dtype).contiguous()
 
 
@@ -483,15 +561,21 @@ def pixelwise_mlp_torch_backward(
         if need_grad_x
         else None
     )
-    backward = _ChunkBackward(tiles, native_forward, native)
     last = shape.layers[-1]
-    for cells in tiles.chunks():
-        p = tiles.chunk_params(cells)
-        y = backward.recompute(cells, p)
-        # the last layer's pre-activation gradient (n, C_out, pixels), through tanh, in y's buffer
-        dz = y.mul_(y).neg_().add_(1).mul_(dy_tiles[cells])
-        torch.sum(dz, 2, out=grad_params[cells, last.bias_offset : last.weight_offset])
-        backward.chain_rule(cells, dz, grad_params[cells], None if grad_x is None else grad_x[cells])
+
+    def make_worker():
+        backward = _ChunkBackward(tiles, native_forward, native)
+
+        def worker(cells: slice) -> None:
+            y = backward.recompute(cells, tiles.chunk_params(cells))
+            # the last layer's pre-activation gradient (n, C_out, pixels), through tanh, in y's buffer
+            dz = y.mul_(y).neg_().add_(1).mul_(dy_tiles[cells])
+            torch.sum(dz, 2, out=grad_params[cells, last.bias_offset : last.weight_offset])
+            backward.chain_rule(cells, dz, grad_params[cells], None if grad_x is None else grad_x[cells])
+
+        return worker
+
+    tiles.run_chunks(make_worker)
     grad_params = grad_params.view(tiles.batch, tiles.rows, tiles.cols, -1).permute(0, 3, 1, 2)
     if grad_x is not None:
         grad_x = tiles.untile(grad_x).to(x.dtype)
@@ -523,7 +607,7 @@ class _ChunkBackward:
         self.upstream = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(2)]
         self.y = torch.empty(tiles.chunk, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=tiles.device)
         if native_forward:
-            self.features = _native_features(tiles, tiles.chunk)
+            self.features = _native_features(tiles)
             self.last_hidden = tiles.buffer(shape.hidden_width)
         elif native:  # emulated forward (small cells), native products: fp32 activations rounded in place
             self.fp32_acts = [tiles.buffer(shape.hidden_width) for _ in range(hidden_layers)]

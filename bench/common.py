@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import re
+import time
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -157,3 +158,35 @@ def parse_or_run_child(parser, run_child):
         print(json.dumps(run_child(json.loads(args.child))))
         return None
     return args
+
+
+def interleaved_seconds(fns: dict, repeats: int, around=None) -> dict:
+    """{name: [seconds of each timed call]} of the callables in ``fns``, called in turn, one call
+    each per round, for ``repeats`` rounds after one untimed round: on a machine whose load drifts
+    during the run every variant is slowed alike. ``around(name)``, when given, is a context
+    manager entered around each call (e.g. a thread setting)."""
+    import contextlib
+
+    times = {name: [] for name in fns}
+    for round_index in range(repeats + 1):
+        for name, fn in fns.items():
+            with around(name) if around else contextlib.nullcontext():
+                start = time.perf_counter()
+                fn()
+                elapsed = time.perf_counter() - start
+            if round_index:
+                times[name].append(elapsed)
+    return times
+
+
+def write_results(out: Path, name: str, payload: dict, table: str) -> None:
+    """``out``/``name``.json (this machine's description, the command line, then ``payload``) and
+    ``out``/``name``.md (``table``), written atomically."""
+    import sys
+
+    from asapnet_triton.fileio import atomic_write_text
+
+    command = " ".join([Path(sys.executable).name, *sys.argv])
+    text = json.dumps({"machine": machine_description(), "command": command, **payload}, indent=2) + "\n"
+    atomic_write_text(out / f"{name}.json", text)
+    atomic_write_text(out / f"{name}.md", table + "\n")

@@ -3,6 +3,8 @@ bf16 matmuls) against the rounded-operand reference, the choice between native a
 and independence of the chunk size (partial last chunks, batch boundaries) in forward and backward.
 """
 
+import threading
+
 import pytest
 import torch
 
@@ -263,3 +265,72 @@ def test_bf16_matmul_mode(generator, monkeypatch):
     x, params = random_inputs(shape, 1, 20, 20, generator=generator)
     with tt.bf16_matmul_mode("native"), pytest.raises(RuntimeError, match="bf16_matmul='native' needs"):
         at.pixelwise_mlp(x, params, precision="bf16", backend="torch", **mlp_kwargs(shape, False))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("cell", [16, 32])
+def test_cells_dealt_to_threads_give_the_one_thread_result(monkeypatch, generator, precision, cell):
+    """With torch.get_num_threads() > 1 that many threads take the chunks, each running its
+    operations on one thread: forward and gradients are bitwise those of a one-thread run (the
+    same single-threaded operations on the same chunks), and the work did run in those threads.
+    The chunks include a partial last one and one across the batch boundary."""
+    shape = at.MLPShape(5, cell, 3, 32, 4)
+    x, params = random_inputs(shape, 2, 3 * cell - 5, 2 * cell + 3, generator=generator)  # 2 x 3 x 3 cells
+    grad_out = torch.randn(2, 3, *x.shape[-2:], generator=generator)
+    monkeypatch.setattr(tt, "_CHUNK_PIXELS", 2 * cell * cell)  # 9 chunks of 2 cells
+    monkeypatch.setattr(tt, "_NATIVE_CHUNK_PIXELS", 2 * cell * cell)
+
+    def run():
+        out = tt.pixelwise_mlp_torch(x, params, shape, labels=False, precision=precision)
+        grads = tt.pixelwise_mlp_torch_backward(
+            x, params, grad_out, shape, labels=False, precision=precision, need_grad_x=True
+        )
+        return out, *grads
+
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = run()
+        names, workers = [], []
+        make_worker_of = tt._Tiles.run_chunks
+
+        def recording(self, make_worker):
+            def make():
+                workers.append(threading.current_thread().name)
+                worker = make_worker()
+                return lambda cells: names.append(threading.current_thread().name) or worker(cells)
+
+            return make_worker_of(self, make)
+
+        monkeypatch.setattr(tt._Tiles, "run_chunks", recording)
+        torch.set_num_threads(3)
+        several = run()
+        assert torch.get_num_threads() == 3  # the workers' set_num_threads(1) stayed in their threads
+    finally:
+        torch.set_num_threads(previous)
+    for a, b in zip(one, several):
+        assert torch.equal(a, b)
+    # three workers, in threads of their own (which chunks each takes depends on timing)
+    assert len(set(workers)) == 3 and all(name.startswith("asapnet-cells") for name in workers)
+    assert len(names) == 2 * 9 and set(names) <= set(workers)  # 9 chunks, forward and backward
+    assert relative_error(one[0], reference_output(x, params, shape, False)) <= at.TOLERANCES[precision]
+
+
+def test_a_worker_error_reaches_the_caller(monkeypatch, generator):
+    shape = at.MLPShape(3, 16, 3, 16, 3)
+    x, params = random_inputs(shape, 1, 64, 64, generator=generator)  # 16 cells: 16 chunks
+    monkeypatch.setattr(tt, "_CHUNK_PIXELS", 16 * 16)
+
+    def failing_round(t, precision):
+        if threading.current_thread().name.startswith("asapnet-cells"):
+            raise RuntimeError("worker failed")
+        return t
+
+    monkeypatch.setattr(tt, "_round_", failing_round)
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with pytest.raises(RuntimeError, match="worker failed"):
+            tt.pixelwise_mlp_torch(x, params, shape, labels=False, precision="fp16")
+    finally:
+        torch.set_num_threads(previous)
