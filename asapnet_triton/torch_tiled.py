@@ -89,6 +89,14 @@ _NATIVE_CHUNK_PIXELS = 4 * 64 * 64
 # emulated: cell 64 176 vs 406 ms, cell 32 258 vs 441 ms, cell 16 554 vs 484 ms, cell 8 1899 vs 748.
 _NATIVE_BF16_MIN_PIXELS = 32 * 32
 
+# Cells of at least this many pixels are dealt to threads (Tiles.run_chunks); smaller ones run one
+# chunk after another with torch's intra-op threads. Two threads against one, the 2-core EPYC idle
+# (bench/threads.py): cells of 64 dealt, forward + backward 1.74x (intra-op 1.56x); cells of 16
+# dealt 1.30x (intra-op 1.59x: their short operations leave the two threads queueing for Python's
+# GIL between them). With a busy loop on one core, intra-op threads fall to 0.3x-0.5x (every
+# operation ends at a barrier that waits for the descheduled thread); dealt cells of 64 keep 1.0x.
+_DEALT_MIN_PIXELS = 32 * 32
+
 BF16_MATMUL_MODES = ("auto", "native", "emulated")
 _BF16_MATMUL = contextvars.ContextVar("asapnet_triton_bf16_matmul", default="auto")
 
@@ -224,20 +232,23 @@ class _Tiles:
 
     def run_chunks(self, make_worker) -> None:
         """Call ``worker(cells)`` for every chunk, ``worker = make_worker()`` holding its own
-        buffers. On a CPU with ``torch.get_num_threads()`` > 1, that many threads each make a
-        worker and take the next chunk not yet taken until none is left, running its operations
-        on one thread (``torch.set_num_threads`` is per thread). Chunks write disjoint outputs,
+        buffers. On a CPU with ``torch.get_num_threads()`` > 1 and cells of at least
+        ``_DEALT_MIN_PIXELS``, that many threads each make a worker and take the next chunk not
+        yet taken until none is left, running its operations on one thread
+        (``torch.set_num_threads`` is per thread); otherwise the chunks run in the calling thread,
+        its operations on torch's intra-op threads. Chunks write disjoint outputs,
         and each chunk's arithmetic (single-threaded, its bounds fixed) does not depend on which
         thread ran it: results are bitwise those of one thread, run after run. Taking chunks as
         they come rather than dealing fixed ranges lets a thread whose core another job holds
         fall behind without holding up the other.
 
-        Why not torch's own intra-op threads: one chunk's operations (a 4096 x 64 x 64 matmul,
-        elementwise passes over 1 MiB) are too small to split well, and every one of them ends
-        at a barrier where both threads wait for the slower (README, Threads)."""
+        Why not torch's own intra-op threads for large cells: one chunk's operations (a 4096 x 64
+        x 64 matmul, elementwise passes over 1 MiB) are too small to split well, and every one of
+        them ends at a barrier where both threads wait for the slower (``_DEALT_MIN_PIXELS``)."""
         chunks = iter(list(self.chunks()))
         count = -(-self.num_cells // self.chunk)
-        threads = min(torch.get_num_threads(), count) if self.device.type == "cpu" else 1
+        dealt = self.device.type == "cpu" and self.pixels >= _DEALT_MIN_PIXELS
+        threads = min(torch.get_num_threads(), count) if dealt else 1
         device_type = self.device.type
         lock, failed = threading.Lock(), threading.Event()
 

@@ -279,6 +279,7 @@ def test_cells_dealt_to_threads_give_the_one_thread_result(monkeypatch, generato
     grad_out = torch.randn(2, 3, *x.shape[-2:], generator=generator)
     monkeypatch.setattr(tt, "_CHUNK_PIXELS", 2 * cell * cell)  # 9 chunks of 2 cells
     monkeypatch.setattr(tt, "_NATIVE_CHUNK_PIXELS", 2 * cell * cell)
+    monkeypatch.setattr(tt, "_DEALT_MIN_PIXELS", 16 * 16)  # cells of 16 too (by default intra-op)
 
     def run():
         out = tt.pixelwise_mlp_torch(x, params, shape, labels=False, precision=precision)
@@ -320,6 +321,7 @@ def test_a_worker_error_reaches_the_caller(monkeypatch, generator):
     shape = at.MLPShape(3, 16, 3, 16, 3)
     x, params = random_inputs(shape, 1, 64, 64, generator=generator)  # 16 cells: 16 chunks
     monkeypatch.setattr(tt, "_CHUNK_PIXELS", 16 * 16)
+    monkeypatch.setattr(tt, "_DEALT_MIN_PIXELS", 16 * 16)
 
     def failing_round(t, precision):
         if threading.current_thread().name.startswith("asapnet-cells"):
@@ -334,3 +336,26 @@ def test_a_worker_error_reaches_the_caller(monkeypatch, generator):
             tt.pixelwise_mlp_torch(x, params, shape, labels=False, precision="fp16")
     finally:
         torch.set_num_threads(previous)
+
+
+def test_small_cells_run_in_the_calling_thread(monkeypatch, generator):
+    """Cells below ``_DEALT_MIN_PIXELS`` are not dealt to threads: their chunks run in the caller's
+    thread (on torch's intra-op threads), whatever torch.get_num_threads() says."""
+    shape = at.MLPShape(3, 16, 3, 16, 3)
+    x, params = random_inputs(shape, 1, 64, 64, generator=generator)
+    monkeypatch.setattr(tt, "_CHUNK_PIXELS", 16 * 16)  # 16 chunks
+    names = []
+    forward = tt._Tiles.forward
+    monkeypatch.setattr(
+        tt._Tiles,
+        "forward",
+        lambda self, *a, **k: names.append(threading.current_thread().name) or forward(self, *a, **k),
+    )
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        out = tt.pixelwise_mlp_torch(x, params, shape, labels=False)
+    finally:
+        torch.set_num_threads(previous)
+    assert len(names) == 16 and set(names) == {threading.current_thread().name}
+    assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES["fp32"]
