@@ -250,6 +250,7 @@ class _Tiles:
         dealt = self.device.type == "cpu" and self.pixels >= _DEALT_MIN_PIXELS
         threads = min(torch.get_num_threads(), count) if dealt else 1
         device_type = self.device.type
+        inference = torch.is_inference_mode_enabled()  # the caller's: tensors it made are inference tensors
         lock, failed = threading.Lock(), threading.Event()
 
         def next_chunk() -> slice | None:
@@ -259,15 +260,16 @@ class _Tiles:
         def run(alone: bool) -> None:
             if alone:
                 torch.set_num_threads(1)  # this thread only
-            # grad mode and autocast are per thread: every worker computes without a graph (the
-            # op's autograd formula calls the backward) and in the precision asked, autocast or not
+            # grad mode, inference mode and autocast are per thread: every worker computes without a
+            # graph (the op's autograd formula calls the backward), in the caller's inference mode
+            # (it may write inference tensors), in the precision asked, autocast or not
             no_autocast = (
                 torch.autocast(device_type, enabled=False)
                 if torch.amp.is_autocast_available(device_type)
                 else contextlib.nullcontext()
             )
             try:
-                with torch.no_grad(), no_autocast:
+                with torch.inference_mode() if inference else torch.no_grad(), no_autocast:
                     worker = make_worker()
                     while (cells := next_chunk()) is not None:
                         worker(cells)

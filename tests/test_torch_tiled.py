@@ -359,3 +359,19 @@ def test_small_cells_run_in_the_calling_thread(monkeypatch, generator):
         torch.set_num_threads(previous)
     assert len(names) == 16 and set(names) == {threading.current_thread().name}
     assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES["fp32"]
+
+
+def test_threads_follow_the_callers_inference_mode(generator):
+    """Under torch.inference_mode the caller's tensors are inference tensors, which only code in
+    inference mode may update in place: the threads that take the chunks run in it too."""
+    shape = at.MLPShape(4, 32, 3, 16, 3)
+    x, params = random_inputs(shape, 2, 70, 40, generator=generator)  # 2 x 3 x 2 cells of 1024 pixels
+    previous = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            out = at.pixelwise_mlp(x, params, backend="torch", **mlp_kwargs(shape, False))
+    finally:
+        torch.set_num_threads(previous)
+    assert out.is_inference()
+    assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES["fp32"]
