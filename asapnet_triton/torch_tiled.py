@@ -245,10 +245,10 @@ class _Tiles:
         Why not torch's own intra-op threads for large cells: one chunk's operations (a 4096 x 64
         x 64 matmul, elementwise passes over 1 MiB) are too small to split well, and every one of
         them ends at a barrier where both threads wait for the slower (``_DEALT_MIN_PIXELS``)."""
-        chunks = iter(list(self.chunks()))
-        count = -(-self.num_cells // self.chunk)
+        chunk_list = list(self.chunks())
+        chunks = iter(chunk_list)
         dealt = self.device.type == "cpu" and self.pixels >= _DEALT_MIN_PIXELS
-        threads = min(torch.get_num_threads(), count) if dealt else 1
+        threads = min(torch.get_num_threads(), len(chunk_list)) if dealt else 1
         device_type = self.device.type
         inference = torch.is_inference_mode_enabled()  # the caller's: tensors it made are inference tensors
         lock, failed = threading.Lock(), threading.Event()
@@ -429,19 +429,22 @@ def _check_bf16_backward(bf16_matmul: str | None, precision: str, device: torch.
     return _check_bf16_matmul(bf16_matmul, precision, device, _NATIVE_BF16_MIN_PIXELS)
 
 
-def _native_layers(shape: MLPShape, p: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Per layer but the last, of a chunk's (n, P) params: (fp32 bias (n, c_out), bf16 weight
-    (n, c_out, c_in), the layout oneDNN wants)."""
+def _bf16_weights(shape: MLPShape, p: torch.Tensor) -> list[torch.Tensor]:
+    """Per layer, the bf16 weight operand (n, c_in, c_out) of a chunk's (n, P) params."""
     n = p.shape[0]
     return [
-        (
-            p[:, layer.bias_offset : layer.weight_offset],
-            p[:, layer.weight_offset : layer.end]
-            .view(n, layer.in_features, layer.out_features)
-            .to(torch.bfloat16)
-            .transpose(1, 2),
-        )
-        for layer in shape.layers[:-1]
+        p[:, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features).to(torch.bfloat16)
+        for layer in shape.layers
+    ]
+
+
+def _native_layers(shape: MLPShape, p: torch.Tensor, weights: list[torch.Tensor]) -> list:
+    """Per layer but the last, of a chunk's (n, P) params and their bf16 ``weights``
+    (:func:`_bf16_weights`): (fp32 bias (n, c_out), bf16 weight (n, c_out, c_in), the layout
+    oneDNN wants)."""
+    return [
+        (p[:, layer.bias_offset : layer.weight_offset], weight.transpose(1, 2))
+        for layer, weight in zip(shape.layers[:-1], weights)
     ]
 
 
@@ -492,7 +495,8 @@ def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
             p = tiles.chunk_params(cells)
             n = p.shape[0]
             chunk_outputs = [o if o is None else o[:n] for o in outputs]
-            _native_hidden_(tiles, cells, _native_layers(tiles.shape, p), features, chunk_outputs)
+            layers = _native_layers(tiles.shape, p, _bf16_weights(tiles.shape, p))
+            _native_hidden_(tiles, cells, layers, features, chunk_outputs)
             _last_layer_(tiles, p, hidden[:n], out[cells])
 
         return worker
@@ -629,22 +633,22 @@ class _ChunkBackward:
         """Rerun the forward of a chunk's cells (params ``p`` (n, P)); returns the output (n,
         C_out, pixels), keeping each hidden activation and the weight operands for the chain rule."""
         tiles, n = self.tiles, p.shape[0]
-        self.n = n
         acts, y = [a[:n] for a in self.acts], self.y[:n]
         if self.native_forward:
-            _native_hidden_(tiles, cells, _native_layers(tiles.shape, p), self.features, acts)
+            self.weights = _bf16_weights(tiles.shape, p)
+            _native_hidden_(tiles, cells, _native_layers(tiles.shape, p, self.weights), self.features, acts)
             _last_layer_(tiles, p, self.last_hidden[:n].copy_(acts[-1]), y)
-        elif self.native:  # rounded in place (no operand buffer), then to bf16 exactly
+            return y
+        weights = tiles.weights(p)
+        if self.native:  # rounded in place (no operand buffer), then to bf16 exactly
             fp32_acts = [a[:n] for a in self.fp32_acts]
-            tiles.forward(cells, tiles.weights(p), fp32_acts, y)
+            tiles.forward(cells, weights, fp32_acts, y)
             for a, rounded in zip(acts, fp32_acts):
                 a.copy_(rounded)
+            self.weights = [w.to(torch.bfloat16) for _, w in weights]  # rounded already: exact
         else:
-            weights = tiles.weights(p)
             self.weights = [w for _, w in weights]
             tiles.forward(cells, weights, acts, y, None if self.operand is None else self.operand[:n])
-        if self.native:
-            self.weights = _bf16_weights(tiles.shape, p)
         return y
 
     def chain_rule(self, cells: slice, dz: torch.Tensor, grad_params: torch.Tensor, grad_x) -> None:
@@ -655,7 +659,7 @@ class _ChunkBackward:
         the precision's format, fp32 products. Native bf16: every product a oneDNN bf16 matmul
         (fp32 accumulation, the result rounded once to bf16), the leaky-ReLU backward in bf16,
         fp32 bias sums."""
-        tiles, n, native = self.tiles, self.n, self.native
+        tiles, n, native = self.tiles, dz.shape[0], self.native
         shape, precision = tiles.shape, tiles.precision
         acts = [a[:n] for a in self.acts]
         operand = None if self.operand is None else self.operand[:n]
@@ -683,7 +687,7 @@ class _ChunkBackward:
         """The first layer's weight gradient (input rows: for labels the one-hot scatter-add; then
         the encoding rows) and the input gradient, from its pre-activation gradient ``dz`` (n,
         pixels, hidden), an operand (rounded; fp32 or bf16)."""
-        tiles, n = self.tiles, self.n
+        tiles, n = self.tiles, dz.shape[0]
         c_in, first = tiles.shape.in_channels, tiles.shape.layers[0]
         grad_w0 = grad_params[:, first.weight_offset : first.end].view(n, first.in_features, -1)
         if tiles.labels and dz.device.type == "cpu" and not self.native:
@@ -700,12 +704,3 @@ class _ChunkBackward:
             grad_w0[:, c_in:] = torch.matmul(tiles.pe.to(dz.dtype).t(), dz)
         if grad_x is not None:
             _bmm_into(grad_x, dz, self.weights[0][:, :c_in].transpose(1, 2))
-
-
-def _bf16_weights(shape: MLPShape, p: torch.Tensor) -> list[torch.Tensor]:
-    """Per layer, the bf16 weight operand (n, c_in, c_out) of a chunk's (n, P) params."""
-    n = p.shape[0]
-    return [
-        p[:, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features).to(torch.bfloat16)
-        for layer in shape.layers
-    ]
