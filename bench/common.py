@@ -62,12 +62,13 @@ def results_dir(folder: str | None = None) -> Path:
     return path
 
 
-def write_json(name: str, payload: dict, folder: str | None = None) -> Path:
-    """Write ``payload`` (with the machine's description) atomically to results/<folder>/<name>."""
+def write_json(name: str, payload: dict, folder: str | None = None, *, out: Path | None = None) -> Path:
+    """Write ``payload`` (after the machine's description) atomically to results/<folder>/<name>,
+    or to ``out``/<name> when ``out`` is given."""
     from asapnet_triton.fileio import atomic_write_text
 
     text = json.dumps({"machine": machine_description(), **payload}, indent=2) + "\n"
-    return atomic_write_text(results_dir(folder) / name, text)
+    return atomic_write_text((out if out is not None else results_dir(folder)) / name, text)
 
 
 def memory_status() -> dict:
@@ -187,6 +188,5 @@ def write_results(out: Path, name: str, payload: dict, table: str) -> None:
     from asapnet_triton.fileio import atomic_write_text
 
     command = " ".join([Path(sys.executable).name, *sys.argv])
-    text = json.dumps({"machine": machine_description(), "command": command, **payload}, indent=2) + "\n"
-    atomic_write_text(out / f"{name}.json", text)
+    write_json(f"{name}.json", {"command": command, **payload}, out=out)
     atomic_write_text(out / f"{name}.md", table + "\n")

@@ -42,7 +42,6 @@ whole matrix (512x512 to 2048x2048, batch 1 and 4, labels and 3-channel float in
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -271,10 +270,10 @@ def main() -> None:
     parser.add_argument("--case-timeout", type=float, default=900.0, help="seconds before a measurement is abandoned")
     parser.add_argument("--output", default="hr_stream.json", help="file name under bench/results/<machine>/")
     parser.add_argument("--dry-run", action="store_true", help="list the planned measurements and exit")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run_child(json.loads(args.child))))
+    from common import parse_or_run_child
+
+    args = parse_or_run_child(parser, run_child)
+    if args is None:  # it ran as a child
         return
     if args.full:
         args.resolutions = [resolution(r) for r in FULL["resolutions"]]

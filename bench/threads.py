@@ -9,12 +9,13 @@ run slows every mode alike:
 
 - ``1 thread``: ``torch.set_num_threads(1)``;
 - ``2 threads``: ``torch.set_num_threads(2)``, what a user gets: the ``torch`` backend of the HR
-  stream deals its chunks of cells to two threads, each running its operations on one thread
-  (``torch_tiled._Tiles.run_chunks``); the LR stream, the discriminator and the optimisers use
-  torch's intra-op threads (oneDNN, OpenMP);
-- ``2 threads, intra-op HR``: the same, but the HR stream's chunks run one after the other with
-  torch's intra-op threads splitting each operation, as before the chunks were dealt to threads:
-  the reason for dealing them.
+  stream deals its chunks of cells of at least ``torch_tiled._DEALT_MIN_PIXELS`` pixels to two
+  threads, each running its operations on one thread (``torch_tiled._Tiles.run_chunks``), and
+  runs smaller cells on torch's intra-op threads; the LR stream, the discriminator and the
+  optimisers use torch's intra-op threads (oneDNN, OpenMP);
+- ``2 threads, intra-op HR``: the same, but every HR chunk runs one after the other with torch's
+  intra-op threads splitting each operation, as before the chunks were dealt to threads: the
+  reason for dealing them (for cells below the threshold the two modes run the same code).
 
 Cases: the HR stream (``at.pixelwise_mlp``, backend ``torch``; forward, and forward + backward
 w.r.t. the parameter grid) at 1024x1024 (35 classes, cell 64) and at the demo's size (batch 4,
@@ -46,28 +47,23 @@ HR_CASES = {
 SMOKE_HR_CASES = {"hr smoke 2x48x40 c16": (2, 48, 40, 13, 16)}
 
 
-def _serial_run_chunks(self, make_worker) -> None:
-    """The HR stream's chunks one after the other in the calling thread (intra-op threads only)."""
-    worker = make_worker()
-    for cells in self.chunks():
-        worker(cells)
-
-
 @contextlib.contextmanager
 def _mode(name: str):
-    """``name``'s threads around a call."""
+    """``name``'s threads around a call: "2 threads, intra-op HR" raises the cell size from which
+    the ``torch`` backend deals chunks to threads (``torch_tiled._DEALT_MIN_PIXELS``) past every
+    cell, so its chunks run in the calling thread on torch's intra-op threads."""
     import torch
 
     import asapnet_triton.torch_tiled as tt
 
-    dealt = tt._Tiles.run_chunks
+    dealt_from = tt._DEALT_MIN_PIXELS
     torch.set_num_threads(1 if name == "1 thread" else 2)
     if name == "2 threads, intra-op HR":
-        tt._Tiles.run_chunks = _serial_run_chunks
+        tt._DEALT_MIN_PIXELS = float("inf")
     try:
         yield
     finally:
-        tt._Tiles.run_chunks = dealt
+        tt._DEALT_MIN_PIXELS = dealt_from
 
 
 def _hr_fns(case: tuple, precision: str, passes: str):

@@ -390,10 +390,10 @@ def main() -> None:
         help="ours: TrainConfig.d_fake (default regenerate, as published)",
     )
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/train_step)")
-    parser.add_argument("--child", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.child:
-        print(json.dumps(run_child(json.loads(args.child))))
+    from common import parse_or_run_child
+
+    args = parse_or_run_child(parser, run_child)
+    if args is None:  # it ran as a child
         return
 
     import torch
