@@ -5,10 +5,11 @@ compiler), fp32 and bf16 autocast, to see which of them pays on this machine.
     python bench/lr_d_variants.py            # -> bench/results/<machine>/lr_d_variants/
     python bench/lr_d_variants.py --smoke    # tiny sizes: checks the script
 
-Variants: "as trained" (the trainer's layouts: the LR stream's channels-last input with its
-weights as built, the discriminator contiguous), "contiguous" (NCHW input), "channels-last"
-(input and weights: no per-call weight reorders), "compiled" (``torch.compile`` of the LR stream's
-conv body or of the discriminator, as trained otherwise).
+Variants: "as trained" (the trainer's layouts: the LR stream in
+``training.models.TRAINING_LR_MEMORY_FORMAT``, weights and input, the discriminator contiguous),
+"channels-last" (input and weights: no per-call weight reorders; the layout ``ASAPNetGenerator``
+builds for a 16-bit LR stream), "compiled" (``torch.compile`` of the LR stream's conv body or of
+the discriminator, as trained otherwise; ``--skip-compile`` leaves it out).
 
 Cases: the demo's settings (batch 4, 128x128, the demo's narrow widths, 13 classes, cell 16) and
 facades 512x512 (batch 1, the published widths, cell 32). Parts: the LR stream's conv body and
@@ -30,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-VARIANTS = ("as trained", "contiguous", "channels-last", "compiled")
+VARIANTS = ("as trained", "channels-last", "compiled")
 
 
 def _setup(case: str, precision: str, smoke: bool):
@@ -42,7 +43,7 @@ def _setup(case: str, precision: str, smoke: bool):
     import torch
     import train_step
 
-    from asapnet_triton.training.models import build_discriminator, build_generator
+    from asapnet_triton.training.models import TRAINING_LR_MEMORY_FORMAT, build_discriminator, build_generator
 
     spec = dict(case=case, smoke=smoke, device="cpu", precision=precision)
     config = train_step._config(spec, "/nonexistent")
@@ -51,6 +52,7 @@ def _setup(case: str, precision: str, smoke: bool):
     labels, image = batch["label"].long(), batch["image"]
     num_classes = 13
     generator = build_generator(config, num_classes)
+    generator.lowres.to(memory_format=TRAINING_LR_MEMORY_FORMAT)  # as the Trainer does
     discriminator = build_discriminator(config, num_classes)
 
     def autocast():
@@ -64,13 +66,12 @@ def _setup(case: str, precision: str, smoke: bool):
     lowres_input = generator.lowres_input(labels)
 
     def lr_part(variant: str):
-        # as trained: the generator's channels-last input, its weights as built (contiguous)
+        # as trained: the trainer's layout, the input in its weights' layout (lowres_input)
         body, head = generator.lowres.body, generator.lowres.to_params
         x = lowres_input
         if variant == "channels-last":  # weights too: no per-call weight reorders
             body = copy.deepcopy(body).to(memory_format=torch.channels_last)
-        elif variant == "contiguous":
-            x = x.contiguous()
+            x = x.contiguous(memory_format=torch.channels_last)
         elif variant == "compiled":
             body = torch.compile(body)
 
@@ -82,7 +83,7 @@ def _setup(case: str, precision: str, smoke: bool):
         return step
 
     def d_part(variant: str):
-        model, x = discriminator, d_input  # as trained: contiguous (also the "contiguous" variant)
+        model, x = discriminator, d_input  # as trained: contiguous
         if variant == "channels-last":
             model = copy.deepcopy(model).to(memory_format=torch.channels_last)
             x = x.contiguous(memory_format=torch.channels_last)
@@ -106,11 +107,12 @@ def run(args) -> list[dict]:
     torch.set_num_threads(1)
     rows = []
     repeats = 1 if args.smoke else args.repeats
+    variants = VARIANTS[:-1] if args.skip_compile else VARIANTS
     for case in args.cases.split(","):
         for precision in args.precisions.split(","):
             for part, factory in _setup(case, precision, args.smoke).items():
                 fns, first_call = {}, {}
-                for variant in VARIANTS:
+                for variant in variants:
                     torch.manual_seed(0)
                     fn = factory(variant)
                     start = time.perf_counter()
@@ -125,26 +127,26 @@ def run(args) -> list[dict]:
                 rows.append(row)
                 print(
                     f"{case:<11} {precision} {part:<28} "
-                    + " ".join(f"{v}: {medians[v] * 1e3:7.1f} ms" for v in VARIANTS)
-                    + f"  (compile {first_call['compiled']:.1f} s)",
+                    + " ".join(f"{v}: {medians[v] * 1e3:7.1f} ms" for v in variants)
+                    + (f"  (compile {first_call['compiled']:.1f} s)" if "compiled" in first_call else ""),
                     flush=True,
                 )
     return rows
 
 
 def table(rows: list[dict]) -> str:
+    variants = [v for v in VARIANTS if v in rows[0]["seconds"]]
+    compiled = "compiled" in variants
     lines = [
-        "| case | precision | part | as trained | contiguous | channels-last | compiled | compile time |",
-        "|---|---|---|---:|---:|---:|---:|---:|",
+        "| case | precision | part | " + " | ".join(variants) + (" | compile time |" if compiled else " |"),
+        "|---|---|---|" + "---:|" * (len(variants) + compiled),
     ]
     for row in rows:
         s = row["seconds"]
         base = s["as trained"]
-        others = " | ".join(f"{s[v] * 1e3:.1f} ms ({base / s[v]:.2f}x)" for v in VARIANTS[1:])
-        lines.append(
-            f"| {row['case']} | {row['precision']} | {row['part']} | {base * 1e3:.1f} ms | {others} "
-            f"| {row['first_call']['compiled']:.1f} s |"
-        )
+        others = " | ".join(f"{s[v] * 1e3:.1f} ms ({base / s[v]:.2f}x)" for v in variants[1:])
+        compile_time = f" {row['first_call']['compiled']:.1f} s |" if compiled else ""
+        lines.append(f"| {row['case']} | {row['precision']} | {row['part']} | {base * 1e3:.1f} ms | {others} |{compile_time}")
     return "\n".join(lines)
 
 
@@ -154,6 +156,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round")
+    parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variant")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/lr_d_variants)")
     args = parser.parse_args()
 

@@ -21,7 +21,8 @@ on one batch of the procedural data set, for every case x precision:
   "step peak": one more training step after the timed ones, its peak above the memory before it
   (``common.peak_memory_of``: on the CPU the resident set's high-water mark reset just before the
   step, on a GPU torch.cuda.max_memory_allocated minus the memory allocated before; the models,
-  optimiser states and batch, already allocated, are not counted);
+  optimiser states and batch, already allocated, are not counted; both ways' gradients are freed
+  before it, since the published trainer keeps them between steps and ours does not);
   "process peak": the whole process's high-water mark after the timed steps, torch itself, the
   data and the first steps' allocations included (on the CPU the kernel's VmHWM: getrusage's
   ru_maxrss would also count the parent's high-water mark, which a child inherits at exec; on a
@@ -118,9 +119,12 @@ class _CityscapesLike:
         return item
 
 
-def _memory(step, device: str) -> dict:
+def _memory(step, device: str, optimizers) -> dict:
     """The process's peak so far, then the peak of one more ``step`` above the memory before it
-    (MiB; in this order: measuring the step resets the process's high-water mark)."""
+    (MiB; in this order: measuring the step resets the process's high-water mark). Before it, the
+    ``optimizers``' gradients are freed: what is left is the state a run keeps between steps
+    (parameters, optimiser states, the batch), the same for both ways (the published trainer
+    keeps its gradients between steps, ours frees them after each optimiser step)."""
     import torch
     from common import memory_status, peak_memory_of
 
@@ -128,6 +132,8 @@ def _memory(step, device: str) -> dict:
         process = torch.cuda.max_memory_allocated() / 2**20
     else:
         process = memory_status()["VmHWM"] / 2**20
+    for optimizer in optimizers:
+        optimizer.zero_grad(set_to_none=True)
     step_bytes, method = peak_memory_of(step, device)
     step_mib = None if step_bytes is None else step_bytes / 2**20
     return dict(process_peak_mib=process, step_peak_mib=step_mib, step_peak_method=method)
@@ -141,7 +147,7 @@ def _ours(spec, config, dataset, batch, timer) -> dict:
     trainer = Trainer(config, dataset)
     times = timer(lambda: trainer.train_step(batch))
     result = dict(seconds=statistics.median(times), times=times) | _memory(
-        lambda: trainer.train_step(batch), spec["device"]
+        lambda: trainer.train_step(batch), spec["device"], (trainer.optimizer_g, trainer.optimizer_d)
     )
     result["params"] = dict(
         G=sum(p.numel() for p in trainer.generator.parameters()),
@@ -252,7 +258,9 @@ def _published(spec, config, dataset, batch, timer) -> dict:
         optimizer_d.step()
 
     times = timer(step)
-    result = dict(seconds=statistics.median(times), times=times) | _memory(step, spec["device"])
+    result = dict(seconds=statistics.median(times), times=times) | _memory(
+        step, spec["device"], (optimizer_g, optimizer_d)
+    )
     result["params"] = dict(
         G=sum(p.numel() for p in generator.parameters()), D=sum(p.numel() for p in discriminator.parameters())
     )

@@ -43,13 +43,37 @@ def test_any_size_in_same_size_out(height, width, cell, generator):
     x = torch.randint(0, 5, (2, height, width), generator=generator)
     lowres = model.lowres_input(x)
     assert lowres.shape[-2:] == (-(-height // cell) * 16, -(-width // cell) * 16)
-    params = model.lowres(lowres)
+    params = model.lowres_params(x)
     assert params.shape == (2, model.shape.param_count, *at.grid_size(height, width, cell))
     # channels-last: each cell's parameters contiguous, the kernel's fast case
     assert params.stride(1) == 1
     out = model(x)
     assert out.shape == (2, 3, height, width)
     assert out.abs().max() <= 1
+
+
+@pytest.mark.parametrize("lr_precision", ["fp32", "bf16"])
+def test_lr_stream_layout(lr_precision, generator):
+    """The LR stream runs in its weights' layout (16-bit: channels-last, fp32: contiguous, as
+    built; or as converted), its input follows, the grid always leaves channels-last, and the
+    layout changes no value."""
+    torch.manual_seed(0)
+    model = _generator(5, cell_size=32, lr_precision=lr_precision, **TINY)
+    built = torch.channels_last if lr_precision == "bf16" else torch.contiguous_format
+    other = torch.contiguous_format if lr_precision == "bf16" else torch.channels_last
+    x = torch.randint(0, 5, (2, 70, 100), generator=generator)[:, :, ::2]  # non-contiguous labels
+    results = {}
+    for memory_format in (built, other):
+        model.lowres.to(memory_format=memory_format)
+        assert model.lowres.memory_format == memory_format
+        assert model.lowres_input(x).is_contiguous(memory_format=memory_format)
+        params = model.lowres_params(x)
+        assert params.is_contiguous(memory_format=torch.channels_last) and params.stride(1) == 1
+        results[memory_format] = params, model(x)
+    # oneDNN's fp32 sums in another order per layout; bf16 autocast rounds its outputs to 8 bits
+    tolerance = 2e-2 if lr_precision == "bf16" else 1e-5
+    for first, second in zip(results[built], results[other]):
+        assert rms_relative_error(second, first) <= tolerance
 
 
 def test_labels_equal_their_one_hot_image(generator):
