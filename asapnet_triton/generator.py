@@ -316,7 +316,9 @@ class ASAPNetGenerator(nn.Module):
         else:
             head_autocast = autocast_dtype is not None and self.precision in _AUTOCAST_DTYPES
             # enabled=False also switches off an autocast region around the call: "fp32" means fp32
-            with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
+            with torch.autocast(
+                device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
+            ):
                 hidden = self.lowres.body(features)
                 with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=head_autocast):
                     params = self.lowres.to_params(hidden if head_autocast else hidden.to(dtype))

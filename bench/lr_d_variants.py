@@ -146,7 +146,9 @@ def table(rows: list[dict]) -> str:
         base = s["as trained"]
         others = " | ".join(f"{s[v] * 1e3:.1f} ms ({base / s[v]:.2f}x)" for v in variants[1:])
         compile_time = f" {row['first_call']['compiled']:.1f} s |" if compiled else ""
-        lines.append(f"| {row['case']} | {row['precision']} | {row['part']} | {base * 1e3:.1f} ms | {others} |{compile_time}")
+        lines.append(
+            f"| {row['case']} | {row['precision']} | {row['part']} | {base * 1e3:.1f} ms | {others} |{compile_time}"
+        )
     return "\n".join(lines)
 
 
