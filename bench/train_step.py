@@ -4,7 +4,8 @@ A step is a generator step (hinge GAN loss + lambda_feat x discriminator feature
 VGG loss, Adam) followed by a discriminator step (a freshly generated image, hinge loss, Adam),
 on one batch of the procedural data set, for every case x precision:
 
-- ours: ``asapnet_triton.training.Trainer.train_step`` (fp32 and bf16, TrainConfig.precision);
+- ours: ``asapnet_triton.training.Trainer.train_step`` (fp32 and bf16, TrainConfig.precision; the
+  default ``optimizer_step``, which updates each parameter inside the backward in one process);
 - published: the same architecture, parameter counts, losses and optimisers done as the published
   SPADE / ASAP-Net trainer does it, fp32: ``reference/official_generator.py``'s
   OfficialASAPNetsGenerator (plain autograd through the published HR algorithm), our
@@ -157,6 +158,9 @@ def _ours(spec, config, dataset, batch, timer) -> dict:
     from asapnet_triton.training.discriminator import label_condition, with_image
 
     generator, discriminator = trainer.generator, trainer.discriminator
+    # the parts run backwards of their own: the optimisers must not step inside them, and "Adam"
+    # times a whole step over the gradients they leave
+    trainer.step_in_backward(False)
     labels, image, edges = trainer._unpack(batch)
     with torch.no_grad():
         grid = generator.lowres_params(labels, edges)

@@ -150,6 +150,14 @@ def _options():
             [
                 ("--out", "out_dir", str, "output folder (required; must be empty or absent unless --resume)"),
                 (
+                    "--optimizer-step",
+                    "optimizer_step",
+                    str,
+                    "in_backward (each parameter updated, its gradient freed, as soon as the backward has it: "
+                    "the same update, less memory), after_backward (as published) or auto (in_backward in one "
+                    f"process, after_backward under torchrun) (default {d.optimizer_step})",
+                ),
+                (
                     "--resume",
                     "resume",
                     str,

@@ -351,6 +351,17 @@ class Trainer:
         # parameters): 0.45 s per step with torch's default (for-loop) Adam, 0.36 s foreach, 0.23 s fused
         self.optimizer_g = torch.optim.Adam(self.generator.parameters(), lr=g_lr, betas=betas, fused=True)
         self.optimizer_d = torch.optim.Adam(self.discriminator.parameters(), lr=d_lr, betas=betas, fused=True)
+        self.optimizer_step_mode = config.optimizer_step
+        if self.optimizer_step_mode == "auto":
+            self.optimizer_step_mode = "after_backward" if self.dist.enabled else "in_backward"
+        if self.optimizer_step_mode == "in_backward" and self.dist.enabled:
+            raise ValueError(
+                "optimizer_step='in_backward' needs a single process: under torchrun DistributedDataParallel "
+                "all-reduces gradients after they are accumulated; use 'after_backward' or 'auto'"
+            )
+        self._step_hooks = []
+        if self.optimizer_step_mode == "in_backward":
+            self.step_in_backward(True)
         decay = LinearDecay(config.niter, config.niter_decay)
         self.scheduler_g = torch.optim.lr_scheduler.LambdaLR(self.optimizer_g, decay)
         self.scheduler_d = torch.optim.lr_scheduler.LambdaLR(self.optimizer_d, decay)
@@ -386,6 +397,31 @@ class Trainer:
             self._restore(checkpoint, resume_path)
         # every process has checked out_dir before rank 0 starts writing to it
         self.dist.barrier()
+
+    def step_in_backward(self, enabled: bool) -> None:
+        """Update each parameter of both networks as soon as the backward has accumulated its
+        gradient, then free that gradient (``enabled``), or leave the update to the step (not).
+
+        The hook calls the network's own Adam, which updates only the parameters holding a
+        gradient: this one, since every other was freed after its own update or has none yet. So
+        the update, the optimiser's state and its state_dict are those of one ``step()`` after the
+        backward (fused Adam updates each tensor on its own), bitwise
+        (``tests/training/test_optimizer_step.py``), while the backward holds one gradient at a time.
+        Every node that reads a parameter's value has run by the time its gradient is complete."""
+        for handle in self._step_hooks:
+            handle.remove()
+        self._step_hooks = []
+        if not enabled:
+            return
+        for module, optimizer in ((self.generator, self.optimizer_g), (self.discriminator, self.optimizer_d)):
+
+            def update(param: torch.Tensor, optimizer=optimizer) -> None:
+                optimizer.step()
+                param.grad = None
+
+            for param in module.parameters():
+                if param.requires_grad:
+                    self._step_hooks.append(param.register_post_accumulate_grad_hook(update))
 
     def _dataset_and_labels(self, dataset: Dataset | None):
         """The training set and its label convention (None for image-input data)."""
@@ -589,10 +625,11 @@ class Trainer:
                 if self.vgg_loss is not None and config.lambda_vgg > 0:
                     losses["G_VGG"] = config.lambda_vgg * self.vgg_loss(fake, image)
             sum(losses.values()).backward()
-            self.optimizer_g.step()
-            # the step has used the gradients: free them now, or they would stay allocated through
-            # the discriminator step (313 MiB for the published generator at facades 512x512)
-            self.optimizer_g.zero_grad(set_to_none=True)
+            if not self._step_hooks:
+                self.optimizer_g.step()
+                # the step has used the gradients: free them now, or they would stay allocated
+                # through the discriminator step (313 MiB for the published generator at 512x512)
+                self.optimizer_g.zero_grad(set_to_none=True)
         finally:
             self.discriminator.requires_grad_(True)
         return losses, fake.detach()
@@ -610,8 +647,9 @@ class Trainer:
                 "D_real": discriminator_hinge_loss(pred_real, real=True),
             }
         sum(losses.values()).backward()
-        self.optimizer_d.step()
-        self.optimizer_d.zero_grad(set_to_none=True)  # nothing reads them after the step
+        if not self._step_hooks:
+            self.optimizer_d.step()
+            self.optimizer_d.zero_grad(set_to_none=True)  # nothing reads them after the step
         return losses, fake
 
     def train_step(self, batch: dict) -> dict:
