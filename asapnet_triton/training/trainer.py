@@ -67,26 +67,58 @@ VGG_HINT = (
 )
 
 
+@contextlib.contextmanager
+def eval_mode(module: torch.nn.Module):
+    """``module`` in eval mode inside, back in the mode it had after. The discriminator's second
+    pass of a step runs so: spectral norm then reuses the u, v its first pass has just updated
+    (one power iteration per step, as in the published single pass over fake and real) and
+    divides by the same sigma, with the same gradient (the power iteration runs without a graph
+    in either mode); instance norm keeps no running statistics, so nothing else changes."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def discriminate_with_real_targets(discriminator, fake_input: torch.Tensor, real_input: torch.Tensor):
     """The generator step's discriminator predictions (fake, real): the same values as the
     published single pass over ``torch.cat([fake_input, real_input])``, with the real half run
     without a graph.
 
     The real activations are only feature-matching targets (constants): the published trainer keeps
-    their graph and back-propagates zeros through it. Here they run under ``no_grad`` and in eval
-    mode, so that spectral norm reuses the u, v the fake pass has just updated (one power
-    iteration per step, as in the single pass) and divides by the same sigma; instance norm has
-    no running statistics, so eval mode changes nothing else. Tested against the single pass in
-    ``tests/training/test_generator_step.py``."""
+    their graph and back-propagates zeros through it. Here they run under ``no_grad`` and in
+    :func:`eval_mode`. Tested against the single pass in ``tests/training/test_generator_step.py``."""
     pred_fake = discriminator(fake_input)
-    was_training = discriminator.training
-    try:
-        discriminator.eval()
-        with torch.no_grad():
-            pred_real = discriminator(real_input)
-    finally:
-        discriminator.train(was_training)
+    with eval_mode(discriminator), torch.no_grad():
+        pred_real = discriminator(real_input)
     return pred_fake, pred_real
+
+
+def backward_discriminator_losses(
+    discriminator,
+    fake_input: torch.Tensor,
+    real_input: torch.Tensor,
+    *,
+    autocast=contextlib.nullcontext,
+    first_pass=contextlib.nullcontext,
+) -> dict:
+    """The discriminator step's hinge losses {"D_fake", "D_real"}, their gradients accumulated into
+    the discriminator's: the fake pass, its backward, then the real pass in :func:`eval_mode` and
+    its backward. Each pass's activations are freed before the other runs, half the published
+    single pass's over ``torch.cat([fake_input, real_input])``, with its values and gradients
+    (``tests/training/test_discriminator_step.py``). ``autocast`` wraps each forward,
+    ``first_pass`` the fake pass and its backward (DDP's ``no_sync``)."""
+    with first_pass():
+        with autocast():
+            d_fake = discriminator_hinge_loss(discriminator(fake_input), real=False)
+        d_fake.backward()
+    with eval_mode(discriminator):
+        with autocast():
+            d_real = discriminator_hinge_loss(discriminator(real_input), real=True)
+        d_real.backward()
+    return {"D_fake": d_fake, "D_real": d_real}
 
 
 class LinearDecay:
@@ -399,8 +431,10 @@ class Trainer:
         self.dist.barrier()
 
     def step_in_backward(self, enabled: bool) -> None:
-        """Update each parameter of both networks as soon as the backward has accumulated its
+        """Update each parameter of the generator as soon as the backward has accumulated its
         gradient, then free that gradient (``enabled``), or leave the update to the step (not).
+        The discriminator steps after its step's two backward passes (fake, then real), which
+        accumulate its gradients (21 MiB at the published 512x512 size).
 
         The hook calls the network's own Adam, which updates only the parameters holding a
         gradient: this one, since every other was freed after its own update or has none yet. So
@@ -413,15 +447,14 @@ class Trainer:
         self._step_hooks = []
         if not enabled:
             return
-        for module, optimizer in ((self.generator, self.optimizer_g), (self.discriminator, self.optimizer_d)):
 
-            def update(param: torch.Tensor, optimizer=optimizer) -> None:
-                optimizer.step()
-                param.grad = None
+        def update(param: torch.Tensor) -> None:
+            self.optimizer_g.step()
+            param.grad = None
 
-            for param in module.parameters():
-                if param.requires_grad:
-                    self._step_hooks.append(param.register_post_accumulate_grad_hook(update))
+        for param in self.generator.parameters():
+            if param.requires_grad:
+                self._step_hooks.append(param.register_post_accumulate_grad_hook(update))
 
     def _dataset_and_labels(self, dataset: Dataset | None):
         """The training set and its label convention (None for image-input data)."""
@@ -599,14 +632,6 @@ class Trainer:
         edges = batch["edges"].to(self.device, non_blocking=True) if self.config.instance else None
         return labels.long(), image, edges
 
-    def _discriminate(self, discriminator, condition_fake, condition_real):
-        # fake and real in one batch, as published (one set of statistics per call)
-        predictions = discriminator(torch.cat([condition_fake, condition_real], dim=0))
-        half = condition_fake.shape[0]
-        fake = [[t[:half] for t in scale] for scale in predictions]
-        real = [[t[half:] for t in scale] for scale in predictions]
-        return fake, real
-
     def _generator_step(self, labels, image, edges, condition, real_input) -> tuple[dict, torch.Tensor]:
         config = self.config
         self.optimizer_g.zero_grad(set_to_none=True)
@@ -640,16 +665,17 @@ class Trainer:
         if fake is None:
             with torch.no_grad():
                 fake = self.generator(labels, edges)
-        with self._autocast():
-            pred_fake, pred_real = self._discriminate(self.discriminator_ddp, with_image(condition, fake), real_input)
-            losses = {
-                "D_fake": discriminator_hinge_loss(pred_fake, real=False),
-                "D_real": discriminator_hinge_loss(pred_real, real=True),
-            }
-        sum(losses.values()).backward()
-        if not self._step_hooks:
-            self.optimizer_d.step()
-            self.optimizer_d.zero_grad(set_to_none=True)  # nothing reads them after the step
+        discriminator = self.discriminator_ddp
+        losses = backward_discriminator_losses(
+            discriminator,
+            with_image(condition, fake),
+            real_input,
+            autocast=self._autocast,
+            # under DDP the fake pass's gradients accumulate locally, all-reduced with the real pass's
+            first_pass=discriminator.no_sync if self.dist.enabled else contextlib.nullcontext,
+        )
+        self.optimizer_d.step()
+        self.optimizer_d.zero_grad(set_to_none=True)  # nothing reads them after the step
         return losses, fake
 
     def train_step(self, batch: dict) -> dict:
