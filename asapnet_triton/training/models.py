@@ -12,10 +12,11 @@ __all__ = ["IMAGE_CHANNELS", "TRAINING_LR_MEMORY_FORMAT", "build_discriminator",
 
 IMAGE_CHANNELS = 3
 # The LR stream's layout while training, in every precision (ASAPNetGenerator builds it
-# channels-last for a 16-bit LR stream, the faster forward): forward + backward measured, one
-# thread, contiguous vs channels-last: facades 512x512 on the 2-core EPYC 1.68 vs 2.04 s fp32,
-# 1.03 vs 1.07 s bf16 (/work/scratch-style interleaved runs, bench/lr_d_variants.py); 1024x1024
-# on the 2-core Xeon with AMX 0.70 vs 1.06 s fp32, 0.50 vs 0.52 s bf16 (bench/lr_stream.py)
+# channels-last for a 16-bit LR stream, the faster forward on the AMX Xeon). Forward + backward,
+# one thread, contiguous vs channels-last: facades 512x512 on the 2-core EPYC 1.42 vs 2.15 s fp32,
+# 1.11 vs 1.23 s bf16, demo 137 vs 153 ms fp32, 122 vs 156 ms bf16 (bench/lr_d_variants.py
+# --skip-compile); 1024x1024 on the 2-core Xeon 0.70 vs 1.06 s fp32, 0.50 vs 0.52 s bf16
+# (bench/lr_stream.py)
 TRAINING_LR_MEMORY_FORMAT = torch.contiguous_format
 
 
