@@ -13,7 +13,9 @@ on one batch of the procedural data set, for every case x precision:
   with D's weights still requiring grad (their gradients are computed and discarded), the D step
   regenerates fake under no_grad and calls ``fake.requires_grad_()``; Adam(0, 0.9), TTUR lr
   1e-4 (G) / 4e-4 (D) for both;
-- the median wall-clock seconds per step over --repeats steps after 2 untimed ones;
+- the median wall-clock seconds per step over --repeats steps after 2 untimed ones (with
+  --rounds N, a case's children run in turn N times and the median covers every round's steps;
+  the table adds each round's ratio);
 - a breakdown of ours, each part timed alone on the same inputs: the LR stream (parameter grid)
   forward / forward + backward, the HR stream forward / forward + backward (w.r.t. the grid), the
   discriminator's forward / forward + backward per scale on the 2B-image batch, and both Adam
@@ -154,6 +156,8 @@ def _ours(spec, config, dataset, batch, timer) -> dict:
         G=sum(p.numel() for p in trainer.generator.parameters()),
         D=sum(p.numel() for p in trainer.discriminator.parameters()),
     )
+    if not spec.get("parts", True):  # a later round: the step alone
+        return result
     # the breakdown, each part alone on the step's inputs
     from asapnet_triton.training.discriminator import label_condition, with_image
 
@@ -302,24 +306,57 @@ def measure(spec: dict, timeout: float) -> dict:
     return run_in_subprocess(__file__, spec, timeout, env)
 
 
-def run_cases(cases, precisions, base: dict, timeout: float = CASE_TIMEOUT, printer=print) -> list[dict]:
+def run_cases(
+    cases, precisions, base: dict, timeout: float = CASE_TIMEOUT, printer=print, rounds: int = 1
+) -> list[dict]:
     """One row per case x precision: ours (in ``precision``) and the published way (fp32, measured
-    once per case), each in a fresh subprocess with ``base``'s device, threads, repeats, smoke and
-    d_fake."""
-    rows, published_of = [], {}
+    once per case and round), each in a fresh subprocess with ``base``'s device, threads, repeats,
+    smoke and d_fake. With ``rounds`` > 1 a case's children run round after round (published, then
+    ours in each precision), so that a drift of the machine's speed slows both ways alike: a
+    row's seconds are the median over every round's timed steps, its memory and parts the first
+    round's, and ``round_ratios`` the published / ours ratio of each round's medians."""
+    rows = []
     for case in cases:
+        published_runs, ours_runs = [], {precision: [] for precision in precisions}
+        for round_index in range(rounds):
+            extra = dict(case=case) | ({} if round_index == 0 else dict(parts=False))
+            published_runs.append(measure(base | extra | dict(implementation="published", precision="fp32"), timeout))
+            for precision in precisions:
+                ours = measure(base | extra | dict(implementation="ours", precision=precision), timeout)
+                ours_runs[precision].append(ours)
+                printer(
+                    f"{case} {precision} round {round_index + 1}/{rounds}: ours {ours.get('seconds', ours.get('failed'))}"
+                )
+        published = _merge_rounds(published_runs)
         for precision in precisions:
-            if case not in published_of:  # the published trainer is fp32 only: once per case
-                spec = base | dict(case=case, implementation="published", precision="fp32")
-                published_of[case] = measure(spec, timeout)
-            ours = measure(base | dict(case=case, implementation="ours", precision=precision), timeout)
-            rows.append(dict(case=case, precision=precision, ours=ours, published=published_of[case]))
-            printer(f"{case} {precision}: ours {ours.get('seconds', ours.get('failed'))}")
+            row = dict(case=case, precision=precision, ours=_merge_rounds(ours_runs[precision]), published=published)
+            if rounds > 1:
+                row["round_ratios"] = [
+                    p["seconds"] / o["seconds"]
+                    for p, o in zip(published_runs, ours_runs[precision])
+                    if "seconds" in p and "seconds" in o
+                ]
+            rows.append(row)
     return rows
+
+
+def _merge_rounds(runs: list[dict]) -> dict:
+    """One result from a configuration's rounds: the first round's, its seconds the median over
+    every successful round's timed steps (a failed first round is the result)."""
+    if len(runs) == 1 or "failed" in runs[0]:
+        return runs[0]
+    done = [run for run in runs if "seconds" in run]
+    times = [t for run in done for t in run["times"]]
+    return runs[0] | dict(seconds=statistics.median(times), times=times, round_seconds=[run["seconds"] for run in done])
 
 
 def _mib(value) -> str:
     return "-" if value is None else f"{value:.0f}"
+
+
+def _per_round(row: dict) -> str:
+    ratios = row.get("round_ratios")
+    return f" (rounds: {', '.join(f'{r:.2f}x' for r in ratios)})" if ratios else ""
 
 
 def table(rows: list[dict]) -> str:
@@ -339,7 +376,7 @@ def table(rows: list[dict]) -> str:
         parts = ", ".join(f"{k} {v:.3g}" for k, v in ours["parts"].items())
         lines.append(
             f"| {row['case']} | {row['precision']} | {ours['seconds']:.3f} | {published['seconds']:.3f} | "
-            f"{published['seconds'] / ours['seconds']:.2f}x "
+            f"{published['seconds'] / ours['seconds']:.2f}x{_per_round(row)} "
             f"| {_mib(ours['step_peak_mib'])} / {_mib(published['step_peak_mib'])} "
             f"| {ours['process_peak_mib']:.0f} / {published['process_peak_mib']:.0f} | {parts} |"
         )
@@ -401,6 +438,13 @@ def main() -> None:
         choices=("regenerate", "reuse"),
         help="ours: TrainConfig.d_fake (default regenerate, as published)",
     )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run each case's children (published, ours per precision) in turn this many times: a drift "
+        "of the machine's speed then slows both ways alike (default 1)",
+    )
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/train_step)")
     from common import parse_or_run_child
 
@@ -420,8 +464,15 @@ def main() -> None:
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/train_step")
     out.mkdir(parents=True, exist_ok=True)
     base = dict(device=device, threads=args.threads, repeats=repeats, smoke=args.smoke, d_fake=args.d_fake)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     rows = run_cases(
-        cases, args.precisions.split(","), base, args.case_timeout, lambda line: print(line, file=sys.stderr)
+        cases,
+        args.precisions.split(","),
+        base,
+        args.case_timeout,
+        lambda line: print(line, file=sys.stderr),
+        rounds=args.rounds,
     )
     text = table(rows)
     print(text)
@@ -432,6 +483,7 @@ def main() -> None:
         threads=args.threads,
         d_fake=args.d_fake,
         repeats=repeats,
+        rounds=args.rounds,
         warmup=WARMUP,
         rows=rows,
     )
