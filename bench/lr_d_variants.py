@@ -5,8 +5,8 @@ compiler), fp32 and bf16 autocast, to see which of them pays on this machine.
     python bench/lr_d_variants.py            # -> bench/results/<machine>/lr_d_variants/
     python bench/lr_d_variants.py --smoke    # tiny sizes: checks the script
 
-Variants: "as trained" (the trainer's layouts: the LR stream in
-``training.models.TRAINING_LR_MEMORY_FORMAT``, weights and input, the discriminator contiguous),
+Variants: "as trained" (the trainer's layouts: the LR stream, weights and input, as
+``training.models.build_training_generator`` converts it, the discriminator contiguous),
 "channels-last" (input and weights: no per-call weight reorders; the layout ``ASAPNetGenerator``
 builds for a 16-bit LR stream), "compiled" (``torch.compile`` of the LR stream's conv body or of
 the discriminator, as trained otherwise; ``--skip-compile`` leaves it out).
@@ -43,7 +43,7 @@ def _setup(case: str, precision: str, smoke: bool):
     import torch
     import train_step
 
-    from asapnet_triton.training.models import TRAINING_LR_MEMORY_FORMAT, build_discriminator, build_generator
+    from asapnet_triton.training.models import build_discriminator, build_training_generator
 
     spec = dict(case=case, smoke=smoke, device="cpu", precision=precision)
     config = train_step._config(spec, "/nonexistent")
@@ -51,8 +51,7 @@ def _setup(case: str, precision: str, smoke: bool):
     _, batch = train_step._batch(config)
     labels, image = batch["label"].long(), batch["image"]
     num_classes = 13
-    generator = build_generator(config, num_classes)
-    generator.lowres.to(memory_format=TRAINING_LR_MEMORY_FORMAT)  # as the Trainer does
+    generator = build_training_generator(config, num_classes)  # as the Trainer builds it
     discriminator = build_discriminator(config, num_classes)
 
     def autocast():

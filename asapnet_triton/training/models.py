@@ -8,7 +8,13 @@ from ..generator import ASAPNetGenerator
 from .config import TrainConfig
 from .discriminator import MultiscaleDiscriminator
 
-__all__ = ["IMAGE_CHANNELS", "TRAINING_LR_MEMORY_FORMAT", "build_discriminator", "build_generator"]
+__all__ = [
+    "IMAGE_CHANNELS",
+    "TRAINING_LR_MEMORY_FORMAT",
+    "build_discriminator",
+    "build_generator",
+    "build_training_generator",
+]
 
 IMAGE_CHANNELS = 3
 # The LR stream's layout while training, in every precision (ASAPNetGenerator builds it
@@ -38,6 +44,14 @@ def build_generator(
         precision=precision or config.precision,
         backend=backend or config.backend,
     )
+
+
+def build_training_generator(config: TrainConfig, num_classes: int) -> ASAPNetGenerator:
+    """The generator of ``config`` as the Trainer trains it: :func:`build_generator`'s, its LR
+    stream converted to ``TRAINING_LR_MEMORY_FORMAT``."""
+    generator = build_generator(config, num_classes)
+    generator.lowres.to(memory_format=TRAINING_LR_MEMORY_FORMAT)
+    return generator
 
 
 def build_discriminator(config: TrainConfig, num_classes: int) -> MultiscaleDiscriminator:

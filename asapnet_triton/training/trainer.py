@@ -50,7 +50,7 @@ from .losses import (
     generator_hinge_loss,
     load_vgg19_features,
 )
-from .models import TRAINING_LR_MEMORY_FORMAT, build_discriminator, build_generator
+from .models import build_discriminator, build_training_generator
 from .visuals import plot_losses, read_log, sample_grid
 
 __all__ = ["LinearDecay", "Trainer", "TrainingDiverged", "learning_rates", "train"]
@@ -367,8 +367,7 @@ class Trainer:
                 f"--resume {str(resume_path)!r}: the checkpoint has {checkpoint['num_classes']} classes, "
                 f"the dataset {self.num_classes}"
             )
-        self.generator = build_generator(config, self.num_classes).to(self.device)
-        self.generator.lowres.to(memory_format=TRAINING_LR_MEMORY_FORMAT)
+        self.generator = build_training_generator(config, self.num_classes).to(self.device)
         self.discriminator = build_discriminator(config, self.num_classes).to(self.device)
         if config.vgg_weights:
             self.vgg_loss = VGGLoss(load_vgg19_features(config.vgg_weights)).to(self.device)
