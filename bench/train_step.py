@@ -455,6 +455,8 @@ def main() -> None:
     import torch
     from common import machine_description, machine_name, results_dir
 
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cases = list(CASES) if args.full else args.cases.split(",")
     unknown = [c for c in cases if c not in CASES]
@@ -464,8 +466,6 @@ def main() -> None:
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/train_step")
     out.mkdir(parents=True, exist_ok=True)
     base = dict(device=device, threads=args.threads, repeats=repeats, smoke=args.smoke, d_fake=args.d_fake)
-    if args.rounds < 1:
-        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     rows = run_cases(
         cases,
         args.precisions.split(","),
