@@ -17,10 +17,11 @@ from torch import nn
 
 from .layout import MLPShape
 from .modules import PixelwiseMLP
+from .onednn import fp32_linear_uses_onednn, linear_with_grad
 from .ops import check_label_range
 from .precision import PRECISIONS
 
-__all__ = ["ASAPNetGenerator", "LR_PADDINGS", "LR_PRECISIONS", "LowResStream", "tent_downsample"]
+__all__ = ["ASAPNetGenerator", "LR_PADDINGS", "LR_PRECISIONS", "LowResStream", "PointwiseConv2d", "tent_downsample"]
 
 LR_DOWNSAMPLING = 16  # the LR stream's own stride-2 convolutions: 2**4
 LR_PADDINGS = ("zeros", "reflect", "replicate")
@@ -66,6 +67,31 @@ def tent_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
     return F.conv2d(padded, kernel, stride=factor, groups=channels)
 
 
+class PointwiseConv2d(nn.Conv2d):
+    """A 1x1 convolution (stride 1, no padding, no groups): a linear map of each pixel's channels.
+    fp32 outside autocast, on a CPU with oneDNN (``onednn.fp32_linear_uses_onednn``), it runs as one oneDNN
+    matmul over the pixels, forward and backward, and returns a channels-last tensor (each pixel's
+    outputs contiguous); otherwise as ``nn.Conv2d``. The LR stream's parameter head is one: at the
+    demo's size (4 x 256 x 8 x 8 -> 14595 channels) one thread runs a batch-4 1x1 convolution
+    through torch's BLAS, not oneDNN (torch's rule for small batches), 31.8 ms forward against
+    10.1 ms as a oneDNN matmul (2-core AMD EPYC; ``bench/onednn_matmul.py``). Same parameters,
+    same state dict as ``nn.Conv2d``."""
+
+    def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
+        super().__init__(in_channels, out_channels, 1, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        weight, bias = self.weight, self.bias
+        if x.dim() != 4 or not fp32_linear_uses_onednn(x, weight, bias):
+            return super().forward(x)
+        batch, channels, height, width = x.shape
+        if channels != self.in_channels:
+            raise ValueError(f"x must have {self.in_channels} channels, got shape {tuple(x.shape)}")
+        pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)
+        out = linear_with_grad(pixels, weight.flatten(1), bias)
+        return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
+
+
 class LowResStream(nn.Module):
     """The low-resolution stream, as published: a 3x3 conv to ``lr_width``, four stride-2 3x3 convs
     (the first three keep ``lr_width``, the last widens to ``lr_max_width``), ``lr_depth`` 3x3 convs
@@ -95,7 +121,7 @@ class LowResStream(nn.Module):
             layers.append(_conv_block(lr_width, lr_max_width if step == steps - 1 else lr_width, 2, padding))
         layers += [_conv_block(lr_max_width, lr_max_width, 1, padding) for _ in range(lr_depth)]
         self.body = nn.Sequential(*layers)
-        self.to_params = nn.Conv2d(lr_max_width, param_channels, 1)
+        self.to_params = PointwiseConv2d(lr_max_width, param_channels)
         self.reset_parameters()
 
     def reset_parameters(self, gain: float = INIT_GAIN) -> None:

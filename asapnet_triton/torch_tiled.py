@@ -59,6 +59,7 @@ import threading
 import torch
 import torch.nn.functional as F
 
+from . import onednn
 from .layout import MLPShape
 from .precision import PRECISIONS, round_operand, round_tf32_
 
@@ -88,6 +89,14 @@ _NATIVE_CHUNK_PIXELS = 4 * 64 * 64
 # overhead outweighs the faster matmuls. bf16 forward at 1024x1024 (one thread), native vs
 # emulated: cell 64 176 vs 406 ms, cell 32 258 vs 441 ms, cell 16 554 vs 484 ms, cell 8 1899 vs 748.
 _NATIVE_BF16_MIN_PIXELS = 32 * 32
+
+# fp32 cells of at least this many pixels run their hidden and last layers as one oneDNN matmul
+# per cell and layer (``asapnet_triton.onednn``; bias and leaky ReLU fused into the product) when
+# the fp32 matmul mode allows ("auto", the default); smaller ones as BLAS matmuls batched over a
+# chunk, whose per-call cost is lower. One thread, the 2-core AMD EPYC, a hidden layer's product
+# (bench/onednn_matmul.py): 4096 pixels 177 us oneDNN (bias and activation included) against 388
+# us BLAS (+ bias and activation passes); 1024 pixels 70 vs 101 us; 256 pixels 33 vs 26 us.
+_ONEDNN_MIN_PIXELS = 32 * 32
 
 # Cells of at least this many pixels are dealt to threads (Tiles.run_chunks); smaller ones run one
 # chunk after another with torch's intra-op threads. Two threads against one, the 2-core EPYC idle
@@ -358,6 +367,25 @@ class _Tiles:
             h = self.operand(h, operand)
         _affine_transposed_(out, h, w_last, b_last).tanh_()
 
+    def forward_onednn(self, cells: slice, weights, first: torch.Tensor, out: torch.Tensor, keep=None) -> None:
+        """The fp32 forward of a chunk with oneDNN products: the first layer batched over the
+        chunk into ``first`` (n, pixels, hidden) as in :meth:`forward`, then for each cell its
+        hidden layers as one oneDNN matmul each (bias and leaky ReLU fused into it) and its last
+        layer into out (n, C_out, pixels). ``keep`` (a list), when given, receives per cell the list
+        of its hidden activations, for the backward."""
+        (b0, w0), *hidden, (b_last, w_last) = weights
+        h0 = F.leaky_relu_(self.first_layer_(cells, w0, first).add_(b0), _NEGATIVE_SLOPE)
+        for cell in range(h0.shape[0]):
+            h = h0[cell]
+            acts = [h]
+            for b, w in hidden:  # w (n, c_in, c_out): oneDNN takes its transpose as (c_out, c_in)
+                h = onednn.linear(h, w[cell].t(), b[cell, 0], _NEGATIVE_SLOPE)
+                acts.append(h)
+            out[cell] = onednn.linear(h, w_last[cell].t(), b_last[cell, 0]).t()
+            if keep is not None:
+                keep.append(acts)
+        out.tanh_()
+
     def operand(self, h: torch.Tensor, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """``h`` rounded to the operand format: ``h`` itself in fp32 and fp64, else rounded in
         place, or rounded into ``buffer`` when one is given."""
@@ -521,6 +549,32 @@ def _forward_emulated(tiles: _Tiles, out: torch.Tensor) -> None:
     tiles.run_chunks(make_worker)
 
 
+def _forward_onednn(tiles: _Tiles, out: torch.Tensor) -> None:
+    """The fp32 forward with per-cell oneDNN products (:meth:`_Tiles.forward_onednn`), of every
+    chunk, into ``out``."""
+
+    def make_worker():
+        first = tiles.buffer(tiles.shape.hidden_width)
+
+        def worker(cells: slice) -> None:
+            n = cells.stop - cells.start
+            tiles.forward_onednn(cells, tiles.weights(tiles.chunk_params(cells)), first[:n], out[cells])
+
+        return worker
+
+    tiles.run_chunks(make_worker)
+
+
+def _check_onednn(precision: str, device: torch.device, pixels: int) -> bool:
+    """Whether the fp32 forward and backward run their per-cell products through oneDNN:
+    precision "fp32", :func:`asapnet_triton.onednn.uses_onednn` for the device (it raises when
+    the mode is "onednn" and the device has none), and cells of at least ``_ONEDNN_MIN_PIXELS``
+    pixels unless the mode is "onednn"."""
+    if precision != "fp32" or not onednn.uses_onednn(device):
+        return False
+    return onednn.current_fp32_matmul() == "onednn" or pixels >= _ONEDNN_MIN_PIXELS
+
+
 def pixelwise_mlp_torch(
     x: torch.Tensor,
     params: torch.Tensor,
@@ -542,9 +596,10 @@ def pixelwise_mlp_torch(
     :func:`current_bf16_matmul`.
     """
     native = _check_bf16_matmul(bf16_matmul, precision, params.device, shape.cell_size**2)
+    use_onednn = _check_onednn(precision, params.device, shape.cell_size**2)
     tiles = _Tiles(x, params, shape, labels, precision, _NATIVE_CHUNK_PIXELS if native else None)
     out = torch.empty(tiles.num_cells, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=x.device)
-    (_forward_native_bf16 if native else _forward_emulated)(tiles, out)
+    (_forward_native_bf16 if native else _forward_onednn if use_onednn else _forward_emulated)(tiles, out)
     return tiles.untile(out, channels_first=True).to(params.dtype).contiguous()
 
 
@@ -569,6 +624,7 @@ def pixelwise_mlp_torch_backward(
     (deterministic, unlike index_add_ on CUDA) and in native bf16."""
     native_forward = _check_bf16_matmul(bf16_matmul, precision, params.device, shape.cell_size**2)
     native = _check_bf16_backward(bf16_matmul, precision, params.device)
+    use_onednn = _check_onednn(precision, params.device, shape.cell_size**2)
     tiles = _Tiles(x, params, shape, labels, precision)
     dy_tiles = _cell_tiles(grad_out.to(tiles.compute), shape.cell_size, (tiles.rows, tiles.cols), channels_first=True)
     grad_params = torch.empty(tiles.num_cells, shape.param_count, dtype=tiles.compute, device=params.device)
@@ -581,7 +637,7 @@ def pixelwise_mlp_torch_backward(
     last = shape.layers[-1]
 
     def make_worker():
-        backward = _ChunkBackward(tiles, native_forward, native)
+        backward = _ChunkBackward(tiles, native_forward, native, use_onednn)
 
         def worker(cells: slice) -> None:
             y = backward.recompute(cells, tiles.chunk_params(cells))
@@ -610,10 +666,10 @@ class _ChunkBackward:
     range) and are its products' operands. :meth:`chain_rule` then back-propagates from the last
     layer's pre-activation gradient."""
 
-    def __init__(self, tiles: _Tiles, native_forward: bool, native: bool):
+    def __init__(self, tiles: _Tiles, native_forward: bool, native: bool, use_onednn: bool = False):
         shape = tiles.shape
-        self.tiles, self.native_forward, self.native = tiles, native_forward, native
-        hidden_layers = shape.depth - 1
+        self.tiles, self.native_forward, self.native, self.onednn = tiles, native_forward, native, use_onednn
+        hidden_layers = 1 if use_onednn else shape.depth - 1  # oneDNN: the first layer's; the rest per cell
         act_dtype = torch.bfloat16 if native else tiles.compute
         self.acts = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(hidden_layers)]
         # emulated, reduced precision: the rounded copy of an activation (an operand)
@@ -640,6 +696,10 @@ class _ChunkBackward:
             _last_layer_(tiles, p, self.last_hidden[:n].copy_(acts[-1]), y)
             return y
         weights = tiles.weights(p)
+        if self.onednn:
+            self.weights, self.cell_acts = [w for _, w in weights], []
+            tiles.forward_onednn(cells, weights, acts[0], y, keep=self.cell_acts)
+            return y
         if self.native:  # rounded in place (no operand buffer), then to bf16 exactly
             fp32_acts = [a[:n] for a in self.fp32_acts]
             tiles.forward(cells, weights, fp32_acts, y)
@@ -659,6 +719,9 @@ class _ChunkBackward:
         the precision's format, fp32 products. Native bf16: every product a oneDNN bf16 matmul
         (fp32 accumulation, the result rounded once to bf16), the leaky-ReLU backward in bf16,
         fp32 bias sums."""
+        if self.onednn:
+            self._chain_rule_onednn(cells, dz, grad_params, grad_x)
+            return
         tiles, n, native = self.tiles, dz.shape[0], self.native
         shape, precision = tiles.shape, tiles.precision
         acts = [a[:n] for a in self.acts]
@@ -682,6 +745,27 @@ class _ChunkBackward:
         torch.sum(dz, 1, dtype=grad_params.dtype, out=grad_params[:, first.bias_offset : first.weight_offset])
         dz = dz if native else _round_gradient_(dz, precision)
         self._first_layer(cells, dz, grad_params, grad_x)
+
+    def _chain_rule_onednn(self, cells: slice, dz: torch.Tensor, grad_params: torch.Tensor, grad_x) -> None:
+        """:meth:`chain_rule` in fp32 with oneDNN products, cell by cell down to the first
+        layer's pre-activation gradient, which the chunk's first layer then takes batched."""
+        shape, n = self.tiles.shape, dz.shape[0]
+        first_dz = self.upstream[0][:n]  # (n, pixels, hidden)
+        for cell in range(n):
+            d, acts, grads = dz[cell].t(), self.cell_acts[cell], grad_params[cell]  # d: (pixels, C_out)
+            for index in range(shape.depth - 1, 0, -1):  # last layer down to the second
+                layer = shape.layers[index]
+                if index < shape.depth - 1:
+                    torch.sum(d, 0, out=grads[layer.bias_offset : layer.weight_offset])
+                a_prev = acts[index - 1]
+                grad_w = grads[layer.weight_offset : layer.end].view(layer.in_features, layer.out_features)
+                grad_w.copy_(onednn.linear(a_prev.t(), d.t()))  # a_prev.T @ d, a product over pixels
+                da = onednn.linear(d, self.weights[index][cell])  # d @ w.T, w (c_in, c_out)
+                out = first_dz[cell] if index == 1 else da
+                d = torch.ops.aten.leaky_relu_backward.grad_input(da, a_prev, _NEGATIVE_SLOPE, True, grad_input=out)
+        first = shape.layers[0]
+        torch.sum(first_dz, 1, out=grad_params[:, first.bias_offset : first.weight_offset])
+        self._first_layer(cells, first_dz, grad_params, grad_x)
 
     def _first_layer(self, cells: slice, dz: torch.Tensor, grad_params: torch.Tensor, grad_x) -> None:
         """The first layer's weight gradient (input rows: for labels the one-hot scatter-add; then

@@ -10,6 +10,7 @@ import torch
 
 import asapnet_triton as at
 import asapnet_triton.torch_tiled as tt
+from asapnet_triton import onednn
 from asapnet_triton.precision import round_operand
 from asapnet_triton.reference import pixelwise_mlp_einsum
 from asapnet_triton.testing import (
@@ -375,3 +376,83 @@ def test_threads_follow_the_callers_inference_mode(generator):
         torch.set_num_threads(previous)
     assert out.is_inference()
     assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES["fp32"]
+
+
+onednn_only = pytest.mark.skipif(not onednn.onednn_supported("cpu"), reason="this torch has no oneDNN")
+
+
+def _fp32_run(x, params, grad_out, shape, labels, mode):
+    with onednn.fp32_matmul_mode(mode):
+        out = tt.pixelwise_mlp_torch(x, params, shape, labels=labels)
+        grads = tt.pixelwise_mlp_torch_backward(x, params, grad_out, shape, labels=labels, need_grad_x=not labels)
+    return out, *grads
+
+
+@onednn_only
+@pytest.mark.parametrize(
+    "labels, channels, cell, batch, size, width, depth, channels_last",
+    [
+        (True, 35, 32, 2, (70, 45), 64, 5, True),  # the published MLP, partial cells, batch 2
+        (False, 6, 32, 1, (40, 64), 64, 5, False),  # float input (grad_x), params not channels-last
+        (True, 13, 64, 1, (64, 100), 32, 3, True),  # one cell per chunk, narrower MLP
+        (False, 3, 32, 2, (33, 31), 16, 2, True),  # no hidden layer: the first and the last
+    ],
+)
+def test_fp32_onednn_forward_and_backward(generator, labels, channels, cell, batch, size, width, depth, channels_last):
+    """fp32 with per-cell oneDNN products (cells of 1024 pixels and more, the default) against the
+    float64 reference: the output at fp32's tolerance, gradients within 1e-5 RMS (fp32 rounding;
+    GRAD_TOLERANCES allows the kernels' looser 1e-2); and not bitwise the BLAS path's (or it did
+    not run)."""
+    shape = at.MLPShape(channels, cell, 3, width, depth)
+    x, params = random_inputs(
+        shape, batch, *size, labels=labels, generator=generator, channels_last_params=channels_last
+    )
+    grad_out = torch.randn(batch, 3, *size, generator=generator)
+    ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
+    out, grad_x, grad_params = _fp32_run(x, params, grad_out, shape, labels, "auto")
+    assert out.shape == (batch, 3, *size) and grad_params.shape == params.shape
+    assert relative_error(out, reference_output(x, params, shape, labels)) <= at.TOLERANCES["fp32"]
+    assert rms_relative_error(grad_params, ref_params) <= 1e-5
+    if not labels:
+        assert grad_x.shape == x.shape and rms_relative_error(grad_x, ref_x) <= 1e-5
+    blas = _fp32_run(x, params, grad_out, shape, labels, "blas")
+    assert not torch.equal(out, blas[0]) and not torch.equal(grad_params, blas[2])
+
+
+@onednn_only
+def test_fp32_matmul_dispatch(monkeypatch, generator):
+    """ "auto" runs oneDNN for cells of 1024 pixels and more, "onednn" for every cell size (right
+    there too), "blas" never; a device without oneDNN is an error for "onednn" only."""
+    calls = []
+    forward = tt._forward_onednn
+    monkeypatch.setattr(tt, "_forward_onednn", lambda *args: calls.append(1) or forward(*args))
+    for cell, mode, expected in ((32, "auto", 1), (16, "auto", 0), (16, "onednn", 1), (32, "blas", 0)):
+        shape = at.MLPShape(5, cell, 3, 16, 3)
+        x, params = random_inputs(shape, 2, 2 * cell + 3, cell + 5, labels=True, generator=generator)
+        grad_out = torch.randn(2, 3, *x.shape[-2:], generator=generator)
+        calls.clear()
+        out, _, grad_params = _fp32_run(x, params, grad_out, shape, True, mode)
+        assert len(calls) == expected, (cell, mode)
+        assert relative_error(out, reference_output(x, params, shape, True)) <= at.TOLERANCES["fp32"]
+        _, ref_params = reference_grads(x, params, grad_out, shape, True)
+        assert rms_relative_error(grad_params, ref_params) <= 1e-5
+    assert not tt._check_onednn("bf16", torch.device("cpu"), 64 * 64)  # fp32 products only
+    assert not tt._check_onednn("fp32", torch.device("meta"), 64 * 64)
+    with onednn.fp32_matmul_mode("onednn"), pytest.raises(RuntimeError, match="fp32_matmul='onednn' needs"):
+        tt._check_onednn("fp32", torch.device("meta"), 64 * 64)
+
+
+@onednn_only
+def test_fp32_onednn_chunk_size_does_not_change_results(monkeypatch, generator):
+    """Chunks of 1, 3 (a partial last chunk across the batch boundary) and 8 cells: the same
+    output and gradients (per-cell products; the first layer is batched over the chunk)."""
+    shape = at.MLPShape(9, 32, 3, 32, 4)
+    x, params = random_inputs(shape, 2, 64, 50, generator=generator)  # 2 x 2 x 2 cells
+    grad_out = torch.randn(2, 3, 64, 50, generator=generator)
+    results = []
+    for cells_per_chunk in (1, 3, 8):
+        monkeypatch.setattr(tt, "_CHUNK_PIXELS", cells_per_chunk * 32 * 32)
+        results.append(_fp32_run(x, params, grad_out, shape, False, "auto"))
+    for result in results[1:]:
+        for a, b in zip(result, results[0]):
+            assert rms_relative_error(a, b) <= 1e-6

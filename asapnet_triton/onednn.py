@@ -1,0 +1,139 @@
+"""fp32 matrix products through oneDNN on the CPU, and the mode that chooses them.
+
+torch multiplies fp32 matrices on the CPU with its BLAS (MKL in the x86 wheels), and runs a 1x1
+convolution of a batch under 16 on one thread through the same BLAS. On an AMD EPYC (AVX-512)
+that BLAS runs at about half the speed of oneDNN's matmul, which torch also ships
+(``torch.ops.mkldnn._linear_pointwise``, the op its CPU inductor backend fuses linears into):
+measured there, one thread, fp32 (``bench/onednn_matmul.py``): a cell's hidden layer (4096 x 64 @
+64 x 64) 388 us with BLAS against 177 us through oneDNN including the bias and leaky ReLU, and
+the LR stream's parameter head at the demo's size (256 x 256 @ 256 x 14595) 31.8 ms against 10.1
+ms forward. oneDNN also fuses the bias and an activation into the product's single pass over the
+output, which BLAS leaves to separate passes.
+
+Which one runs is explicit: :func:`fp32_matmul_mode` ("auto": oneDNN where torch has it, on a
+CPU, for fp32 operands; "onednn": oneDNN or a RuntimeError; "blas": torch's BLAS), and
+:func:`uses_onednn` tells what fp32 products on a device run. Products in other dtypes, on other
+devices, or under an active autocast are not this module's: their callers keep torch's ops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "FP32_MATMUL_MODES",
+    "current_fp32_matmul",
+    "fp32_linear_uses_onednn",
+    "fp32_matmul_mode",
+    "linear",
+    "linear_with_grad",
+    "onednn_supported",
+    "uses_onednn",
+]
+
+FP32_MATMUL_MODES = ("auto", "onednn", "blas")
+_FP32_MATMUL = contextvars.ContextVar("asapnet_triton_fp32_matmul", default="auto")
+
+
+def current_fp32_matmul() -> str:
+    """The fp32 matmul mode in effect (this thread or task): "auto" unless a
+    :func:`fp32_matmul_mode` block says otherwise."""
+    return _FP32_MATMUL.get()
+
+
+@contextlib.contextmanager
+def fp32_matmul_mode(mode: str):
+    """Within the block (this thread or task), fp32 products on the CPU that this package routes
+    (the "torch" backend's per-cell products for cells of at least 1024 pixels, the LR stream's
+    parameter head) run through ``mode``: "onednn" (RuntimeError where torch has no oneDNN),
+    "blas" (torch's own ops) or "auto" (the default: oneDNN where torch has it)."""
+    if mode not in FP32_MATMUL_MODES:
+        raise ValueError(f"fp32_matmul must be one of {FP32_MATMUL_MODES}, got {mode!r}")
+    token = _FP32_MATMUL.set(mode)
+    try:
+        yield
+    finally:
+        _FP32_MATMUL.reset(token)
+
+
+def onednn_supported(device: torch.device | str) -> bool:
+    """Whether torch can run oneDNN matmuls on ``device``: a CPU, with torch built with oneDNN."""
+    return (
+        torch.device(device).type == "cpu"
+        and torch.backends.mkldnn.is_available()
+        and hasattr(torch.ops.mkldnn, "_linear_pointwise")
+    )
+
+
+def uses_onednn(device: torch.device | str, mode: str | None = None) -> bool:
+    """Whether fp32 products on ``device`` run through oneDNN under ``mode`` (None:
+    :func:`current_fp32_matmul`): a CPU with oneDNN and mode "auto" or "onednn". Raises
+    RuntimeError when mode is "onednn" and ``device`` has none. Callers ask only for products of
+    fp32 operands."""
+    mode = current_fp32_matmul() if mode is None else mode
+    if mode not in FP32_MATMUL_MODES:
+        raise ValueError(f"fp32_matmul must be one of {FP32_MATMUL_MODES}, got {mode!r}")
+    if mode == "blas":
+        return False
+    if not onednn_supported(device):
+        if mode == "onednn":
+            raise RuntimeError(f"fp32_matmul='onednn' needs a CPU and a torch built with oneDNN; got device {device}")
+        return False
+    return True
+
+
+def linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, leaky_relu: float | None = None
+) -> torch.Tensor:
+    """x @ weight.T (+ bias) (then leaky ReLU with that negative slope) as one oneDNN matmul:
+    x (..., K), weight (N, K), any strides (a transposed view is read as such). No autograd;
+    the caller checked :func:`uses_onednn`."""
+    if leaky_relu is None:
+        return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
+    return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "leaky_relu", [leaky_relu], "")
+
+
+class _Linear(torch.autograd.Function):
+    """F.linear with every product (forward, input and weight gradients) a oneDNN matmul."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return linear(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        grad_x = grad_weight = grad_bias = None
+        rows = grad.reshape(-1, grad.shape[-1])
+        if ctx.needs_input_grad[0]:
+            grad_x = linear(grad, weight.t())  # grad @ weight
+        if ctx.needs_input_grad[1]:
+            # grad.T @ x: a product over the rows of both (oneDNN reads the transposed views)
+            grad_weight = linear(rows.t(), x.reshape(-1, x.shape[-1]).t())
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0)
+        return grad_x, grad_weight, grad_bias
+
+
+def fp32_linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether :func:`linear_with_grad` of these tensors runs through oneDNN: all fp32, no
+    autocast active on their device (autocast decides the dtype of F.linear's products) and
+    :func:`uses_onednn` for their device."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if any(t.dtype != torch.float32 for t in tensors) or not uses_onednn(x.device):
+        return False
+    return not torch.is_autocast_enabled(x.device.type)  # asked only of a CPU, where autocast exists
+
+
+def linear_with_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``, differentiable, its forward and both gradients' products
+    oneDNN matmuls when :func:`fp32_linear_uses_onednn`, else F.linear itself."""
+    if not fp32_linear_uses_onednn(x, weight, bias):
+        return F.linear(x, weight, bias)
+    return _Linear.apply(x, weight, bias)

@@ -1,0 +1,213 @@
+"""fp32 products through torch's BLAS against oneDNN, on this CPU, one thread: the numbers behind
+``asapnet_triton.onednn`` (the fp32 matmul mode) and ``torch_tiled._ONEDNN_MIN_PIXELS``.
+
+    python bench/onednn_matmul.py            # -> bench/results/<machine>/onednn_matmul/
+    python bench/onednn_matmul.py --smoke    # one short round: checks the script
+
+Cases, each timed both ways in turn, round after round (``interleaved_seconds``):
+
+- "hidden layer, P pixels": one cell's hidden layer of the HR stream (P x 64 @ 64 x 64) with its
+  bias and leaky ReLU, for cells of 64, 32 and 16 (P = 4096, 1024, 256). BLAS: the batched matmul
+  into a buffer that holds the bias (``torch_tiled._affine_``), then the leaky ReLU in place;
+  oneDNN: one ``onednn.linear`` call with both fused.
+- "... backward": the same layer's two backward products, the input gradient (P x 64 @ 64 x 64)
+  and the weight gradient (64 x P @ P x 64, a product over the pixels).
+- "LR head, <case>": the LR stream's parameter head (a 1x1 convolution to the MLPs' parameters)
+  at the demo's size (batch 4, 256 -> 14595 channels, 8 x 8) and at the published facades 512 x
+  512 size (batch 1, 1024 -> 14851 channels, 16 x 16), forward and forward + backward: nn.Conv2d
+  (as torch runs it) against ``generator.PointwiseConv2d`` (oneDNN matmuls).
+
+The table gives the median of each and the ratio BLAS / oneDNN (> 1: oneDNN faster), with the
+GFLOP/s of the products; the JSON every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+HIDDEN = 64
+# batch, the LR stream's width, cell size, crop size (bench/train_step.py's cases; 13 procedural classes)
+HEADS = {"demo": (4, 256, 16, 128), "facades512": (1, 1024, 32, 512)}
+CLASSES = 13
+
+
+def _hidden_cases(pixels: int):
+    import torch
+
+    from asapnet_triton import onednn
+
+    h = torch.randn(1, pixels, HIDDEN)
+    w = torch.randn(1, HIDDEN, HIDDEN) / HIDDEN**0.5
+    b = torch.randn(1, 1, HIDDEN)
+    out = torch.empty(1, pixels, HIDDEN)
+    dz = torch.randn(1, pixels, HIDDEN)
+    flops = 2 * pixels * HIDDEN * HIDDEN
+
+    def blas_forward():
+        out.copy_(b.expand_as(out)).baddbmm_(h, w)
+        torch.nn.functional.leaky_relu_(out, 0.01)
+
+    def blas_backward():
+        torch.bmm(dz, w.transpose(1, 2), out=out)
+        torch.bmm(h.transpose(1, 2), dz)
+
+    def onednn_forward():
+        onednn.linear(h[0], w[0].t(), b[0, 0], 0.01)
+
+    def onednn_backward():
+        onednn.linear(dz[0], w[0])
+        onednn.linear(h[0].t(), dz[0].t())
+
+    return {
+        f"hidden layer, {pixels} pixels": (blas_forward, onednn_forward, flops),
+        f"hidden layer, {pixels} pixels, backward": (blas_backward, onednn_backward, 2 * flops),
+    }
+
+
+def _head_cases(case: str):
+    import torch
+
+    from asapnet_triton import MLPShape
+    from asapnet_triton.generator import PointwiseConv2d
+
+    batch, channels, cell, crop = HEADS[case]
+    params, side = MLPShape(CLASSES, cell).param_count, crop // cell
+    conv = torch.nn.Conv2d(channels, params, 1)
+    pointwise = PointwiseConv2d(channels, params)
+    pointwise.load_state_dict(conv.state_dict())
+    x = torch.randn(batch, channels, side, side, requires_grad=True)
+    grad = torch.randn(batch, params, side, side)
+    flops = 2 * batch * side * side * channels * params
+
+    def forward(module):
+        with torch.no_grad():
+            module(x)
+
+    def forward_backward(module):
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).backward(grad)
+
+    return {
+        f"LR head, {case}": (lambda: forward(conv), lambda: forward(pointwise), flops),
+        f"LR head, {case}, forward + backward": (
+            lambda: forward_backward(conv),
+            lambda: forward_backward(pointwise),
+            3 * flops,
+        ),
+    }
+
+
+def run(repeats: int, heads: list[str]) -> list[dict]:
+    import torch
+    from common import interleaved_seconds
+
+    from asapnet_triton import onednn
+
+    if not onednn.onednn_supported("cpu"):
+        raise SystemExit("this torch has no oneDNN: nothing to compare")
+    torch.set_num_threads(1)
+    cases = {}
+    for pixels in (64 * 64, 32 * 32, 16 * 16):
+        cases |= _hidden_cases(pixels)
+    for case in heads:
+        cases |= _head_cases(case)
+    rows = []
+    for name, (blas, fast, flops) in cases.items():
+        # a hidden layer's call takes microseconds: time batches of calls
+        calls = max(1, int(2e-3 * 80e9 / flops))
+
+        def batch(fn, calls=calls):
+            for _ in range(calls):
+                fn()
+
+        times = interleaved_seconds({"blas": lambda: batch(blas), "onednn": lambda: batch(fast)}, repeats)
+        blas_s = statistics.median(times["blas"]) / calls
+        onednn_s = statistics.median(times["onednn"]) / calls
+        rows.append(
+            dict(
+                case=name,
+                calls_per_timing=calls,
+                flops=flops,
+                blas_seconds=blas_s,
+                onednn_seconds=onednn_s,
+                blas_times=[t / calls for t in times["blas"]],
+                onednn_times=[t / calls for t in times["onednn"]],
+                ratio=blas_s / onednn_s,
+            )
+        )
+        r = rows[-1]
+        print(f"{name:<45} BLAS {_time(blas_s):>10}  oneDNN {_time(onednn_s):>10}  {r['ratio']:.2f}x", flush=True)
+    return rows
+
+
+def _time(seconds: float) -> str:
+    return f"{seconds * 1e6:.0f} us" if seconds < 1e-3 else f"{seconds * 1e3:.1f} ms"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| case | BLAS | oneDNN | BLAS / oneDNN | GFLOP/s BLAS / oneDNN |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        gflops = f"{r['flops'] / r['blas_seconds'] / 1e9:.0f} / {r['flops'] / r['onednn_seconds'] / 1e9:.0f}"
+        lines.append(
+            f"| {r['case']} | {_time(r['blas_seconds'])} | {_time(r['onednn_seconds'])} | {r['ratio']:.2f}x | {gflops} |"
+        )
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
+    ax.barh([r["case"] for r in rows], [r["ratio"] for r in rows])
+    ax.axvline(1.0, color="gray", linestyle="--", label="equal")
+    ax.set_xlabel("BLAS time / oneDNN time (one thread)")
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    from common import machine_name, results_dir, write_results
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
+    parser.add_argument("--heads", default=",".join(HEADS), help=f"comma list of LR head sizes from {list(HEADS)}")
+    parser.add_argument("--smoke", action="store_true", help="one round, the demo head only: checks the script")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/onednn_matmul)")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    heads = [h for h in args.heads.split(",") if h]
+    for head in heads:
+        if head not in HEADS:
+            parser.error(f"--heads: unknown size {head!r}; one of {list(HEADS)}")
+    if args.smoke:
+        repeats, heads = 1, ["demo"]
+    else:
+        repeats = args.repeats
+    out = Path(args.out) if args.out else results_dir(f"{machine_name()}/onednn_matmul")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run(repeats, heads)
+    text = table(rows)
+    print(text)
+    write_results(out, "onednn_matmul", dict(threads=1, repeats=repeats, rows=rows), text)
+    plot(rows, out / "onednn_matmul.png")
+    print(f"wrote {out}/onednn_matmul.{{json,md,png}}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""asapnet_triton.onednn: the fp32 matmul mode, oneDNN products against float64, the
+differentiable linear against F.linear in float64, and the generator's 1x1 head built on it."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from asapnet_triton import onednn
+from asapnet_triton.generator import PointwiseConv2d
+
+onednn_only = pytest.mark.skipif(not onednn.onednn_supported("cpu"), reason="this torch has no oneDNN")
+
+
+def test_fp32_matmul_mode():
+    """The block sets the mode and restores the previous one; a bad mode names the choices;
+    "onednn" on a device without oneDNN is an error, "auto" there is BLAS."""
+    assert onednn.current_fp32_matmul() == "auto"
+    with onednn.fp32_matmul_mode("blas"):
+        assert onednn.current_fp32_matmul() == "blas"
+        assert not onednn.uses_onednn("cpu")
+        with onednn.fp32_matmul_mode("onednn"):
+            assert onednn.current_fp32_matmul() == "onednn"
+        assert onednn.current_fp32_matmul() == "blas"
+    assert onednn.current_fp32_matmul() == "auto"
+    with pytest.raises(ValueError, match="fp32_matmul must be one of"):
+        with onednn.fp32_matmul_mode("mkl"):
+            pass
+    with pytest.raises(ValueError, match="fp32_matmul must be one of"):
+        onednn.uses_onednn("cpu", mode="fast")
+    assert not onednn.uses_onednn("meta")
+    with pytest.raises(RuntimeError, match="fp32_matmul='onednn' needs a CPU"):
+        onednn.uses_onednn("meta", mode="onednn")
+
+
+@onednn_only
+@pytest.mark.parametrize("leaky_relu", [None, 0.01])
+def test_linear_against_float64(generator, leaky_relu):
+    """x @ w.T + b (+ leaky ReLU), with x and w as transposed and sliced views, against float64."""
+    x = torch.randn(300, 130, generator=generator)[::2, 3:]  # (150, 127), strided rows
+    weight = torch.randn(127, 70, generator=generator).t()  # (70, 127), a transposed view
+    bias = torch.randn(70, generator=generator)
+    out = onednn.linear(x, weight, bias, leaky_relu)
+    expected = F.linear(x.double(), weight.double(), bias.double())
+    if leaky_relu is not None:
+        expected = F.leaky_relu(expected, leaky_relu)
+        assert (expected < 0).any()
+    assert out.dtype == torch.float32 and out.shape == (150, 70)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+
+
+@onednn_only
+@pytest.mark.parametrize("bias", [True, False])
+def test_linear_with_grad_against_float64(generator, bias):
+    """Forward and the three gradients of the oneDNN linear against F.linear in float64, for a
+    3-d, non-contiguous input; the graph holds the oneDNN op's backward."""
+    x = torch.randn(3, 7, 41, generator=generator).transpose(0, 1).requires_grad_()  # (7, 3, 41)
+    weight = torch.randn(29, 41, generator=generator).requires_grad_()
+    b = torch.randn(29, generator=generator).requires_grad_() if bias else None
+    grad = torch.randn(7, 3, 29, generator=generator)
+    assert onednn.fp32_linear_uses_onednn(x, weight, b)
+    out = onednn.linear_with_grad(x, weight, b)
+    out.backward(grad)
+    leaves = [x, weight] + ([b] if bias else [])
+    doubles = [t.detach().double().requires_grad_() for t in leaves]
+    expected = F.linear(doubles[0], doubles[1], doubles[2] if bias else None)
+    expected.backward(grad.double())
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    for ours, exact in zip(leaves, doubles):
+        torch.testing.assert_close(ours.grad.double(), exact.grad, rtol=1e-5, atol=1e-5 * exact.grad.abs().max().item())
+    assert out.grad_fn is not None and "Linear" in type(out.grad_fn).__name__
+
+
+def test_linear_with_grad_leaves_other_cases_to_f_linear(generator, monkeypatch):
+    """float64 tensors, an active autocast and the "blas" mode take F.linear (autocast decides its
+    products' dtype); the oneDNN op is not called."""
+    monkeypatch.setattr(onednn._Linear, "apply", lambda *args: pytest.fail("the oneDNN op ran"))
+    x, weight = torch.randn(5, 8, generator=generator), torch.randn(4, 8, generator=generator)
+    assert onednn.linear_with_grad(x.double(), weight.double()).dtype == torch.float64
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn.fp32_linear_uses_onednn(x, weight)
+        assert onednn.linear_with_grad(x, weight).dtype == torch.bfloat16
+    with onednn.fp32_matmul_mode("blas"):
+        torch.testing.assert_close(onednn.linear_with_grad(x, weight), F.linear(x, weight))
+
+
+@pytest.mark.parametrize("mode", ["auto", "blas"])
+def test_pointwise_conv_is_a_1x1_convolution(generator, mode):
+    """PointwiseConv2d against nn.Conv2d in float64 (same state dict), forward and gradients, for
+    a non-contiguous input with odd sizes; through oneDNN ("auto", where torch has it) it returns
+    each pixel's outputs contiguous (channels-last)."""
+    conv = PointwiseConv2d(37, 101)
+    torch.nn.init.normal_(conv.bias, generator=generator)
+    x = torch.randn(3, 37, 5, 8, generator=generator)[..., 1:].requires_grad_()  # (3, 37, 5, 7)
+    grad = torch.randn(3, 101, 5, 7, generator=generator)
+    reference = torch.nn.Conv2d(37, 101, 1).double()
+    reference.load_state_dict(conv.state_dict())
+    x64 = x.detach().double().requires_grad_()
+    expected = reference(x64)
+    expected.backward(grad.double())
+    with onednn.fp32_matmul_mode(mode):
+        out = conv(x)
+    out.backward(grad)
+    assert out.shape == (3, 101, 5, 7)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(x.grad.double(), x64.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(conv.weight.grad.double(), reference.weight.grad, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(conv.bias.grad.double(), reference.bias.grad, rtol=1e-5, atol=1e-4)
+    through_onednn = mode == "auto" and onednn.onednn_supported("cpu")
+    assert (out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()) == through_onednn
