@@ -5,14 +5,17 @@ VGG loss, Adam) followed by a discriminator step (a freshly generated image, hin
 on one batch of the procedural data set, for every case x precision:
 
 - ours: ``asapnet_triton.training.Trainer.train_step`` (fp32 and bf16, TrainConfig.precision; the
-  default ``optimizer_step``, which updates each parameter inside the backward in one process);
+  default ``optimizer_step``, which updates each parameter inside the backward in one process;
+  ``--malloc``, TrainConfig.malloc, default auto: on a CPU with glibc the trainer makes malloc keep
+  the memory a step frees, ``training.allocator``);
 - published: the same architecture, parameter counts, losses and optimisers done as the published
   SPADE / ASAP-Net trainer does it, fp32: ``reference/official_generator.py``'s
   OfficialASAPNetsGenerator (plain autograd through the published HR algorithm), our
   MultiscaleDiscriminator (the published architecture); the G step runs D on cat([fake, real])
   with D's weights still requiring grad (their gradients are computed and discarded), the D step
   regenerates fake under no_grad and calls ``fake.requires_grad_()``; Adam(0, 0.9), TTUR lr
-  1e-4 (G) / 4e-4 (D) for both;
+  1e-4 (G) / 4e-4 (D) for both; the process's allocator untouched, as the published trainer runs
+  (``--published-malloc keep``: ours' setting, for the comparison with the same allocator);
 - the median wall-clock seconds per step over --repeats steps after 2 untimed ones (with
   --rounds N, a case's children run in turn N times and the median covers every round's steps;
   the table adds each round's ratio);
@@ -76,7 +79,7 @@ def _config(spec: dict, out_dir: str):
     overrides, batch = CASES[spec["case"]]
     overrides = dict(overrides) | (SMOKE if spec["smoke"] else {})
     common = dict(batch_size=batch, device=spec["device"], progress=False, precision=spec["precision"])
-    common |= dict(d_fake=spec.get("d_fake", "regenerate"))
+    common |= dict(d_fake=spec.get("d_fake", "regenerate"), malloc=spec.get("malloc", "auto"))
     common |= dict(out_dir=out_dir, num_samples=max(batch, 4), time_budget_s=None, sample_every=0)
     if spec["case"] == "demo":
         return dataclasses.replace(demo_config(out_dir, device=spec["device"], progress=False), **common, **overrides)
@@ -217,6 +220,10 @@ def _published(spec, config, dataset, batch, timer) -> dict:
     )
     from asapnet_triton.training.models import build_discriminator
 
+    if spec.get("published_malloc", "default") == "keep":  # the same allocator setting as ours
+        from asapnet_triton.training.allocator import keep_freed_memory
+
+        keep_freed_memory()
     torch.manual_seed(config.seed)
     device = torch.device(spec["device"])
     num_classes = dataset.label_convention.num_classes
@@ -439,6 +446,19 @@ def main() -> None:
         help="ours: TrainConfig.d_fake (default regenerate, as published)",
     )
     parser.add_argument(
+        "--malloc",
+        default="auto",
+        choices=("auto", "keep", "default"),
+        help="ours: TrainConfig.malloc (default auto: glibc keeps freed memory on a CPU, as the trainer runs)",
+    )
+    parser.add_argument(
+        "--published-malloc",
+        default="default",
+        choices=("default", "keep"),
+        help="the published way: default (the allocator untouched, as the published trainer runs) or keep "
+        "(training.allocator.keep_freed_memory, ours' setting: the same allocator both ways)",
+    )
+    parser.add_argument(
         "--rounds",
         type=int,
         default=1,
@@ -466,6 +486,7 @@ def main() -> None:
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/train_step")
     out.mkdir(parents=True, exist_ok=True)
     base = dict(device=device, threads=args.threads, repeats=repeats, smoke=args.smoke, d_fake=args.d_fake)
+    base |= dict(malloc=args.malloc, published_malloc=args.published_malloc)
     rows = run_cases(
         cases,
         args.precisions.split(","),
@@ -482,6 +503,8 @@ def main() -> None:
         device=device,
         threads=args.threads,
         d_fake=args.d_fake,
+        malloc=args.malloc,
+        published_malloc=args.published_malloc,
         repeats=repeats,
         rounds=args.rounds,
         warmup=WARMUP,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from .allocator import MALLOC_MODES
 from .config import TRAIN_BACKENDS, TRAIN_PRECISIONS, TrainConfig
 
 __all__ = ["add_train_parser", "config_from_args", "run_train"]
@@ -156,6 +157,14 @@ def _options():
                     "in_backward (each parameter updated, its gradient freed, as soon as the backward has it: "
                     "the same update, less memory), after_backward (as published) or auto (in_backward in one "
                     f"process, after_backward under torchrun) (default {d.optimizer_step})",
+                ),
+                (
+                    "--malloc",
+                    "malloc",
+                    MALLOC_MODES,
+                    "keep (glibc's malloc keeps the memory a step frees for the next step instead of returning it "
+                    "to the kernel: no page faults on every step's fresh tensors; process-wide), default (the "
+                    f"allocator untouched) or auto (keep on a CPU with glibc) (default {d.malloc})",
                 ),
                 (
                     "--resume",

@@ -7,6 +7,7 @@ import math
 from dataclasses import dataclass
 
 from ..functional import FUSED_BACKENDS
+from .allocator import MALLOC_MODES
 
 __all__ = [
     "D_FAKE_MODES",
@@ -36,6 +37,7 @@ RUN_CONTROL_FIELDS = frozenset(
         "dataroot",
         "backend",
         "optimizer_step",
+        "malloc",
     }
 )
 
@@ -102,7 +104,10 @@ class TrainConfig:
     generator's: 330 MB at the published 512x512 size), "after_backward" steps the optimisers
     after the backward as published, "auto" (default) in_backward in one process and
     after_backward under torchrun (DistributedDataParallel all-reduces gradients after they are
-    accumulated).
+    accumulated); ``malloc``: "keep" makes glibc's malloc keep the memory a step frees for the next
+    step instead of returning it to the kernel (``training.allocator``; process-wide; RuntimeError
+    without glibc), "default" leaves the process's allocator alone, "auto" (default) keeps on a
+    CPU device with glibc.
     """
 
     # data
@@ -157,6 +162,7 @@ class TrainConfig:
     device: str = "auto"
     progress: bool = True
     optimizer_step: str = "auto"
+    malloc: str = "auto"
 
     def __post_init__(self):
         def check(condition: bool, name: str, expected: str):
@@ -184,6 +190,7 @@ class TrainConfig:
         check(self.d_steps_per_g >= 1, "d_steps_per_g", ">= 1")
         check(self.d_fake in D_FAKE_MODES, "d_fake", f"one of {D_FAKE_MODES}")
         check(self.optimizer_step in OPTIMIZER_STEP_MODES, "optimizer_step", f"one of {OPTIMIZER_STEP_MODES}")
+        check(self.malloc in MALLOC_MODES, "malloc", f"one of {MALLOC_MODES}")
         check(self.max_steps is None or self.max_steps >= 0, "max_steps", "None or >= 0")
         check(self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s", "None or > 0")
         check(self.checkpoint_every >= 0, "checkpoint_every", ">= 0")

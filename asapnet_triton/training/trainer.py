@@ -24,6 +24,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..checkpoints import model_record
 from ..fileio import atomic_write, locked, remove_stale_temp_files, save_png
 from ..labels import label_convention
+from .allocator import glibc_malloc_available, keep_freed_memory
 from .checkpoint import (
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -338,6 +339,12 @@ class Trainer:
 
     def _setup(self, dataset: Dataset | None) -> None:
         config = self.config
+        # what TrainConfig.malloc asked, resolved: "keep" or "default"
+        self.malloc = config.malloc
+        if self.malloc == "auto":
+            self.malloc = "keep" if self.device.type == "cpu" and glibc_malloc_available() else "default"
+        if self.malloc == "keep":
+            keep_freed_memory()
         resume_path = self._resolve_resume()
         checkpoint = load_resume_checkpoint(resume_path) if resume_path is not None else None
         if checkpoint is not None:
