@@ -69,13 +69,14 @@ def tent_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1 convolution (stride 1, no padding, no groups): a linear map of each pixel's channels.
-    fp32 outside autocast, on a CPU with oneDNN (``onednn.fp32_linear_uses_onednn``), it runs as one oneDNN
-    matmul over the pixels, forward and backward, and returns a channels-last tensor (each pixel's
-    outputs contiguous); otherwise as ``nn.Conv2d``. The LR stream's parameter head is one: at the
-    demo's size (4 x 256 x 8 x 8 -> 14595 channels) one thread runs a batch-4 1x1 convolution
-    through torch's BLAS, not oneDNN (torch's rule for small batches), 31.8 ms forward against
-    10.1 ms as a oneDNN matmul (2-core AMD EPYC; ``bench/onednn_matmul.py``). Same parameters,
-    same state dict as ``nn.Conv2d``."""
+    fp32 outside autocast, on a CPU with oneDNN (``onednn.fp32_linear_uses_onednn``), it runs as
+    one oneDNN matmul over the pixels, forward and backward, and returns a channels-last tensor
+    (each pixel's outputs contiguous); otherwise as ``nn.Conv2d``. The LR stream's parameter head
+    is one: torch runs a 1x1 convolution of a batch under 16 on one thread through its BLAS, not
+    oneDNN, and that BLAS is the slower on some CPUs. At the demo's size (4 x 256 x 8 x 8 -> 14595
+    channels), one thread, the 2-core AMD EPYC: 26.6 ms forward as nn.Conv2d, 10.4 ms as oneDNN
+    matmuls (76.5 against 39.6 ms forward + backward; ``bench/onednn_matmul.py``). Same
+    parameters, same state dict as ``nn.Conv2d``."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)

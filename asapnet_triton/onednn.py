@@ -3,12 +3,14 @@
 torch multiplies fp32 matrices on the CPU with its BLAS (MKL in the x86 wheels), and runs a 1x1
 convolution of a batch under 16 on one thread through the same BLAS. On an AMD EPYC (AVX-512)
 that BLAS runs at about half the speed of oneDNN's matmul, which torch also ships
-(``torch.ops.mkldnn._linear_pointwise``, the op its CPU inductor backend fuses linears into):
-measured there, one thread, fp32 (``bench/onednn_matmul.py``): a cell's hidden layer (4096 x 64 @
-64 x 64) 388 us with BLAS against 177 us through oneDNN including the bias and leaky ReLU, and
-the LR stream's parameter head at the demo's size (256 x 256 @ 256 x 14595) 31.8 ms against 10.1
-ms forward. oneDNN also fuses the bias and an activation into the product's single pass over the
-output, which BLAS leaves to separate passes.
+(``torch.ops.mkldnn._linear_pointwise``, the op its CPU inductor backend fuses linears into).
+Measured there, one thread, fp32 (``bench/onednn_matmul.py``,
+``bench/results/cpu-2core-AMD-EPYC/onednn_matmul/``): a 64x64-cell's hidden layer (4096 x 64 @ 64
+x 64, with its bias and leaky ReLU) 380 us through BLAS against 177 us through oneDNN, its two
+backward products 753 against 481 us; the LR stream's parameter head at the demo's size (a 1x1
+convolution, 256 -> 14595 channels on 4 x 8 x 8 pixels) 26.6 against 10.4 ms forward, 76.5
+against 39.6 ms forward + backward. oneDNN also fuses the bias and an activation into the
+product's single pass over the output, which BLAS leaves to separate passes.
 
 Which one runs is explicit: :func:`fp32_matmul_mode` ("auto": oneDNN where torch has it, on a
 CPU, for fp32 operands; "onednn": oneDNN or a RuntimeError; "blas": torch's BLAS), and

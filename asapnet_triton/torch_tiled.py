@@ -93,9 +93,10 @@ _NATIVE_BF16_MIN_PIXELS = 32 * 32
 # fp32 cells of at least this many pixels run their hidden and last layers as one oneDNN matmul
 # per cell and layer (``asapnet_triton.onednn``; bias and leaky ReLU fused into the product) when
 # the fp32 matmul mode allows ("auto", the default); smaller ones as BLAS matmuls batched over a
-# chunk, whose per-call cost is lower. One thread, the 2-core AMD EPYC, a hidden layer's product
-# (bench/onednn_matmul.py): 4096 pixels 177 us oneDNN (bias and activation included) against 388
-# us BLAS (+ bias and activation passes); 1024 pixels 70 vs 101 us; 256 pixels 33 vs 26 us.
+# chunk, whose per-call cost is lower. One thread, the 2-core AMD EPYC, a hidden layer with its
+# bias and leaky ReLU (bench/onednn_matmul.py): 4096 pixels 177 us oneDNN against 380 us BLAS,
+# backward products 481 vs 753 us; 1024 pixels 60 vs 97 us (140 vs 188); 256 pixels 30 vs 28 us
+# (56 vs 51).
 _ONEDNN_MIN_PIXELS = 32 * 32
 
 # Cells of at least this many pixels are dealt to threads (Tiles.run_chunks); smaller ones run one

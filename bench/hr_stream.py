@@ -179,7 +179,17 @@ def matmul_ceilings(device: str) -> dict:
     w = torch.randn(cells, width, width) / 8
     out = torch.empty(cells, pixels, width)
     ceilings["fp32_cell_bmm"] = flops / median_seconds(lambda: torch.bmm(h, w, out=out), repeats=7)
+    from asapnet_triton import onednn
     from asapnet_triton.torch_tiled import native_bf16_supported
+
+    if onednn.onednn_supported("cpu"):  # the fp32 matmuls of the torch backend's large cells
+        a = torch.randn(size, size)
+        b = torch.randn(size, size)
+        ceilings["fp32_onednn_matmul_2048"] = 2 * size**3 / median_seconds(lambda: onednn.linear(a, b), repeats=5)
+        wt = w.transpose(1, 2)
+        ceilings["fp32_cell_onednn"] = flops / median_seconds(
+            lambda: [onednn.linear(h[i], wt[i]) for i in range(cells)], repeats=7
+        )
 
     if native_bf16_supported("cpu"):
         linear = torch.ops.mkldnn._linear_pointwise
@@ -190,13 +200,20 @@ def matmul_ceilings(device: str) -> dict:
     return ceilings
 
 
-def ceiling_keys(implementation: str, precision: str, device: str, passname: str) -> tuple[str, str | None]:
-    """(large-matmul ceiling, cell-shaped ceiling) that bound an implementation's matmuls."""
+def ceiling_keys(
+    implementation: str, precision: str, device: str, cell_size: int, ceilings: dict
+) -> tuple[str, str | None]:
+    """(large-matmul ceiling, cell-shaped ceiling) that bound an implementation's matmuls: on the
+    CPU, the torch backend's bf16 runs oneDNN bf16 products where the CPU has them (forward: cells
+    of >= 1024 pixels; backward: every cell size), its fp32 oneDNN fp32 products for cells of >=
+    1024 pixels (torch_tiled._ONEDNN_MIN_PIXELS), the rest torch's BLAS."""
     if device == "cuda":
         return {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16"}[precision] + "_matmul_2048", None
-    native = implementation == "torch" and precision == "bf16" and passname == "forward"
-    if native:  # the native bf16 forward (its backward emulates bf16 in fp32)
+    large_cells = cell_size * cell_size >= 1024
+    if implementation == "torch" and precision == "bf16" and "bf16_cell_onednn" in ceilings:
         return "bf16_matmul_2048", "bf16_cell_onednn"
+    if implementation == "torch" and precision == "fp32" and large_cells and "fp32_cell_onednn" in ceilings:
+        return "fp32_onednn_matmul_2048", "fp32_cell_onednn"
     return "fp32_matmul_2048", "fp32_cell_bmm" if implementation == "torch" else None
 
 
@@ -347,7 +364,9 @@ def main() -> None:
             tqdm.write(f"{label:<24} {name:<16} {passname:<8} failed: {result['failed']}")
             continue
         seconds = result["seconds_median"]
-        large, cell = ceiling_keys(spec["implementation"], spec["precision"], spec["device"], spec["pass"])
+        large, cell = ceiling_keys(
+            spec["implementation"], spec["precision"], spec["device"], spec["cell_size"], ceilings_start
+        )
         prefix = "cuda_" if spec["device"] == "cuda" else ""
         row["gflops"] = flops / seconds / 1e9
         row["fraction_of_matmul_ceiling"] = flops / seconds / ceilings_start[prefix + large]
