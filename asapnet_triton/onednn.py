@@ -20,11 +20,12 @@ devices, or under an active autocast are not this module's: their callers keep t
 
 from __future__ import annotations
 
-import contextlib
 import contextvars
 
 import torch
 import torch.nn.functional as F
+
+from .modes import mode_block
 
 __all__ = [
     "FP32_MATMUL_MODES",
@@ -47,19 +48,12 @@ def current_fp32_matmul() -> str:
     return _FP32_MATMUL.get()
 
 
-@contextlib.contextmanager
 def fp32_matmul_mode(mode: str):
     """Within the block (this thread or task), fp32 products on the CPU that this package routes
     (the "torch" backend's per-cell products for cells of at least 1024 pixels, the LR stream's
     parameter head) run through ``mode``: "onednn" (RuntimeError where torch has no oneDNN),
     "blas" (torch's own ops) or "auto" (the default: oneDNN where torch has it)."""
-    if mode not in FP32_MATMUL_MODES:
-        raise ValueError(f"fp32_matmul must be one of {FP32_MATMUL_MODES}, got {mode!r}")
-    token = _FP32_MATMUL.set(mode)
-    try:
-        yield
-    finally:
-        _FP32_MATMUL.reset(token)
+    return mode_block(_FP32_MATMUL, mode, FP32_MATMUL_MODES, "fp32_matmul")
 
 
 def onednn_supported(device: torch.device | str) -> bool:

@@ -61,6 +61,7 @@ import torch.nn.functional as F
 
 from . import onednn
 from .layout import MLPShape
+from .modes import mode_block
 from .precision import PRECISIONS, round_operand, round_tf32_
 
 __all__ = [
@@ -118,19 +119,12 @@ def current_bf16_matmul() -> str:
     return _BF16_MATMUL.get()
 
 
-@contextlib.contextmanager
 def bf16_matmul_mode(mode: str):
     """Within the block (this thread or task), the "torch" backend runs bf16 with ``mode``:
     "native" (oneDNN bf16 matmuls; RuntimeError where the CPU has none), "emulated" (fp32 matmuls
     of bf16-rounded operands: the Triton kernels' rounding, fp32 gradients) or "auto" (the
     default: native where supported; the forward only for cells of at least 1024 pixels)."""
-    if mode not in BF16_MATMUL_MODES:
-        raise ValueError(f"bf16_matmul must be one of {BF16_MATMUL_MODES}, got {mode!r}")
-    token = _BF16_MATMUL.set(mode)
-    try:
-        yield
-    finally:
-        _BF16_MATMUL.reset(token)
+    return mode_block(_BF16_MATMUL, mode, BF16_MATMUL_MODES, "bf16_matmul")
 
 
 _NEGATIVE_SLOPE = 0.01

@@ -6,7 +6,7 @@ no shared data), so that the aggregate throughput shows what the hardware allows
     python bench/core_scaling.py --smoke    # short runs: checks the script
 
 Kernels (one thread each, the shapes of one chunk of the HR stream at cell 64: 16 cells x 4096
-pixels x 64 channels): "fp32 bmm" and "bf16 bmm" (a hidden layer's product, oneDNN), "fp32
+pixels x 64 channels): "fp32 bmm" and "bf16 bmm" (a hidden layer's product: torch's BLAS in fp32, oneDNN in bf16), "fp32
 leaky-ReLU backward" and "bf16 leaky-ReLU backward" (an elementwise pass of the backward), and
 "copy 256 MiB" (memory bandwidth, no cache reuse). Each process pins itself to one core and counts
 calls for ``--seconds``, all from the same moment; the table gives each kernel's throughput alone, per process when all run
