@@ -118,11 +118,14 @@ class _Linear(torch.autograd.Function):
 
 
 def fp32_linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """Whether :func:`linear_with_grad` of these tensors runs through oneDNN: all fp32, no
-    autocast active on their device (autocast decides the dtype of F.linear's products) and
-    :func:`uses_onednn` for their device."""
+    """Whether :func:`linear_with_grad` of these tensors runs through oneDNN: all fp32, not while
+    torch.compile traces (inductor lowers the oneDNN op only with frozen, constant weights, and
+    picks its own products), no autocast active on their device (autocast decides the dtype of
+    F.linear's products) and :func:`uses_onednn` for their device."""
     tensors = (x, weight) if bias is None else (x, weight, bias)
-    if any(t.dtype != torch.float32 for t in tensors) or not uses_onednn(x.device):
+    if any(t.dtype != torch.float32 for t in tensors) or torch.compiler.is_compiling():
+        return False
+    if not uses_onednn(x.device):
         return False
     return not torch.is_autocast_enabled(x.device.type)  # asked only of a CPU, where autocast exists
 

@@ -71,8 +71,9 @@ def test_linear_with_grad_against_float64(generator, bias):
 
 
 def test_linear_with_grad_leaves_other_cases_to_f_linear(generator, monkeypatch):
-    """float64 tensors, an active autocast and the "blas" mode take F.linear (autocast decides its
-    products' dtype); the oneDNN op is not called."""
+    """float64 tensors, an active autocast, the "blas" mode and torch.compile's tracing take
+    F.linear (autocast decides its products' dtype; inductor lowers the oneDNN op only for frozen
+    weights); the oneDNN op is not called."""
     monkeypatch.setattr(onednn._Linear, "apply", lambda *args: pytest.fail("the oneDNN op ran"))
     x, weight = torch.randn(5, 8, generator=generator), torch.randn(4, 8, generator=generator)
     assert onednn.linear_with_grad(x.double(), weight.double()).dtype == torch.float64
@@ -81,6 +82,9 @@ def test_linear_with_grad_leaves_other_cases_to_f_linear(generator, monkeypatch)
         assert onednn.linear_with_grad(x, weight).dtype == torch.bfloat16
     with onednn.fp32_matmul_mode("blas"):
         torch.testing.assert_close(onednn.linear_with_grad(x, weight), F.linear(x, weight))
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as while torch.compile traces
+    assert not onednn.fp32_linear_uses_onednn(x, weight)
+    torch.testing.assert_close(onednn.linear_with_grad(x, weight), F.linear(x, weight))
 
 
 @pytest.mark.parametrize("mode", ["auto", "blas"])
