@@ -733,7 +733,14 @@ class _ChunkBackward:
             a_prev = acts[index - 1]  # emulated: unrounded, its signs give the leaky-ReLU slopes below
             grad_w = grad_params[:, layer.weight_offset : layer.end].view(n, layer.in_features, layer.out_features)
             a_operand = a_prev if native else tiles.operand(a_prev, operand)
-            _bmm_into(grad_w, a_operand.transpose(1, 2), dz)
+            if index == shape.depth - 1:
+                # dz of the last layer is the (n, C_out, pixels) gradient transposed: its few rows
+                # times the activations, then transposed, run 10x faster than the activations'
+                # transpose times dz (MKL, one thread, 16 cells of 256 pixels: 10.2 vs 1 ms per
+                # backward at the demo's size, torch.profiler)
+                grad_w.copy_(torch.bmm(dz.transpose(1, 2), a_operand).transpose(1, 2))
+            else:
+                _bmm_into(grad_w, a_operand.transpose(1, 2), dz)
             da = torch.bmm(dz, self.weights[index].transpose(1, 2), out=self.upstream[index % 2][:n])
             dz = torch.ops.aten.leaky_relu_backward.grad_input(da, a_prev, _NEGATIVE_SLOPE, True, grad_input=da)
         first = shape.layers[0]
