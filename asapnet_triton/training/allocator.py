@@ -5,10 +5,10 @@ own pages from the kernel and unmaps them when it is freed, and gives freed memo
 its heap back to the kernel once more than twice that threshold is free. A training step frees
 and re-allocates the same large tensors every step (each weight gradient, the parameter grid, the
 activations), so on a CPU every step pays page faults on pages the kernel must zero again. In a
-virtual machine such a fault costs much more than on bare metal: on the 2-core AMD EPYC VM, zeroing
-the 15 MB weight gradient of the demo's LR head took 72 ms under torch.profiler (200 MB/s), and a
-demo training step ran 0.58 s against 0.49 s with freed memory kept (``bench/train_step.py
---malloc``; ``bench/results/cpu-2core-AMD-EPYC/train_step_malloc/``).
+virtual machine such faults cost much more than on bare metal. Measured on the 2-core AMD EPYC VM
+(``bench/train_step.py``, one thread, the published way's step, which allocates the most): 8.25 s
+per 512x512 step with glibc's defaults against 5.85 s with freed memory kept
+(``bench/results/cpu-2core-AMD-EPYC/train_step_onednn/`` and ``.../train_step_same_malloc/``).
 
 ``keep_freed_memory`` sets glibc's ``M_MMAP_MAX`` to 0 (every allocation from the heap) and
 ``M_TRIM_THRESHOLD`` to its maximum (2 GiB of free memory before any is returned): the process
