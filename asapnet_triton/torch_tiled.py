@@ -15,6 +15,12 @@ cell's encoding rows is added to the gathered rows. The backward recomputes a ch
 keeping its activations, then runs the chain rule through them; weight gradients are per-cell
 sums over the cell's pixels, written straight into the gradient grid.
 
+fp32 on a CPU with oneDNN (``asapnet_triton.onednn``; the fp32 matmul mode "auto" or "onednn"):
+cells of at least ``_ONEDNN_MIN_PIXELS`` pixels run each hidden and last layer as one oneDNN
+matmul per cell, bias and leaky ReLU fused into it, and the backward's products per cell the
+same way (torch's own fp32 matmuls go through its BLAS, which is the slower on some CPUs); the
+first layer (gather and encoding product) stays batched over the chunk.
+
 Precision semantics (``precision``): the operands of every product are rounded to that format and
 products are accumulated in fp32 (fp64 for "fp64"); biases, activations and the final tanh are
 computed in fp32. Two implementations of "bf16" give these semantics:

@@ -190,3 +190,22 @@ def write_results(out: Path, name: str, payload: dict, table: str) -> None:
     command = " ".join([Path(sys.executable).name, *sys.argv])
     write_json(f"{name}.json", {"command": command, **payload}, out=out)
     atomic_write_text(out / f"{name}.md", table + "\n")
+
+
+def bar_plot(path: Path, labels: list[str], values: list[float], xlabel: str, reference: float, reference_label: str):
+    """A horizontal bar per label (top to bottom in order), a dashed line at ``reference``;
+    saved to ``path``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.4 * len(labels) + 1.2))
+    ax.barh(labels, values)
+    ax.axvline(reference, color="gray", linestyle="--", label=reference_label)
+    ax.set_xlabel(xlabel)
+    ax.invert_yaxis()
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

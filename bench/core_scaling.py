@@ -119,21 +119,18 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from common import bar_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    names = [row["kernel"] for row in rows]
-    ax.barh(names, [row["aggregate_speedup"] for row in rows])
-    ax.axvline(len(rows[0]["cores"]), color="gray", linestyle="--", label="perfect scaling")
-    ax.set_xlabel(f"aggregate throughput of {len(rows[0]['cores'])} processes / one alone")
-    ax.invert_yaxis()
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    processes = len(rows[0]["cores"])
+    labels, speedups = [row["kernel"] for row in rows], [row["aggregate_speedup"] for row in rows]
+    bar_plot(
+        path,
+        labels,
+        speedups,
+        f"aggregate throughput of {processes} processes / one alone",
+        processes,
+        "perfect scaling",
+    )
 
 
 def main() -> None:

@@ -164,20 +164,10 @@ def table(rows: list[dict]) -> str:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
+    from common import bar_plot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 0.4 * len(rows) + 1.2))
-    ax.barh([r["case"] for r in rows], [r["ratio"] for r in rows])
-    ax.axvline(1.0, color="gray", linestyle="--", label="equal")
-    ax.set_xlabel("BLAS time / oneDNN time (one thread)")
-    ax.invert_yaxis()
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    labels, ratios = [r["case"] for r in rows], [r["ratio"] for r in rows]
+    bar_plot(path, labels, ratios, "BLAS time / oneDNN time (one thread)", 1.0, "equal")
 
 
 def main() -> None:
