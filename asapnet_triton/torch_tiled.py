@@ -741,8 +741,8 @@ class _ChunkBackward:
             a_operand = a_prev if native else tiles.operand(a_prev, operand)
             if index == shape.depth - 1:
                 # dz of the last layer is the (n, C_out, pixels) gradient transposed: its few rows
-                # times the activations, then transposed, run 10x faster than the activations'
-                # transpose times dz (MKL, one thread, 16 cells of 256 pixels: 10.2 vs 1 ms per
+                # times the activations, then transposed, run 8x faster than the activations'
+                # transpose times dz (MKL, one thread, 16 cells of 256 pixels: 10.2 vs 1.2 ms per
                 # backward at the demo's size, torch.profiler)
                 grad_w.copy_(torch.bmm(dz.transpose(1, 2), a_operand).transpose(1, 2))
             else:
