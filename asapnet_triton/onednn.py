@@ -86,8 +86,10 @@ def linear(
     x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, leaky_relu: float | None = None
 ) -> torch.Tensor:
     """x @ weight.T (+ bias) (then leaky ReLU with that negative slope) as one oneDNN matmul:
-    x (..., K), weight (N, K), any strides (a transposed view is read as such). No autograd;
-    the caller checked :func:`uses_onednn`."""
+    x (..., K), weight (N, K), any strides (a transposed view is read as such); fp32, or bf16
+    operands with an fp32 bias (accumulated in fp32, the result rounded once to bf16 after the
+    bias and activation). No autograd; the caller checked that oneDNN runs it
+    (:func:`uses_onednn` for fp32, ``torch_tiled.native_bf16_supported`` for bf16)."""
     if leaky_relu is None:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "leaky_relu", [leaky_relu], "")

@@ -158,11 +158,10 @@ def cell_positional_encoding(cell_size: int, *, dtype=torch.float32, device=None
 def native_bf16_supported(device: torch.device | str) -> bool:
     """Whether the native bf16 path can run on ``device``: a CPU whose oneDNN build has bf16
     matmuls, reachable through ``torch.ops.mkldnn._linear_pointwise``."""
-    if torch.device(device).type != "cpu" or not torch.backends.mkldnn.is_available():
+    if not onednn.onednn_supported(device):
         return False
-    mkldnn = torch.ops.mkldnn
     try:
-        return bool(mkldnn._is_mkldnn_bf16_supported()) and hasattr(mkldnn, "_linear_pointwise")
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
@@ -494,11 +493,10 @@ def _native_hidden_(tiles: _Tiles, cells: slice, layers, features: torch.Tensor,
     chunk_features[:, :, : tiles.shape.in_channels] = (
         tiles.one_hot(cells, torch.bfloat16) if tiles.labels else tiles.x[cells]
     )
-    linear = torch.ops.mkldnn._linear_pointwise
     for cell in range(n):
         h = chunk_features[cell]
         for (bias, weight), output in zip(layers, outputs):
-            h = linear(h, weight[cell], bias[cell], "leaky_relu", [_NEGATIVE_SLOPE], "")
+            h = onednn.linear(h, weight[cell], bias[cell], _NEGATIVE_SLOPE)
             if output is not None:
                 output[cell] = h
 
@@ -677,8 +675,9 @@ class _ChunkBackward:
         self.operand = None
         if tiles.precision not in ("fp32", "fp64") and not native:
             self.operand = tiles.buffer(shape.hidden_width)
-        # ping-pong gradients w.r.t. activations, in the products' output dtype
-        self.upstream = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(2)]
+        # ping-pong gradients w.r.t. activations, in the products' output dtype (oneDNN: only the
+        # first layer's pre-activation gradient, the rest are per-cell results)
+        self.upstream = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(1 if use_onednn else 2)]
         self.y = torch.empty(tiles.chunk, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=tiles.device)
         if native_forward:
             self.features = _native_features(tiles)
