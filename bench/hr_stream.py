@@ -182,21 +182,17 @@ def matmul_ceilings(device: str) -> dict:
     from asapnet_triton import onednn
     from asapnet_triton.torch_tiled import native_bf16_supported
 
+    def cell_onednn(dtype) -> float:  # a chunk's per-cell oneDNN products, as the torch backend runs them
+        hc, wc = h.to(dtype), w.transpose(1, 2).to(dtype)
+        return flops / median_seconds(lambda: [onednn.linear(hc[i], wc[i]) for i in range(cells)], repeats=7)
+
     if onednn.onednn_supported("cpu"):  # the fp32 matmuls of the torch backend's large cells
         a = torch.randn(size, size)
         b = torch.randn(size, size)
         ceilings["fp32_onednn_matmul_2048"] = 2 * size**3 / median_seconds(lambda: onednn.linear(a, b), repeats=5)
-        wt = w.transpose(1, 2)
-        ceilings["fp32_cell_onednn"] = flops / median_seconds(
-            lambda: [onednn.linear(h[i], wt[i]) for i in range(cells)], repeats=7
-        )
-
+        ceilings["fp32_cell_onednn"] = cell_onednn(torch.float32)
     if native_bf16_supported("cpu"):
-        linear = torch.ops.mkldnn._linear_pointwise
-        hb, wb = h.bfloat16(), w.transpose(1, 2).bfloat16()
-        ceilings["bf16_cell_onednn"] = flops / median_seconds(
-            lambda: [linear(hb[i], wb[i], None, "none", [], "") for i in range(cells)], repeats=7
-        )
+        ceilings["bf16_cell_onednn"] = cell_onednn(torch.bfloat16)
     return ceilings
 
 

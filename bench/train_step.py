@@ -431,6 +431,8 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    from asapnet_triton.training.allocator import MALLOC_MODES
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma list of {list(CASES)} (--full: all)")
     parser.add_argument("--precisions", default="fp32,bf16")
@@ -448,7 +450,7 @@ def main() -> None:
     parser.add_argument(
         "--malloc",
         default="auto",
-        choices=("auto", "keep", "default"),
+        choices=MALLOC_MODES,
         help="ours: TrainConfig.malloc (default auto: glibc keeps freed memory on a CPU, as the trainer runs)",
     )
     parser.add_argument(
