@@ -1,7 +1,6 @@
 """bench/onednn_matmul.py runs end to end: a row per case with positive times both ways, the
 table, JSON and plot written. No timing is asserted."""
 
-import json
 import subprocess
 import sys
 from pathlib import Path
@@ -14,18 +13,14 @@ SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "onednn_matmul.py"
 
 
 @pytest.mark.skipif(not onednn.onednn_supported("cpu"), reason="this torch has no oneDNN")
-def test_smoke_run_writes_a_row_per_case(tmp_path):
-    cmd = [sys.executable, str(SCRIPT), "--smoke", "--out", str(tmp_path)]
-    subprocess.run(cmd, check=True, capture_output=True, text=True, timeout=300)
-    payload = json.loads((tmp_path / "onednn_matmul.json").read_text())
+def test_smoke_run_writes_a_row_per_case(run_bench):
+    payload, table = run_bench("onednn_matmul", "--smoke")
     cases = [row["case"] for row in payload["rows"]]
     assert "hidden layer, 4096 pixels" in cases and "LR head, demo, forward + backward" in cases
     for row in payload["rows"]:
         assert row["blas_seconds"] > 0 and row["onednn_seconds"] > 0
         assert row["ratio"] == pytest.approx(row["blas_seconds"] / row["onednn_seconds"])
-    table = (tmp_path / "onednn_matmul.md").read_text()
     assert all(case in table for case in cases)
-    assert (tmp_path / "onednn_matmul.png").stat().st_size > 0
 
 
 def test_unknown_head_is_named(tmp_path):
