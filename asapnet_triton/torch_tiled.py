@@ -25,32 +25,33 @@ Precision semantics (``precision``): the operands of every product are rounded t
 products are accumulated in fp32 (fp64 for "fp64"); biases, activations and the final tanh are
 computed in fp32. Two implementations of "bf16" give these semantics:
 
-- native (CPU with oneDNN bf16 support, cells of at least ``_NATIVE_BF16_MIN_PIXELS`` pixels):
-  each cell's first and hidden layers are one oneDNN bf16 matmul with fp32 accumulation whose bias
-  (fp32) and leaky ReLU are applied to the fp32 accumulator before its single rounding to bf16
-  (``torch.ops.mkldnn._linear_pointwise``): exactly the rounded operand the next layer needs. The
-  first layer multiplies the features ``[one-hot label or input | encoding]`` (the one-hot row
-  picks the label's weight row exactly), so its pre-activation is rounded once too: adding a
-  gathered row to a bf16 matmul output and then applying leaky ReLU in bf16 would round negative
-  activations twice, and later layers turn such differences into many flipped roundings (10x the
-  distance from the rounded-operand reference, measured). The last layer (to ``out_channels``,
-  before tanh) is an fp32 matmul of those bf16 operands, so the output is not rounded to bf16.
-  Only the forward uses it;
+- native (CPU with oneDNN bf16 support): each cell's first and hidden layers are one oneDNN bf16
+  matmul with fp32 accumulation whose bias (fp32) and leaky ReLU are applied to the fp32
+  accumulator before its single rounding to bf16 (``torch.ops.mkldnn._linear_pointwise``; cells
+  under ``_NATIVE_BF16_MIN_PIXELS`` pixels: one grouped 1x1 convolution per layer for a chunk's
+  cells, ``onednn.grouped_linear``, the same arithmetic): exactly the rounded operand the next
+  layer needs. The first layer multiplies the features ``[one-hot label or input | encoding]``
+  (the one-hot row picks the label's weight row exactly), so its pre-activation is rounded once
+  too: adding a gathered row to a bf16 matmul output and then applying leaky ReLU in bf16 would
+  round negative activations twice, and later layers turn such differences into many flipped
+  roundings (10x the distance from the rounded-operand reference, measured). The last layer (to
+  ``out_channels``, before tanh) is an fp32 matmul of those bf16 operands, so the output is not
+  rounded to bf16;
 - emulated (every device): operands rounded to bf16 in fp32 tensors, fp32 matmuls.
 
 Both agree to fp32 accumulation-order differences (which can flip a bf16 rounding).
 
 The backward has the same two forms:
 
-- native (CPU with oneDNN bf16 support, every cell size: its products are batched over a chunk's
-  cells, one call per layer): it recomputes the forward as the forward ran (native or emulated,
-  the same choice), then every product of the chain rule (weight gradients, gradients w.r.t.
-  activations, the label and encoding rows' gradients) is a bf16 matmul with fp32 accumulation
-  whose result is rounded once to bf16, as torch's bf16 autocast rounds the weight gradients of
-  the LR stream's and discriminator's convolutions; the leaky-ReLU backward runs in bf16 on those
-  results, bias gradients are fp32 sums, the tanh's gradient is fp32. So each weight gradient
-  carries one extra rounding (2^-9 relative) that the Triton kernels, which keep their fp32
-  accumulators, do not: the two agree to about 2e-3 RMS instead of 1e-3;
+- native (CPU with oneDNN bf16 support; its products are batched over a chunk's cells, one call
+  per layer): it recomputes the forward as the native forward runs, then every product of the
+  chain rule (weight gradients, gradients w.r.t. activations, the label and encoding rows'
+  gradients) is a bf16 matmul with fp32 accumulation whose result is rounded once to bf16, as
+  torch's bf16 autocast rounds the weight gradients of the LR stream's and discriminator's
+  convolutions; the leaky-ReLU backward runs in bf16 on those results, bias gradients are fp32
+  sums, the tanh's gradient is fp32. So each weight gradient carries one extra rounding (2^-9
+  relative) that the Triton kernels, which keep their fp32 accumulators, do not: the two agree
+  to about 2e-3 RMS instead of 1e-3;
 - emulated (every device, or ``bf16_matmul_mode("emulated")``): operands rounded to bf16 in fp32
   tensors, fp32 matmuls, fp32 results: the Triton kernels' rounding.
 """
@@ -92,9 +93,11 @@ _CHUNK_PIXELS = 64 * 64
 # cells per chunk: 199 / 190 / 181 ms).
 _NATIVE_CHUNK_PIXELS = 4 * 64 * 64
 
-# The native bf16 path issues one oneDNN call per cell and layer: with smaller cells the per-call
-# overhead outweighs the faster matmuls. bf16 forward at 1024x1024 (one thread), native vs
-# emulated: cell 64 176 vs 406 ms, cell 32 258 vs 441 ms, cell 16 554 vs 484 ms, cell 8 1899 vs 748.
+# The native bf16 forward issues one oneDNN call per cell and layer for cells of at least this
+# many pixels; smaller cells' per-call overhead outweighs the faster matmuls (bf16 forward at
+# 1024x1024, one thread, per-cell native vs emulated: cell 64 176 vs 406 ms, cell 32 258 vs 441 ms,
+# cell 16 554 vs 484 ms, cell 8 1899 vs 748), so they run each layer as one grouped product over
+# the chunk's cells instead (:func:`_native_hidden_grouped_`).
 _NATIVE_BF16_MIN_PIXELS = 32 * 32
 
 # fp32 cells of at least this many pixels run their hidden and last layers as one oneDNN matmul
@@ -129,7 +132,7 @@ def bf16_matmul_mode(mode: str):
     """Within the block (this thread or task), the "torch" backend runs bf16 with ``mode``:
     "native" (oneDNN bf16 matmuls; RuntimeError where the CPU has none), "emulated" (fp32 matmuls
     of bf16-rounded operands: the Triton kernels' rounding, fp32 gradients) or "auto" (the
-    default: native where supported; the forward only for cells of at least 1024 pixels)."""
+    default: native where supported)."""
     return mode_block(_BF16_MATMUL, mode, BF16_MATMUL_MODES, "bf16_matmul")
 
 
@@ -332,10 +335,11 @@ class _Tiles:
         n = cells.stop - cells.start
         return (self.x[cells].long() + self.label_offsets[:n]).view(-1)
 
-    def one_hot(self, cells: slice, dtype=None) -> torch.Tensor:
-        """(n, pixels, C_in) one-hot rows of a chunk's labels."""
+    def one_hot(self, cells: slice, dtype=None, *, pixel_major: bool = False) -> torch.Tensor:
+        """(n, pixels, C_in) one-hot rows of a chunk's labels; (pixels, n, C_in) when ``pixel_major``."""
         identity = torch.eye(self.shape.in_channels, dtype=dtype or self.compute, device=self.device)
-        return F.embedding(self.x[cells].long(), identity)
+        labels = self.x[cells]
+        return F.embedding((labels.t() if pixel_major else labels).long(), identity)
 
     def first_layer_(self, cells: slice, w0: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """out = the first layer's product, bias not yet added: the label's row of w0 (a gather,
@@ -432,9 +436,11 @@ def _bmm_into(out: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
         out.copy_(torch.bmm(a, b))
 
 
-def _check_bf16_matmul(bf16_matmul: str | None, precision: str, device: torch.device, pixels: int) -> bool:
-    """Whether to run the native bf16 forward (``bf16_matmul`` None: :func:`current_bf16_matmul`);
-    raises when "native" is asked but cannot run."""
+def _check_bf16_matmul(bf16_matmul: str | None, precision: str, device: torch.device) -> bool:
+    """Whether bf16 runs native, forward and backward (``bf16_matmul`` None:
+    :func:`current_bf16_matmul`): wherever supported, unless "emulated"; raises when "native" is
+    asked but cannot run. Every cell size: small cells run their products grouped over a chunk
+    (:func:`_native_hidden_grouped_`), the backward's batched."""
     if bf16_matmul is None:
         bf16_matmul = current_bf16_matmul()
     if bf16_matmul not in BF16_MATMUL_MODES:
@@ -447,14 +453,7 @@ def _check_bf16_matmul(bf16_matmul: str | None, precision: str, device: torch.de
             f"bf16_matmul='native' needs a CPU with oneDNN bf16 matmuls "
             f"(torch.ops.mkldnn._is_mkldnn_bf16_supported()); got device {device}"
         )
-    return supported and (bf16_matmul == "native" or pixels >= _NATIVE_BF16_MIN_PIXELS)
-
-
-def _check_bf16_backward(bf16_matmul: str | None, precision: str, device: torch.device) -> bool:
-    """Whether the backward's products run as native bf16 matmuls: wherever they can ("auto"),
-    whatever the cell size, since they are batched over a chunk's cells (at 16x16 cells, four
-    cells per call: 40 us against 91 us for the fp32 product, one thread, the 2-core EPYC)."""
-    return _check_bf16_matmul(bf16_matmul, precision, device, _NATIVE_BF16_MIN_PIXELS)
+    return supported
 
 
 def _bf16_weights(shape: MLPShape, p: torch.Tensor) -> list[torch.Tensor]:
@@ -501,6 +500,39 @@ def _native_hidden_(tiles: _Tiles, cells: slice, layers, features: torch.Tensor,
                 output[cell] = h
 
 
+def _native_hidden_grouped_(tiles: _Tiles, cells: slice, p: torch.Tensor, weights, outputs: list) -> None:
+    """:func:`_native_hidden_` for small cells: each layer one oneDNN bf16 grouped product over
+    the chunk's cells (:func:`onednn.grouped_linear`: the same fp32 accumulation, fp32 bias and
+    leaky ReLU before the single rounding), on pixel-major activations (pixels, n, hidden), which
+    are copied cell-major into ``outputs``. ``p`` the chunk's (n, P) params, ``weights`` their
+    :func:`_bf16_weights`. One call per layer instead of one per cell and layer, which at 16x16
+    cells costs more than the emulated fp32 products (see ``_NATIVE_BF16_MIN_PIXELS``); grouped,
+    16 such cells' hidden layer takes 283 us against the emulated path's 523 us (one thread, the
+    2-core AMD EPYC, ``bench/onednn_matmul.py``)."""
+    n, c_in = cells.stop - cells.start, tiles.shape.in_channels
+    features = torch.empty(tiles.pixels, n, tiles.shape.layers[0].in_features, dtype=torch.bfloat16, device=p.device)
+    features[:, :, :c_in] = (
+        tiles.one_hot(cells, torch.bfloat16, pixel_major=True) if tiles.labels else tiles.x[cells].transpose(0, 1)
+    )
+    if tiles.pe is not None:
+        features[:, :, c_in:] = tiles.pe[:, None]  # rounded to bf16 already: exact
+    h = features
+    for layer, weight, output in zip(tiles.shape.layers[:-1], weights, outputs):
+        h = onednn.grouped_linear(h, weight, p[:, layer.bias_offset : layer.weight_offset], _NEGATIVE_SLOPE)
+        if output is not None:
+            output.copy_(h.transpose(0, 1))
+
+
+def _native_hidden_any_(tiles: _Tiles, cells: slice, p: torch.Tensor, weights, features, outputs: list) -> None:
+    """The native first and hidden layers of a chunk: per cell (:func:`_native_hidden_`) for
+    cells of at least ``_NATIVE_BF16_MIN_PIXELS``, grouped over the chunk
+    (:func:`_native_hidden_grouped_`) for smaller ones."""
+    if tiles.pixels >= _NATIVE_BF16_MIN_PIXELS:
+        _native_hidden_(tiles, cells, _native_layers(tiles.shape, p, weights), features, outputs)
+    else:
+        _native_hidden_grouped_(tiles, cells, p, weights, outputs)
+
+
 def _last_layer_(tiles: _Tiles, p: torch.Tensor, hidden: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
     """out (n, C_out, pixels) = tanh of the last layer of the bf16-valued fp32 ``hidden``: an fp32
     matmul of bf16 operands, so the output is not rounded to bf16."""
@@ -514,7 +546,7 @@ def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
     """The native bf16 forward (see the module doc) of every chunk, into ``out`` tiles."""
 
     def make_worker():
-        features = _native_features(tiles)
+        features = _native_features(tiles) if tiles.pixels >= _NATIVE_BF16_MIN_PIXELS else None
         hidden = tiles.buffer(tiles.shape.hidden_width)  # the last hidden layer's bf16 operand, in fp32
         outputs = [None] * (tiles.shape.depth - 2) + [hidden]
 
@@ -522,8 +554,7 @@ def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
             p = tiles.chunk_params(cells)
             n = p.shape[0]
             chunk_outputs = [o if o is None else o[:n] for o in outputs]
-            layers = _native_layers(tiles.shape, p, _bf16_weights(tiles.shape, p))
-            _native_hidden_(tiles, cells, layers, features, chunk_outputs)
+            _native_hidden_any_(tiles, cells, p, _bf16_weights(tiles.shape, p), features, chunk_outputs)
             _last_layer_(tiles, p, hidden[:n], out[cells])
 
         return worker
@@ -591,10 +622,10 @@ def pixelwise_mlp_torch(
 
     bf16_matmul (``precision="bf16"`` only): "native" runs oneDNN bf16 matmuls (see the module
     doc; RuntimeError where :func:`native_bf16_supported` is false), "emulated" fp32 matmuls of
-    rounded operands, "auto" native where supported and cells have at least 1024 pixels; None:
+    rounded operands, "auto" native where supported; None:
     :func:`current_bf16_matmul`.
     """
-    native = _check_bf16_matmul(bf16_matmul, precision, params.device, shape.cell_size**2)
+    native = _check_bf16_matmul(bf16_matmul, precision, params.device)
     use_onednn = _check_onednn(precision, params.device, shape.cell_size**2)
     tiles = _Tiles(x, params, shape, labels, precision, _NATIVE_CHUNK_PIXELS if native else None)
     out = torch.empty(tiles.num_cells, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=x.device)
@@ -621,8 +652,7 @@ def pixelwise_mlp_torch_backward(
     native wherever supported, see the module doc). The label rows' gradient is a scatter-add:
     index_add_ on CPU (sequential there), the product with the one-hot rows on other devices
     (deterministic, unlike index_add_ on CUDA) and in native bf16."""
-    native_forward = _check_bf16_matmul(bf16_matmul, precision, params.device, shape.cell_size**2)
-    native = _check_bf16_backward(bf16_matmul, precision, params.device)
+    native = _check_bf16_matmul(bf16_matmul, precision, params.device)
     use_onednn = _check_onednn(precision, params.device, shape.cell_size**2)
     tiles = _Tiles(x, params, shape, labels, precision)
     dy_tiles = _cell_tiles(grad_out.to(tiles.compute), shape.cell_size, (tiles.rows, tiles.cols), channels_first=True)
@@ -636,7 +666,7 @@ def pixelwise_mlp_torch_backward(
     last = shape.layers[-1]
 
     def make_worker():
-        backward = _ChunkBackward(tiles, native_forward, native, use_onednn)
+        backward = _ChunkBackward(tiles, native, use_onednn)
 
         def worker(cells: slice) -> None:
             y = backward.recompute(cells, tiles.chunk_params(cells))
@@ -657,17 +687,16 @@ def pixelwise_mlp_torch_backward(
 class _ChunkBackward:
     """The backward of one chunk of cells at a time, in buffers allocated once per call.
 
-    :meth:`recompute` reruns the chunk's forward as the forward ran it (native or emulated bf16:
-    the same choice). Emulated products keep fp32 buffers of the unrounded activations (their
+    :meth:`recompute` reruns the chunk's forward as the forward ran it (native or emulated bf16). Emulated products keep fp32 buffers of the unrounded activations (their
     signs give the leaky-ReLU slopes; rounding to fp16 would flush tiny positive ones to zero),
     rounded copies going through an ``operand`` buffer. The native bf16 backward keeps bf16
     buffers of the rounded activations instead, which keep every sign (bf16 has fp32's exponent
     range) and are its products' operands. :meth:`chain_rule` then back-propagates from the last
     layer's pre-activation gradient."""
 
-    def __init__(self, tiles: _Tiles, native_forward: bool, native: bool, use_onednn: bool = False):
+    def __init__(self, tiles: _Tiles, native: bool, use_onednn: bool = False):
         shape = tiles.shape
-        self.tiles, self.native_forward, self.native, self.onednn = tiles, native_forward, native, use_onednn
+        self.tiles, self.native, self.onednn = tiles, native, use_onednn
         hidden_layers = 1 if use_onednn else shape.depth - 1  # oneDNN: the first layer's; the rest per cell
         act_dtype = torch.bfloat16 if native else tiles.compute
         self.acts = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(hidden_layers)]
@@ -679,20 +708,18 @@ class _ChunkBackward:
         # first layer's pre-activation gradient, the rest are per-cell results)
         self.upstream = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(1 if use_onednn else 2)]
         self.y = torch.empty(tiles.chunk, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=tiles.device)
-        if native_forward:
-            self.features = _native_features(tiles)
+        if native:
+            self.features = _native_features(tiles) if tiles.pixels >= _NATIVE_BF16_MIN_PIXELS else None
             self.last_hidden = tiles.buffer(shape.hidden_width)
-        elif native:  # emulated forward (small cells), native products: fp32 activations rounded in place
-            self.fp32_acts = [tiles.buffer(shape.hidden_width) for _ in range(hidden_layers)]
 
     def recompute(self, cells: slice, p: torch.Tensor) -> torch.Tensor:
         """Rerun the forward of a chunk's cells (params ``p`` (n, P)); returns the output (n,
         C_out, pixels), keeping each hidden activation and the weight operands for the chain rule."""
         tiles, n = self.tiles, p.shape[0]
         acts, y = [a[:n] for a in self.acts], self.y[:n]
-        if self.native_forward:
+        if self.native:
             self.weights = _bf16_weights(tiles.shape, p)
-            _native_hidden_(tiles, cells, _native_layers(tiles.shape, p, self.weights), self.features, acts)
+            _native_hidden_any_(tiles, cells, p, self.weights, self.features, acts)
             _last_layer_(tiles, p, self.last_hidden[:n].copy_(acts[-1]), y)
             return y
         weights = tiles.weights(p)
@@ -700,15 +727,8 @@ class _ChunkBackward:
             self.weights, self.cell_acts = [w for _, w in weights], []
             tiles.forward_onednn(cells, weights, acts[0], y, keep=self.cell_acts)
             return y
-        if self.native:  # rounded in place (no operand buffer), then to bf16 exactly
-            fp32_acts = [a[:n] for a in self.fp32_acts]
-            tiles.forward(cells, weights, fp32_acts, y)
-            for a, rounded in zip(acts, fp32_acts):
-                a.copy_(rounded)
-            self.weights = [w.to(torch.bfloat16) for _, w in weights]  # rounded already: exact
-        else:
-            self.weights = [w for _, w in weights]
-            tiles.forward(cells, weights, acts, y, None if self.operand is None else self.operand[:n])
+        self.weights = [w for _, w in weights]
+        tiles.forward(cells, weights, acts, y, None if self.operand is None else self.operand[:n])
         return y
 
     def chain_rule(self, cells: slice, dz: torch.Tensor, grad_params: torch.Tensor, grad_x) -> None:

@@ -12,6 +12,11 @@ Cases, each timed both ways in turn, round after round (``interleaved_seconds``)
   oneDNN: one ``onednn.linear`` call with both fused.
 - "... backward": the same layer's two backward products, the input gradient (P x 64 @ 64 x 64)
   and the weight gradient (64 x P @ P x 64, a product over the pixels).
+- "16 cells of 256 pixels, grouped, fp32 / bf16": a chunk of 16x16 cells' hidden layer (16 x 256
+  x 64 @ 64 x 64, each cell its own weights) with its bias and leaky ReLU. BLAS: as above, batched
+  over the cells (bf16: the emulated path, fp32 products of bf16-rounded operands, the result
+  rounded to bf16); oneDNN: one ``onednn.grouped_linear`` call (a grouped 1x1 convolution) over
+  the pixel-major chunk, bias and leaky ReLU fused (bf16: before the single rounding).
 - "LR head, <case>": the LR stream's parameter head (a 1x1 convolution to the MLPs' parameters)
   at the demo's size (batch 4, 256 -> 14595 channels, 8 x 8) and at the published facades 512 x
   512 size (batch 1, 1024 -> 14851 channels, 16 x 16), forward and forward + backward: nn.Conv2d
@@ -69,6 +74,41 @@ def _hidden_cases(pixels: int):
     }
 
 
+def _grouped_cases(cells: int = 16, pixels: int = 256):
+    import torch
+
+    from asapnet_triton import onednn
+
+    h = torch.randn(cells, pixels, HIDDEN)
+    w = torch.randn(cells, HIDDEN, HIDDEN) / HIDDEN**0.5
+    b = torch.randn(cells, 1, HIDDEN)
+    out = torch.empty(cells, pixels, HIDDEN)
+    pixel_major = h.transpose(0, 1).contiguous()  # (pixels, cells, hidden): grouped_linear's layout
+    h16, w16 = h.bfloat16().float(), w.bfloat16().float()  # the emulated path's rounded operands
+    pixel_major16, w_bf16 = pixel_major.bfloat16(), w.bfloat16()
+    flops = 2 * cells * pixels * HIDDEN * HIDDEN
+
+    def blas(operand, weight, rounded):
+        out.copy_(b.expand_as(out)).baddbmm_(operand, weight)
+        torch.nn.functional.leaky_relu_(out, 0.01)
+        if rounded:
+            out.copy_(out.bfloat16())
+
+    name = f"{cells} cells of {pixels} pixels, grouped"
+    return {
+        f"{name}, fp32": (
+            lambda: blas(h, w, False),
+            lambda: onednn.grouped_linear(pixel_major, w, b[:, 0], 0.01),
+            flops,
+        ),
+        f"{name}, bf16": (
+            lambda: blas(h16, w16, True),
+            lambda: onednn.grouped_linear(pixel_major16, w_bf16, b[:, 0], 0.01),
+            flops,
+        ),
+    }
+
+
 def _head_cases(case: str):
     import torch
 
@@ -115,6 +155,7 @@ def run(repeats: int, heads: list[str]) -> list[dict]:
     cases = {}
     for pixels in (64 * 64, 32 * 32, 16 * 16):
         cases |= _hidden_cases(pixels)
+    cases |= _grouped_cases()
     for case in heads:
         cases |= _head_cases(case)
     rows = []

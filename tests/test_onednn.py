@@ -49,6 +49,41 @@ def test_linear_against_float64(generator, leaky_relu):
 
 
 @onednn_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("leaky_relu, bias", [(0.01, True), (None, False)])
+def test_grouped_linear_against_float64(generator, dtype, leaky_relu, bias):
+    """Every group's own product (+ bias, + leaky ReLU), weights and bias as strided views,
+    against float64. bf16: the float64 result of the bf16 operands and the fp32 bias, rounded
+    once to bf16, up to accumulation order (a rounding flipped now and then), which rounding the
+    product before the bias (bf16 torch.bmm, then add and activate) does not meet."""
+    if dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU's oneDNN has no bf16")
+    rows, groups, k, n = 77, 5, 29, 24
+    x = torch.randn(rows, groups, k, generator=generator).to(dtype)
+    weight = torch.randn(groups, n, k + 3, generator=generator)[:, :, 3:].transpose(1, 2).to(dtype)  # strided
+    b = torch.randn(2 * groups, n, generator=generator)[::2] if bias else None  # strided rows
+    out = onednn.grouped_linear(x, weight, b, leaky_relu)
+    assert out.shape == (rows, groups, n) and out.dtype == dtype and out.is_contiguous()
+    expected = torch.einsum("rgk,gkn->rgn", x.double(), weight.double())
+    if bias:
+        expected = expected + b.double()
+    if leaky_relu is not None:
+        expected = F.leaky_relu(expected, leaky_relu)
+        assert (expected < 0).any()
+    if dtype == torch.float32:
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5 * expected.abs().max().item())
+        return
+    rounded = expected.float().bfloat16()
+    assert (out != rounded).float().mean() <= 1e-2  # accumulation order flips a few roundings
+    torch.testing.assert_close(out.double(), rounded.double(), rtol=2**-7, atol=0)
+    if bias:  # the product rounded before the bias and activation: many more differ
+        product = torch.einsum("rgk,gkn->rgn", x.float(), weight.float()).bfloat16()
+        twice = product.float().add(b).bfloat16()
+        twice = twice if leaky_relu is None else F.leaky_relu(twice.float(), leaky_relu).bfloat16()
+        assert (twice != rounded).float().mean() > 5 * (out != rounded).float().mean()
+
+
+@onednn_only
 @pytest.mark.parametrize("bias", [True, False])
 def test_linear_with_grad_against_float64(generator, bias):
     """Forward and the three gradients of the oneDNN linear against F.linear in float64, for a

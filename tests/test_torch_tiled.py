@@ -53,13 +53,14 @@ def test_round_in_place_matches_round_operand(generator, precision):
 
 
 @native_only
-@pytest.mark.parametrize("labels, channels", [(True, 35), (False, 6)])
-def test_native_bf16_rounds_each_activation_once(generator, labels, channels):
+@pytest.mark.parametrize("labels, channels, cell", [(True, 35, 32), (False, 6, 32), (True, 13, 16), (False, 6, 8)])
+def test_native_bf16_rounds_each_activation_once(generator, labels, channels, cell):
     """oneDNN applies bias and leaky ReLU to the fp32 accumulator and rounds once, so the result
     is the rounded-operand reference up to accumulation order: far closer to it (RMS) than to
     the exact result. Rounding the pre-activation and then the activation again (a bf16 matmul
-    output, then leaky ReLU in bf16) is 5x to 10x farther from it and fails this."""
-    shape = at.MLPShape(channels, 32)
+    output, then leaky ReLU in bf16) is 5x to 10x farther from it and fails this. Cells of 32:
+    per-cell products; 16 and 8: grouped over the chunk."""
+    shape = at.MLPShape(channels, cell)
     x, params = random_inputs(shape, 2, 40, 36, labels=labels, generator=generator)  # partial cells
     native = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="native")
     emulated = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="emulated")
@@ -72,15 +73,16 @@ def test_native_bf16_rounds_each_activation_once(generator, labels, channels):
 
 
 @native_only
+@pytest.mark.parametrize("cell", [32, 8])  # per-cell products / grouped over the chunk
 @pytest.mark.parametrize("case", ["no_encoding_odd_cell", "depth2_one_channel", "bf16_params_contiguous"])
-def test_native_bf16_other_shapes(generator, case):
+def test_native_bf16_other_shapes(generator, case, cell):
     labels = False
-    if case == "no_encoding_odd_cell":  # no encoding columns, 33x33 cells, 4 outputs
-        shape, batch, size = at.MLPShape(5, 33, 4, 32, 3, pos_encoding=False), 1, (50, 70)
+    if case == "no_encoding_odd_cell":  # no encoding columns, odd cells (33x33 or 9x9), 4 outputs
+        shape, batch, size = at.MLPShape(5, cell + 1, 4, 32, 3, pos_encoding=False), 1, (50, 70)
     elif case == "depth2_one_channel":  # no hidden-to-hidden layer, one input channel, one output
-        shape, batch, size = at.MLPShape(1, 32, 1, 16, 2), 2, (32, 64)
+        shape, batch, size = at.MLPShape(1, cell, 1, 16, 2), 2, (32, 64)
     else:  # bf16 parameters (bf16 output), not channels-last, labels
-        shape, batch, size, labels = at.MLPShape(9, 32, 3, 64, 4), 1, (64, 40), True
+        shape, batch, size, labels = at.MLPShape(9, cell, 3, 64, 4), 1, (64, 40), True
     x, params = random_inputs(
         shape, batch, *size, labels=labels, generator=generator, channels_last_params=case != "bf16_params_contiguous"
     )
@@ -100,10 +102,9 @@ def test_native_bf16_other_shapes(generator, case):
 def test_bf16_matmul_choice(monkeypatch, generator):
     choose = tt._check_bf16_matmul
     supported = tt.native_bf16_supported("cpu")
-    assert choose("auto", "bf16", torch.device("cpu"), 32 * 32) == supported
-    assert not choose("auto", "bf16", torch.device("cpu"), 16 * 16)  # per-cell calls cost more there
-    assert not choose("emulated", "bf16", torch.device("cpu"), 64 * 64)
-    assert not choose("native", "fp32", torch.device("cpu"), 64 * 64)  # only bf16 has a native path
+    assert choose("auto", "bf16", torch.device("cpu")) == supported
+    assert not choose("emulated", "bf16", torch.device("cpu"))
+    assert not choose("native", "fp32", torch.device("cpu"))  # only bf16 has a native path
     assert not tt.native_bf16_supported("meta")
     shape = at.MLPShape(3, 32, 3, 16, 3)
     x, params = random_inputs(shape, 1, 40, 40, generator=generator)
@@ -112,19 +113,22 @@ def test_bf16_matmul_choice(monkeypatch, generator):
     monkeypatch.setattr(tt, "native_bf16_supported", lambda device: False)
     with pytest.raises(RuntimeError, match="bf16_matmul='native' needs a CPU with oneDNN bf16"):
         tt.pixelwise_mlp_torch(x, params, shape, labels=False, precision="bf16", bf16_matmul="native")
-    assert not choose("auto", "bf16", torch.device("cpu"), 64 * 64)
+    assert not choose("auto", "bf16", torch.device("cpu"))
 
 
 @native_only
-def test_public_op_uses_native_bf16_for_large_cells_only(monkeypatch, generator):
-    calls = []
-    native = tt._forward_native_bf16
+def test_public_op_uses_native_bf16_per_cell_or_grouped(monkeypatch, generator):
+    """The public op's bf16 runs native at every cell size: per-cell products for cells of 1024
+    pixels and more, grouped products below."""
+    calls, grouped = [], []
+    native, native_grouped = tt._forward_native_bf16, tt._native_hidden_grouped_
     monkeypatch.setattr(tt, "_forward_native_bf16", lambda *args: calls.append(1) or native(*args))
-    for cell, expected_calls in ((32, 1), (16, 1)):
+    monkeypatch.setattr(tt, "_native_hidden_grouped_", lambda *args: grouped.append(1) or native_grouped(*args))
+    for cell, expected_calls, grouped_calls in ((32, 1, 0), (16, 2, 1)):
         shape = at.MLPShape(4, cell, 3, 16, 3)
         x, params = random_inputs(shape, 1, 48, 40, generator=generator)
         out = at.pixelwise_mlp(x, params, precision="bf16", backend="torch", **mlp_kwargs(shape, False))
-        assert len(calls) == expected_calls, cell
+        assert len(calls) == expected_calls and len(grouped) == grouped_calls, cell
         assert relative_error(out, reference_output(x, params, shape, False)) <= at.TOLERANCES["bf16"]
 
 
@@ -157,16 +161,41 @@ def test_chunk_size_does_not_change_results(monkeypatch, generator, labels):
 
 
 @native_only
-def test_native_bf16_chunk_size_does_not_change_results(monkeypatch, generator):
-    shape = at.MLPShape(35, 32, 3, 32, 4)
-    x, params = random_inputs(shape, 2, 64, 50, labels=True, generator=generator)  # 2 x 2 x 2 cells
+@pytest.mark.parametrize("cell", [32, 16])
+def test_native_bf16_chunk_size_does_not_change_results(monkeypatch, generator, cell):
+    """Chunks of 1, 3 (a partial last chunk) and 8 cells, per-cell (32) or grouped (16) products:
+    the same output, bitwise (the same per-cell oneDNN calls; a grouped product computes each
+    group as it would alone), within bf16's tolerance of the reference."""
+    shape = at.MLPShape(35, cell, 3, 32, 4)
+    x, params = random_inputs(shape, 2, 2 * cell, 2 * cell - 14, labels=True, generator=generator)  # 2 x 2 x 2 cells
     outs = []
     for cells_per_chunk in (1, 3, 8):
-        monkeypatch.setattr(tt, "_NATIVE_CHUNK_PIXELS", cells_per_chunk * 32 * 32)
+        monkeypatch.setattr(tt, "_NATIVE_CHUNK_PIXELS", cells_per_chunk * cell * cell)
         outs.append(tt.pixelwise_mlp_torch(x, params, shape, labels=True, precision="bf16", bf16_matmul="native"))
-    # the same per-cell oneDNN calls whatever the chunk: bitwise equal
     assert torch.equal(outs[0], outs[1]) and torch.equal(outs[0], outs[2])
     assert relative_error(outs[0], reference_output(x, params, shape, True)) <= at.TOLERANCES["bf16"]
+
+
+@native_only
+@pytest.mark.parametrize("labels", [True, False])
+def test_native_bf16_grouped_matches_per_cell(monkeypatch, generator, labels):
+    """Small cells' grouped products against the per-cell products they replace (forced by
+    lowering the threshold), forward and backward: the same arithmetic, so equal up to
+    accumulation order (1e-3 RMS allows a few flipped bf16 roundings; a second rounding or a
+    lost bias fails it)."""
+    shape = at.MLPShape(13 if labels else 6, 16)
+    x, params = random_inputs(shape, 2, 50, 37, labels=labels, generator=generator)  # partial cells
+    grad_out = torch.randn(2, 3, 50, 37, generator=generator)
+    results = []
+    for threshold in (tt._NATIVE_BF16_MIN_PIXELS, 1):
+        monkeypatch.setattr(tt, "_NATIVE_BF16_MIN_PIXELS", threshold)
+        out = tt.pixelwise_mlp_torch(x, params, shape, labels=labels, precision="bf16", bf16_matmul="native")
+        results.append((out, *_bf16_backward(x, params, grad_out, shape, labels, "native")))
+    (grouped, grouped_x, grouped_params), (per_cell, per_cell_x, per_cell_params) = results
+    assert rms_relative_error(grouped, per_cell) <= 1e-3
+    assert rms_relative_error(grouped_params, per_cell_params) <= 1e-3
+    if not labels:
+        assert rms_relative_error(grouped_x, per_cell_x) <= 1e-3
 
 
 def test_fp16_backward_slopes_come_from_unrounded_activations(generator):
@@ -200,7 +229,7 @@ def _bf16_backward(x, params, grad_out, shape, labels, mode):
     [
         (True, 35, 32, 2, (70, 45), True),  # native forward recompute (1024-pixel cells), partial cells
         (False, 6, 32, 1, (40, 64), False),  # float input (grad_x), params not channels-last
-        (True, 13, 16, 3, (50, 33), True),  # emulated forward recompute (256-pixel cells), batch 3
+        (True, 13, 16, 3, (50, 33), True),  # grouped forward recompute (256-pixel cells), batch 3
         (False, 3, 8, 2, (20, 28), True),  # tiny cells, float input
     ],
 )
@@ -224,12 +253,9 @@ def test_native_bf16_backward(generator, labels, channels, cell, batch, size, ch
         assert native_x.shape == x.shape
         assert gradient_error(native_x, ref_x, "bf16") <= at.GRAD_TOLERANCES["bf16"]
         assert 0 < rms_relative_error(native_x, emulated_x) <= 3e-3
-    # "auto" runs native products wherever they are supported, whatever the cell size (its
-    # forward recompute is native from 1024-pixel cells on, as the forward)
+    # "auto" runs native wherever supported, whatever the cell size
     _, auto = _bf16_backward(x, params, grad_out, shape, labels, "auto")
-    assert 0 < rms_relative_error(auto, emulated) <= 3e-3
-    if cell * cell >= 1024:
-        assert torch.equal(auto, native)
+    assert torch.equal(auto, native)
 
 
 @pytest.mark.parametrize("path", ["bf16 native", "fp32 oneDNN"])
@@ -264,7 +290,7 @@ def test_bf16_matmul_mode(generator, monkeypatch):
         with tt.bf16_matmul_mode("auto"):
             assert tt.current_bf16_matmul() == "auto"
         assert tt.current_bf16_matmul() == "emulated"
-        assert not tt._check_bf16_backward(None, "bf16", torch.device("cpu"))
+        assert not tt._check_bf16_matmul(None, "bf16", torch.device("cpu"))
     assert tt.current_bf16_matmul() == "auto"
     with pytest.raises(ValueError, match="bf16_matmul must be one of"):
         with tt.bf16_matmul_mode("fast"):
