@@ -200,9 +200,9 @@ def ceiling_keys(
     implementation: str, precision: str, device: str, cell_size: int, ceilings: dict
 ) -> tuple[str, str | None]:
     """(large-matmul ceiling, cell-shaped ceiling) that bound an implementation's matmuls: on the
-    CPU, the torch backend's bf16 runs oneDNN bf16 products where the CPU has them (forward: cells
-    of >= 1024 pixels; backward: every cell size), its fp32 oneDNN fp32 products for cells of >=
-    1024 pixels (torch_tiled._ONEDNN_MIN_PIXELS), the rest torch's BLAS."""
+    CPU, the torch backend's bf16 runs oneDNN bf16 products where the CPU has them (every cell
+    size: per cell from 1024 pixels, grouped over a chunk's cells below), its fp32 oneDNN fp32
+    products for cells of >= 1024 pixels (torch_tiled._ONEDNN_MIN_PIXELS), the rest torch's BLAS."""
     if device == "cuda":
         return {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16"}[precision] + "_matmul_2048", None
     large_cells = cell_size * cell_size >= 1024
