@@ -475,9 +475,12 @@ def _native_layers(shape: MLPShape, p: torch.Tensor, weights: list[torch.Tensor]
     ]
 
 
-def _native_features(tiles: _Tiles) -> torch.Tensor:
-    """The first layer's bf16 operand buffer [input | encoding], (chunk, pixels, in_features),
-    with the encoding columns written once (already rounded to bf16: exact)."""
+def _native_features(tiles: _Tiles) -> torch.Tensor | None:
+    """The per-cell native path's first-layer bf16 operand buffer [input | encoding], (chunk,
+    pixels, in_features), with the encoding columns written once (already rounded to bf16:
+    exact); None for cells under ``_NATIVE_BF16_MIN_PIXELS``, whose grouped path builds its own."""
+    if tiles.pixels < _NATIVE_BF16_MIN_PIXELS:
+        return None
     features = tiles.buffer(tiles.shape.layers[0].in_features, torch.bfloat16)
     if tiles.pe is not None:
         features[:, :, tiles.shape.in_channels :] = tiles.pe
@@ -546,7 +549,7 @@ def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
     """The native bf16 forward (see the module doc) of every chunk, into ``out`` tiles."""
 
     def make_worker():
-        features = _native_features(tiles) if tiles.pixels >= _NATIVE_BF16_MIN_PIXELS else None
+        features = _native_features(tiles)
         hidden = tiles.buffer(tiles.shape.hidden_width)  # the last hidden layer's bf16 operand, in fp32
         outputs = [None] * (tiles.shape.depth - 2) + [hidden]
 
@@ -687,9 +690,10 @@ def pixelwise_mlp_torch_backward(
 class _ChunkBackward:
     """The backward of one chunk of cells at a time, in buffers allocated once per call.
 
-    :meth:`recompute` reruns the chunk's forward as the forward ran it (native or emulated bf16). Emulated products keep fp32 buffers of the unrounded activations (their
-    signs give the leaky-ReLU slopes; rounding to fp16 would flush tiny positive ones to zero),
-    rounded copies going through an ``operand`` buffer. The native bf16 backward keeps bf16
+    :meth:`recompute` reruns the chunk's forward as the forward ran it (native or emulated bf16).
+    Emulated products keep fp32 buffers of the unrounded activations (their signs give the
+    leaky-ReLU slopes; rounding to fp16 would flush tiny positive ones to zero), rounded copies
+    going through an ``operand`` buffer. The native bf16 backward keeps bf16
     buffers of the rounded activations instead, which keep every sign (bf16 has fp32's exponent
     range) and are its products' operands. :meth:`chain_rule` then back-propagates from the last
     layer's pre-activation gradient."""
@@ -709,7 +713,7 @@ class _ChunkBackward:
         self.upstream = [tiles.buffer(shape.hidden_width, act_dtype) for _ in range(1 if use_onednn else 2)]
         self.y = torch.empty(tiles.chunk, shape.out_channels, tiles.pixels, dtype=tiles.compute, device=tiles.device)
         if native:
-            self.features = _native_features(tiles) if tiles.pixels >= _NATIVE_BF16_MIN_PIXELS else None
+            self.features = _native_features(tiles)
             self.last_hidden = tiles.buffer(shape.hidden_width)
 
     def recompute(self, cells: slice, p: torch.Tensor) -> torch.Tensor:
