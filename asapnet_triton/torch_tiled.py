@@ -160,7 +160,7 @@ def cell_positional_encoding(cell_size: int, *, dtype=torch.float32, device=None
 
 def native_bf16_supported(device: torch.device | str) -> bool:
     """Whether the native bf16 path can run on ``device``: a CPU whose oneDNN build has bf16
-    matmuls, reachable through ``torch.ops.mkldnn._linear_pointwise``."""
+    matmuls, reachable through torch's fused oneDNN ops (``onednn.onednn_supported``)."""
     if not onednn.onednn_supported(device):
         return False
     try:
@@ -487,9 +487,10 @@ def _native_features(tiles: _Tiles) -> torch.Tensor | None:
     return features
 
 
-def _native_hidden_(tiles: _Tiles, cells: slice, layers, features: torch.Tensor, outputs: list) -> None:
-    """The native first and hidden layers of a chunk of cells: ``outputs[i]`` (a (n, pixels,
-    hidden) buffer, or None where not needed) receives hidden layer i's bf16 activation."""
+def _native_hidden_per_cell_(tiles: _Tiles, cells: slice, layers, features: torch.Tensor, outputs: list) -> None:
+    """The native first and hidden layers of a chunk of cells, one oneDNN call per cell and
+    layer: ``outputs[i]`` (a (n, pixels, hidden) buffer, or None where not needed) receives hidden
+    layer i's bf16 activation."""
     n = cells.stop - cells.start
     chunk_features = features[:n]
     chunk_features[:, :, : tiles.shape.in_channels] = (
@@ -504,10 +505,10 @@ def _native_hidden_(tiles: _Tiles, cells: slice, layers, features: torch.Tensor,
 
 
 def _native_hidden_grouped_(tiles: _Tiles, cells: slice, p: torch.Tensor, weights, outputs: list) -> None:
-    """:func:`_native_hidden_` for small cells: each layer one oneDNN bf16 grouped product over
-    the chunk's cells (:func:`onednn.grouped_linear`: the same fp32 accumulation, fp32 bias and
-    leaky ReLU before the single rounding), on pixel-major activations (pixels, n, hidden), which
-    are copied cell-major into ``outputs``. ``p`` the chunk's (n, P) params, ``weights`` their
+    """:func:`_native_hidden_per_cell_` for small cells: each layer one oneDNN bf16 grouped
+    product over the chunk's cells (:func:`onednn.grouped_linear`: the same fp32 accumulation,
+    fp32 bias and leaky ReLU before the single rounding), on pixel-major activations (pixels, n,
+    hidden), which are copied cell-major into ``outputs``. ``p`` the chunk's (n, P) params, ``weights`` their
     :func:`_bf16_weights`. One call per layer instead of one per cell and layer, which at 16x16
     cells costs more than the emulated fp32 products (see ``_NATIVE_BF16_MIN_PIXELS``); grouped,
     16 such cells' hidden layer takes 283 us against the emulated path's 523 us (one thread, the
@@ -526,12 +527,13 @@ def _native_hidden_grouped_(tiles: _Tiles, cells: slice, p: torch.Tensor, weight
             output.copy_(h.transpose(0, 1))
 
 
-def _native_hidden_any_(tiles: _Tiles, cells: slice, p: torch.Tensor, weights, features, outputs: list) -> None:
-    """The native first and hidden layers of a chunk: per cell (:func:`_native_hidden_`) for
-    cells of at least ``_NATIVE_BF16_MIN_PIXELS``, grouped over the chunk
-    (:func:`_native_hidden_grouped_`) for smaller ones."""
+def _native_hidden_(tiles: _Tiles, cells: slice, p: torch.Tensor, weights, features, outputs: list) -> None:
+    """The native first and hidden layers of a chunk, ``outputs[i]`` receiving hidden layer i's
+    bf16 activation (or None): per cell (:func:`_native_hidden_per_cell_`) for cells of at least
+    ``_NATIVE_BF16_MIN_PIXELS``, grouped over the chunk (:func:`_native_hidden_grouped_`) for
+    smaller ones."""
     if tiles.pixels >= _NATIVE_BF16_MIN_PIXELS:
-        _native_hidden_(tiles, cells, _native_layers(tiles.shape, p, weights), features, outputs)
+        _native_hidden_per_cell_(tiles, cells, _native_layers(tiles.shape, p, weights), features, outputs)
     else:
         _native_hidden_grouped_(tiles, cells, p, weights, outputs)
 
@@ -557,7 +559,7 @@ def _forward_native_bf16(tiles: _Tiles, out: torch.Tensor) -> None:
             p = tiles.chunk_params(cells)
             n = p.shape[0]
             chunk_outputs = [o if o is None else o[:n] for o in outputs]
-            _native_hidden_any_(tiles, cells, p, _bf16_weights(tiles.shape, p), features, chunk_outputs)
+            _native_hidden_(tiles, cells, p, _bf16_weights(tiles.shape, p), features, chunk_outputs)
             _last_layer_(tiles, p, hidden[:n], out[cells])
 
         return worker
@@ -693,10 +695,10 @@ class _ChunkBackward:
     :meth:`recompute` reruns the chunk's forward as the forward ran it (native or emulated bf16).
     Emulated products keep fp32 buffers of the unrounded activations (their signs give the
     leaky-ReLU slopes; rounding to fp16 would flush tiny positive ones to zero), rounded copies
-    going through an ``operand`` buffer. The native bf16 backward keeps bf16
-    buffers of the rounded activations instead, which keep every sign (bf16 has fp32's exponent
-    range) and are its products' operands. :meth:`chain_rule` then back-propagates from the last
-    layer's pre-activation gradient."""
+    going through an ``operand`` buffer. The native bf16 backward keeps bf16 buffers of the
+    rounded activations instead, which keep every sign (bf16 has fp32's exponent range) and are
+    its products' operands. :meth:`chain_rule` then back-propagates from the last layer's
+    pre-activation gradient."""
 
     def __init__(self, tiles: _Tiles, native: bool, use_onednn: bool = False):
         shape = tiles.shape
@@ -723,7 +725,7 @@ class _ChunkBackward:
         acts, y = [a[:n] for a in self.acts], self.y[:n]
         if self.native:
             self.weights = _bf16_weights(tiles.shape, p)
-            _native_hidden_any_(tiles, cells, p, self.weights, self.features, acts)
+            _native_hidden_(tiles, cells, p, self.weights, self.features, acts)
             _last_layer_(tiles, p, self.last_hidden[:n].copy_(acts[-1]), y)
             return y
         weights = tiles.weights(p)
