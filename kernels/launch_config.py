@@ -37,8 +37,9 @@ SUPPORTED_HIDDEN_WIDTHS = (16, 32, 64, 128)
 # sums where the one-hot product spills (sm_8x).
 ROW_SUM_MAX_CLASSES = 64
 
-# Operand rounding done by the kernel's _as_operand instead of by tl.dot (the ROUNDING constexpr).
-ROUND_NATIVE, ROUND_BF16, ROUND_TF32 = 0, 1, 2
+# Operand rounding done by the kernel's _as_operand instead of by tl.dot (the ROUNDING constexpr):
+# none, bf16 or tf32 on the bits (the interpreter), tf32 by PTX's cvt.rna.tf32.f32 (compiled).
+ROUND_NATIVE, ROUND_BF16, ROUND_TF32, ROUND_TF32_PTX = 0, 1, 2, 3
 
 # Triton's names for the element types of pointer arguments (the ahead-of-time signature).
 _POINTER_TYPES = {
@@ -179,9 +180,10 @@ def _rounding_mode(precision: str, interpret: bool):
     if precision == "fp32":
         return tl.float32, ROUND_NATIVE, "ieee"
     if precision == "tf32":
-        if interpret:
-            return tl.float32, ROUND_TF32, "ieee"
-        return tl.float32, ROUND_NATIVE, "tf32"
+        # compiled: rounded to nearest by cvt.rna.tf32.f32, then the tensor cores' tf32 products
+        # (which would truncate an unrounded fp32 operand); interpreted: the same rounding on the
+        # bits, exact fp32 products
+        return (tl.float32, ROUND_TF32, "ieee") if interpret else (tl.float32, ROUND_TF32_PTX, "tf32")
     if precision == "bf16":
         if interpret:
             return tl.float32, ROUND_BF16, "ieee"

@@ -22,6 +22,7 @@ import os
 import torch
 import triton
 import triton.language as tl
+from triton.runtime.errors import OutOfResources
 
 from asapnet_triton.layout import MLPShape
 
@@ -62,7 +63,13 @@ def _as_operand(t, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
     # Under Triton's interpreter tl.dot multiplies bf16 bit patterns as integers (triton #11584)
     # and ignores tf32, and its fp32 -> bf16 cast truncates; there the launcher asks for the
     # rounding to be done here on the bits and the product taken in fp32, which is exact for
-    # bf16 x bf16 and tf32 x tf32 products. ROUNDING: launch_config.ROUND_NATIVE / _BF16 / _TF32.
+    # bf16 x bf16 and tf32 x tf32 products. Compiled tf32 rounds here too: the tensor cores read
+    # an fp32 operand's top 19 bits, i.e. truncate it (on an H200 that gave a 2.7e-3 max-norm
+    # error, over tf32's 2e-3 tolerance, and disagreed with the torch backend's rounding), so
+    # operands are rounded first, with the hardware's own instruction (the same rounding as the
+    # bits above; on sm_80 the bit version spilled 4 bytes in the labels backward at cell 64),
+    # and the truncation is then exact.
+    # ROUNDING: launch_config.ROUND_NATIVE / _BF16 / _TF32 / _TF32_PTX.
     if ROUNDING == 1:
         # round to nearest even at 7 mantissa bits (cvt.rn.bf16.f32)
         bits = t.to(tl.float32).to(tl.int32, bitcast=True)
@@ -71,6 +78,11 @@ def _as_operand(t, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr):
         # round to nearest, ties away from zero, at 10 mantissa bits (cvt.rna.tf32.f32)
         bits = t.to(tl.float32).to(tl.int32, bitcast=True)
         r = ((bits + 0x1000) & -8192).to(tl.float32, bitcast=True)
+    elif ROUNDING == 3:
+        # the same rounding by the hardware (sm_80+), for compiled kernels only
+        r = tl.inline_asm_elementwise(
+            "cvt.rna.tf32.f32 $0, $1;", "=r,r", [t.to(tl.float32)], dtype=tl.float32, is_pure=True, pack=1
+        )
     else:
         r = t.to(DOT_DTYPE)
     return r
@@ -84,8 +96,10 @@ def _dot(a, w, ACC_DTYPE: tl.constexpr, DOT_DTYPE: tl.constexpr, ROUNDING: tl.co
 
 @triton.jit
 def _dot_acc(a, w, acc, DOT_DTYPE: tl.constexpr, ROUNDING: tl.constexpr, INPUT_PRECISION: tl.constexpr):
-    # acc + a @ w, accumulating in place in the MMA accumulator (no second tile of registers)
-    return tl.dot(_as_operand(a, DOT_DTYPE, ROUNDING), w, acc=acc, input_precision=INPUT_PRECISION)
+    # acc + a @ w, accumulating in place in the MMA accumulator (no second tile of registers).
+    # out_dtype: the accumulator's, which Triton 3.6 requires to be named (its default, fp32,
+    # failed an assertion for fp64 accumulators on an H200; Triton 3.9 infers it).
+    return tl.dot(_as_operand(a, DOT_DTYPE, ROUNDING), w, acc=acc, input_precision=INPUT_PRECISION, out_dtype=acc.dtype)
 
 
 @triton.jit
@@ -931,6 +945,21 @@ def _check_params_channel_stride(params: torch.Tensor) -> None:
         )
 
 
+def _launch(kernel, grid, shape: MLPShape, precision: str, build, *args) -> None:
+    """Launch ``kernel`` on ``grid``; a build that needs more shared memory than the device has (a
+    cell's weights stay on chip: every layer's, as dot operands) becomes a ValueError that names
+    the model, the precision and what to do instead, rather than Triton's OutOfResources. Seen on
+    an H200 (227 KiB a block): hidden_width=128, depth=6 in fp32 (288 KiB for the forward)."""
+    try:
+        kernel[grid](*args, num_warps=build.num_warps, num_stages=build.num_stages, **build.constexprs)
+    except OutOfResources as error:
+        raise ValueError(
+            f"the Triton {build.kernel} kernel keeps a cell's weights on chip, and hidden_width="
+            f"{shape.hidden_width}, depth={shape.depth} in {precision} does not fit this GPU ({error}); "
+            f"use a narrower or shallower MLP, a 16-bit precision (half the bytes), or backend='torch'"
+        ) from error
+
+
 def _x_strides(x: torch.Tensor, labels: bool) -> tuple[int, int, int, int]:
     # labels (B, H, W) get a dummy channel stride
     return (x.stride(0), 0, x.stride(1), x.stride(2)) if labels else x.stride()
@@ -979,7 +1008,12 @@ def pixelwise_mlp_forward(
     x_strides = _x_strides(x, labels)
     _check_offsets(shape.cell_size, x=x_strides[2:], out=out.stride()[2:])
     _check_params_channel_stride(params)
-    _pixelwise_mlp_fwd_kernel[grid](
+    _launch(
+        _pixelwise_mlp_fwd_kernel,
+        grid,
+        shape,
+        precision,
+        build,
         x,
         params,
         out,
@@ -990,9 +1024,6 @@ def pixelwise_mlp_forward(
         *x_strides,
         *params.stride(),
         *out.stride(),
-        num_warps=build.num_warps,
-        num_stages=build.num_stages,
-        **build.constexprs,
     )
     return out
 
@@ -1047,7 +1078,12 @@ def pixelwise_mlp_backward(
     _check_offsets(shape.cell_size, **images, **({"grad_x": grad_x.stride()[2:]} if need_grad_x else {}))
     _check_params_channel_stride(params)
     dx = grad_x if need_grad_x else partial  # any tensor: the kernel never touches it then
-    _pixelwise_mlp_bwd_kernel[grid](
+    _launch(
+        _pixelwise_mlp_bwd_kernel,
+        grid,
+        shape,
+        precision,
+        build,
         x,
         params,
         grad_out,
@@ -1062,9 +1098,6 @@ def pixelwise_mlp_backward(
         *params.stride(),
         *grad_out.stride(),
         *(dx.stride() if need_grad_x else (0, 0, 0, 0)),
-        num_warps=build.num_warps,
-        num_stages=build.num_stages,
-        **build.constexprs,
     )
     grad_params = partial.sum(dim=1) if grid[1] > 1 else partial[:, 0]
     grad_params = grad_params.view(B, Hc, Wc, P).permute(0, 3, 1, 2).to(params.dtype)

@@ -62,3 +62,70 @@ def test_tensor_cores_for_reduced_precisions(resources):
 def test_default_kernels_do_not_spill(resources):
     for r in resources:
         assert r["spill_store_bytes"] == 0 and r["spill_load_bytes"] == 0, r
+
+
+# An sm_90 block's shared memory (opt-in), as Triton reported it on an H200: 227 KiB.
+SM90_SHARED_BYTES = 232448
+WIDEST = (7, 8, 2, 128, 6)  # testing.MLP_CASES' widest, deepest model: labels, cell 8, 2 outputs
+
+WIDE_SCRIPT = r"""
+import json, sys
+from asapnet_triton.aot import kernel_resources
+from asapnet_triton.layout import MLPShape
+from asapnet_triton.kernels.launch_config import default_config
+channels, cell, outputs, hidden, depth = json.loads(sys.argv[1])
+shape = MLPShape(channels, cell, outputs, hidden, depth)
+rows = []
+for precision, kernel in (("fp32", "forward"), ("bf16", "forward")):
+    config = default_config(kernel, shape, labels=True, precision=precision, arch=90)
+    row = kernel_resources(kernel, shape, labels=True, precision=precision, config=config, arch=90)
+    rows.append(row.as_dict())
+print(json.dumps(rows))
+"""
+
+
+def test_builds_listed_beyond_shared_memory_are_beyond_it():
+    """testing.SM90_BEYOND_SHARED_MEMORY, the builds whose call the compiled tests expect to raise
+    the launcher's ValueError on an sm_90 card, is what compiling them measures: the widest model's
+    fp32 forward needs more than a block's shared memory (its backward, 315 KiB, is never reached
+    by those calls), its bf16 forward (half the bytes) fits."""
+    from asapnet_triton.testing import SM90_BEYOND_SHARED_MEMORY
+
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [sys.executable, "-c", WIDE_SCRIPT, json.dumps(WIDEST)]
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    hidden, depth = WIDEST[3:]
+    for r in rows:
+        listed = (hidden, depth, r["precision"], r["kernel"]) in SM90_BEYOND_SHARED_MEMORY
+        assert (r["shared_memory_bytes"] > SM90_SHARED_BYTES) == listed, r
+    assert {(h, d) for h, d, _, _ in SM90_BEYOND_SHARED_MEMORY} == {(hidden, depth)}
+
+
+ROUNDING_SCRIPT = r"""
+import json
+from asapnet_triton.aot import compile_kernel
+from asapnet_triton.layout import MLPShape
+from asapnet_triton.kernels.launch_config import default_config
+shape = MLPShape(3, 16, 3, 32, 3)
+counts = {}
+for precision in ("tf32", "fp32"):
+    config = default_config("forward", shape, labels=False, precision=precision, arch=90)
+    ptx = compile_kernel("forward", shape, labels=False, precision=precision, config=config, arch=90).asm["ptx"]
+    counts[precision] = ptx.count("cvt.rna.tf32.f32")
+print(json.dumps(counts))
+"""
+
+
+def test_compiled_tf32_operands_are_rounded_to_nearest_first():
+    """The tensor cores truncate an fp32 operand to tf32 (an H200 measured tf32 out of tolerance
+    before the kernels rounded); the compiled tf32 kernel rounds every operand to nearest with
+    cvt.rna.tf32.f32 before its products, and the fp32 one (IEEE products) does not."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run(
+        [sys.executable, "-c", ROUNDING_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    assert counts["tf32"] > 0 and counts["fp32"] == 0, counts

@@ -19,6 +19,7 @@ import asapnet_triton.torch_tiled as tt
 from asapnet_triton.testing import (
     MLP_CASES,
     device_for,
+    exceeds_shared_memory,
     gradient_error,
     implementations,
     mlp_kwargs,
@@ -57,6 +58,10 @@ def test_gradients_match_reference(
     shape = at.MLPShape(channels, cell, out_channels, hidden, depth)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
     grad_out = torch.randn(batch, out_channels, height, width, generator=generator)
+    if exceeds_shared_memory(backend, shape, "fp32"):
+        with pytest.raises(ValueError, match="does not fit this GPU"):
+            grads(backend, x, params, grad_out, shape, labels)
+        return
     grad_x, grad_params = grads(backend, x, params, grad_out, shape, labels)
     ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
     assert grad_params.shape == params.shape and grad_params.dtype == params.dtype
@@ -102,6 +107,7 @@ def test_reduced_precision_gradients(generator, precision, labels):
 def test_gradcheck_fp64(backend, generator, labels):
     shape = at.MLPShape(3, 4, 2, 16, 3)
     x, params = random_inputs(shape, 2, 6, 7, labels=labels, dtype=torch.float64, generator=generator)
+    x, params = x.to(device_for(backend)), params.to(device_for(backend))
     kwargs = mlp_kwargs(shape, labels) | dict(precision="fp64", backend=backend)
     inputs = (x, params.clone().requires_grad_()) if labels else (x.requires_grad_(), params.clone().requires_grad_())
 
@@ -144,7 +150,7 @@ def test_no_gradient_for_labels_and_only_when_needed(generator):
     backend = IMPLEMENTATIONS[-1]
     shape = at.MLPShape(3, 16, 3, 32, 3)
     x, params = random_inputs(shape, 1, 20, 20, generator=generator)
-    params.requires_grad_()
+    x, params = x.to(device_for(backend)), params.to(device_for(backend)).requires_grad_()
     out = at.pixelwise_mlp(x, params, cell_size=16, hidden_width=32, depth=3, backend=backend)
     out.sum().backward()
     assert x.grad is None and params.grad is not None
@@ -158,13 +164,14 @@ def test_training_steps_agree_across_backends(generator, labels):
     target = torch.rand(2, 3, 20, 18, generator=generator) * 2 - 1
     curves = {}
     for backend in [*IMPLEMENTATIONS, "reference"]:
-        params = torch.nn.Parameter(init.clone().double() if backend == "reference" else init.clone())
+        device = device_for(backend)
+        params = torch.nn.Parameter((init.double() if backend == "reference" else init).to(device, copy=True))
         optimizer = torch.optim.Adam([params], lr=1e-2)
         losses = []
         for _ in range(5):
             optimizer.zero_grad()
-            out = at.pixelwise_mlp(x, params, backend=backend, **mlp_kwargs(shape, labels))
-            loss = torch.nn.functional.mse_loss(out, target.to(out.dtype))
+            out = at.pixelwise_mlp(x.to(device), params, backend=backend, **mlp_kwargs(shape, labels))
+            loss = torch.nn.functional.mse_loss(out, target.to(device, out.dtype))
             loss.backward()
             optimizer.step()
             losses.append(loss.item())

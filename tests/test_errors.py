@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import asapnet_triton as at
-from asapnet_triton.testing import kernel_backends, random_inputs
+from asapnet_triton.testing import device_for, kernel_backends, random_inputs
 
 SHAPE = at.MLPShape(3, 16, 3, 32, 3)
 
@@ -137,12 +137,19 @@ def test_every_integer_label_dtype_gives_the_int64_result(generator, dtype):
         torch.testing.assert_close(model(labels.to(dtype)), expected, rtol=0, atol=0)
     shape = at.MLPShape(5, 16, 3, 32, 3)
     _, params = random_inputs(shape, 2, 40, 37, generator=generator)
+    ref = at.pixelwise_mlp(labels, params, num_classes=5, cell_size=16, hidden_width=32, depth=3, backend="torch")
     for backend in ["torch", *kernel_backends()]:
+        device = device_for(backend)
         out = at.pixelwise_mlp(
-            labels.to(dtype), params, num_classes=5, **(dict(cell_size=16, hidden_width=32, depth=3)), backend=backend
+            labels.to(device, dtype),
+            params.to(device),
+            num_classes=5,
+            cell_size=16,
+            hidden_width=32,
+            depth=3,
+            backend=backend,
         )
-        ref = at.pixelwise_mlp(labels, params, num_classes=5, cell_size=16, hidden_width=32, depth=3, backend="torch")
-        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(out.cpu(), ref, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("shape", [(1, 0, 40), (1, 40, 0), (0, 40, 40)])

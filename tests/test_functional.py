@@ -14,6 +14,7 @@ import asapnet_triton as at
 from asapnet_triton.testing import (
     MLP_CASES,
     device_for,
+    exceeds_shared_memory,
     implementations,
     kernel_backends,
     mlp_kwargs,
@@ -42,6 +43,10 @@ def test_forward_matches_reference(
 ):
     shape = at.MLPShape(channels, cell, out_channels, hidden, depth)
     x, params = random_inputs(shape, batch, height, width, labels=labels, generator=generator)
+    if exceeds_shared_memory(backend, shape, "fp32"):
+        with pytest.raises(ValueError, match="does not fit this GPU"):
+            run(backend, x, params, shape, labels)
+        return
     out = run(backend, x, params, shape, labels)
     assert out.shape == (batch, out_channels, height, width) and out.dtype == torch.float32
     assert relative_error(out, reference_output(x, params, shape, labels)) <= at.TOLERANCES["fp32"]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import asapnet_triton as at
-from asapnet_triton.testing import kernel_backends, rms_relative_error
+from asapnet_triton.testing import device_for, kernel_backends, rms_relative_error
 
 TINY = dict(lr_width=8, lr_max_width=16, lr_depth=1, hidden_width=16, depth=3)
 
@@ -105,11 +105,12 @@ def test_gradients_reach_the_lowres_stream(backend, generator):
     torch.nn.functional.mse_loss(model(x), target).backward()
     expected = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
-    model.float()
+    device = device_for(backend)
+    model.float().to(device)
     model.highres.backend = backend
-    torch.nn.functional.mse_loss(model(x), target.float()).backward()
+    torch.nn.functional.mse_loss(model(x.to(device)), target.float().to(device)).backward()
     for name, p in model.named_parameters():
-        assert p.grad is not None and rms_relative_error(p.grad, expected[name]) <= 1e-4, name
+        assert p.grad is not None and rms_relative_error(p.grad.cpu(), expected[name]) <= 1e-4, name
 
 
 @pytest.mark.parametrize("cell", [8, 48])

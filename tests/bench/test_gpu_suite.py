@@ -84,3 +84,24 @@ def test_training_step_cases_are_train_steps_with_the_sizes_the_suite_names(tmp_
     config = train_step._config(spec, str(tmp_path / "run"))
     assert (config.crop_size, config.aspect_ratio, config.resolved_cell_size) == (1024, 2.0, 64)
     assert (config.label_nc, config.instance, config.batch_size) == (35, True, 1)
+
+
+def test_the_report_is_written_after_every_step_and_marked_complete_at_the_end(tmp_path):
+    """A lease that ends mid-run keeps the finished steps: the JSON exists, "complete": false,
+    after the first step; each step's seconds are recorded; complete() marks it done."""
+    import json
+
+    report = gpu_suite.Report("python bench/gpu_suite.py", None, out=tmp_path)
+    report.steps["correctness"] = {"rows": [{"ok": True}], "failed": 0}
+    path = report.finished("correctness")
+    first = json.loads(path.read_text())
+    assert first["complete"] is False and first["steps"]["correctness"]["failed"] == 0
+    assert list(first["step_seconds"]) == ["correctness"] and first["step_seconds"]["correctness"] >= 0
+    assert "machine" in first
+    report.steps["timings"] = [{"implementation": "triton bf16"}]
+    report.finished("timings")
+    assert list(json.loads(path.read_text())["step_seconds"]) == ["correctness", "timings"]
+    assert report.complete() == path
+    last = json.loads(path.read_text())
+    assert last["complete"] is True and last["seconds"] >= sum(last["step_seconds"].values())
+    assert last["steps"]["timings"] == [{"implementation": "triton bf16"}]

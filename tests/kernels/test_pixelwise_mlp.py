@@ -104,6 +104,43 @@ def test_unsupported_hidden_width_is_refused(generator):
         pixelwise_mlp_forward(x.to(DEVICE), params.to(DEVICE), shape, labels=False, config=LaunchConfig())
 
 
+@pytest.mark.parametrize("kernel", ["forward", "backward"])
+def test_too_little_shared_memory_is_a_value_error_naming_the_model(generator, monkeypatch, kernel):
+    """Triton's OutOfResources at launch (a build whose resident weights exceed the device's shared
+    memory: on an H200, hidden_width=128, depth=6 in fp32) reaches the caller as a ValueError that
+    names the model and the precision and says what to do instead."""
+    from triton.runtime.errors import OutOfResources
+
+    from asapnet_triton.kernels import pixelwise_mlp as module
+
+    launches = []
+
+    class TooLarge:  # a jitted kernel whose launch fails the way Triton's does
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                launches.append(grid)
+                raise OutOfResources(294912, 232448, "shared memory")
+
+            return launch
+
+    name = "_pixelwise_mlp_fwd_kernel" if kernel == "forward" else "_pixelwise_mlp_bwd_kernel"
+    monkeypatch.setattr(module, name, TooLarge())
+    shape = at.MLPShape(7, 8, 2, 128, 6)
+    x, params = random_inputs(shape, 1, 20, 24, labels=True, generator=generator)
+    x, params = x.to(DEVICE), params.to(DEVICE)
+    message = (
+        r"hidden_width=128, depth=6 in fp32 does not fit this GPU \(out of resource: shared memory, Required: 294912"
+    )
+    with pytest.raises(ValueError, match=message) as caught:
+        if kernel == "forward":
+            pixelwise_mlp_forward(x, params, shape, labels=True, config=default_for("forward", shape, True))
+        else:
+            grad_out = torch.randn(1, 2, 20, 24, generator=generator).to(DEVICE)
+            pixelwise_mlp_backward(x, params, grad_out, shape, labels=True, config=default_for("backward", shape, True))
+    assert launches, "the kernel was not launched"
+    assert "backend='torch'" in str(caught.value) and isinstance(caught.value.__cause__, OutOfResources)
+
+
 @pytest.mark.parametrize(
     "kwargs, message",
     [

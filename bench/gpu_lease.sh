@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# One lent GPU, one call: the GPU suite, then the test suite on the compiled kernels, inside a
+# time budget, with every log and result copied to a folder that survives the machine.
+#
+#   BUDGET_SECONDS=560 OUT=/some/folder [SUITE_ARGS=--skip-tuning] bash bench/gpu_lease.sh
+#
+# Run from the repository root on a machine with a CUDA GPU, PyTorch and Triton (nothing is
+# downloaded: the package is installed from this checkout without dependencies or an index).
+# Order and budget: `bench/gpu_suite.py` gets SUITE_SECONDS (default: 70% of the budget); its
+# JSON is written after every step, so a suite stopped at its limit still leaves the finished
+# steps. The tests then get what is left: first the files that run the compiled kernels
+# ("triton" backend), then, time permitting, the rest; one line a test (-v), so that a run stopped
+# at its limit still says which passed. At most 7 files in OUT. Exit status: the first failure's.
+set -u -o pipefail
+start=$SECONDS
+budget=${BUDGET_SECONDS:-560}
+out=${OUT:-bench/results/lease}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+left() { echo $((budget - (SECONDS - start))); }
+
+{
+    date -u
+    nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv || true
+    python3 -c "import sys, torch, triton; print(sys.version.split()[0], 'torch', torch.__version__, 'triton', triton.__version__, torch.cuda.get_device_name())"
+    nproc
+} 2>&1 | tee "$out/env.txt"
+
+# the package from this checkout: editable, offline; where the image's setuptools cannot build it,
+# the same layout the wheel has (kernels/ and reference/ inside asapnet_triton) on PYTHONPATH
+if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$out/install.txt" 2>&1; then
+    site=$(mktemp -d)
+    cp -r asapnet_triton "$site/" && cp -r kernels reference "$site/asapnet_triton/"
+    export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
+    echo "pip install failed (see install.txt); the package runs from $site" | tee -a "$out/env.txt"
+fi
+
+status=0
+suite_seconds=${SUITE_SECONDS:-$((budget * 7 / 10))}
+# shellcheck disable=SC2086  # SUITE_ARGS: the suite's options, e.g. --skip-tuning
+timeout "$suite_seconds" python3 bench/gpu_suite.py ${SUITE_ARGS:-} 2>&1 | tee "$out/gpu_suite.log" || status=$?
+name=$(python3 -c "import sys; sys.path.insert(0, 'bench'); from common import machine_name; print(machine_name())")
+cp bench/results/"$name"/gpu_suite.* "$out/" 2>/dev/null || echo "no gpu_suite results written" | tee -a "$out/env.txt"
+
+# the test files that run the compiled kernels, then the rest
+compiled=(tests/kernels tests/test_functional.py tests/test_autograd.py tests/test_opcheck.py tests/test_generator.py
+          tests/test_autotune.py tests/test_errors.py tests/training/test_discriminator.py
+          tests/training/test_checkpoint.py tests/bench/test_gpu_suite.py)
+workers=$(( $(nproc) > 2 ? $(nproc) - 2 : 1 ))
+run_tests() {  # log name, then pytest's arguments
+    local log=$1
+    shift
+    local seconds
+    seconds=$(left)
+    if [ "$seconds" -lt 30 ]; then
+        echo "no time left for $log" | tee -a "$out/env.txt"
+        return 0
+    fi
+    ASAPNET_TEST_COMPILED=1 timeout "$seconds" python3 -m pytest -n "$workers" -v -p no:cacheprovider \
+        "$@" 2>&1 | tee "$out/$log.log"
+}
+run_tests pytest_compiled "${compiled[@]}" || { rc=$?; [ $status -eq 0 ] && status=$rc; }
+ignores=()
+for path in "${compiled[@]}"; do ignores+=(--ignore="$path"); done
+run_tests pytest_rest "${ignores[@]}" || { rc=$?; [ $status -eq 0 ] && status=$rc; }
+echo "lease script done in $((SECONDS - start)) s, status $status" | tee -a "$out/env.txt"
+exit $status
