@@ -74,7 +74,8 @@ def _hidden_cases(pixels: int):
     }
 
 
-def _grouped_cases(cells: int = 16, pixels: int = 256):
+def _grouped_cases(cells: int = 16, pixels: int = 256, *, bf16: bool = True):
+    """The grouped hidden-layer cases, fp32 and (``bf16``) bf16."""
     import torch
 
     from asapnet_triton import onednn
@@ -95,18 +96,20 @@ def _grouped_cases(cells: int = 16, pixels: int = 256):
             out.copy_(out.bfloat16())
 
     name = f"{cells} cells of {pixels} pixels, grouped"
-    return {
+    cases = {
         f"{name}, fp32": (
             lambda: blas(h, w, False),
             lambda: onednn.grouped_linear(pixel_major, w, b[:, 0], 0.01),
             flops,
         ),
-        f"{name}, bf16": (
+    }
+    if bf16:
+        cases[f"{name}, bf16"] = (
             lambda: blas(h16, w16, True),
             lambda: onednn.grouped_linear(pixel_major16, w_bf16, b[:, 0], 0.01),
             flops,
-        ),
-    }
+        )
+    return cases
 
 
 def _head_cases(case: str):
@@ -143,11 +146,13 @@ def _head_cases(case: str):
     }
 
 
-def run(repeats: int, heads: list[str]) -> list[dict]:
+def run(repeats: int, heads: list[str], left_out: list[str] | None = None) -> list[dict]:
+    """One row per case; the cases this CPU cannot run are named in ``left_out`` (and printed)."""
     import torch
     from common import interleaved_seconds
 
     from asapnet_triton import onednn
+    from asapnet_triton.torch_tiled import native_bf16_supported
 
     if not onednn.onednn_supported("cpu"):
         raise SystemExit("this torch has no oneDNN: nothing to compare")
@@ -155,7 +160,13 @@ def run(repeats: int, heads: list[str]) -> list[dict]:
     cases = {}
     for pixels in (64 * 64, 32 * 32, 16 * 16):
         cases |= _hidden_cases(pixels)
-    cases |= _grouped_cases()
+    bf16 = native_bf16_supported("cpu")
+    cases |= _grouped_cases(bf16=bf16)
+    if not bf16:
+        why = "grouped bf16: this CPU's oneDNN has no bf16 (torch.ops.mkldnn._is_mkldnn_bf16_supported)"
+        print(f"left out: {why}", flush=True)
+        if left_out is not None:
+            left_out.append(why)
     for case in heads:
         cases |= _head_cases(case)
     rows = []
@@ -232,10 +243,11 @@ def main() -> None:
         repeats = args.repeats
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/onednn_matmul")
     out.mkdir(parents=True, exist_ok=True)
-    rows = run(repeats, heads)
+    left_out = []
+    rows = run(repeats, heads, left_out)
     text = table(rows)
     print(text)
-    write_results(out, "onednn_matmul", dict(threads=1, repeats=repeats, rows=rows), text)
+    write_results(out, "onednn_matmul", dict(threads=1, repeats=repeats, rows=rows, left_out=left_out), text)
     plot(rows, out / "onednn_matmul.png")
     print(f"wrote {out}/onednn_matmul.{{json,md,png}}", file=sys.stderr)
 

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from asapnet_triton import onednn
+from asapnet_triton.torch_tiled import native_bf16_supported
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "onednn_matmul.py"
 
@@ -17,6 +18,12 @@ def test_smoke_run_writes_a_row_per_case(run_bench):
     payload, table = run_bench("onednn_matmul", "--smoke")
     cases = [row["case"] for row in payload["rows"]]
     assert "hidden layer, 4096 pixels" in cases and "LR head, demo, forward + backward" in cases
+    grouped_bf16 = "16 cells of 256 pixels, grouped, bf16"
+    # the bf16 case where this CPU's oneDNN has bf16, else named as left out
+    if native_bf16_supported("cpu"):
+        assert grouped_bf16 in cases and payload["left_out"] == []
+    else:
+        assert grouped_bf16 not in cases and "bf16" in payload["left_out"][0]
     for row in payload["rows"]:
         assert row["blas_seconds"] > 0 and row["onednn_seconds"] > 0
         assert row["ratio"] == pytest.approx(row["blas_seconds"] / row["onednn_seconds"])

@@ -93,7 +93,9 @@ def page(browser, local_model):
         errors = []
         page.on("pageerror", lambda error: errors.append(str(error)))
         page.goto(server.url)
-        page.wait_for_function("window.paintState && window.paintState.model !== null")
+        # the held-out example the page opens on, loaded and translated: a test starts from rest
+        page.wait_for_function("window.paintState && window.paintState.labels !== null")
+        _settle(page)
         yield page
         assert not errors, errors
         page.close()
@@ -269,6 +271,36 @@ def test_fill_eraser_undo_redo_clear(page, local_model):
     _settle(page)
     assert torch.equal(_labels(page), torch.full_like(band, background))
     assert np.abs(_photo(page).astype(int) - expected_photo(model, _labels(page), 512).astype(int)).max() <= 1
+
+
+def test_an_example_that_arrives_after_a_new_canvas_does_not_replace_it(browser, local_model):
+    """The latest map load wins: the held-out example the page opens on, held back until after the
+    user has clicked "new canvas" and painted, is dropped when it arrives (it used to replace the
+    new canvas, seen mid-stroke in a loaded CI run)."""
+    held = []
+    with running_server(local_model[0]) as server:
+        page = browser.new_page(viewport={"width": 1500, "height": 900})
+        errors = []
+        page.on("pageerror", lambda error: errors.append(str(error)))
+        page.route("**/api/examples/*", lambda route: held.append(route))  # the example's request waits here
+        page.goto(server.url)
+        page.wait_for_function("window.paintState && window.paintState.model !== null")
+        for _ in range(200):
+            if held:
+                break
+            page.wait_for_timeout(50)
+        assert len(held) == 1, "the page did not ask for its opening example"
+        page.click("#new-canvas")
+        shop = FACADES.class_names.index("shop")
+        _stroke(page, [(20, 40), (200, 40)], shop)
+        painted = _labels(page)
+        assert (painted == shop).any()
+        held[0].continue_()  # now the example arrives
+        page.wait_for_function("window.paintState.staleLoads === 1", timeout=20_000)
+        _settle(page)
+        assert torch.equal(_labels(page), painted)
+        assert not errors, errors
+        page.close()
 
 
 def test_upload_a_label_map_and_download_it_again(page, local_model, tmp_path, generator):

@@ -21,6 +21,8 @@ const state = {
   seq: 0, shownSeq: 0, outstanding: 0, dirty: false, timer: null, lastSend: 0, frameMs: 0,
   frames: 0, dropped: 0, errors: 0,
   photoBlob: null, photoUrl: null,
+  mapLoads: 0,         // map loads begun (examples, uploads, new canvases): the latest one wins
+  staleLoads: 0,       // loads that finished after a newer one began, and were dropped
 };
 window.paintState = state;  // for the end-to-end test and the curious
 
@@ -318,26 +320,43 @@ async function readGrid(response) {
   return { width, height, labels };
 }
 
+// A map load that finishes after a newer one began (the held-out example the page opens on, still
+// on its way when "new canvas" is clicked; a slow upload overtaken by another) must not replace
+// the newer map, perhaps mid-stroke: each load takes a ticket, and only the latest is shown.
+function beginMapLoad() { return ++state.mapLoads; }
+
+function isStale(ticket) {
+  if (ticket === state.mapLoads) return false;
+  state.staleLoads++;
+  return true;
+}
+
 async function loadExample(index) {
+  const ticket = beginMapLoad();
   const response = await fetch(`/api/examples/${index}`);
   if (!response.ok) { setStatus(`example ${index}: ${await errorText(response)}`, true); return; }
   const grid = await readGrid(response);
+  if (isStale(ticket)) return;
   setLabels(grid.width, grid.height, grid.labels);
 }
 
 async function uploadLabels(file) {
+  const ticket = beginMapLoad();
   const response = await fetch("/api/labels", { method: "POST", body: file, headers: { "Content-Type": "image/png" } });
   if (!response.ok) { setStatus(`${file.name}: ${await errorText(response)}`, true); return; }
   const grid = await readGrid(response);
+  if (isStale(ticket)) return;
   setLabels(grid.width, grid.height, grid.labels);
   setStatus(`loaded ${file.name} (${grid.width} × ${grid.height})`);
 }
 
 async function uploadImage(file) {
+  const ticket = beginMapLoad();
   let bitmap;
   try { bitmap = await createImageBitmap(file); } catch {
     setStatus(`${file.name}: the browser cannot read it as an image`, true); return;
   }
+  if (isStale(ticket)) return;
   const max = state.model.max_size;
   const scale = Math.min(1, max / Math.max(bitmap.width, bitmap.height));
   const canvas = $("canvas");
@@ -349,6 +368,7 @@ async function uploadImage(file) {
 }
 
 function newCanvas() {
+  beginMapLoad();
   const side = Number($("canvas-size").value);
   setLabels(side, side, new Uint16Array(side * side).fill(state.model.background_class));
 }
