@@ -12,8 +12,16 @@ from pathlib import Path
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+# The matrix extension a CPU's products run on, widest first (/proc/cpuinfo flags): one model
+# name ("AMD EPYC") has covered both a CPU with AVX-512 BF16 and one with AVX2 only, whose
+# results must not share a folder.
+_MATMUL_EXTENSIONS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
+
+
 def machine_name() -> str:
-    """A short, filesystem-safe name for this machine: its GPU, or cores and CPU model."""
+    """A short, filesystem-safe name for this machine: its GPU, or cores, CPU model and the widest
+    matrix extension it reports (e.g. cpu-2core-AMD-EPYC-avx512bf16). Results from before
+    2026-12-04 are in folders named without the extension."""
     try:
         import torch
 
@@ -21,17 +29,26 @@ def machine_name() -> str:
             return re.sub(r"[^A-Za-z0-9]+", "-", torch.cuda.get_device_name()).strip("-")
     except ImportError:
         pass
-    model = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
+            cpuinfo = f.read()
     except OSError:
-        pass
-    model = re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*", "", model)
-    return f"cpu-{os.cpu_count()}core-" + re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-")
+        cpuinfo = ""
+    return cpu_machine_name(cpuinfo, os.cpu_count(), platform.processor() or platform.machine())
+
+
+def cpu_machine_name(cpuinfo: str, cores: int, fallback_model: str) -> str:
+    """cpu-<cores>core-<model>[-<extension>] from /proc/cpuinfo's text (its first processor's
+    "model name" and "flags"; ``fallback_model`` where there is no model name)."""
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    model = re.sub(r"\(R\)|\(TM\)|CPU|Processor|@.*", "", fields.get("model name") or fallback_model)
+    name = f"cpu-{cores}core-" + re.sub(r"[^A-Za-z0-9]+", "-", model).strip("-")
+    flags = set(fields.get("flags", "").split())
+    extension = next((tag for flag, tag in _MATMUL_EXTENSIONS if flag in flags), None)
+    return f"{name}-{extension}" if extension else name
 
 
 def machine_description() -> dict:

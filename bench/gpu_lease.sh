@@ -4,6 +4,11 @@
 #
 #   BUDGET_SECONDS=560 OUT=/some/folder [SUITE_ARGS=--skip-tuning] bash bench/gpu_lease.sh
 #
+# SUITE_ARGS: the suite's options. A 15-minute lease fits the suite without autotuning
+# (--skip-tuning: about 270 s on the first H200, steps 1, 1b, 3 and 4) and the compiled tests
+# (184 s); with more time, "--tune-precisions fp32,bf16" also tunes the fp32 kernels (72 launch
+# configurations each).
+#
 # Run from the repository root on a machine with a CUDA GPU, PyTorch and Triton (nothing is
 # downloaded: the package is installed from this checkout without dependencies or an index).
 # Order and budget: `bench/gpu_suite.py` gets SUITE_SECONDS (default: 70% of the budget); its
@@ -37,7 +42,7 @@ fi
 
 status=0
 suite_seconds=${SUITE_SECONDS:-$((budget * 7 / 10))}
-# shellcheck disable=SC2086  # SUITE_ARGS: the suite's options, e.g. --skip-tuning
+# shellcheck disable=SC2086  # SUITE_ARGS is split into options on purpose
 timeout "$suite_seconds" python3 bench/gpu_suite.py ${SUITE_ARGS:-} 2>&1 | tee "$out/gpu_suite.log" || status=$?
 name=$(python3 -c "import sys; sys.path.insert(0, 'bench'); from common import machine_name; print(machine_name())")
 cp bench/results/"$name"/gpu_suite.* "$out/" 2>/dev/null || echo "no gpu_suite results written" | tee -a "$out/env.txt"

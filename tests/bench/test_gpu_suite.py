@@ -105,3 +105,12 @@ def test_the_report_is_written_after_every_step_and_marked_complete_at_the_end(t
     last = json.loads(path.read_text())
     assert last["complete"] is True and last["seconds"] >= sum(last["step_seconds"].values())
     assert last["steps"]["timings"] == [{"implementation": "triton bf16"}]
+
+
+@pytest.mark.parametrize("value", ["fp8", "", "bf16,fp64"])
+def test_unknown_tuning_precisions_are_named(monkeypatch, capsys, value):
+    monkeypatch.setattr(sys, "argv", ["gpu_suite.py", "--tune-precisions", value])
+    with pytest.raises(SystemExit) as caught:
+        gpu_suite.main()
+    assert caught.value.code == 2
+    assert "--tune-precisions: one or more of fp32, tf32, bf16, fp16" in capsys.readouterr().err
