@@ -33,12 +33,18 @@ print(json.dumps(rows))
 """
 
 
-@pytest.fixture(scope="module")
-def resources():
+def run_compiler(script: str, *args: str):
+    """Run ``script`` (with ``args``) in a Python process where Triton compiles (no interpreter);
+    returns the JSON its last stdout line holds."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def resources():
+    return run_compiler(SCRIPT)
 
 
 def test_every_default_kernel_compiles(resources):
@@ -91,11 +97,7 @@ def test_builds_listed_beyond_shared_memory_are_beyond_it():
     by those calls), its bf16 forward (half the bytes) fits."""
     from asapnet_triton.testing import SM90_BEYOND_SHARED_MEMORY
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    cmd = [sys.executable, "-c", WIDE_SCRIPT, json.dumps(WIDEST)]
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = json.loads(result.stdout.strip().splitlines()[-1])
+    rows = run_compiler(WIDE_SCRIPT, json.dumps(WIDEST))
     hidden, depth = WIDEST[3:]
     for r in rows:
         listed = (hidden, depth, r["precision"], r["kernel"]) in SM90_BEYOND_SHARED_MEMORY
@@ -122,10 +124,5 @@ def test_compiled_tf32_operands_are_rounded_to_nearest_first():
     """The tensor cores truncate an fp32 operand to tf32 (an H200 measured tf32 out of tolerance
     before the kernels rounded); the compiled tf32 kernel rounds every operand to nearest with
     cvt.rna.tf32.f32 before its products, and the fp32 one (IEEE products) does not."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    result = subprocess.run(
-        [sys.executable, "-c", ROUNDING_SCRIPT], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    counts = json.loads(result.stdout.strip().splitlines()[-1])
+    counts = run_compiler(ROUNDING_SCRIPT)
     assert counts["tf32"] > 0 and counts["fp32"] == 0, counts
