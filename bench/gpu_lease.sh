@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# One lent GPU, one call: the GPU suite, then the test suite on the compiled kernels, inside a
-# time budget, with every log and result copied to a folder that survives the machine.
+# One lent GPU, one call: the kernels' hardware counters (bench/ncu_hr_stream.py), the GPU suite,
+# then the test suite on the compiled kernels, inside a time budget, with every log and result
+# copied to a folder that survives the machine.
 #
 #   BUDGET_SECONDS=560 OUT=/some/folder [SUITE_ARGS=--skip-tuning] bash bench/gpu_lease.sh
 #
@@ -11,11 +12,13 @@
 #
 # Run from the repository root on a machine with a CUDA GPU, PyTorch and Triton (nothing is
 # downloaded: the package is installed from this checkout without dependencies or an index).
-# Order and budget: `bench/gpu_suite.py` gets SUITE_SECONDS (default: 70% of the budget); its
+# Order and budget: `bench/ncu_hr_stream.py` first (NCU_SECONDS, default 150; NCU_SECONDS=0 leaves
+# it out), then `bench/gpu_suite.py` gets SUITE_SECONDS (default: 70% of the budget); its
 # JSON is written after every step, so a suite stopped at its limit still leaves the finished
 # steps. The tests then get what is left: first the files that run the compiled kernels
 # ("triton" backend), then, time permitting, the rest; one line a test (-v), so that a run stopped
-# at its limit still says which passed. At most 7 files in OUT. Exit status: the first failure's.
+# at its limit still says which passed. At most 8 files in OUT (the device tool's limit). Exit
+# status: the first failure's.
 set -u -o pipefail
 start=$SECONDS
 budget=${BUDGET_SECONDS:-560}
@@ -33,18 +36,23 @@ left() { echo $((budget - (SECONDS - start))); }
 
 # the package from this checkout: editable, offline; where the image's setuptools cannot build it,
 # the same layout the wheel has (kernels/ and reference/ inside asapnet_triton) on PYTHONPATH
-if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$out/install.txt" 2>&1; then
+if ! python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >>"$out/env.txt" 2>&1; then
     site=$(mktemp -d)
     cp -r asapnet_triton "$site/" && cp -r kernels reference "$site/asapnet_triton/"
     export PYTHONPATH="$site${PYTHONPATH:+:$PYTHONPATH}"
-    echo "pip install failed (see install.txt); the package runs from $site" | tee -a "$out/env.txt"
+    echo "pip install failed (above); the package runs from $site" | tee -a "$out/env.txt"
 fi
 
 status=0
+name=$(python3 -c "import sys; sys.path.insert(0, 'bench'); from common import machine_name; print(machine_name())")
+ncu_seconds=${NCU_SECONDS:-150}
+if [ "$ncu_seconds" -gt 0 ]; then
+    timeout "$ncu_seconds" python3 bench/ncu_hr_stream.py 2>&1 | tee "$out/ncu_hr_stream.log" || status=$?
+    cp bench/results/"$name"/ncu_hr_stream.csv "$out/" 2>/dev/null || echo "no ncu results written" | tee -a "$out/env.txt"
+fi
 suite_seconds=${SUITE_SECONDS:-$((budget * 7 / 10))}
 # shellcheck disable=SC2086  # SUITE_ARGS is split into options on purpose
-timeout "$suite_seconds" python3 bench/gpu_suite.py ${SUITE_ARGS:-} 2>&1 | tee "$out/gpu_suite.log" || status=$?
-name=$(python3 -c "import sys; sys.path.insert(0, 'bench'); from common import machine_name; print(machine_name())")
+timeout "$suite_seconds" python3 bench/gpu_suite.py ${SUITE_ARGS:-} 2>&1 | tee "$out/gpu_suite.log" || { rc=$?; [ $status -eq 0 ] && status=$rc; }
 cp bench/results/"$name"/gpu_suite.* "$out/" 2>/dev/null || echo "no gpu_suite results written" | tee -a "$out/env.txt"
 
 # the test files that run the compiled kernels, then the rest

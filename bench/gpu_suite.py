@@ -22,7 +22,8 @@ Steps:
  3. timings (``triton.testing.do_bench``: median and 20th/80th percentiles; wall-clock medians
     under --smoke) of forward and forward + backward at 512x512,
     1024x1024, 1024x2048 and 2048x2048 (batch 1, 35 classes, cell 64, the paper's 5x64 MLP): the fused
-    kernels in bf16 and fp32 ("triton"), the published algorithm ("published", fp32, autograd) and
+    kernels in bf16, tf32 and fp32 ("triton"; fp32 is IEEE fp32 on the FMA units, tf32 the tensor
+    cores' fp32 mode), the published algorithm ("published", fp32, autograd) and
     the einsum reference ("einsum", fp32, only where its full-resolution weights fit in memory);
  4. the training step of bench/train_step.py (its functions, each case x implementation x precision
     in a fresh subprocess: wall-clock medians of synchronised steps, ours' per-part breakdown, one
@@ -305,6 +306,7 @@ def main() -> int:
         kwargs = dict(cell_size=cell, num_classes=35)
         impls = {
             "triton bf16": lambda p: at.pixelwise_mlp(labels, p, precision="bf16", backend=backend, **kwargs),
+            "triton tf32": lambda p: at.pixelwise_mlp(labels, p, precision="tf32", backend=backend, **kwargs),
             "triton fp32": lambda p: at.pixelwise_mlp(labels, p, precision="fp32", backend=backend, **kwargs),
             "published": lambda p: pixelwise_mlp_published(labels, p, **kwargs),
         }
