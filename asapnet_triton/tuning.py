@@ -202,7 +202,11 @@ def config_space(
                     ):
                         continue
                     space.add(config)
-    return sorted(space, key=lambda c: (c.block_pixels, c.pixels_per_program, c.num_warps, c.num_stages))
+    return sorted(space, key=_config_order)
+
+
+def _config_order(config: LaunchConfig) -> tuple[int, int, int, int]:
+    return (config.block_pixels, config.pixels_per_program, config.num_warps, config.num_stages)
 
 
 # ---- the cache ------------------------------------------------------------------------------
@@ -384,6 +388,7 @@ def autotune(
     precision: str = "bf16",
     batch: int = 1,
     kernels=KERNELS,
+    configs=None,
     repeats: int = 3,
     device: str | None = None,
     progress: bool = True,
@@ -392,6 +397,10 @@ def autotune(
     """Time every configuration of ``kernels`` for these shapes, print a table, and store the best
     per kernel in the cache. Returns one row per kernel and configuration
     (kernel, key, config, seconds, relative to the best).
+
+    ``configs``: the launch configurations to time (``LaunchConfig``s, each fitted to the cell),
+    for every kernel of ``kernels``, instead of :func:`config_space`'s (72 for the default model on
+    a GPU, each compiled before it is timed): a few chosen ones fit a short GPU lease.
 
     On a CUDA device the compiled kernels are timed; without one, Triton's interpreter must be
     active (TRITON_INTERPRET=1) and the shapes should be small.
@@ -403,6 +412,10 @@ def autotune(
     for name in kernels:
         if name not in KERNELS:
             raise ValueError(f"kernels must be a subset of {KERNELS}, got {name!r}")
+    if configs is not None:
+        configs = list(configs)
+        if not configs or not all(isinstance(config, LaunchConfig) for config in configs):
+            raise ValueError(f"configs must be a non-empty list of LaunchConfig, got {configs!r}")
     labels = num_classes is not None
     shape = MLPShape(num_classes if labels else in_channels, cell_size, out_channels, hidden_width, depth, pos_encoding)
     generator = torch.Generator().manual_seed(0)
@@ -421,7 +434,10 @@ def autotune(
     rows = []
     entries = {}  # this call's best configurations, merged into the cache at the end
     for kernel in kernels:
-        space = config_space(kernel, shape, precision, labels=labels, interpret=interpret, arch=device_arch(device))
+        if configs is None:
+            space = config_space(kernel, shape, precision, labels=labels, interpret=interpret, arch=device_arch(device))
+        else:
+            space = sorted(set(config.fitted(shape.cell_size) for config in configs), key=_config_order)
         key = tuning_key(
             kernel,
             shape,

@@ -313,3 +313,27 @@ def test_two_processes_tuning_at_once_keep_each_others_entries(cache, tmp_path):
         ["forward", "classes=5"],
         ["forward", "classes=7"],
     ]
+
+
+@needs_interpreter
+def test_autotune_times_exactly_the_configs_given(cache):
+    configs = [LaunchConfig(64, 256, 4), LaunchConfig(16, 256, 4), LaunchConfig(64, 256, 4)]
+    rows = tuning.autotune(
+        20,
+        24,
+        cell_size=16,
+        num_classes=5,
+        hidden_width=16,
+        depth=3,
+        precision="fp32",
+        kernels=("backward",),
+        configs=configs,
+        repeats=1,
+        progress=False,
+        printer=lambda line: None,
+    )
+    assert [row["kernel"] for row in rows] == ["backward", "backward"]  # the duplicate timed once
+    assert {LaunchConfig(**row["config"]) for row in rows} == {LaunchConfig(64, 256, 4), LaunchConfig(16, 256, 4)}
+    for bad in ([], [dict(block_pixels=16)]):
+        with pytest.raises(ValueError, match="configs must be a non-empty list of LaunchConfig"):
+            tuning.autotune(20, 24, cell_size=16, num_classes=5, configs=bad, progress=False)
