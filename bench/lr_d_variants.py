@@ -4,6 +4,7 @@ compiler), fp32 and bf16 autocast, to see which of them pays on this machine.
 
     python bench/lr_d_variants.py            # -> bench/results/<machine>/lr_d_variants/
     python bench/lr_d_variants.py --smoke    # tiny sizes: checks the script
+    python bench/lr_d_variants.py --device cuda --skip-compile   # on a GPU (cuDNN; bf16 autocast)
 
 Variants: "as trained" (the trainer's layouts: the LR stream, weights and input, as
 ``training.models.build_training_generator`` converts it, the discriminator contiguous),
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 VARIANTS = ("as trained", "channels-last", "compiled")
 
 
-def _setup(case: str, precision: str, smoke: bool):
+def _setup(case: str, precision: str, smoke: bool, device: str = "cpu"):
     """(LR stream fwd+bwd, discriminator fwd+bwd) factories: variant -> callable."""
     import contextlib
     import copy
@@ -45,19 +46,23 @@ def _setup(case: str, precision: str, smoke: bool):
 
     from asapnet_triton.training.models import build_discriminator, build_training_generator
 
-    spec = dict(case=case, smoke=smoke, device="cpu", precision=precision)
+    spec = dict(case=case, smoke=smoke, device=device, precision=precision)
     config = train_step._config(spec, "/nonexistent")
     config = dataclasses.replace(config, precision=precision)
     _, batch = train_step._batch(config)
-    labels, image = batch["label"].long(), batch["image"]
+    labels, image = batch["label"].long().to(device), batch["image"].to(device)
     num_classes = 13
     generator = build_training_generator(config, num_classes)  # as the Trainer builds it
     discriminator = build_discriminator(config, num_classes)
 
     def autocast():
         if precision == "bf16":
-            return torch.autocast("cpu", dtype=torch.bfloat16)
+            return torch.autocast(torch.device(device).type, dtype=torch.bfloat16)
         return contextlib.nullcontext()
+
+    def finished():  # a GPU's work is asynchronous: a timed call ends when its kernels have run
+        if torch.device(device).type == "cuda":
+            torch.cuda.synchronize()
 
     from asapnet_triton.training.discriminator import conditional_input
 
@@ -78,6 +83,7 @@ def _setup(case: str, precision: str, smoke: bool):
             with autocast():
                 hidden = body(x)
             head(hidden.float()).sum().backward()
+            finished()
 
         return step
 
@@ -93,6 +99,7 @@ def _setup(case: str, precision: str, smoke: bool):
             with autocast():
                 outputs = model(x)
             sum(o.float().mean() for scale in outputs for o in scale).backward()
+            finished()
 
         return step
 
@@ -109,7 +116,7 @@ def run(args) -> list[dict]:
     variants = VARIANTS[:-1] if args.skip_compile else VARIANTS
     for case in args.cases.split(","):
         for precision in args.precisions.split(","):
-            for part, factory in _setup(case, precision, args.smoke).items():
+            for part, factory in _setup(case, precision, args.smoke, args.device).items():
                 fns, first_call = {}, {}
                 for variant in variants:
                     torch.manual_seed(0)
@@ -157,6 +164,7 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round")
+    parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (default) or cuda")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variant")
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/lr_d_variants)")
     args = parser.parse_args()

@@ -48,10 +48,13 @@ TABLE = (
     ("ms", "gpu__time_duration.sum"),
     ("SM %", "sm__throughput.avg.pct_of_peak_sustained_elapsed"),
     ("mem %", "gpu__compute_memory_throughput.avg.pct_of_peak_sustained_elapsed"),
-    ("issue %", "sm__inst_issued.avg.pct_of_peak_sustained_active"),
-    ("fma %", "sm__pipe_fma_cycles_active.avg.pct_of_peak_sustained_active"),
-    ("tensor %", "sm__pipe_tensor_op_hmma_cycles_active.avg.pct_of_peak_sustained_active"),
-    ("lsu %", "sm__inst_executed_pipe_lsu.avg.pct_of_peak_sustained_active"),
+    ("issue %", "sm__issue_active.avg.pct_of_peak_sustained_elapsed"),
+    ("fma %", "sm__inst_executed_pipe_fma.avg.pct_of_peak_sustained_active"),
+    ("tensor %", "sm__pipe_tensor_cycles_active.avg.pct_of_peak_sustained_active"),
+    # shared-memory (L1 data pipe) wavefronts against LSU requests: several wavefronts a request
+    # are bank conflicts or wide accesses
+    ("l1 wf %", "l1tex__data_pipe_lsu_wavefronts.avg.pct_of_peak_sustained_elapsed"),
+    ("l1 req %", "l1tex__lsuin_requests.avg.pct_of_peak_sustained_elapsed"),
     ("occ %", "sm__warps_active.avg.pct_of_peak_sustained_active"),
     ("regs", "launch__registers_per_thread"),
 )
@@ -127,6 +130,15 @@ def parse_raw_csv(text: str) -> list[dict]:
     return [dict(zip(header, row)) for row in body]
 
 
+def profiled_names(text: str) -> list[str]:
+    """The child's launches in order ("fp32 forward", ...), from its "profiled:" lines."""
+    return [
+        line.split("profiled: ", 1)[1].split(" LaunchConfig")[0]
+        for line in text.splitlines()
+        if line.startswith("profiled: ")
+    ]
+
+
 def table(kernels: list[dict], names: list[str]) -> str:
     """The printed summary: one line a kernel, then each kernel's top warp stall reasons."""
 
@@ -161,6 +173,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", default="1024x1024", help="HEIGHTxWIDTH of the image (default 1024x1024)")
     parser.add_argument("--precisions", default="fp32,tf32,bf16", help="comma list (default fp32,tf32,bf16)")
+    parser.add_argument(
+        "--from-csv", metavar="PATH", help="only print the table of an earlier run's ncu_hr_stream.csv (no GPU needed)"
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     try:
@@ -174,6 +189,10 @@ def main() -> int:
         parser.error(f"--precisions: one or more of {', '.join(FLOAT32_PRECISIONS)}; got {args.precisions!r}")
     if args.child:
         child((height, width), precisions)
+        return 0
+    if args.from_csv:
+        text = Path(args.from_csv).read_text()
+        print(table(parse_raw_csv(text), profiled_names(text)))
         return 0
 
     import torch
@@ -194,11 +213,7 @@ def main() -> int:
     command += [sys.executable, __file__, "--child", "--size", args.size, "--precisions", ",".join(precisions)]
     print(" ".join(command), flush=True)
     result = subprocess.run(command, capture_output=True, text=True)
-    names = [
-        line.split("profiled: ", 1)[1].split(" LaunchConfig")[0]
-        for line in result.stdout.splitlines()
-        if line.startswith("profiled: ")
-    ]
+    names = profiled_names(result.stdout)
     folder = results_dir(None)
     (folder / "ncu_hr_stream.csv").write_text(result.stdout)
     if result.returncode != 0:

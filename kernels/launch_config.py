@@ -121,7 +121,12 @@ def default_config(
     - forward, fp32 ("ieee", no tensor cores): 16-pixel blocks over 8 warps;
     - backward: 16-pixel blocks over 8 warps (it holds a block's recomputed activations and every
       layer's gradient sums besides the weights; with labels on sm_8x, per-class row sums for the
-      label-row gradient, see ``label_grad_by_dot``);
+      label-row gradient, see ``label_grad_by_dot``); except the fp32 backward with labels on
+      sm_90 and later: 32-pixel blocks over 8 warps, which spill (1.4-1.7 KB a thread) but ran
+      1.32x faster on an H200 (9.07 against 12.02 ms at 1024x1024, 35 classes, cell 64; the
+      fp32 kernels wait on shared-memory loads of their FMA products' operands, and a larger
+      block loads each weight once for twice the pixels: ``bench/results/NVIDIA-H200/run2``);
+      float input was not measured and keeps 16-pixel blocks;
     - hidden width 128 spills in every configuration tried and gets the least-spilling one.
     """
     check_kernel(kernel)
@@ -133,6 +138,8 @@ def default_config(
             pixels_per_program=1024,
             num_warps=4 if kernel == "forward" else 8,
         )
+    elif kernel == "backward" and precision == "fp32" and labels and arch >= 90:
+        config = LaunchConfig(block_pixels=32, pixels_per_program=1024, num_warps=8)
     elif kernel == "backward" or precision in ("fp32", "fp64") or (labels and arch < 90):
         config = LaunchConfig(block_pixels=16, pixels_per_program=1024, num_warps=8)
     elif precision == "tf32":
@@ -153,8 +160,13 @@ def label_grad_by_dot(shape: MLPShape, arch: int, precision: str) -> bool:
     """Whether the backward kernel forms the label-row weight gradient as a one-hot product (the
     tensor-core path, spill-free on sm_90, and with fp32 operands everywhere) rather than
     per-class row sums (spill-free on sm_80 with tf32/16-bit operands, where the product spills:
-    `asapnet kernel-report`)."""
-    return arch >= 90 or precision in ("fp32", "fp64") or shape.in_channels > ROW_SUM_MAX_CLASSES
+    `asapnet kernel-report`). fp64 takes the row sums up to ``ROW_SUM_MAX_CLASSES`` classes on
+    every arch: Triton 3.6's fp64 MMA cannot compile the one-hot product (an assertion, "fp64 don't
+    support largeK MMA", in the labels backward; seen on an H200 and reproduced by compiling for
+    sm_80 and sm_90 here), and fp64 is the precision of checks, not of speed."""
+    if precision == "fp64":
+        return shape.in_channels > ROW_SUM_MAX_CLASSES
+    return arch >= 90 or precision == "fp32" or shape.in_channels > ROW_SUM_MAX_CLASSES
 
 
 def device_arch(device: torch.device | str) -> int:

@@ -1,6 +1,7 @@
 """The forward and backward kernels' default configurations for the default model (hidden 64,
 depth 5; 35-class labels and 3-channel float input; cells 32 and 64) compile for sm_80 and sm_90
-with zero spill bytes and use tensor-core instructions for tf32, bf16 and fp16 operands.
+with zero spill bytes (but for SPILLING_DEFAULTS, measured faster) and use tensor-core
+instructions for tf32, bf16 and fp16 operands.
 
 The interpreter runs the kernels' Python, not Triton's compiler: only compiling them proves the
 compiled path is valid Triton. This runs in a subprocess, since the test process has Triton's
@@ -65,9 +66,17 @@ def test_tensor_cores_for_reduced_precisions(resources):
             assert r["hgmma"] == 0 and r["hmma"] == 0, r
 
 
+# Defaults chosen for a measured speed despite spills (launch_config.default_config): on an H200
+# the fp32 labels backward at 32-pixel blocks (1664 bytes of spill stores at cell 64) ran 1.32x
+# faster than the spill-free 16-pixel blocks. Their spills are bounded, so that a change that
+# spills much more still fails here.
+SPILLING_DEFAULTS = {("backward", 90, "fp32", True): 2048}
+
+
 def test_default_kernels_do_not_spill(resources):
     for r in resources:
-        assert r["spill_store_bytes"] == 0 and r["spill_load_bytes"] == 0, r
+        allowed = SPILLING_DEFAULTS.get((r["kernel"], r["arch"], r["precision"], r["labels"]), 0)
+        assert r["spill_store_bytes"] <= allowed and r["spill_load_bytes"] <= allowed, r
 
 
 # An sm_90 block's shared memory (opt-in), as Triton reported it on an H200: 227 KiB.

@@ -96,8 +96,11 @@ def test_instance_edges_feed_the_lowres_stream_only(generator):
 
 
 @pytest.mark.parametrize("backend", ["torch", *kernel_backends()])
-def test_gradients_reach_the_lowres_stream(backend, generator):
+def test_gradients_reach_the_lowres_stream(backend, generator, monkeypatch):
     """Gradients of every generator weight agree with autograd through the einsum reference."""
+    # the LR stream's "fp32" follows torch's TF32 switch for CUDA convolutions (on by default), whose
+    # rounding put the first conv's weight gradient at 2.3e-4 on an H200: IEEE fp32 here
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     torch.manual_seed(0)
     model = _generator(5, cell_size=16, backend="reference", **TINY).double()
     x = torch.randint(0, 5, (2, 36, 20), generator=generator)

@@ -105,6 +105,13 @@ def test_backward_op_without_input_gradient(generator, backend):
     torch.library.opcheck(ops.pixelwise_mlp_backward_op, args)
 
 
+# torch 2.11's opcheck passed the wrong-stride fake below (seen on an H200 image, 2026-12-04);
+# 2.13, the version this project pins, catches it. Older versions skip: the property tested is
+# torch's checking power, which this project cannot give an older torch.
+_OPCHECK_COMPARES_STRIDES = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 13)
+
+
+@pytest.mark.skipif(not _OPCHECK_COMPARES_STRIDES, reason=f"torch {torch.__version__}'s opcheck misses a wrong-stride fake")
 def test_opcheck_catches_a_wrong_fake(monkeypatch, generator):
     """The check above can fail: a fake implementation whose grad_x strides differ from the real
     one's (the defect this test module was written for) is caught."""

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import asapnet_triton as at
-from asapnet_triton.kernels.launch_config import LaunchConfig, default_config, label_grad_by_dot
+from asapnet_triton.kernels.launch_config import ROW_SUM_MAX_CLASSES, LaunchConfig, default_config, label_grad_by_dot
 from asapnet_triton.kernels.pixelwise_mlp import pixelwise_mlp_backward, pixelwise_mlp_forward
 from asapnet_triton.testing import (
     device_for,
@@ -262,3 +262,14 @@ def test_label_gradient_formulations_agree(generator, poisoned_buffers, precisio
     assert relative_error(by_sums.cpu(), by_product.cpu()) <= 1e-5
     ref = reference_grads(x, params, grad_out, shape, True)[1]
     assert rms_relative_error(by_sums.cpu(), ref) <= at.GRAD_TOLERANCES[precision]
+
+
+def test_label_gradient_formulation_per_precision():
+    """Which label-row gradient each precision compiles: fp32 the one-hot product everywhere;
+    fp64 per-class row sums on every arch up to ROW_SUM_MAX_CLASSES classes (Triton 3.6's fp64 MMA
+    asserts on the product), the product beyond; reduced precisions by arch (test above)."""
+    few, many = at.MLPShape(35, 16), at.MLPShape(ROW_SUM_MAX_CLASSES + 1, 16)
+    for arch in (80, 90):
+        assert label_grad_by_dot(few, arch, "fp32") and label_grad_by_dot(many, arch, "fp32")
+        assert not label_grad_by_dot(few, arch, "fp64") and label_grad_by_dot(many, arch, "fp64")
+        assert label_grad_by_dot(many, arch, "bf16")
