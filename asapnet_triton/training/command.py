@@ -89,7 +89,8 @@ def _options():
                     "--precision",
                     "precision",
                     TRAIN_PRECISIONS,
-                    "the generator's precision, and bf16 autocast for the discriminator and losses (default fp32)",
+                    "the generator's precision (bf16: also autocast for the discriminator and losses; tf32: the HR "
+                    "stream's products only, a GPU's tensor cores; emulated, no faster, on a CPU) (default fp32)",
                 ),
             ],
         ),

@@ -42,9 +42,10 @@ RUN_CONTROL_FIELDS = frozenset(
 )
 
 # What a training run takes: the HR-stream backends with a fused backward, and the precisions of
-# the generator (bf16 also runs the discriminator and losses under autocast).
+# the generator (bf16 also runs the discriminator and losses under autocast; tf32 is the HR
+# stream's only: on a GPU its fp32-like fast path, see TrainConfig).
 TRAIN_BACKENDS = ("auto", *FUSED_BACKENDS)
-TRAIN_PRECISIONS = ("fp32", "bf16")
+TRAIN_PRECISIONS = ("fp32", "tf32", "bf16")
 D_FAKE_MODES = ("regenerate", "reuse")
 OPTIMIZER_STEP_MODES = ("auto", "in_backward", "after_backward")
 
@@ -74,8 +75,12 @@ class TrainConfig:
 
     Generator: ``cell_size`` (None: :func:`default_cell_size` of the crop), the per-pixel MLP
     (``hidden_width``, ``depth``), the LR stream (``lr_width``, ``lr_max_width``, ``lr_depth``),
-    ``backend`` of the HR stream, ``precision`` ("fp32" or "bf16": the generator's precision, and
-    bf16 autocast for the discriminator and the losses).
+    ``backend`` of the HR stream, ``precision``: "fp32"; "bf16" (the generator's precision, both
+    streams, and bf16 autocast for the discriminator and the losses); or "tf32" (the HR stream's
+    products on tf32 operands, everything else fp32: on a GPU the tensor cores' fp32 mode, whose
+    HR forward + backward ran 3.0-3.4x the published algorithm's on an H200 where IEEE fp32 ran
+    0.73-1.29x, and CUDA convolutions follow ``torch.backends.cudnn.allow_tf32``, on by default;
+    on a CPU tf32 is emulated, operands rounded and fp32 products, no faster than "fp32").
 
     Discriminator: ``num_d`` scales of ``n_layers_d``-layer PatchGANs with ``ndf`` filters in the
     first layer, doubling up to ``ndf_max``.

@@ -134,3 +134,32 @@ def test_gradients_are_freed_after_each_optimiser_step(tmp_path):
     for name, net in networks.items():
         assert all(p.grad is None for p in net.parameters()), name
         assert any(not torch.equal(p, q) for p, q in zip(net.parameters(), before[name])), name
+
+
+def test_tf32_training_rounds_the_hr_streams_operands_only(tmp_path, monkeypatch):
+    """--precision tf32: the HR stream's products take tf32 operands (its op is called with
+    precision "tf32"), the LR stream runs fp32 without autocast, the discriminator step too, and a
+    step trains both networks."""
+    from asapnet_triton import ops
+    from asapnet_triton.training import Trainer
+
+    from .tiny_data import TinyPairs, tiny_config
+
+    trainer = Trainer(tiny_config(tmp_path / "run", max_steps=1, precision="tf32"), TinyPairs(6))
+    assert trainer.generator.highres.precision == "tf32" and trainer.generator.lr_precision == "fp32"
+    hr_precisions, autocast_in_d = [], []
+    original_op = ops.pixelwise_mlp_op
+
+    def spy(*args):  # functional.pixelwise_mlp's call: (x, params, ..., precision, backend)
+        hr_precisions.append(args[-2])
+        return original_op(*args)
+
+    monkeypatch.setattr(ops, "pixelwise_mlp_op", spy)
+    trainer.discriminator.register_forward_pre_hook(
+        lambda module, args: autocast_in_d.append(torch.is_autocast_enabled("cpu"))
+    )
+    before = [p.detach().clone() for p in trainer.generator.parameters()]
+    trainer.fit()
+    assert hr_precisions and set(hr_precisions) == {"tf32"}
+    assert autocast_in_d and not any(autocast_in_d)
+    assert any(not torch.equal(p, q) for p, q in zip(trainer.generator.parameters(), before))
