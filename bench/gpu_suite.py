@@ -27,7 +27,7 @@ Steps:
     the einsum reference ("einsum", fp32, only where its full-resolution weights fit in memory);
  4. the training step of bench/train_step.py (its functions, each case x implementation x precision
     in a fresh subprocess: wall-clock medians of synchronised steps, ours' per-part breakdown, one
-    step's peak memory and the process's): ours in fp32 and bf16 against the published way (fp32),
+    step's peak memory and the process's): ours in fp32, tf32 and bf16 against the published way (fp32),
     facades 512x512 and the Cityscapes-like 1024x2048 (cell 64, 35 classes, instance edges);
     under --smoke at train_step's tiny SMOKE sizes on the CPU; --skip-train-step leaves it out.
 Writes bench/results/<gpu name>/gpu_suite.json after every step ("complete": false until the last,
@@ -52,7 +52,7 @@ LARGE_IMAGE = (27000, 27000)
 SMOKE_LARGE_IMAGE = (40, 50)  # with cell 16: 3 x 4 cells
 # step 4: bench/train_step.py's cases
 TRAIN_STEP_CASES = ("facades512", "cityscapes1024")
-TRAIN_STEP_PRECISIONS = ("fp32", "bf16")
+TRAIN_STEP_PRECISIONS = ("fp32", "tf32", "bf16")
 
 
 def large_image_check(

@@ -111,7 +111,9 @@ def test_backward_op_without_input_gradient(generator, backend):
 _OPCHECK_COMPARES_STRIDES = tuple(int(part) for part in torch.__version__.split(".")[:2]) >= (2, 13)
 
 
-@pytest.mark.skipif(not _OPCHECK_COMPARES_STRIDES, reason=f"torch {torch.__version__}'s opcheck misses a wrong-stride fake")
+@pytest.mark.skipif(
+    not _OPCHECK_COMPARES_STRIDES, reason=f"torch {torch.__version__}'s opcheck misses a wrong-stride fake"
+)
 def test_opcheck_catches_a_wrong_fake(monkeypatch, generator):
     """The check above can fail: a fake implementation whose grad_x strides differ from the real
     one's (the defect this test module was written for) is caught."""

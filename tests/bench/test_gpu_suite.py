@@ -79,7 +79,7 @@ def test_training_step_cases_are_train_steps_with_the_sizes_the_suite_names(tmp_
     import train_step
 
     assert set(gpu_suite.TRAIN_STEP_CASES) <= set(train_step.CASES)
-    assert gpu_suite.TRAIN_STEP_PRECISIONS == ("fp32", "bf16")
+    assert gpu_suite.TRAIN_STEP_PRECISIONS == ("fp32", "tf32", "bf16")
     spec = dict(case="cityscapes1024", device="cpu", precision="bf16", smoke=False)
     config = train_step._config(spec, str(tmp_path / "run"))
     assert (config.crop_size, config.aspect_ratio, config.resolved_cell_size) == (1024, 2.0, 64)
