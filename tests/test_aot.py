@@ -1,5 +1,5 @@
 """The forward and backward kernels' default configurations for the default model (hidden 64,
-depth 5; 35-class labels and 3-channel float input; cells 32 and 64) compile for sm_80 and sm_90
+depth 5; 35-class labels and 3-channel float input; cell 64, and 32 for bf16) compile for sm_80 and sm_90
 with zero spill bytes (but for SPILLING_DEFAULTS, measured faster) and use tensor-core
 instructions for tf32, bf16 and fp16 operands.
 
@@ -20,8 +20,10 @@ import json
 from asapnet_triton.aot import kernel_resources
 from asapnet_triton.layout import MLPShape
 from asapnet_triton.kernels.launch_config import default_config
-cases = [(arch, precision, cell) for arch in (80, 90) for precision in ("tf32", "bf16", "fp16") for cell in (32, 64)]
-cases += [(90, "fp32", 64), (80, "fp32", 64)]
+# cells 32 and 64 for bf16 (their kernels differ only in constants: the encoding's periods), 64
+# for the other precisions: 40 compiles, a minute of CI
+cases = [(arch, "bf16", cell) for arch in (80, 90) for cell in (32, 64)]
+cases += [(arch, precision, 64) for arch in (80, 90) for precision in ("tf32", "fp16", "fp32")]
 rows = []
 for arch, precision, cell in cases:
     for labels in (True, False):
@@ -49,9 +51,9 @@ def resources():
 
 
 def test_every_default_kernel_compiles(resources):
-    assert len(resources) == 56
+    assert len(resources) == 40
     kinds = {(r["kernel"], r["arch"], r["precision"], r["labels"], r["cell_size"]) for r in resources}
-    assert len(kinds) == 56
+    assert len(kinds) == 40
     for r in resources:
         assert 0 < r["registers"] <= 255, r
 
