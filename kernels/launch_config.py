@@ -19,6 +19,7 @@ from asapnet_triton.layout import MLPShape
 __all__ = [
     "KERNELS",
     "ROW_SUM_MAX_CLASSES",
+    "SHARED_BYTES_PER_BLOCK",
     "SUPPORTED_HIDDEN_WIDTHS",
     "KernelBuild",
     "LaunchConfig",
@@ -27,6 +28,7 @@ __all__ = [
     "kernel_build",
     "label_grad_by_dot",
     "pow2_at_least",
+    "transposed_weights",
 ]
 
 KERNELS = ("forward", "backward")
@@ -169,6 +171,36 @@ def label_grad_by_dot(shape: MLPShape, arch: int, precision: str) -> bool:
     return arch >= 90 or precision == "fp32" or shape.in_channels > ROW_SUM_MAX_CLASSES
 
 
+# Opt-in shared memory of one block by compute capability (the CUDA programming guide's table);
+# an arch not listed is taken to have the least of them.
+SHARED_BYTES_PER_BLOCK = {
+    80: 163 * 1024,
+    86: 99 * 1024,
+    87: 163 * 1024,
+    89: 99 * 1024,
+    90: 227 * 1024,
+    100: 227 * 1024,
+    103: 227 * 1024,
+    120: 99 * 1024,
+}
+
+
+def transposed_weights(shape: MLPShape, precision: str, arch: int, block_pixels: int) -> bool:
+    """Whether the backward kernel stages transposed copies of the hidden and last weights for its
+    input-gradient products (``_cell_weights_t``): for fp32 (FMA products, whose transposed views
+    read one shared-memory bank per warp), where the second copy fits the arch's shared memory.
+    The estimate: every layer's padded weights, the copies, and 5 floats a block pixel and hidden
+    channel of staging (the default model compiled for sm_80 and sm_90 used 132 and 150 KiB at
+    16- and 32-pixel blocks; ``tests/test_aot.py`` holds each default below its arch's limit)."""
+    if precision != "fp32":
+        return False
+    h, out = shape.hidden_width, pow2_at_least(shape.out_channels)
+    hidden = (shape.depth - 2) * h * h + h * out
+    weights = (pow2_at_least(shape.in_channels) + pow2_at_least(shape.pe_channels)) * h + hidden
+    needed = 4 * (weights + hidden + 5 * block_pixels * h)
+    return needed <= SHARED_BYTES_PER_BLOCK.get(arch, min(SHARED_BYTES_PER_BLOCK.values()))
+
+
 def device_arch(device: torch.device | str) -> int:
     """Compute capability of a CUDA device as 80, 90, ...; 90 for anything else."""
     device = torch.device(device)
@@ -281,6 +313,12 @@ def kernel_build(
             LABEL_GRAD_DOT=label_grad_by_dot(shape, arch, precision),
             # fp16's exponent range would flush small upstream gradients: they are scaled per block
             SCALE_GRADS=precision == "fp16",
+            # fp32 (FMA products): the input-gradient products' weights loaded transposed where
+            # they fit; the interpreter (no shared memory, whole-cell blocks) takes that path for
+            # every fp32 model, so that the tests run it
+            TRANSPOSED_W=(
+                precision == "fp32" if interpret else transposed_weights(shape, precision, arch, config.block_pixels)
+            ),
         )
         accumulator = accumulator_dtype(precision)
         pointers = {

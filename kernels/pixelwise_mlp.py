@@ -165,6 +165,24 @@ def _load_weight(
 
 
 @triton.jit
+def _load_weight_t(
+    cell_ptr,
+    stride_c,
+    OFFSET: tl.constexpr,
+    ROWS: tl.constexpr,
+    ROWS_PAD: tl.constexpr,
+    COLS: tl.constexpr,
+    COLS_PAD: tl.constexpr,
+):
+    # The [ROWS, COLS] weight matrix stored from channel OFFSET, transposed: a zero-padded
+    # [COLS_PAD, ROWS_PAD] tile loaded in that orientation (see _cell_weights_t).
+    c = tl.arange(0, COLS_PAD)[:, None]
+    r = tl.arange(0, ROWS_PAD)[None, :]
+    channel = OFFSET + r * COLS + c  # 32-bit, as in _load_weight
+    return tl.load(cell_ptr + channel * stride_c, mask=(r < ROWS) & (c < COLS), other=0.0)
+
+
+@triton.jit
 def _load_vector(cell_ptr, stride_c, OFFSET: tl.constexpr, COLS: tl.constexpr, COLS_PAD: tl.constexpr):
     # COLS consecutive channels from OFFSET (a bias, or one row of a weight) as a zero-padded vector
     c = tl.arange(0, COLS_PAD)
@@ -316,6 +334,53 @@ def _load_cell_mlp(
         _load_weight(p_cell, stride_pc, last + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD), DOT_DTYPE, ROUNDING
     )
     return b0, w_in, w_pe, hidden_b, hidden_w, b_last, w_last
+
+
+@triton.jit
+def _cell_weights_t(
+    p_cell,
+    stride_pc,
+    hidden_w,
+    w_last,
+    TRANSPOSED_W: tl.constexpr,
+    C_IN: tl.constexpr,
+    N_PE: tl.constexpr,
+    HIDDEN: tl.constexpr,
+    DEPTH: tl.constexpr,
+    C_OUT: tl.constexpr,
+    C_OUT_PAD: tl.constexpr,
+    DOT_DTYPE: tl.constexpr,
+    ROUNDING: tl.constexpr,
+):
+    # The hidden and last weights transposed, the B operands of the backward's input-gradient
+    # products (dz @ W^T). TRANSPOSED_W (fp32): loaded transposed from global memory, once per
+    # program, so that each is staged in shared memory in the orientation the product reads.
+    # Otherwise tl.trans of the register tiles: Triton's FMA products (fp32, no tensor cores) then
+    # read that view with the 32 lanes of a warp 64 floats apart, one bank (the compiled sm_90
+    # TTGIR: unswizzled column-major staging, lanes along its strided axis), and Nsight Compute
+    # measured the fp32 backward bound by shared-memory wavefronts, about six per request, on an
+    # H200; the tensor cores' operand loads take transposed views at no such cost.
+    if TRANSPOSED_W:
+        hidden_w_t = ()
+        for layer in tl.static_range(1, DEPTH - 1):
+            offset = _layer_offset(layer, C_IN, N_PE, HIDDEN)
+            hidden_w_t = hidden_w_t + (
+                _as_operand(
+                    _load_weight_t(p_cell, stride_pc, offset + HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
+                    DOT_DTYPE,
+                    ROUNDING,
+                ),
+            )
+        last = _layer_offset(DEPTH - 1, C_IN, N_PE, HIDDEN)
+        w_last_t = _as_operand(
+            _load_weight_t(p_cell, stride_pc, last + C_OUT, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD), DOT_DTYPE, ROUNDING
+        )
+    else:
+        hidden_w_t = ()
+        for layer in tl.static_range(DEPTH - 2):
+            hidden_w_t = hidden_w_t + (tl.trans(hidden_w[layer]),)
+        w_last_t = tl.trans(w_last)
+    return hidden_w_t, w_last_t
 
 
 @triton.jit
@@ -606,6 +671,7 @@ def _pixelwise_mlp_bwd_kernel(
     NEED_GRAD_X: tl.constexpr,
     LABEL_GRAD_DOT: tl.constexpr,  # label-row weight gradient as a one-hot product (else row sums)
     SCALE_GRADS: tl.constexpr,  # fp16 operands: upstream gradients scaled per block (_grad_operand)
+    TRANSPOSED_W: tl.constexpr,  # input-gradient products on weights loaded transposed (_cell_weights_t)
 ):
     # Each program recomputes its pixels' activations block by block (nothing of the forward's
     # internals was saved), back-propagates, and sums its pixels' parameter gradients in registers
@@ -627,6 +693,21 @@ def _pixelwise_mlp_bwd_kernel(
         C_OUT_PAD,
         DOT_DTYPE,
         ACC_DTYPE,
+        ROUNDING,
+    )
+    hidden_w_t, w_last_t = _cell_weights_t(
+        p_cell,
+        stride_pc,
+        hidden_w,
+        w_last,
+        TRANSPOSED_W,
+        C_IN,
+        N_PE,
+        HIDDEN,
+        DEPTH,
+        C_OUT,
+        C_OUT_PAD,
+        DOT_DTYPE,
         ROUNDING,
     )
     w_in_rows = ()
@@ -710,7 +791,7 @@ def _pixelwise_mlp_bwd_kernel(
             ROUNDING,
             INPUT_PRECISION,
         )
-        da = _dot(dz_operand, tl.trans(w_last), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
+        da = _dot(dz_operand, w_last_t, ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
         new_b = ()
         new_w = ()
         for layer in tl.static_range(DEPTH - 3, -1, -1):  # hidden layers from the last to the first
@@ -730,9 +811,7 @@ def _pixelwise_mlp_bwd_kernel(
                     INPUT_PRECISION,
                 ),
             ) + new_w
-            da = (
-                _dot(dz_operand, tl.trans(hidden_w[layer]), ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
-            )
+            da = _dot(dz_operand, hidden_w_t[layer], ACC_DTYPE, DOT_DTYPE, ROUNDING, INPUT_PRECISION) * inv_scale
         g_hidden_b = new_b
         g_hidden_w = new_w
         dz = _leaky_relu_backward(da, acts[0])

@@ -75,6 +75,15 @@ def test_tensor_cores_for_reduced_precisions(resources):
 SPILLING_DEFAULTS = {("backward", 90, "fp32", True): 2048}
 
 
+def test_default_kernels_fit_their_archs_shared_memory(resources):
+    """What the launch-time choices that depend on shared memory (``transposed_weights``: the
+    fp32 backward's second, transposed copy of its weights) estimate, the compiled kernels hold."""
+    from asapnet_triton.kernels.launch_config import SHARED_BYTES_PER_BLOCK
+
+    for r in resources:
+        assert r["shared_memory_bytes"] <= SHARED_BYTES_PER_BLOCK[r["arch"]], r
+
+
 def test_default_kernels_do_not_spill(resources):
     for r in resources:
         allowed = SPILLING_DEFAULTS.get((r["kernel"], r["arch"], r["precision"], r["labels"]), 0)

@@ -5,7 +5,13 @@ import pytest
 import torch
 
 import asapnet_triton as at
-from asapnet_triton.kernels.launch_config import ROW_SUM_MAX_CLASSES, LaunchConfig, default_config, label_grad_by_dot
+from asapnet_triton.kernels.launch_config import (
+    ROW_SUM_MAX_CLASSES,
+    LaunchConfig,
+    default_config,
+    label_grad_by_dot,
+    transposed_weights,
+)
 from asapnet_triton.kernels.pixelwise_mlp import pixelwise_mlp_backward, pixelwise_mlp_forward
 from asapnet_triton.testing import (
     device_for,
@@ -278,3 +284,17 @@ def test_label_gradient_formulation_per_precision():
         assert label_grad_by_dot(few, arch, "fp32") and label_grad_by_dot(many, arch, "fp32")
         assert not label_grad_by_dot(few, arch, "fp64") and label_grad_by_dot(many, arch, "fp64")
         assert label_grad_by_dot(many, arch, "bf16")
+
+
+def test_transposed_weights_only_for_fp32_where_they_fit():
+    """The fp32 backward stages transposed weight copies (conflict-free FMA operand reads) only
+    where both copies fit the arch's shared memory: the default model on sm_80 (16-pixel blocks)
+    and sm_90, not on the 99 KiB of sm_86/sm_89 or for the widest, deepest model; never for the
+    tensor-core precisions."""
+    default, widest = at.MLPShape(35, 64), at.MLPShape(7, 8, 2, 128, 6)
+    assert transposed_weights(default, "fp32", 80, 16) and transposed_weights(default, "fp32", 90, 32)
+    assert not transposed_weights(default, "fp32", 86, 16) and not transposed_weights(default, "fp32", 89, 16)
+    assert not transposed_weights(default, "fp32", 75, 16)  # an arch not listed: the least memory
+    assert not transposed_weights(widest, "fp32", 90, 16)
+    for precision in ("tf32", "bf16", "fp16", "fp64"):
+        assert not transposed_weights(default, precision, 90, 16)
