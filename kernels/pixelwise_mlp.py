@@ -155,30 +155,18 @@ def _load_weight(
     ROWS_PAD: tl.constexpr,
     COLS: tl.constexpr,
     COLS_PAD: tl.constexpr,
+    TRANSPOSED: tl.constexpr = False,
 ):
-    # Rows ROW0 .. ROW0+ROWS of the [*, COLS] weight matrix stored from channel OFFSET,
-    # as a zero-padded [ROWS_PAD, COLS_PAD] tile.
-    r = tl.arange(0, ROWS_PAD)[:, None]
-    c = tl.arange(0, COLS_PAD)[None, :]
+    # Rows ROW0 .. ROW0+ROWS of the [*, COLS] weight matrix stored from channel OFFSET, as a
+    # zero-padded [ROWS_PAD, COLS_PAD] tile, or (TRANSPOSED) its transpose, a [COLS_PAD, ROWS_PAD]
+    # tile loaded in that orientation (see _cell_weights_t).
+    if TRANSPOSED:
+        r = tl.arange(0, ROWS_PAD)[None, :]
+        c = tl.arange(0, COLS_PAD)[:, None]
+    else:
+        r = tl.arange(0, ROWS_PAD)[:, None]
+        c = tl.arange(0, COLS_PAD)[None, :]
     channel = OFFSET + (ROW0 + r) * COLS + c  # 32-bit: the launcher checks (P - 1) * stride_pc < 2^31
-    return tl.load(cell_ptr + channel * stride_c, mask=(r < ROWS) & (c < COLS), other=0.0)
-
-
-@triton.jit
-def _load_weight_t(
-    cell_ptr,
-    stride_c,
-    OFFSET: tl.constexpr,
-    ROWS: tl.constexpr,
-    ROWS_PAD: tl.constexpr,
-    COLS: tl.constexpr,
-    COLS_PAD: tl.constexpr,
-):
-    # The [ROWS, COLS] weight matrix stored from channel OFFSET, transposed: a zero-padded
-    # [COLS_PAD, ROWS_PAD] tile loaded in that orientation (see _cell_weights_t).
-    c = tl.arange(0, COLS_PAD)[:, None]
-    r = tl.arange(0, ROWS_PAD)[None, :]
-    channel = OFFSET + r * COLS + c  # 32-bit, as in _load_weight
     return tl.load(cell_ptr + channel * stride_c, mask=(r < ROWS) & (c < COLS), other=0.0)
 
 
@@ -366,14 +354,16 @@ def _cell_weights_t(
             offset = _layer_offset(layer, C_IN, N_PE, HIDDEN)
             hidden_w_t = hidden_w_t + (
                 _as_operand(
-                    _load_weight_t(p_cell, stride_pc, offset + HIDDEN, HIDDEN, HIDDEN, HIDDEN, HIDDEN),
+                    _load_weight(p_cell, stride_pc, offset + HIDDEN, 0, HIDDEN, HIDDEN, HIDDEN, HIDDEN, True),
                     DOT_DTYPE,
                     ROUNDING,
                 ),
             )
         last = _layer_offset(DEPTH - 1, C_IN, N_PE, HIDDEN)
         w_last_t = _as_operand(
-            _load_weight_t(p_cell, stride_pc, last + C_OUT, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD), DOT_DTYPE, ROUNDING
+            _load_weight(p_cell, stride_pc, last + C_OUT, 0, HIDDEN, HIDDEN, C_OUT, C_OUT_PAD, True),
+            DOT_DTYPE,
+            ROUNDING,
         )
     else:
         hidden_w_t = ()
