@@ -35,7 +35,16 @@ import torch
 
 from . import kernels as _kernels_package
 from .fileio import atomic_write_text, locked, remove_stale_temp_files
-from .kernels.launch_config import KERNELS, LaunchConfig, check_kernel, default_config, device_arch, pow2_at_least
+from .kernels.launch_config import (
+    KERNELS,
+    SHARED_BYTES_PER_BLOCK,
+    LaunchConfig,
+    check_kernel,
+    default_config,
+    device_arch,
+    pow2_at_least,
+    resident_weight_elements,
+)
 from .layout import MLPShape
 from .timing import gpu_seconds, median_seconds
 
@@ -60,7 +69,7 @@ _CACHE_VERSION = 1
 
 # On-chip budgets used for pruning when no CUDA device can be asked: an H100's opt-in shared
 # memory per block and the architectural register limit per thread.
-_DEFAULT_SHARED_BYTES = 227 * 1024
+_DEFAULT_SHARED_BYTES = SHARED_BYTES_PER_BLOCK[90]
 _MAX_REGISTERS = 255
 _OPERAND_BYTES = {"fp64": 8, "fp32": 4, "tf32": 4, "bf16": 2, "fp16": 2}
 
@@ -151,11 +160,8 @@ def tuning_key(
 
 
 def _estimated_shared_bytes(shape: MLPShape, precision: str) -> int:
-    # every layer's weights resident as dot operands (padded to the kernel's tile sizes)
-    pad = pow2_at_least
-    rows = pad(shape.in_channels) + pad(shape.pe_channels) + (shape.depth - 2) * shape.hidden_width
-    elements = rows * shape.hidden_width + shape.hidden_width * pad(shape.out_channels)
-    return elements * _OPERAND_BYTES[precision]
+    # every layer's weights resident as dot operands
+    return resident_weight_elements(shape) * _OPERAND_BYTES[precision]
 
 
 def _estimated_registers(kernel: str, shape: MLPShape, config: LaunchConfig) -> int:

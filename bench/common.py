@@ -18,6 +18,17 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _MATMUL_EXTENSIONS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
 
 
+def precision_list(parser, option: str, value: str) -> list[str]:
+    """The comma list ``value`` of command-line ``option`` as precisions, each one of
+    ``asapnet_triton.precision.FLOAT32_PRECISIONS`` (``parser.error`` names the option otherwise)."""
+    from asapnet_triton.precision import FLOAT32_PRECISIONS
+
+    precisions = [p for p in value.split(",") if p]
+    if not precisions or any(p not in FLOAT32_PRECISIONS for p in precisions):
+        parser.error(f"{option}: one or more of {', '.join(FLOAT32_PRECISIONS)}; got {value!r}")
+    return precisions
+
+
 def machine_name() -> str:
     """A short, filesystem-safe name for this machine: its GPU, or cores, CPU model and the widest
     matrix extension it reports (e.g. cpu-2core-AMD-EPYC-avx512bf16). Results from before

@@ -52,13 +52,11 @@ ncu_seconds=${NCU_SECONDS:-150}
 if [ "$ncu_seconds" -gt 0 ]; then
     timeout "$ncu_seconds" python3 bench/ncu_hr_stream.py 2>&1 | tee "$out/experiments.log" || status=$?
     cp bench/results/"$name"/ncu_hr_stream.csv "$out/" 2>/dev/null || echo "no ncu results written" | tee -a "$out/env.txt"
-fi
-# the fp32 backward kernel at a few launch configurations (1024x1024; labels: around the default,
-# 32-pixel blocks over 8 warps, which ran 1.32x faster than 16-pixel blocks on the second H200
-# run; float input: 16 against 32-pixel blocks, not yet measured), into a cache of its own so
-# that nothing after it uses what it finds; then the LR stream and the discriminator as trained
-# against channels-last, fp32 and bf16 autocast (which of them pays on the GPU's cuDNN)
-if [ "$ncu_seconds" -gt 0 ]; then
+    # the fp32 backward kernel at a few launch configurations (1024x1024; labels: around the default,
+    # 32-pixel blocks over 8 warps, which ran 1.32x faster than 16-pixel blocks on the second H200
+    # run; float input: 16 against 32-pixel blocks, not yet measured), into a cache of its own so
+    # that nothing after it uses what it finds; then the LR stream and the discriminator as trained
+    # against channels-last, fp32 and bf16 autocast (which of them pays on the GPU's cuDNN)
     ASAPNET_TRITON_CACHE=$(mktemp -d)/sweep.json timeout 180 python3 - <<'EOF' 2>&1 | tee -a "$out/experiments.log"
 import asapnet_triton as at
 from asapnet_triton.kernels.launch_config import LaunchConfig as C

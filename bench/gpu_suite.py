@@ -215,16 +215,13 @@ def main() -> int:
     if args.smoke:
         os.environ["TRITON_INTERPRET"] = "1"  # before the package imports triton
     import torch
-    from common import machine_name, results_dir
+    from common import machine_name, precision_list, results_dir
 
     import asapnet_triton as at
-    from asapnet_triton.precision import FLOAT32_PRECISIONS
     from asapnet_triton.reference import pixelwise_mlp_einsum, pixelwise_mlp_published
     from asapnet_triton.testing import random_inputs
 
-    tune_precisions = [p for p in args.tune_precisions.split(",") if p]
-    if not tune_precisions or any(p not in FLOAT32_PRECISIONS for p in tune_precisions):
-        parser.error(f"--tune-precisions: one or more of {', '.join(FLOAT32_PRECISIONS)}; got {args.tune_precisions!r}")
+    tune_precisions = precision_list(parser, "--tune-precisions", args.tune_precisions)
 
     if not args.smoke and not torch.cuda.is_available():
         print("gpu_suite: no CUDA GPU here; run it on a GPU machine, or with --smoke to check the flow on the CPU")

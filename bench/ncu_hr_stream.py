@@ -182,11 +182,9 @@ def main() -> int:
         height, width = (int(v) for v in args.size.lower().split("x"))
     except ValueError:
         parser.error(f"--size: HEIGHTxWIDTH, e.g. 1024x1024; got {args.size!r}")
-    precisions = [p for p in args.precisions.split(",") if p]
-    from asapnet_triton.precision import FLOAT32_PRECISIONS
+    from common import precision_list
 
-    if not precisions or any(p not in FLOAT32_PRECISIONS for p in precisions):
-        parser.error(f"--precisions: one or more of {', '.join(FLOAT32_PRECISIONS)}; got {args.precisions!r}")
+    precisions = precision_list(parser, "--precisions", args.precisions)
     if args.child:
         child((height, width), precisions)
         return 0
