@@ -11,7 +11,8 @@ on one batch of the procedural data set, for every case x precision:
 - published: the same architecture, parameter counts, losses and optimisers done as the published
   SPADE / ASAP-Net trainer does it, fp32: ``reference/official_generator.py``'s
   OfficialASAPNetsGenerator (plain autograd through the published HR algorithm), our
-  MultiscaleDiscriminator (the published architecture); the G step runs D on cat([fake, real])
+  MultiscaleDiscriminator (the published architecture, its last convolutions as nn.Conv2d,
+  ``patch_map="conv"``); the G step runs D on cat([fake, real])
   with D's weights still requiring grad (their gradients are computed and discarded), the D step
   regenerates fake under no_grad and calls ``fake.requires_grad_()``; Adam(0, 0.9), TTUR lr
   1e-4 (G) / 4e-4 (D) for both; the process's allocator untouched, as the published trainer runs
@@ -239,7 +240,8 @@ def _published(spec, config, dataset, batch, timer) -> dict:
         hr_width=config.hidden_width,
         hr_depth=config.depth,
     ).to(device)
-    discriminator = build_discriminator(config, num_classes).to(device)
+    # the published implementation: its patch maps as nn.Conv2d, not ours' tap maps
+    discriminator = build_discriminator(config, num_classes, patch_map="conv").to(device)
     g_lr, d_lr = (config.lr / 2, config.lr * 2) if config.ttur else (config.lr, config.lr)
     betas = (config.beta1, config.beta2)
     optimizer_g = torch.optim.Adam(generator.parameters(), lr=g_lr, betas=betas)

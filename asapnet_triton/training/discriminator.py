@@ -5,15 +5,24 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.autograd.function import once_differentiable
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..generator import published_conv_init
 
-__all__ = ["MultiscaleDiscriminator", "PatchDiscriminator", "SpectralNormConv2d", "conditional_input"]
+__all__ = [
+    "PATCH_MAP_MODES",
+    "MultiscaleDiscriminator",
+    "PatchDiscriminator",
+    "PatchMapConv2d",
+    "SpectralNormConv2d",
+    "conditional_input",
+]
 
 KERNEL_SIZE = 4
 PADDING = 2  # ceil((4 - 1) / 2), as published
 LEAKY_SLOPE = 0.2
+PATCH_MAP_MODES = ("auto", "taps", "conv")
 
 
 def label_condition(
@@ -68,6 +77,83 @@ class SpectralNormConv2d(nn.Module):
         return F.conv2d(x, weight, c.bias, c.stride, c.padding, c.dilation, c.groups)
 
 
+class _ShiftedTapSum(torch.autograd.Function):
+    """The tap maps' sum, each shifted by its tap's offset: ``maps`` (B, k_h * k_w, H, W), tap t =
+    (i, j) in row-major order, zero-padded by ``padding`` -> (B, 1, H + 2 p_h - k_h + 1, W + 2 p_w -
+    k_w + 1) with out[y, x] = sum over t of padded[t, y + i, x + j]. Slices and adds: as a
+    convolution with one-hot kernels it is another convolution to one channel, 2-4x slower
+    forward + backward (``bench/patch_map_conv.py``'s shapes, one thread, the AVX2 EPYC)."""
+
+    @staticmethod
+    def forward(ctx, maps, kernel_size, padding):
+        (k_h, k_w), (p_h, p_w) = kernel_size, padding
+        height, width = maps.shape[-2:]
+        padded = F.pad(maps, (p_w, p_w, p_h, p_h))
+        out_h, out_w = height + 2 * p_h - k_h + 1, width + 2 * p_w - k_w + 1
+        out = padded[:, 0, :out_h, :out_w].clone()
+        for tap in range(1, k_h * k_w):
+            i, j = divmod(tap, k_w)
+            out += padded[:, tap, i : i + out_h, j : j + out_w]
+        ctx.geometry = (k_h, k_w, p_h, p_w, height, width)
+        return out.unsqueeze(1)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        k_h, k_w, p_h, p_w, height, width = ctx.geometry
+        # grad_maps[t, u, v] = grad[u + p_h - i, v + p_w - j], zero outside: windows of the
+        # gradient zero-padded by k - 1
+        padded = F.pad(grad[:, 0], (k_w - 1, k_w - 1, k_h - 1, k_h - 1))
+        top, left = p_h + k_h - 1, p_w + k_w - 1
+        windows = [
+            padded[:, top - i : top - i + height, left - j : left - j + width] for i in range(k_h) for j in range(k_w)
+        ]
+        return torch.stack(windows, 1), None, None
+
+
+class PatchMapConv2d(nn.Conv2d):
+    """The PatchGAN's last layer: a ``kernel_size`` stride-1 convolution to one channel (the patch
+    map), with ``nn.Conv2d``'s parameters and state dict.
+
+    ``mode`` says how it runs (inspect it with :meth:`uses_taps`): "conv" as ``nn.Conv2d`` (the
+    published implementation); "taps" as the same sums in another order: a 1x1 convolution of the
+    input to one map per kernel tap (tap (i, j) weighs the input's channels by
+    ``weight[0, :, i, j]``), then the sum of the tap maps, each shifted by its tap's offset
+    (:class:`_ShiftedTapSum`), plus the bias; "auto" (the default) "taps" for fp32 on a CPU
+    outside autocast, where it is measured to pay, else "conv".
+
+    Why: oneDNN runs a convolution to a single output channel at 3-6 GFLOP/s, about as slowly as
+    one to 16 channels. One thread, the 2-core AMD EPYC (AVX2), fp32 (``python
+    bench/patch_map_conv.py``, ``bench/results/cpu-2core-AMD-EPYC-avx2/patch_map_conv/``): see
+    that table; the demo discriminator's finest patch map (4 x 128 x 34 x 34 in) runs about 3x
+    faster forward + backward, facades 512x512's (1 x 512 x 66 x 66) about 3x. The two agree to
+    fp32 rounding (``tests/training/test_discriminator.py``)."""
+
+    def __init__(self, in_channels: int, kernel_size: int, padding: int, mode: str = "auto"):
+        if mode not in PATCH_MAP_MODES:
+            raise ValueError(f"patch_map must be one of {PATCH_MAP_MODES}, got {mode!r}")
+        super().__init__(in_channels, 1, kernel_size, stride=1, padding=padding)
+        self.mode = mode
+
+    def uses_taps(self, x: torch.Tensor) -> bool:
+        """Whether the forward of ``x`` runs as tap maps (see the class doc)."""
+        if self.mode != "auto":
+            return self.mode == "taps"
+        return (
+            x.device.type == "cpu"
+            and x.dtype == self.weight.dtype == torch.float32
+            and not torch.is_autocast_enabled("cpu")
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.uses_taps(x):
+            return super().forward(x)
+        k_h, k_w = self.kernel_size
+        tap_weights = self.weight[0].permute(1, 2, 0).reshape(k_h * k_w, self.in_channels, 1, 1)
+        maps = F.conv2d(x, tap_weights)  # (B, taps, H, W); no bias: zero padding stays zero
+        return _ShiftedTapSum.apply(maps, self.kernel_size, self.padding) + self.bias.view(1, 1, 1, 1)
+
+
 class PatchDiscriminator(nn.Module):
     """One PatchGAN: ``n_layers`` 4x4 convolutions (padding 2) with LeakyReLU(0.2), the first
     ``n_layers - 1`` of stride 2 and the last of stride 1, then a 4x4 stride-1 convolution to one
@@ -76,10 +162,13 @@ class PatchDiscriminator(nn.Module):
     no bias (the norm would cancel it).
 
     ``forward(x)`` returns the ``n_layers + 1`` outputs: every layer's activations (for feature
-    matching), then the final patch map (B, 1, h, w).
+    matching), then the final patch map (B, 1, h, w). ``patch_map``: how that last convolution
+    runs (:class:`PatchMapConv2d`'s mode).
     """
 
-    def __init__(self, in_channels: int, *, ndf: int = 64, n_layers: int = 4, ndf_max: int = 512):
+    def __init__(
+        self, in_channels: int, *, ndf: int = 64, n_layers: int = 4, ndf_max: int = 512, patch_map: str = "auto"
+    ):
         super().__init__()
         if n_layers < 1:
             raise ValueError(f"n_layers must be >= 1, got {n_layers}")
@@ -99,7 +188,7 @@ class PatchDiscriminator(nn.Module):
                 )
             )
             width = next_width
-        last = nn.Conv2d(width, 1, KERNEL_SIZE, stride=1, padding=PADDING)
+        last = PatchMapConv2d(width, KERNEL_SIZE, PADDING, patch_map)
         published_conv_init(last)
         blocks.append(last)
         self.blocks = nn.ModuleList(blocks)
@@ -117,16 +206,27 @@ class MultiscaleDiscriminator(nn.Module):
     stride 2, padding 1, padding excluded from the average, as published).
 
     ``forward(x)`` returns one list per scale (finest first): that scale's layer activations,
-    then its final patch map (see :class:`PatchDiscriminator`).
+    then its final patch map (see :class:`PatchDiscriminator`; ``patch_map``: how its last
+    convolution runs, :class:`PatchMapConv2d`'s mode).
     """
 
-    def __init__(self, in_channels: int, *, num_d: int = 2, ndf: int = 64, n_layers: int = 4, ndf_max: int = 512):
+    def __init__(
+        self,
+        in_channels: int,
+        *,
+        num_d: int = 2,
+        ndf: int = 64,
+        n_layers: int = 4,
+        ndf_max: int = 512,
+        patch_map: str = "auto",
+    ):
         super().__init__()
         if num_d < 1:
             raise ValueError(f"num_d must be >= 1, got {num_d}")
         self.in_channels = in_channels
         self.scales = nn.ModuleList(
-            PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, ndf_max=ndf_max) for _ in range(num_d)
+            PatchDiscriminator(in_channels, ndf=ndf, n_layers=n_layers, ndf_max=ndf_max, patch_map=patch_map)
+            for _ in range(num_d)
         )
 
     @staticmethod

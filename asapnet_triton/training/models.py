@@ -54,12 +54,15 @@ def build_training_generator(config: TrainConfig, num_classes: int) -> ASAPNetGe
     return generator
 
 
-def build_discriminator(config: TrainConfig, num_classes: int) -> MultiscaleDiscriminator:
-    """The multiscale discriminator of ``config``: it sees one-hot labels [+ edges] + an image."""
+def build_discriminator(config: TrainConfig, num_classes: int, *, patch_map: str = "auto") -> MultiscaleDiscriminator:
+    """The multiscale discriminator of ``config``: it sees one-hot labels [+ edges] + an image.
+    ``patch_map``: how its last convolutions run (``PatchMapConv2d``; "conv" is the published
+    implementation)."""
     return MultiscaleDiscriminator(
         num_classes + int(config.instance) + IMAGE_CHANNELS,
         num_d=config.num_d,
         ndf=config.ndf,
         n_layers=config.n_layers_d,
         ndf_max=config.ndf_max,
+        patch_map=patch_map,
     )

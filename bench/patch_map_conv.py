@@ -1,0 +1,146 @@
+"""The discriminator's last convolutions (to one channel, the patch maps), as ``nn.Conv2d`` against
+``PatchMapConv2d``'s tap maps, on this CPU, one thread, fp32: the numbers behind its "auto" mode.
+
+    python bench/patch_map_conv.py            # -> bench/results/<machine>/patch_map_conv/
+    python bench/patch_map_conv.py --smoke    # one short round, the demo only: checks the script
+
+For each case of ``bench/train_step.py`` (the demo's discriminator on its batch of 4, facades
+512x512's on one image), the discriminator of that configuration runs once on a random input
+and each scale's patch-map layer keeps the input it saw; that layer then runs, on that input,
+as ``nn.Conv2d`` ("conv", the published implementation) and as tap maps ("taps"), in turn, round
+after round (``common.interleaved_seconds``): forward, and forward + backward (the gradients of
+the input, weight and bias). The table gives medians and the ratio conv / taps (> 1: taps
+faster), with the GFLOP/s of the convolution's FLOP count; the JSON every timing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CASES = ("demo", "facades512")
+
+
+def _layer_inputs(case: str) -> list[tuple[str, dict, object]]:
+    """(name, the patch-map layer's parameters' state dict, the input it sees) per scale."""
+    import torch
+    from train_step import CASES as STEP_CASES
+    from train_step import _config
+
+    from asapnet_triton.training.discriminator import PatchMapConv2d
+    from asapnet_triton.training.models import build_discriminator
+
+    spec = dict(case=case, smoke=False, device="cpu", precision="fp32")
+    config = _config(spec, "unused")
+    batch = STEP_CASES[case][1]
+    classes = 13  # the procedural data set's
+    discriminator = build_discriminator(config, classes)
+    height = config.crop_size
+    width = int(round(height * config.aspect_ratio))
+    seen = []
+    hooks = [
+        m.register_forward_hook(lambda module, args, out: seen.append((module, args[0].detach().clone())))
+        for m in discriminator.modules()
+        if isinstance(m, PatchMapConv2d)
+    ]
+    with torch.no_grad():
+        discriminator(torch.randn(batch, discriminator.in_channels, height, width))
+    for hook in hooks:
+        hook.remove()
+    return [(f"{case}, D{index} {tuple(x.shape)}", module.state_dict(), x) for index, (module, x) in enumerate(seen)]
+
+
+def run(repeats: int, cases: list[str]) -> list[dict]:
+    import torch
+    from common import interleaved_seconds
+
+    from asapnet_triton.training.discriminator import PatchMapConv2d
+
+    torch.set_num_threads(1)
+    rows = []
+    for case in cases:
+        for name, state, x in _layer_inputs(case):
+            layers = {}
+            for mode in ("conv", "taps"):
+                layers[mode] = PatchMapConv2d(x.shape[1], 4, 2, mode)
+                layers[mode].load_state_dict(state)
+            x_grad = x.clone().requires_grad_()
+            grad = torch.randn_like(layers["conv"](x))
+            flops = 2 * grad.numel() * x.shape[1] * 16
+
+            def forward(layer):
+                with torch.no_grad():
+                    layer(x)
+
+            def forward_backward(layer):
+                layer.zero_grad(set_to_none=True)
+                x_grad.grad = None
+                layer(x_grad).backward(grad)
+
+            for label, fn, case_flops in (
+                ("forward", forward, flops),
+                ("forward + backward", forward_backward, 3 * flops),
+            ):
+                times = interleaved_seconds({mode: (lambda m=mode: fn(layers[m])) for mode in layers}, repeats)
+                conv_s, taps_s = statistics.median(times["conv"]), statistics.median(times["taps"])
+                rows.append(
+                    dict(
+                        case=f"{name}, {label}",
+                        flops=case_flops,
+                        conv_seconds=conv_s,
+                        taps_seconds=taps_s,
+                        conv_times=times["conv"],
+                        taps_times=times["taps"],
+                        ratio=conv_s / taps_s,
+                    )
+                )
+                print(
+                    f"{rows[-1]['case']:<50} conv {conv_s * 1e3:8.2f} ms  taps {taps_s * 1e3:8.2f} ms  {conv_s / taps_s:.2f}x",
+                    flush=True,
+                )
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| case | nn.Conv2d | tap maps | conv / taps | GFLOP/s conv / taps |", "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        gflops = f"{r['flops'] / r['conv_seconds'] / 1e9:.1f} / {r['flops'] / r['taps_seconds'] / 1e9:.1f}"
+        lines.append(
+            f"| {r['case']} | {r['conv_seconds'] * 1e3:.2f} ms | {r['taps_seconds'] * 1e3:.2f} ms | {r['ratio']:.2f}x | {gflops} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> None:
+    from common import bar_plot, machine_name, results_dir, write_results
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list from {list(CASES)}")
+    parser.add_argument("--smoke", action="store_true", help="one round, the demo only: checks the script")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/patch_map_conv)")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    cases = [c for c in args.cases.split(",") if c]
+    for case in cases:
+        if case not in CASES:
+            parser.error(f"--cases: unknown case {case!r}; one of {list(CASES)}")
+    repeats, cases = (1, ["demo"]) if args.smoke else (args.repeats, cases)
+    out = Path(args.out) if args.out else results_dir(f"{machine_name()}/patch_map_conv")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run(repeats, cases)
+    text = table(rows)
+    print(text)
+    write_results(out, "patch_map_conv", dict(threads=1, repeats=repeats, rows=rows), text)
+    labels, ratios = [r["case"] for r in rows], [r["ratio"] for r in rows]
+    bar_plot(out / "patch_map_conv.png", labels, ratios, "nn.Conv2d time / tap maps' time (one thread)", 1.0, "equal")
+    print(f"wrote {out}/patch_map_conv.{{json,md,png}}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
