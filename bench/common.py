@@ -18,15 +18,23 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _MATMUL_EXTENSIONS = (("amx_bf16", "amx"), ("avx512_bf16", "avx512bf16"), ("avx512f", "avx512"), ("avx2", "avx2"))
 
 
+def choice_list(parser, option: str, value: str, choices) -> list[str]:
+    """The comma list ``value`` of command-line ``option``, each item one of ``choices``
+    (``parser.error`` names the option, what came and the choices otherwise)."""
+    items = [item for item in value.split(",") if item]
+    unknown = [item for item in items if item not in choices]
+    if not items or unknown:
+        got = f"unknown {', '.join(map(repr, unknown))}" if unknown else f"got {value!r}"
+        parser.error(f"{option}: one or more of {', '.join(choices)}; {got}")
+    return items
+
+
 def precision_list(parser, option: str, value: str) -> list[str]:
     """The comma list ``value`` of command-line ``option`` as precisions, each one of
-    ``asapnet_triton.precision.FLOAT32_PRECISIONS`` (``parser.error`` names the option otherwise)."""
+    ``asapnet_triton.precision.FLOAT32_PRECISIONS`` (:func:`choice_list`)."""
     from asapnet_triton.precision import FLOAT32_PRECISIONS
 
-    precisions = [p for p in value.split(",") if p]
-    if not precisions or any(p not in FLOAT32_PRECISIONS for p in precisions):
-        parser.error(f"{option}: one or more of {', '.join(FLOAT32_PRECISIONS)}; got {value!r}")
-    return precisions
+    return choice_list(parser, option, value, FLOAT32_PRECISIONS)
 
 
 def machine_name() -> str:

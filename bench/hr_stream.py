@@ -150,15 +150,19 @@ def run_child(spec: dict) -> dict:
 
 
 def matmul_ceilings(device: str) -> dict:
-    """FLOP/s of this machine's matmuls (median of 5 after a warm-up): large square fp32/bf16,
-    and the per-cell shapes of the torch backend."""
+    """FLOP/s of this machine's matmuls (median of 5 after a warm-up): large square fp32/bf16 (bf16
+    only on a GPU or a CPU with bf16 matmuls), and the per-cell shapes of the torch backend."""
     import torch
 
     from asapnet_triton.timing import median_seconds
+    from asapnet_triton.torch_tiled import native_bf16_supported
 
     ceilings = {}
     size = 2048
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+    # a CPU without bf16 matmul units runs a 2048^3 bf16 product in minutes (an AVX2 EPYC: under
+    # 0.5 GFLOP/s) and the torch backend's bf16 there is emulated in fp32 (ceiling_keys): skipped
+    bf16 = device == "cuda" or native_bf16_supported("cpu")
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[: 2 if bf16 else 1]:
         a = torch.randn(size, size, device=device).to(dtype)
         b = torch.randn(size, size, device=device).to(dtype)
         ceilings[f"{name}_matmul_2048"] = 2 * size**3 / median_seconds(lambda: a @ b, repeats=5, device=device)
@@ -180,7 +184,6 @@ def matmul_ceilings(device: str) -> dict:
     out = torch.empty(cells, pixels, width)
     ceilings["fp32_cell_bmm"] = flops / median_seconds(lambda: torch.bmm(h, w, out=out), repeats=7)
     from asapnet_triton import onednn
-    from asapnet_triton.torch_tiled import native_bf16_supported
 
     def cell_onednn(dtype) -> float:  # a chunk's per-cell oneDNN products, as the torch backend runs them
         hc, wc = h.to(dtype), w.transpose(1, 2).to(dtype)

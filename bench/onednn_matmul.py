@@ -223,7 +223,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    from common import machine_name, results_dir, write_results
+    from common import choice_list, machine_name, results_dir, write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
@@ -233,10 +233,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    heads = [h for h in args.heads.split(",") if h]
-    for head in heads:
-        if head not in HEADS:
-            parser.error(f"--heads: unknown size {head!r}; one of {list(HEADS)}")
+    heads = choice_list(parser, "--heads", args.heads, HEADS)
     if args.smoke:
         repeats, heads = 1, ["demo"]
     else:

@@ -116,7 +116,7 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from common import bar_plot, machine_name, results_dir, write_results
+    from common import bar_plot, choice_list, machine_name, results_dir, write_results
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
@@ -126,10 +126,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    cases = [c for c in args.cases.split(",") if c]
-    for case in cases:
-        if case not in CASES:
-            parser.error(f"--cases: unknown case {case!r}; one of {list(CASES)}")
+    cases = choice_list(parser, "--cases", args.cases, CASES)
     repeats, cases = (1, ["demo"]) if args.smoke else (args.repeats, cases)
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/patch_map_conv")
     out.mkdir(parents=True, exist_ok=True)

@@ -33,4 +33,4 @@ def test_smoke_run_writes_a_row_per_case(run_bench):
 def test_unknown_head_is_named(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--heads", "cityscapes", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "unknown size 'cityscapes'" in result.stderr
+    assert result.returncode != 0 and "--heads: one or more of demo, facades512; unknown 'cityscapes'" in result.stderr

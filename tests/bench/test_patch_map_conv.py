@@ -29,4 +29,4 @@ def test_smoke_run_writes_a_row_per_scale_and_pass(run_bench):
 def test_unknown_case_is_named(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--cases", "cityscapes", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    assert result.returncode != 0 and "unknown case 'cityscapes'" in result.stderr
+    assert result.returncode != 0 and "--cases: one or more of demo, facades512; unknown 'cityscapes'" in result.stderr
