@@ -13,8 +13,10 @@ against 39.6 ms forward + backward. oneDNN also fuses the bias and an activation
 product's single pass over the output, which BLAS leaves to separate passes.
 
 Which one runs is explicit: :func:`fp32_matmul_mode` ("auto": oneDNN where torch has it, on a
-CPU, for fp32 operands; "onednn": oneDNN or a RuntimeError; "blas": torch's BLAS), and
-:func:`uses_onednn` tells what fp32 products on a device run. Products in other dtypes, on other
+CPU, for fp32 operands, except the HR stream's per-cell products on a CPU without AVX-512, where
+torch's BLAS measured faster (``torch_tiled._ONEDNN_CPU_CAPABILITIES``); "onednn": oneDNN or a
+RuntimeError; "blas": torch's BLAS), and :func:`uses_onednn` tells whether fp32 products on a
+device may run through oneDNN. Products in other dtypes, on other
 devices, or under an active autocast are not this module's: their callers keep torch's ops.
 """
 
@@ -53,7 +55,8 @@ def fp32_matmul_mode(mode: str):
     """Within the block (this thread or task), fp32 products on the CPU that this package routes
     (the "torch" backend's per-cell products for cells of at least 1024 pixels, the LR stream's
     parameter head) run through ``mode``: "onednn" (RuntimeError where torch has no oneDNN),
-    "blas" (torch's own ops) or "auto" (the default: oneDNN where torch has it)."""
+    "blas" (torch's own ops) or "auto" (the default: oneDNN where torch has it, the per-cell
+    products only on a CPU with AVX-512; see the module doc)."""
     return mode_block(_FP32_MATMUL, mode, FP32_MATMUL_MODES, "fp32_matmul")
 
 

@@ -15,11 +15,12 @@ cell's encoding rows is added to the gathered rows. The backward recomputes a ch
 keeping its activations, then runs the chain rule through them; weight gradients are per-cell
 sums over the cell's pixels, written straight into the gradient grid.
 
-fp32 on a CPU with oneDNN (``asapnet_triton.onednn``; the fp32 matmul mode "auto" or "onednn"):
-cells of at least ``_ONEDNN_MIN_PIXELS`` pixels run each hidden and last layer as one oneDNN
-matmul per cell, bias and leaky ReLU fused into it, and the backward's products per cell the
-same way (torch's own fp32 matmuls go through its BLAS, which is the slower on some CPUs); the
-first layer (gather and encoding product) stays batched over the chunk.
+fp32 on a CPU with oneDNN (``asapnet_triton.onednn``; the fp32 matmul mode "auto" on a CPU with
+AVX-512, or "onednn"): cells of at least ``_ONEDNN_MIN_PIXELS`` pixels run each hidden and last
+layer as one oneDNN matmul per cell, bias and leaky ReLU fused into it, and the backward's
+products per cell the same way (torch's own fp32 matmuls go through its BLAS, which is the slower
+on some CPUs, the faster on others: ``_ONEDNN_CPU_CAPABILITIES``); the first layer (gather and
+encoding product) stays batched over the chunk.
 
 Precision semantics (``precision``): the operands of every product are rounded to that format and
 products are accumulated in fp32 (fp64 for "fp64"); biases, activations and the final tanh are
@@ -108,6 +109,17 @@ _NATIVE_BF16_MIN_PIXELS = 32 * 32
 # backward products 481 vs 753 us; 1024 pixels 60 vs 97 us (140 vs 188); 256 pixels 30 vs 28 us
 # (56 vs 51).
 _ONEDNN_MIN_PIXELS = 32 * 32
+
+# ...and only on a CPU whose torch kernels use these vector extensions
+# (``torch.backends.cpu.get_cpu_capability()``), unless the mode is "onednn": torch's BLAS (MKL)
+# stops at AVX2 on AMD CPUs, where oneDNN uses AVX-512 (the numbers above, an AVX-512 EPYC); on an
+# AVX2-only EPYC BLAS is the faster, one thread (bench/onednn_matmul.py,
+# bench/results/cpu-2core-AMD-EPYC-avx2/onednn_matmul/): 1024 pixels 124 against 158 us, backward
+# products 247 against 374 us; 4096 pixels 646 against 590 us, backward 1.1 against 1.6 ms; and a
+# facades 512x512 training step (cells of 1024 pixels) 7.85 against 8.22 s with every fp32
+# product through BLAS (four steps each way, interleaved). The LR stream's parameter head keeps
+# oneDNN on every CPU (generator.PointwiseConv2d: 0.72 against 0.75 s per demo step there).
+_ONEDNN_CPU_CAPABILITIES = ("AVX512",)
 
 # Cells of at least this many pixels are dealt to threads (Tiles.run_chunks); smaller ones run one
 # chunk after another with torch's intra-op threads. Two threads against one, the 2-core EPYC idle
@@ -600,14 +612,21 @@ def _forward_onednn(tiles: _Tiles, out: torch.Tensor) -> None:
     tiles.run_chunks(make_worker)
 
 
+def _cpu_capability() -> str:
+    """The vector extension torch's CPU kernels use here ("AVX2", "AVX512", ...)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def _check_onednn(precision: str, device: torch.device, pixels: int) -> bool:
     """Whether the fp32 forward and backward run their per-cell products through oneDNN:
     precision "fp32", :func:`asapnet_triton.onednn.uses_onednn` for the device (it raises when
-    the mode is "onednn" and the device has none), and cells of at least ``_ONEDNN_MIN_PIXELS``
-    pixels unless the mode is "onednn"."""
+    the mode is "onednn" and the device has none), and, unless the mode is "onednn", cells of at
+    least ``_ONEDNN_MIN_PIXELS`` pixels on a CPU of ``_ONEDNN_CPU_CAPABILITIES``."""
     if precision != "fp32" or not onednn.uses_onednn(device):
         return False
-    return onednn.current_fp32_matmul() == "onednn" or pixels >= _ONEDNN_MIN_PIXELS
+    if onednn.current_fp32_matmul() == "onednn":
+        return True
+    return pixels >= _ONEDNN_MIN_PIXELS and _cpu_capability() in _ONEDNN_CPU_CAPABILITIES
 
 
 def pixelwise_mlp_torch(

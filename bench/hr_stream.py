@@ -205,10 +205,15 @@ def ceiling_keys(
     """(large-matmul ceiling, cell-shaped ceiling) that bound an implementation's matmuls: on the
     CPU, the torch backend's bf16 runs oneDNN bf16 products where the CPU has them (every cell
     size: per cell from 1024 pixels, grouped over a chunk's cells below), its fp32 oneDNN fp32
-    products for cells of >= 1024 pixels (torch_tiled._ONEDNN_MIN_PIXELS), the rest torch's BLAS."""
+    products where ``torch_tiled._check_onednn`` says (cells of >= 1024 pixels on a CPU with
+    AVX-512), the rest torch's BLAS."""
     if device == "cuda":
         return {"fp32": "fp32", "tf32": "tf32", "bf16": "bf16", "fp16": "fp16"}[precision] + "_matmul_2048", None
-    large_cells = cell_size * cell_size >= 1024
+    import torch
+
+    from asapnet_triton.torch_tiled import _check_onednn
+
+    large_cells = _check_onednn("fp32", torch.device("cpu"), cell_size * cell_size)
     if implementation == "torch" and precision == "bf16" and "bf16_cell_onednn" in ceilings:
         return "bf16_matmul_2048", "bf16_cell_onednn"
     if implementation == "torch" and precision == "fp32" and large_cells and "fp32_cell_onednn" in ceilings:

@@ -276,7 +276,7 @@ def test_backward_chunk_size_does_not_change_results(monkeypatch, generator, pat
         if path == "bf16 native":
             results.append(_bf16_backward(x, params, grad_out, shape, False, "native"))
         else:
-            results.append(_fp32_run(x, params, grad_out, shape, False, "auto")[1:])
+            results.append(_fp32_run(x, params, grad_out, shape, False, "onednn")[1:])
     for grad_x, grad_params in results[1:]:
         assert torch.equal(grad_params, results[0][1]) and torch.equal(grad_x, results[0][0])
 
@@ -443,7 +443,7 @@ def test_fp32_onednn_forward_and_backward(generator, labels, channels, cell, bat
     )
     grad_out = torch.randn(batch, 3, *size, generator=generator)
     ref_x, ref_params = reference_grads(x, params, grad_out, shape, labels)
-    out, grad_x, grad_params = _fp32_run(x, params, grad_out, shape, labels, "auto")
+    out, grad_x, grad_params = _fp32_run(x, params, grad_out, shape, labels, "onednn")
     assert out.shape == (batch, 3, *size) and grad_params.shape == params.shape
     assert relative_error(out, reference_output(x, params, shape, labels)) <= at.TOLERANCES["fp32"]
     assert rms_relative_error(grad_params, ref_params) <= 1e-5
@@ -455,21 +455,32 @@ def test_fp32_onednn_forward_and_backward(generator, labels, channels, cell, bat
 
 @onednn_only
 def test_fp32_matmul_dispatch(monkeypatch, generator):
-    """ "auto" runs oneDNN for cells of 1024 pixels and more, "onednn" for every cell size (right
-    there too), "blas" never; a device without oneDNN is an error for "onednn" only."""
+    """ "auto" runs oneDNN for cells of 1024 pixels and more on a CPU with AVX-512 (torch's CPU
+    capability), never on one without; "onednn" for every cell size (right there too) on any
+    CPU; "blas" never; a device without oneDNN is an error for "onednn" only."""
     calls = []
     forward = tt._forward_onednn
     monkeypatch.setattr(tt, "_forward_onednn", lambda *args: calls.append(1) or forward(*args))
-    for cell, mode, expected in ((32, "auto", 1), (16, "auto", 0), (16, "onednn", 1), (32, "blas", 0)):
+    cases = [
+        (32, "auto", "AVX512", 1),
+        (32, "auto", "AVX2", 0),
+        (16, "auto", "AVX512", 0),
+        (16, "onednn", "AVX2", 1),
+        (32, "blas", "AVX512", 0),
+    ]
+    for cell, mode, capability, expected in cases:
+        monkeypatch.setattr(tt, "_cpu_capability", lambda capability=capability: capability)
         shape = at.MLPShape(5, cell, 3, 16, 3)
         x, params = random_inputs(shape, 2, 2 * cell + 3, cell + 5, labels=True, generator=generator)
         grad_out = torch.randn(2, 3, *x.shape[-2:], generator=generator)
         calls.clear()
         out, _, grad_params = _fp32_run(x, params, grad_out, shape, True, mode)
-        assert len(calls) == expected, (cell, mode)
+        assert len(calls) == expected, (cell, mode, capability)
         assert relative_error(out, reference_output(x, params, shape, True)) <= at.TOLERANCES["fp32"]
         _, ref_params = reference_grads(x, params, grad_out, shape, True)
         assert rms_relative_error(grad_params, ref_params) <= 1e-5
+    monkeypatch.undo()
+    assert tt._cpu_capability() == torch.backends.cpu.get_cpu_capability()
     assert not tt._check_onednn("bf16", torch.device("cpu"), 64 * 64)  # fp32 products only
     assert not tt._check_onednn("fp32", torch.device("meta"), 64 * 64)
     with onednn.fp32_matmul_mode("onednn"), pytest.raises(RuntimeError, match="fp32_matmul='onednn' needs"):
