@@ -115,10 +115,10 @@ _ONEDNN_MIN_PIXELS = 32 * 32
 # stops at AVX2 on AMD CPUs, where oneDNN uses AVX-512 (the numbers above, an AVX-512 EPYC); on an
 # AVX2-only EPYC BLAS is the faster, one thread (bench/onednn_matmul.py,
 # bench/results/cpu-2core-AMD-EPYC-avx2/onednn_matmul/): 1024 pixels 124 against 158 us, backward
-# products 247 against 374 us; 4096 pixels 646 against 590 us, backward 1.1 against 1.6 ms; and a
-# facades 512x512 training step (cells of 1024 pixels) 7.85 against 8.22 s with every fp32
-# product through BLAS (four steps each way, interleaved). The LR stream's parameter head keeps
-# oneDNN on every CPU (generator.PointwiseConv2d: 0.72 against 0.75 s per demo step there).
+# products 247 against 374 us; 4096 pixels 646 against 590 us, backward 1.1 against 1.6 ms; a
+# facades 512x512 training step (cells of 1024 pixels) 7.80 s with BLAS cells against 8.91 s
+# (bench/train_step.py, README). The LR stream's parameter head keeps oneDNN on every CPU
+# (generator.PointwiseConv2d; mixed there: forward 1.27x faster, forward + backward 0.86x).
 _ONEDNN_CPU_CAPABILITIES = ("AVX512",)
 
 # Cells of at least this many pixels are dealt to threads (Tiles.run_chunks); smaller ones run one
