@@ -29,6 +29,29 @@ def choice_list(parser, option: str, value: str, choices) -> list[str]:
     return items
 
 
+def two_way_command_line(doc: str, name: str, option: str, choices, what: str) -> tuple[int, list[str], Path]:
+    """The command line of a benchmark that times two ways of the same work in turn, round after
+    round: ``--repeats`` (timed rounds, default 9), ``option`` (a comma list of ``choices``,
+    ``what`` they are; default all), ``--smoke`` (one round, the first choice only: checks the
+    script) and ``--out`` (default bench/results/<machine>/``name``, created). Returns (repeats,
+    the choices asked, the results folder); ``parser.error`` names a bad argument."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
+    parser.add_argument(option, default=",".join(choices), help=f"comma list of {what} from {list(choices)}")
+    parser.add_argument("--smoke", action="store_true", help=f"one round, {choices[0]} only: checks the script")
+    parser.add_argument("--out", default=None, help=f"results folder (default bench/results/<machine>/{name})")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    chosen = choice_list(parser, option, getattr(args, option.lstrip("-").replace("-", "_")), choices)
+    repeats, chosen = (1, [choices[0]]) if args.smoke else (args.repeats, chosen)
+    out = Path(args.out) if args.out else results_dir(f"{machine_name()}/{name}")
+    out.mkdir(parents=True, exist_ok=True)
+    return repeats, chosen, out
+
+
 def precision_list(parser, option: str, value: str) -> list[str]:
     """The comma list ``value`` of command-line ``option`` as precisions, each one of
     ``asapnet_triton.precision.FLOAT32_PRECISIONS`` (:func:`choice_list`)."""

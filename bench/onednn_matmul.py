@@ -28,7 +28,6 @@ GFLOP/s of the products; the JSON every timing.
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -223,23 +222,9 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    from common import choice_list, machine_name, results_dir, write_results
+    from common import two_way_command_line, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
-    parser.add_argument("--heads", default=",".join(HEADS), help=f"comma list of LR head sizes from {list(HEADS)}")
-    parser.add_argument("--smoke", action="store_true", help="one round, the demo head only: checks the script")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/onednn_matmul)")
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    heads = choice_list(parser, "--heads", args.heads, HEADS)
-    if args.smoke:
-        repeats, heads = 1, ["demo"]
-    else:
-        repeats = args.repeats
-    out = Path(args.out) if args.out else results_dir(f"{machine_name()}/onednn_matmul")
-    out.mkdir(parents=True, exist_ok=True)
+    repeats, heads, out = two_way_command_line(__doc__, "onednn_matmul", "--heads", tuple(HEADS), "LR head sizes")
     left_out = []
     rows = run(repeats, heads, left_out)
     text = table(rows)

@@ -15,7 +15,6 @@ faster), with the GFLOP/s of the convolution's FLOP count; the JSON every timing
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 from pathlib import Path
@@ -116,20 +115,9 @@ def table(rows: list[dict]) -> str:
 
 
 def main() -> None:
-    from common import bar_plot, choice_list, machine_name, results_dir, write_results
+    from common import bar_plot, two_way_command_line, write_results
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=9, help="timed rounds (default 9)")
-    parser.add_argument("--cases", default=",".join(CASES), help=f"comma list from {list(CASES)}")
-    parser.add_argument("--smoke", action="store_true", help="one round, the demo only: checks the script")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/patch_map_conv)")
-    args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
-    cases = choice_list(parser, "--cases", args.cases, CASES)
-    repeats, cases = (1, ["demo"]) if args.smoke else (args.repeats, cases)
-    out = Path(args.out) if args.out else results_dir(f"{machine_name()}/patch_map_conv")
-    out.mkdir(parents=True, exist_ok=True)
+    repeats, cases, out = two_way_command_line(__doc__, "patch_map_conv", "--cases", CASES, "cases")
     rows = run(repeats, cases)
     text = table(rows)
     print(text)
