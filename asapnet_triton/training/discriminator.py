@@ -80,9 +80,9 @@ class SpectralNormConv2d(nn.Module):
 class _ShiftedTapSum(torch.autograd.Function):
     """The tap maps' sum, each shifted by its tap's offset: ``maps`` (B, k_h * k_w, H, W), tap t =
     (i, j) in row-major order, zero-padded by ``padding`` -> (B, 1, H + 2 p_h - k_h + 1, W + 2 p_w -
-    k_w + 1) with out[y, x] = sum over t of padded[t, y + i, x + j]. Slices and adds: as a
-    convolution with one-hot kernels it is another convolution to one channel, 2-4x slower
-    forward + backward (``bench/patch_map_conv.py``'s shapes, one thread, the AVX2 EPYC)."""
+    k_w + 1) with out[y, x] = sum over t of padded[t, y + i, x + j]. Slices and adds, not a
+    convolution with one-hot kernels: that would be another convolution to one channel, the slow
+    case :class:`PatchMapConv2d` avoids."""
 
     @staticmethod
     def forward(ctx, maps, kernel_size, padding):
