@@ -114,7 +114,7 @@ def pixelwise_mlp_backward_op(
     contiguous): the LR stream's parameter head produces the grid so, and its backward takes the
     gradient as (pixels, P) rows without a copy. A contiguous copy here and the reshape it forced
     in the head's backward cost 14 + 19 ms of a 930 ms demo training step (fp32, one thread, the
-    2-core AVX2 EPYC, torch.profiler). A leaf ``params`` of another layout gets its gradient
+    2-core AVX2 EPYC, ``bench/profile_train_step.py``). A leaf ``params`` of another layout gets its gradient
     copied to its own layout by autograd, as for any op."""
     shape = _shape(x, cell_size, out_channels, hidden_width, depth, num_classes, pos_encoding)
     labels = num_classes is not None

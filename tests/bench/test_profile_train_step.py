@@ -1,0 +1,21 @@
+"""bench/profile_train_step.py runs end to end: at train_step.py's tiny sizes it prints the
+profiler's table of a training step, with the step's convolutions and the HR stream's op in it."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "profile_train_step.py"
+
+
+def test_smoke_run_prints_the_step_profile():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--smoke"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "demo, fp32, 1 step(s) profiled" in result.stdout
+    for op in ("aten::convolution_backward", "asapnet_triton::pixelwise_mlp_backward", "Self CPU"):
+        assert op in result.stdout
+
+
+def test_bad_step_count_is_named():
+    result = subprocess.run([sys.executable, str(SCRIPT), "--steps", "0"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--steps and --rows must be at least 1" in result.stderr
