@@ -612,11 +612,6 @@ def _forward_onednn(tiles: _Tiles, out: torch.Tensor) -> None:
     tiles.run_chunks(make_worker)
 
 
-def _cpu_capability() -> str:
-    """The vector extension torch's CPU kernels use here ("AVX2", "AVX512", ...)."""
-    return torch.backends.cpu.get_cpu_capability()
-
-
 def _check_onednn(precision: str, device: torch.device, pixels: int) -> bool:
     """Whether the fp32 forward and backward run their per-cell products through oneDNN:
     precision "fp32", :func:`asapnet_triton.onednn.uses_onednn` for the device (it raises when
@@ -626,7 +621,7 @@ def _check_onednn(precision: str, device: torch.device, pixels: int) -> bool:
         return False
     if onednn.current_fp32_matmul() == "onednn":
         return True
-    return pixels >= _ONEDNN_MIN_PIXELS and _cpu_capability() in _ONEDNN_CPU_CAPABILITIES
+    return pixels >= _ONEDNN_MIN_PIXELS and torch.backends.cpu.get_cpu_capability() in _ONEDNN_CPU_CAPABILITIES
 
 
 def pixelwise_mlp_torch(

@@ -52,6 +52,26 @@ def two_way_command_line(doc: str, name: str, option: str, choices, what: str) -
     return repeats, chosen, out
 
 
+def module_passes(x, grad) -> dict:
+    """{"forward": f, "forward + backward": f}, each ``f(module)`` one pass of ``module`` over
+    ``x``: without a graph, or forward then backward of ``grad`` (the input's and the parameters'
+    gradients, the previous call's freed first)."""
+    import torch
+
+    x = x.detach().requires_grad_()
+
+    def forward(module):
+        with torch.no_grad():
+            module(x)
+
+    def forward_backward(module):
+        module.zero_grad(set_to_none=True)
+        x.grad = None
+        module(x).backward(grad)
+
+    return {"forward": forward, "forward + backward": forward_backward}
+
+
 def precision_list(parser, option: str, value: str) -> list[str]:
     """The comma list ``value`` of command-line ``option`` as precisions, each one of
     ``asapnet_triton.precision.FLOAT32_PRECISIONS`` (:func:`choice_list`)."""

@@ -161,8 +161,10 @@ def matmul_ceilings(device: str) -> dict:
     size = 2048
     # a CPU without bf16 matmul units runs a 2048^3 bf16 product in minutes (an AVX2 EPYC: under
     # 0.5 GFLOP/s) and the torch backend's bf16 there is emulated in fp32 (ceiling_keys): skipped
-    bf16 = device == "cuda" or native_bf16_supported("cpu")
-    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16))[: 2 if bf16 else 1]:
+    dtypes = [("fp32", torch.float32)]
+    if device == "cuda" or native_bf16_supported("cpu"):
+        dtypes.append(("bf16", torch.bfloat16))
+    for name, dtype in dtypes:
         a = torch.randn(size, size, device=device).to(dtype)
         b = torch.randn(size, size, device=device).to(dtype)
         ceilings[f"{name}_matmul_2048"] = 2 * size**3 / median_seconds(lambda: a @ b, repeats=5, device=device)

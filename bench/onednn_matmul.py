@@ -113,6 +113,7 @@ def _grouped_cases(cells: int = 16, pixels: int = 256, *, bf16: bool = True):
 
 def _head_cases(case: str):
     import torch
+    from common import module_passes
 
     from asapnet_triton import MLPShape
     from asapnet_triton.generator import PointwiseConv2d
@@ -122,19 +123,11 @@ def _head_cases(case: str):
     conv = torch.nn.Conv2d(channels, params, 1)
     pointwise = PointwiseConv2d(channels, params)
     pointwise.load_state_dict(conv.state_dict())
-    x = torch.randn(batch, channels, side, side, requires_grad=True)
+    x = torch.randn(batch, channels, side, side)
     grad = torch.randn(batch, params, side, side)
     flops = 2 * batch * side * side * channels * params
-
-    def forward(module):
-        with torch.no_grad():
-            module(x)
-
-    def forward_backward(module):
-        module.zero_grad(set_to_none=True)
-        x.grad = None
-        module(x).backward(grad)
-
+    passes = module_passes(x, grad)
+    forward, forward_backward = passes["forward"], passes["forward + backward"]
     return {
         f"LR head, {case}": (lambda: forward(conv), lambda: forward(pointwise), flops),
         f"LR head, {case}, forward + backward": (

@@ -55,7 +55,7 @@ def _layer_inputs(case: str) -> list[tuple[str, dict, object]]:
 
 def run(repeats: int, cases: list[str]) -> list[dict]:
     import torch
-    from common import interleaved_seconds
+    from common import interleaved_seconds, module_passes
 
     from asapnet_triton.training.discriminator import PatchMapConv2d
 
@@ -67,23 +67,9 @@ def run(repeats: int, cases: list[str]) -> list[dict]:
             for mode in ("conv", "taps"):
                 layers[mode] = PatchMapConv2d(x.shape[1], 4, 2, mode)
                 layers[mode].load_state_dict(state)
-            x_grad = x.clone().requires_grad_()
             grad = torch.randn_like(layers["conv"](x))
             flops = 2 * grad.numel() * x.shape[1] * 16
-
-            def forward(layer):
-                with torch.no_grad():
-                    layer(x)
-
-            def forward_backward(layer):
-                layer.zero_grad(set_to_none=True)
-                x_grad.grad = None
-                layer(x_grad).backward(grad)
-
-            for label, fn, case_flops in (
-                ("forward", forward, flops),
-                ("forward + backward", forward_backward, 3 * flops),
-            ):
+            for (label, fn), case_flops in zip(module_passes(x, grad).items(), (flops, 3 * flops), strict=True):
                 times = interleaved_seconds({mode: (lambda m=mode: fn(layers[m])) for mode in layers}, repeats)
                 conv_s, taps_s = statistics.median(times["conv"]), statistics.median(times["taps"])
                 rows.append(

@@ -195,18 +195,22 @@ def transposed_weights(shape: MLPShape, precision: str, arch: int, block_pixels:
     16- and 32-pixel blocks; ``tests/test_aot.py`` holds each default below its arch's limit)."""
     if precision != "fp32":
         return False
-    h = shape.hidden_width
-    copies = (shape.depth - 2) * h * h + h * pow2_at_least(shape.out_channels)  # hidden and last layers
-    needed = 4 * (resident_weight_elements(shape) + copies + 5 * block_pixels * h)
+    copies = _hidden_and_last_weight_elements(shape)
+    needed = 4 * (resident_weight_elements(shape) + copies + 5 * block_pixels * shape.hidden_width)
     return needed <= SHARED_BYTES_PER_BLOCK.get(arch, min(SHARED_BYTES_PER_BLOCK.values()))
+
+
+def _hidden_and_last_weight_elements(shape: MLPShape) -> int:
+    """Elements of the hidden and last layers' weights on chip (the last padded to its tile)."""
+    h = shape.hidden_width
+    return (shape.depth - 2) * h * h + h * pow2_at_least(shape.out_channels)
 
 
 def resident_weight_elements(shape: MLPShape) -> int:
     """Elements of every layer's weights as the kernels keep them on chip (padded to their tile
     sizes): the estimate of their shared memory, with the operand's bytes an element."""
-    pad = pow2_at_least
-    rows = pad(shape.in_channels) + pad(shape.pe_channels) + (shape.depth - 2) * shape.hidden_width
-    return rows * shape.hidden_width + shape.hidden_width * pad(shape.out_channels)
+    first_rows = pow2_at_least(shape.in_channels) + pow2_at_least(shape.pe_channels)
+    return first_rows * shape.hidden_width + _hidden_and_last_weight_elements(shape)
 
 
 def device_arch(device: torch.device | str) -> int:
