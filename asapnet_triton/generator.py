@@ -17,7 +17,7 @@ from torch import nn
 
 from .layout import MLPShape
 from .modules import PixelwiseMLP
-from .onednn import fp32_linear_uses_onednn, linear_with_grad
+from .onednn import linear_uses_onednn, linear_with_grad
 from .ops import check_label_range
 from .precision import PRECISIONS
 
@@ -69,27 +69,39 @@ def tent_downsample(x: torch.Tensor, factor: int) -> torch.Tensor:
 
 class PointwiseConv2d(nn.Conv2d):
     """A 1x1 convolution (stride 1, no padding, no groups): a linear map of each pixel's channels.
-    fp32 outside autocast, on a CPU with oneDNN (``onednn.fp32_linear_uses_onednn``), it runs as
-    one oneDNN matmul over the pixels, forward and backward, and returns a channels-last tensor
-    (each pixel's outputs contiguous); otherwise as ``nn.Conv2d``. The LR stream's parameter head
-    is one: torch runs a 1x1 convolution of a batch under 16 on one thread through its BLAS, not
-    oneDNN, and that BLAS is the slower on some CPUs. At the demo's size (4 x 256 x 8 x 8 -> 14595
-    channels), one thread, the 2-core AMD EPYC: 26.6 ms forward as nn.Conv2d, 10.4 ms as oneDNN
-    matmuls (76.5 against 39.6 ms forward + backward; ``bench/onednn_matmul.py``). Same
-    parameters, same state dict as ``nn.Conv2d``."""
+    On a CPU with oneDNN it runs as one oneDNN matmul over the pixels, forward and backward, and
+    returns a channels-last tensor (each pixel's outputs contiguous): in fp32 outside autocast
+    (``onednn.fp32_linear_uses_onednn``), and in bf16 under a bf16 autocast where oneDNN has bf16
+    matmuls (``onednn.bf16_autocast_linear_uses_onednn``: a bf16 output, as autocast's
+    convolution returns, with the fp32 bias added before its rounding); otherwise as
+    ``nn.Conv2d``. :meth:`uses_onednn` tells which. Same parameters, same state dict as
+    ``nn.Conv2d``.
+
+    The LR stream's parameter head is one, at the demo's size 4 x 256 x 8 x 8 -> 14595 channels.
+    fp32: torch runs a 1x1 convolution of a batch under 16 on one thread through its BLAS, not
+    oneDNN, and that BLAS is the slower on some CPUs (one thread, the 2-core AMD EPYC with
+    AVX-512: 26.6 ms forward as nn.Conv2d, 10.4 ms as oneDNN matmuls; 76.5 against 39.6 ms forward
+    + backward; ``bench/onednn_matmul.py``). bf16: autocast's convolution writes a contiguous
+    (B, P, h, w) grid, which the HR stream wants channels-last, so every pass paid a transposing
+    copy of the grid and its gradient (four of 3.7M elements per demo training step, 6.6 ms each,
+    ``bench/profile_train_step.py``) on top of the convolution's own products (see
+    ``bench/onednn_matmul.py``'s head rows)."""
 
     def __init__(self, in_channels: int, out_channels: int, bias: bool = True):
         super().__init__(in_channels, out_channels, 1, bias=bias)
 
+    def uses_onednn(self, x: torch.Tensor) -> bool:
+        """Whether the forward of ``x`` runs as oneDNN matmuls (see the class doc)."""
+        return x.dim() == 4 and linear_uses_onednn(x, self.weight, self.bias)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weight, bias = self.weight, self.bias
-        if x.dim() != 4 or not fp32_linear_uses_onednn(x, weight, bias):
+        if not self.uses_onednn(x):
             return super().forward(x)
         batch, channels, height, width = x.shape
         if channels != self.in_channels:
             raise ValueError(f"x must have {self.in_channels} channels, got shape {tuple(x.shape)}")
         pixels = x.permute(0, 2, 3, 1).reshape(-1, channels)
-        out = linear_with_grad(pixels, weight.flatten(1), bias)
+        out = linear_with_grad(pixels, self.weight.flatten(1), self.bias)
         return out.view(batch, height, width, -1).permute(0, 3, 1, 2)
 
 

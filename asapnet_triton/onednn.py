@@ -1,4 +1,5 @@
-"""fp32 matrix products through oneDNN on the CPU, and the mode that chooses them.
+"""Matrix products through oneDNN on the CPU: fp32 ones and the mode that chooses them, and the
+bf16 linear under autocast.
 
 torch multiplies fp32 matrices on the CPU with its BLAS (MKL in the x86 wheels), and runs a 1x1
 convolution of a batch under 16 on one thread through the same BLAS. On an AMD EPYC (AVX-512)
@@ -16,8 +17,12 @@ Which one runs is explicit: :func:`fp32_matmul_mode` ("auto": oneDNN where torch
 CPU, for fp32 operands, except the HR stream's per-cell products on a CPU without AVX-512, where
 torch's BLAS measured faster (``torch_tiled._ONEDNN_CPU_CAPABILITIES``); "onednn": oneDNN or a
 RuntimeError; "blas": torch's BLAS), and :func:`uses_onednn` tells whether fp32 products on a
-device may run through oneDNN. Products in other dtypes, on other
-devices, or under an active autocast are not this module's: their callers keep torch's ops.
+device may run through oneDNN. Under a CPU autocast to bf16, on a CPU with oneDNN bf16 matmuls
+(:func:`bf16_supported`), :func:`linear_with_grad` runs oneDNN bf16 matmuls instead of the
+autocast's F.linear (:func:`bf16_autocast_linear_uses_onednn`): the same products, the fp32 bias
+added before the single rounding, and an output laid out as its caller reads it (the LR stream's
+parameter head: see ``generator.PointwiseConv2d``). Products in other dtypes, on other devices,
+or under another autocast are not this module's: their callers keep torch's ops.
 """
 
 from __future__ import annotations
@@ -31,11 +36,14 @@ from .modes import mode_block
 
 __all__ = [
     "FP32_MATMUL_MODES",
+    "bf16_autocast_linear_uses_onednn",
+    "bf16_supported",
     "current_fp32_matmul",
     "fp32_linear_uses_onednn",
     "fp32_matmul_mode",
     "grouped_linear",
     "linear",
+    "linear_uses_onednn",
     "linear_with_grad",
     "onednn_supported",
     "uses_onednn",
@@ -70,6 +78,17 @@ def onednn_supported(device: torch.device | str) -> bool:
     )
 
 
+def bf16_supported(device: torch.device | str) -> bool:
+    """Whether oneDNN can run bf16 matmuls on ``device``: a CPU with oneDNN
+    (:func:`onednn_supported`) whose build reports bf16 support (on x86, AVX-512 BF16 or AMX)."""
+    if not onednn_supported(device):
+        return False
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
 def uses_onednn(device: torch.device | str, mode: str | None = None) -> bool:
     """Whether fp32 products on ``device`` run through oneDNN under ``mode`` (None:
     :func:`current_fp32_matmul`): a CPU with oneDNN and mode "auto" or "onednn". Raises
@@ -94,7 +113,7 @@ def linear(
     x (..., K), weight (N, K), any strides (a transposed view is read as such); fp32, or bf16
     operands with an fp32 bias (accumulated in fp32, the result rounded once to bf16 after the
     bias and activation). No autograd; the caller checked that oneDNN runs it
-    (:func:`uses_onednn` for fp32, ``torch_tiled.native_bf16_supported`` for bf16)."""
+    (:func:`uses_onednn` for fp32, :func:`bf16_supported` for bf16)."""
     if leaky_relu is None:
         return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "none", [], "")
     return torch.ops.mkldnn._linear_pointwise(x, weight, bias, "leaky_relu", [leaky_relu], "")
@@ -130,12 +149,14 @@ def grouped_linear(
 
 
 class _Linear(torch.autograd.Function):
-    """F.linear with every product (forward, input and weight gradients) a oneDNN matmul."""
+    """F.linear with every product (forward, input and weight gradients) a oneDNN matmul: fp32, or
+    bf16 operands with an fp32 bias (each product accumulated in fp32 and rounded once to bf16,
+    the bias gradient an fp32 sum)."""
 
     @staticmethod
     def forward(ctx, x, weight, bias):
         ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
+        ctx.bias_dtype = None if bias is None else bias.dtype
         return linear(x, weight, bias)
 
     @staticmethod
@@ -148,8 +169,8 @@ class _Linear(torch.autograd.Function):
         if ctx.needs_input_grad[1]:
             # grad.T @ x: a product over the rows of both (oneDNN reads the transposed views)
             grad_weight = linear(rows.t(), x.reshape(-1, x.shape[-1]).t())
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_bias = rows.sum(0)
+        if ctx.bias_dtype is not None and ctx.needs_input_grad[2]:
+            grad_bias = rows.sum(0, dtype=ctx.bias_dtype)  # bf16 products, an fp32 bias: an fp32 sum
         return grad_x, grad_weight, grad_bias
 
 
@@ -166,9 +187,36 @@ def fp32_linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return not torch.is_autocast_enabled(x.device.type)  # asked only of a CPU, where autocast exists
 
 
+def bf16_autocast_linear_uses_onednn(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
+) -> bool:
+    """Whether :func:`linear_with_grad` of these tensors runs as oneDNN bf16 matmuls: a CPU
+    autocast to bf16 active, tensors on a CPU with :func:`bf16_supported`, x fp32 or bf16, weight
+    and bias fp32 (autocast's F.linear would round all three to bf16; here the bias stays fp32),
+    and not while torch.compile traces."""
+    tensors = (x, weight) if bias is None else (x, weight, bias)
+    if not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+        return False
+    if x.dtype not in (torch.float32, torch.bfloat16) or any(t.dtype != torch.float32 for t in tensors[1:]):
+        return False
+    return not torch.compiler.is_compiling() and bf16_supported(x.device)
+
+
+def linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
+    """Whether :func:`linear_with_grad` of these tensors runs through oneDNN, in fp32
+    (:func:`fp32_linear_uses_onednn`) or in bf16 under autocast (:func:`bf16_autocast_linear_uses_onednn`)."""
+    return fp32_linear_uses_onednn(x, weight, bias) or bf16_autocast_linear_uses_onednn(x, weight, bias)
+
+
 def linear_with_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``, differentiable, its forward and both gradients' products
-    oneDNN matmuls when :func:`fp32_linear_uses_onednn`, else F.linear itself."""
-    if not fp32_linear_uses_onednn(x, weight, bias):
-        return F.linear(x, weight, bias)
-    return _Linear.apply(x, weight, bias)
+    oneDNN matmuls: fp32 ones when :func:`fp32_linear_uses_onednn`; bf16 ones when
+    :func:`bf16_autocast_linear_uses_onednn` (x and weight rounded to bf16, the bias kept fp32 and
+    added before the single rounding; a bf16 output, as autocast's F.linear returns); else F.linear
+    itself."""
+    if fp32_linear_uses_onednn(x, weight, bias):
+        return _Linear.apply(x, weight, bias)
+    if bf16_autocast_linear_uses_onednn(x, weight, bias):
+        with torch.autocast("cpu", enabled=False):  # the operands' dtypes are set here
+            return _Linear.apply(x.to(torch.bfloat16), weight.to(torch.bfloat16), bias)
+    return F.linear(x, weight, bias)

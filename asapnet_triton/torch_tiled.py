@@ -91,7 +91,11 @@ _CHUNK_PIXELS = 64 * 64
 
 # The native bf16 forward calls oneDNN once per cell and layer whatever the chunk; chunks only
 # batch its weight conversions and last layer, so larger ones pay (same measurement, 1 / 2 / 4
-# cells per chunk: 199 / 190 / 181 ms).
+# cells per chunk: 199 / 190 / 181 ms). The native backward too, its products batched over the
+# chunk's cells in bf16 (half fp32's bytes): forward + backward, one thread, 4096 against 16384
+# pixels per chunk, the 2-core AMD EPYC with AVX-512 BF16 (interleaved runs, medians of 5): cell 64
+# at 1024x1024 1185 / 1101 ms, cell 32 at 512x512 333 / 314 ms, the demo's 4 x 128x128 at cell 16
+# 90 / 84 ms.
 _NATIVE_CHUNK_PIXELS = 4 * 64 * 64
 
 # The native bf16 forward issues one oneDNN call per cell and layer for cells of at least this
@@ -171,14 +175,9 @@ def cell_positional_encoding(cell_size: int, *, dtype=torch.float32, device=None
 
 
 def native_bf16_supported(device: torch.device | str) -> bool:
-    """Whether the native bf16 path can run on ``device``: a CPU whose oneDNN build has bf16
-    matmuls, reachable through torch's fused oneDNN ops (``onednn.onednn_supported``)."""
-    if not onednn.onednn_supported(device):
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
+    """Whether the native bf16 path can run on ``device``: a CPU whose oneDNN has bf16 matmuls
+    (:func:`asapnet_triton.onednn.bf16_supported`)."""
+    return onednn.bf16_supported(device)
 
 
 def _round_(t: torch.Tensor, precision: str) -> torch.Tensor:
@@ -673,7 +672,7 @@ def pixelwise_mlp_torch_backward(
     (deterministic, unlike index_add_ on CUDA) and in native bf16."""
     native = _check_bf16_matmul(bf16_matmul, precision, params.device)
     use_onednn = _check_onednn(precision, params.device, shape.cell_size**2)
-    tiles = _Tiles(x, params, shape, labels, precision)
+    tiles = _Tiles(x, params, shape, labels, precision, _NATIVE_CHUNK_PIXELS if native else None)
     dy_tiles = _cell_tiles(grad_out.to(tiles.compute), shape.cell_size, (tiles.rows, tiles.cols), channels_first=True)
     grad_params = torch.empty(tiles.num_cells, shape.param_count, dtype=tiles.compute, device=params.device)
     need_grad_x = need_grad_x and not labels

@@ -21,6 +21,11 @@ Cases, each timed both ways in turn, round after round (``interleaved_seconds``)
   at the demo's size (batch 4, 256 -> 14595 channels, 8 x 8) and at the published facades 512 x
   512 size (batch 1, 1024 -> 14851 channels, 16 x 16), forward and forward + backward: nn.Conv2d
   (as torch runs it) against ``generator.PointwiseConv2d`` (oneDNN matmuls).
+- "LR head, <case>, bf16 autocast" (where oneDNN has bf16 matmuls): the same two under a bf16
+  autocast, each output then made the fp32 channels-last grid the HR stream reads
+  (``ASAPNetGenerator.lowres_params``), and its gradient (channels-last, as the HR stream's
+  backward returns it) back: autocast's bf16 convolution
+  (contiguous output) against ``PointwiseConv2d``'s bf16 oneDNN matmuls (channels-last output).
 
 The table gives the median of each and the ratio BLAS / oneDNN (> 1: oneDNN faster), with the
 GFLOP/s of the products; the JSON every timing.
@@ -111,7 +116,7 @@ def _grouped_cases(cells: int = 16, pixels: int = 256, *, bf16: bool = True):
     return cases
 
 
-def _head_cases(case: str):
+def _head_cases(case: str, bf16: bool):
     import torch
     from common import module_passes
 
@@ -128,7 +133,7 @@ def _head_cases(case: str):
     flops = 2 * batch * side * side * channels * params
     passes = module_passes(x, grad)
     forward, forward_backward = passes["forward"], passes["forward + backward"]
-    return {
+    cases = {
         f"LR head, {case}": (lambda: forward(conv), lambda: forward(pointwise), flops),
         f"LR head, {case}, forward + backward": (
             lambda: forward_backward(conv),
@@ -136,6 +141,40 @@ def _head_cases(case: str):
             3 * flops,
         ),
     }
+    if bf16:
+        conv16, pointwise16 = _autocast_grid(conv), _autocast_grid(pointwise)
+        # the grid's gradient channels-last, as the HR stream's backward returns it
+        grid_passes = module_passes(x, grad.contiguous(memory_format=torch.channels_last))
+        grid_forward, grid_forward_backward = grid_passes["forward"], grid_passes["forward + backward"]
+        cases[f"LR head, {case}, bf16 autocast"] = (
+            lambda: grid_forward(conv16),
+            lambda: grid_forward(pointwise16),
+            flops,
+        )
+        cases[f"LR head, {case}, bf16 autocast, forward + backward"] = (
+            lambda: grid_forward_backward(conv16),
+            lambda: grid_forward_backward(pointwise16),
+            3 * flops,
+        )
+    return cases
+
+
+def _autocast_grid(head):
+    """``head`` under a CPU bf16 autocast, its output then the fp32 channels-last grid the HR
+    stream reads (as ``ASAPNetGenerator.lowres_params`` hands it on), as a module."""
+    import torch
+
+    class AutocastGrid(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.head = head
+
+        def forward(self, x):
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = self.head(x)
+            return out.float().contiguous(memory_format=torch.channels_last)
+
+    return AutocastGrid()
 
 
 def run(repeats: int, heads: list[str], left_out: list[str] | None = None) -> list[dict]:
@@ -155,12 +194,12 @@ def run(repeats: int, heads: list[str], left_out: list[str] | None = None) -> li
     bf16 = native_bf16_supported("cpu")
     cases |= _grouped_cases(bf16=bf16)
     if not bf16:
-        why = "grouped bf16: this CPU's oneDNN has no bf16 (torch.ops.mkldnn._is_mkldnn_bf16_supported)"
+        why = "grouped bf16 and the heads' bf16 autocast: this CPU's oneDNN has no bf16 (onednn.bf16_supported)"
         print(f"left out: {why}", flush=True)
         if left_out is not None:
             left_out.append(why)
     for case in heads:
-        cases |= _head_cases(case)
+        cases |= _head_cases(case, bf16)
     rows = []
     for name, (blas, fast, flops) in cases.items():
         # a hidden layer's call takes microseconds: time batches of calls

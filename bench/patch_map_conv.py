@@ -1,5 +1,6 @@
 """The discriminator's last convolutions (to one channel, the patch maps), as ``nn.Conv2d`` against
-``PatchMapConv2d``'s tap maps, on this CPU, one thread, fp32: the numbers behind its "auto" mode.
+``PatchMapConv2d``'s tap maps, on this CPU, one thread, fp32 and (where oneDNN has bf16 matmuls)
+under a bf16 autocast: the numbers behind its "auto" mode.
 
     python bench/patch_map_conv.py            # -> bench/results/<machine>/patch_map_conv/
     python bench/patch_map_conv.py --smoke    # one short round, the demo only: checks the script
@@ -9,8 +10,10 @@ For each case of ``bench/train_step.py`` (the demo's discriminator on its batch 
 and each scale's patch-map layer keeps the input it saw; that layer then runs, on that input,
 as ``nn.Conv2d`` ("conv", the published implementation) and as tap maps ("taps"), in turn, round
 after round (``common.interleaved_seconds``): forward, and forward + backward (the gradients of
-the input, weight and bias). The table gives medians and the ratio conv / taps (> 1: taps
-faster), with the GFLOP/s of the convolution's FLOP count; the JSON every timing.
+the input, weight and bias); in fp32, and under a CPU bf16 autocast on a bf16 copy of the input
+(as the discriminator's earlier layers hand it on under autocast). The table gives medians and
+the ratio conv / taps (> 1: taps faster), with the GFLOP/s of the convolution's FLOP count; the
+JSON every timing.
 """
 
 from __future__ import annotations
@@ -57,24 +60,40 @@ def run(repeats: int, cases: list[str]) -> list[dict]:
     import torch
     from common import interleaved_seconds, module_passes
 
+    from asapnet_triton.onednn import bf16_supported
     from asapnet_triton.training.discriminator import PatchMapConv2d
 
     torch.set_num_threads(1)
+    precisions = ["fp32"] + (["bf16 autocast"] if bf16_supported("cpu") else [])
+    if len(precisions) == 1:
+        print("left out: bf16 autocast (this CPU's oneDNN has no bf16 matmuls)", flush=True)
     rows = []
-    for case in cases:
+    for case, precision in ((c, p) for c in cases for p in precisions):
+        autocast = precision != "fp32"
         for name, state, x in _layer_inputs(case):
+            name = f"{name}{', bf16 autocast' if autocast else ''}"
+            x = x.bfloat16() if autocast else x
             layers = {}
             for mode in ("conv", "taps"):
                 layers[mode] = PatchMapConv2d(x.shape[1], 4, 2, mode)
                 layers[mode].load_state_dict(state)
-            grad = torch.randn_like(layers["conv"](x))
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                grad = torch.randn_like(layers["conv"](x))
             flops = 2 * grad.numel() * x.shape[1] * 16
+
+            def in_precision(fn, layer):
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                    fn(layer)
+
             for (label, fn), case_flops in zip(module_passes(x, grad).items(), (flops, 3 * flops), strict=True):
-                times = interleaved_seconds({mode: (lambda m=mode: fn(layers[m])) for mode in layers}, repeats)
+                times = interleaved_seconds(
+                    {mode: (lambda m=mode: in_precision(fn, layers[m])) for mode in layers}, repeats
+                )
                 conv_s, taps_s = statistics.median(times["conv"]), statistics.median(times["taps"])
                 rows.append(
                     dict(
                         case=f"{name}, {label}",
+                        precision=precision,
                         flops=case_flops,
                         conv_seconds=conv_s,
                         taps_seconds=taps_s,

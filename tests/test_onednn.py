@@ -106,19 +106,26 @@ def test_linear_with_grad_against_float64(generator, bias):
 
 
 def test_linear_with_grad_leaves_other_cases_to_f_linear(generator, monkeypatch):
-    """float64 tensors, an active autocast, the "blas" mode and torch.compile's tracing take
-    F.linear (autocast decides its products' dtype; inductor lowers the oneDNN op only for frozen
-    weights); the oneDNN op is not called."""
+    """float64 tensors, an fp16 autocast, a bf16 autocast on a CPU without oneDNN bf16 matmuls,
+    the "blas" mode and torch.compile's tracing take F.linear (autocast decides its products'
+    dtype; inductor lowers the oneDNN op only for frozen weights); the oneDNN op is not called."""
     monkeypatch.setattr(onednn._Linear, "apply", lambda *args: pytest.fail("the oneDNN op ran"))
     x, weight = torch.randn(5, 8, generator=generator), torch.randn(4, 8, generator=generator)
     assert onednn.linear_with_grad(x.double(), weight.double()).dtype == torch.float64
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not onednn.fp32_linear_uses_onednn(x, weight)
-        assert onednn.linear_with_grad(x, weight).dtype == torch.bfloat16
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not onednn.linear_uses_onednn(x, weight)
+        assert onednn.linear_with_grad(x, weight).dtype == torch.float16
+    with monkeypatch.context() as patch:
+        patch.setattr(onednn, "bf16_supported", lambda device: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not onednn.fp32_linear_uses_onednn(x, weight) and not onednn.linear_uses_onednn(x, weight)
+            assert onednn.linear_with_grad(x, weight).dtype == torch.bfloat16
     with onednn.fp32_matmul_mode("blas"):
         torch.testing.assert_close(onednn.linear_with_grad(x, weight), F.linear(x, weight))
     monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as while torch.compile traces
     assert not onednn.fp32_linear_uses_onednn(x, weight)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not onednn.linear_uses_onednn(x, weight)
     torch.testing.assert_close(onednn.linear_with_grad(x, weight), F.linear(x, weight))
 
 
@@ -146,3 +153,80 @@ def test_pointwise_conv_is_a_1x1_convolution(generator, mode):
     torch.testing.assert_close(conv.bias.grad.double(), reference.bias.grad, rtol=1e-5, atol=1e-4)
     through_onednn = mode == "auto" and onednn.onednn_supported("cpu")
     assert (out.is_contiguous(memory_format=torch.channels_last) and not out.is_contiguous()) == through_onednn
+
+
+bf16_only = pytest.mark.skipif(not onednn.bf16_supported("cpu"), reason="this CPU's oneDNN has no bf16 matmuls")
+
+
+def _bf16_autocast_reference(x, weight, bias, grad):
+    """F.linear's forward and gradients in float64 on the bf16-rounded x, weight and upstream
+    gradient (the products' operands), the bias exact."""
+    leaves = [x.detach().bfloat16().double().requires_grad_(), weight.detach().bfloat16().double().requires_grad_()]
+    leaves.append(bias.detach().double().requires_grad_())
+    out = F.linear(*leaves)
+    out.backward(grad.bfloat16().double())
+    return out.detach(), [t.grad for t in leaves]
+
+
+def _bf16_close(ours, exact, what):
+    """Within a few bf16 roundings (2^-8 relative step) of the largest value."""
+    error = ((ours.double() - exact).abs().max() / exact.abs().max()).item()
+    assert error < 1e-2, f"{what}: {error}"
+
+
+@bf16_only
+def test_linear_with_grad_under_bf16_autocast(generator):
+    """Under a CPU bf16 autocast: oneDNN bf16 products, a bf16 output, fp32 gradients for the fp32
+    weight and bias, each within bf16 rounding of float64 on the rounded operands, for a 3-d,
+    non-contiguous input. The fp32 bias is added before the single rounding (autocast's F.linear
+    rounds it to bf16 first): with a bias that cancels the product, only that order keeps the
+    small result."""
+    x = torch.randn(3, 7, 41, generator=generator).transpose(0, 1).requires_grad_()  # (7, 3, 41)
+    weight = torch.randn(29, 41, generator=generator).requires_grad_()
+    bias = torch.randn(29, generator=generator).requires_grad_()
+    grad = torch.randn(7, 3, 29, generator=generator)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert onednn.linear_uses_onednn(x, weight, bias) and not onednn.fp32_linear_uses_onednn(x, weight, bias)
+        out = onednn.linear_with_grad(x, weight, bias)
+        autocast_out = F.linear(x.detach(), weight.detach(), bias.detach())
+    assert out.dtype == torch.bfloat16 and "Linear" in type(out.grad_fn).__name__
+    out.float().backward(grad)
+    expected, grads = _bf16_autocast_reference(x, weight, bias, grad)
+    _bf16_close(out, expected, "output")
+    for leaf, exact, name in zip((x, weight, bias), grads, ("x", "weight", "bias"), strict=True):
+        assert leaf.grad.dtype == torch.float32
+        _bf16_close(leaf.grad, exact, f"grad {name}")
+    assert autocast_out.dtype == torch.bfloat16
+    # one input row, a bias that cancels its products to about 1e-3: a bias rounded to bf16 first
+    # (2^-9 of ~10) would leave errors of ~1e-2
+    row = x.detach()[:1, :1]
+    products = F.linear(row.bfloat16().double(), weight.detach().bfloat16().double())
+    cancelling = (-products + 1e-3 * torch.randn(products.shape, generator=generator, dtype=torch.float64)).float()[0, 0]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        small = onednn.linear_with_grad(row, weight.detach(), cancelling)
+    exact = products + cancelling.double()
+    _bf16_close(small, exact, "cancelled output")
+
+
+@bf16_only
+def test_pointwise_conv_under_bf16_autocast(generator):
+    """PointwiseConv2d under a CPU bf16 autocast: oneDNN bf16 matmuls with a channels-last bf16
+    output, forward and gradients within bf16 rounding of the float64 1x1 convolution of the
+    rounded operands, for a non-contiguous input of odd sizes and a channels-last upstream
+    gradient (as the HR stream's backward gives it)."""
+    conv = PointwiseConv2d(37, 101)
+    torch.nn.init.normal_(conv.bias, generator=generator)
+    x = torch.randn(3, 37, 5, 8, generator=generator)[..., 1:].requires_grad_()  # (3, 37, 5, 7)
+    grad = torch.randn(3, 101, 5, 7, generator=generator).contiguous(memory_format=torch.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert conv.uses_onednn(x)
+        out = conv(x)
+    assert out.dtype == torch.bfloat16 and out.is_contiguous(memory_format=torch.channels_last)
+    out.float().backward(grad)
+    pixels = x.detach().permute(0, 2, 3, 1).reshape(-1, 37)
+    rows = grad.permute(0, 2, 3, 1).reshape(-1, 101)
+    expected, (grad_pixels, grad_weight, grad_bias) = _bf16_autocast_reference(pixels, conv.weight.flatten(1), conv.bias, rows)
+    _bf16_close(out.permute(0, 2, 3, 1).reshape(-1, 101), expected, "output")
+    _bf16_close(x.grad.permute(0, 2, 3, 1).reshape(-1, 37), grad_pixels, "grad x")
+    _bf16_close(conv.weight.grad.flatten(1), grad_weight, "grad weight")
+    _bf16_close(conv.bias.grad, grad_bias, "grad bias")

@@ -272,7 +272,8 @@ def test_backward_chunk_size_does_not_change_results(monkeypatch, generator, pat
     grad_out = torch.randn(2, 3, 64, 50, generator=generator)
     results = []
     for cells_per_chunk in (1, 3, 8):
-        monkeypatch.setattr(tt, "_CHUNK_PIXELS", cells_per_chunk * 32 * 32)
+        monkeypatch.setattr(tt, "_CHUNK_PIXELS", cells_per_chunk * 32 * 32)  # fp32's chunks
+        monkeypatch.setattr(tt, "_NATIVE_CHUNK_PIXELS", cells_per_chunk * 32 * 32)  # native bf16's
         if path == "bf16 native":
             results.append(_bf16_backward(x, params, grad_out, shape, False, "native"))
         else:

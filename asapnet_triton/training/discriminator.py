@@ -9,6 +9,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..generator import published_conv_init
+from ..onednn import bf16_supported
 
 __all__ = [
     "PATCH_MAP_MODES",
@@ -111,6 +112,49 @@ class _ShiftedTapSum(torch.autograd.Function):
         return torch.stack(windows, 1), None, None
 
 
+class _WindowAverage(torch.autograd.Function):
+    """``F.avg_pool2d(x, 3, stride=2, padding=1, count_include_pad=False)`` of an fp32 CPU
+    tensor: the forward as a depthwise convolution summing each 3x3 window (stride 2, zero
+    padding 1), divided by the count of the window's pixels inside the image; the backward
+    torch's own ``avg_pool2d_backward``, the published gradient. torch's CPU average pooling of a
+    contiguous (B, C, H, W) tensor is the slow part: one thread, the 2-core AMD EPYC with AVX-512,
+    the demo discriminator's input (4, 16, 128, 128): 2.35 ms pooled, 0.51 ms as the sum and
+    division (its backward 2.6 ms either way, and a step needs it for one of its four passes)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        ctx.save_for_backward(x)
+        channels, height, width = x.shape[-3:]
+        ones = x.new_ones(channels, 1, 3, 3)
+        sums = F.conv2d(x, ones, stride=2, padding=1, groups=channels)
+        return sums / (_window_counts(height, x)[:, None] * _window_counts(width, x))
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad):
+        (x,) = ctx.saved_tensors
+        return torch.ops.aten.avg_pool2d_backward(grad, x, [3, 3], [2, 2], [1, 1], False, False, None)
+
+
+def _window_counts(size: int, like: torch.Tensor) -> torch.Tensor:
+    """Per output position along a side of ``size`` pixels, how many of its 3-pixel window
+    (stride 2, padding 1) lie inside: 2 at a padded end, else 3."""
+    start = 2 * torch.arange((size + 1) // 2, device=like.device) - 1
+    return ((start + 2).clamp(max=size - 1) - start.clamp(min=0) + 1).to(like.dtype)
+
+
+def downsample(x: torch.Tensor) -> torch.Tensor:
+    """The multiscale discriminator's downsampling, as published: a 3x3 average, stride 2,
+    padding 1, the padding excluded from the average (``F.avg_pool2d``). fp32 on a CPU runs it as
+    a window sum and division (:class:`_WindowAverage`, equal to rounding, measured faster),
+    outside any autocast (the published pooling keeps its input's dtype); elsewhere
+    ``F.avg_pool2d`` itself."""
+    if x.device.type != "cpu" or x.dtype != torch.float32:
+        return F.avg_pool2d(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+    with torch.autocast("cpu", enabled=False):
+        return _WindowAverage.apply(x)
+
+
 class PatchMapConv2d(nn.Conv2d):
     """The PatchGAN's last layer: a ``kernel_size`` stride-1 convolution to one channel (the patch
     map), with ``nn.Conv2d``'s parameters and state dict.
@@ -119,15 +163,20 @@ class PatchMapConv2d(nn.Conv2d):
     published implementation); "taps" as the same sums in another order: a 1x1 convolution of the
     input to one map per kernel tap (tap (i, j) weighs the input's channels by
     ``weight[0, :, i, j]``), then the sum of the tap maps, each shifted by its tap's offset
-    (:class:`_ShiftedTapSum`), plus the bias; "auto" (the default) "taps" for fp32 on a CPU
-    outside autocast, where it is measured to pay, else "conv".
+    (:class:`_ShiftedTapSum`, in fp32), plus the bias; "auto" (the default) "taps" on a CPU for
+    fp32 outside autocast and under a bf16 autocast where oneDNN has bf16 matmuls
+    (``onednn.bf16_supported``), where it is measured to pay, else "conv". Under autocast the tap
+    maps are bf16 (each a sum over channels accumulated in fp32 and rounded once, as autocast's
+    convolution rounds its output), their shifted sum and the bias fp32, and the patch map is
+    rounded once to bf16: autocast's convolution's dtype.
 
     Why: oneDNN runs a convolution to a single output channel at 3-6 GFLOP/s, about as slowly as
-    one to 16 channels. One thread, the 2-core AMD EPYC (AVX2), fp32 (``python
-    bench/patch_map_conv.py``, ``bench/results/cpu-2core-AMD-EPYC-avx2/patch_map_conv/``): see
-    that table; the demo discriminator's finest patch map (4 x 128 x 34 x 34 in) runs about 3x
-    faster forward + backward, facades 512x512's (1 x 512 x 66 x 66) about 3x. The two agree to
-    fp32 rounding (``tests/training/test_discriminator.py``)."""
+    one to 16 channels. One thread, forward + backward (``python bench/patch_map_conv.py``): on
+    the 2-core AMD EPYC with AVX2, fp32, the demo discriminator's finest patch map (4 x 128 x 34 x
+    34 in) and facades 512x512's (1 x 512 x 66 x 66) about 3x faster
+    (``bench/results/cpu-2core-AMD-EPYC-avx2/patch_map_conv/``); on the EPYC with AVX-512 BF16,
+    under a bf16 autocast too (``bench/results/cpu-2core-AMD-EPYC-avx512bf16/patch_map_conv/``).
+    The two agree to fp32 rounding (``tests/training/test_discriminator.py``)."""
 
     def __init__(self, in_channels: int, kernel_size: int, padding: int, mode: str = "auto"):
         if mode not in PATCH_MAP_MODES:
@@ -139,19 +188,25 @@ class PatchMapConv2d(nn.Conv2d):
         """Whether the forward of ``x`` runs as tap maps (see the class doc)."""
         if self.mode != "auto":
             return self.mode == "taps"
-        return (
-            x.device.type == "cpu"
-            and x.dtype == self.weight.dtype == torch.float32
-            and not torch.is_autocast_enabled("cpu")
-        )
+        if x.device.type != "cpu" or self.weight.dtype != torch.float32:
+            return False
+        if torch.is_autocast_enabled("cpu"):
+            return (
+                torch.get_autocast_dtype("cpu") == torch.bfloat16
+                and x.dtype in (torch.float32, torch.bfloat16)
+                and bf16_supported(x.device)
+            )
+        return x.dtype == torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.uses_taps(x):
             return super().forward(x)
         k_h, k_w = self.kernel_size
         tap_weights = self.weight[0].permute(1, 2, 0).reshape(k_h * k_w, self.in_channels, 1, 1)
-        maps = F.conv2d(x, tap_weights)  # (B, taps, H, W); no bias: zero padding stays zero
-        return _ShiftedTapSum.apply(maps, self.kernel_size, self.padding) + self.bias.view(1, 1, 1, 1)
+        maps = F.conv2d(x, tap_weights)  # (B, taps, H, W), bf16 under autocast; no bias: zero padding stays zero
+        summed = maps.to(torch.promote_types(maps.dtype, torch.float32))  # at least fp32
+        out = _ShiftedTapSum.apply(summed, self.kernel_size, self.padding) + self.bias.view(1, 1, 1, 1)
+        return out.to(maps.dtype)
 
 
 class PatchDiscriminator(nn.Module):
@@ -231,7 +286,8 @@ class MultiscaleDiscriminator(nn.Module):
 
     @staticmethod
     def downsample(x: torch.Tensor) -> torch.Tensor:
-        return F.avg_pool2d(x, kernel_size=3, stride=2, padding=1, count_include_pad=False)
+        """The input of the next scale (:func:`downsample`)."""
+        return downsample(x)
 
     def forward(self, x: torch.Tensor) -> list[list[torch.Tensor]]:
         if x.dim() != 4 or x.shape[1] != self.in_channels:

@@ -1,12 +1,14 @@
 """bench/patch_map_conv.py runs end to end: a forward and a forward + backward row per scale of
-the demo's discriminator, positive times both ways, the table, JSON and plot written. No timing
-is asserted."""
+the demo's discriminator, in fp32 and (where oneDNN has bf16 matmuls) under a bf16 autocast,
+positive times both ways, the table, JSON and plot written. No timing is asserted."""
 
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from asapnet_triton.onednn import bf16_supported
 
 SCRIPT = Path(__file__).resolve().parents[2] / "bench" / "patch_map_conv.py"
 
@@ -15,11 +17,14 @@ def test_smoke_run_writes_a_row_per_scale_and_pass(run_bench):
     payload, table = run_bench("patch_map_conv", "--smoke")
     cases = [row["case"] for row in payload["rows"]]
     # the demo's two scales (batch 4, ndf_max 128; the patch-map input 34x34 and 18x18 at 128x128)
+    precisions = [""] + ([", bf16 autocast"] if bf16_supported("cpu") else [])
     assert cases == [
-        f"demo, D{scale} (4, 128, {side}, {side}), {label}"
+        f"demo, D{scale} (4, 128, {side}, {side}){precision}, {label}"
+        for precision in precisions
         for scale, side in ((0, 34), (1, 18))
         for label in ("forward", "forward + backward")
     ]
+    assert [row["precision"] for row in payload["rows"]] == ["fp32"] * 4 + ["bf16 autocast"] * (len(cases) - 4)
     for row in payload["rows"]:
         assert row["conv_seconds"] > 0 and row["taps_seconds"] > 0
         assert row["ratio"] == pytest.approx(row["conv_seconds"] / row["taps_seconds"])

@@ -7,6 +7,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from asapnet_triton.training import MultiscaleDiscriminator, conditional_input
+from asapnet_triton import onednn
+from asapnet_triton.training import discriminator
 from asapnet_triton.training.discriminator import PatchMapConv2d
 
 
@@ -62,6 +64,29 @@ def test_downsampling_excludes_padding_from_the_average(generator):
     assert down.shape == (1, 2, 3, 3)
     torch.testing.assert_close(down[..., 0, 0], x[..., :2, :2].mean(dim=(-2, -1)))  # corner: 4 pixels
     torch.testing.assert_close(down[..., 1, 1], x[..., 1:4, 1:4].mean(dim=(-2, -1)))  # interior: 9
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("height, width", [(6, 6), (13, 10), (1, 7), (128, 128)])
+def test_downsampling_is_the_published_average_pool(generator, dtype, height, width):
+    """Against F.avg_pool2d (3x3, stride 2, padding 1, padding excluded), forward and input
+    gradient, on a batch of 3, odd and even sizes, a non-contiguous input, under a bf16 autocast
+    too (the published pooling ignores it): fp32 on the CPU runs the window sum (to rounding),
+    float64 avg_pool2d itself."""
+    x = torch.randn(3, 4, height, 2 * width, generator=generator, dtype=dtype)[..., ::2]
+    expected_in = x.detach().clone().requires_grad_()
+    expected = torch.nn.functional.avg_pool2d(expected_in, 3, 2, 1, count_include_pad=False)
+    grad = torch.randn(expected.shape, generator=generator, dtype=dtype)
+    expected.backward(grad)
+    for autocast in (False, True):
+        x_in = x.detach().clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            down = MultiscaleDiscriminator.downsample(x_in)
+        assert down.dtype == dtype
+        assert (down.grad_fn is not None and "WindowAverage" in type(down.grad_fn).__name__) == (dtype == torch.float32)
+        down.backward(grad)
+        torch.testing.assert_close(down, expected, rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(x_in.grad, expected_in.grad, rtol=0, atol=0)
 
 
 def test_second_scale_sees_the_downsampled_input(generator):
@@ -169,13 +194,46 @@ def test_patch_map_taps_in_fp32_meet_fp32_tolerance(generator):
     assert error < 1e-5
 
 
-def test_patch_map_dispatch_is_explicit(generator):
+@pytest.mark.parametrize("mode", ["taps", "conv"])
+def test_patch_map_under_bf16_autocast_meets_bf16_tolerance(generator, mode):
+    """Under a CPU bf16 autocast, both forms against the float64 convolution of the bf16-rounded
+    input and weight (what autocast's convolution multiplies), forward and every gradient: a bf16
+    patch map within bf16 rounding (taps: the 16 tap maps are rounded too, so a few roundings of
+    2^-9 each), on a batch of 2 with odd sizes."""
+    conv, _ = _patch_map_pair(generator, 96, torch.float64)
+    layer = PatchMapConv2d(96, 4, 2, mode=mode)
+    layer.load_state_dict(conv.state_dict())
+    conv.weight.data.copy_(conv.weight.bfloat16().double())  # the operands autocast rounds
+    x = torch.randn(2, 96, 13, 10, generator=generator)
+    grad_out = torch.randn(2, 1, 14, 11, generator=generator)
+    x_in = x.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer.uses_taps(x_in) == (mode == "taps")
+        y = layer(x_in)
+    assert y.dtype == torch.bfloat16
+    y.float().backward(grad_out)
+    x64 = x.bfloat16().double().requires_grad_()
+    expected = conv(x64)
+    expected.backward(grad_out.bfloat16().double())
+    pairs = [(y, expected), (x_in.grad, x64.grad), (layer.weight.grad, conv.weight.grad), (layer.bias.grad, conv.bias.grad)]
+    for ours, exact in pairs:
+        error = ((ours.double() - exact).abs().max() / exact.abs().max()).item()
+        assert error < 1e-2, error  # bf16's 2^-8 relative step, a few roundings (measured: 3e-3)
+
+
+def test_patch_map_dispatch_is_explicit(generator, monkeypatch):
     layer = PatchMapConv2d(4, 4, 2)
     x = torch.randn(1, 4, 8, 8, generator=generator)
     assert layer.mode == "auto" and layer.uses_taps(x)
-    assert not layer.uses_taps(x.double())  # measured for fp32 only
-    with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert not layer.uses_taps(x)  # autocast's convolutions keep their own rounding
+    assert not layer.uses_taps(x.double())  # measured for fp32 and bf16 autocast only
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # where oneDNN has bf16 matmuls
+        assert layer.uses_taps(x) == layer.uses_taps(x.bfloat16()) == onednn.bf16_supported("cpu")
+    with torch.autocast("cpu", dtype=torch.float16):
+        assert not layer.uses_taps(x)
+    with monkeypatch.context() as patch:  # a CPU without bf16 units: autocast's convolution
+        patch.setattr(discriminator, "bf16_supported", lambda device: False)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            assert not layer.uses_taps(x)
     assert isinstance(layer, nn.Conv2d) and list(layer.state_dict()) == ["weight", "bias"]
     with pytest.raises(ValueError, match="patch_map must be one of"):
         PatchMapConv2d(4, 4, 2, mode="fast")
