@@ -19,7 +19,7 @@ fp32 on a CPU with oneDNN (``asapnet_triton.onednn``; the fp32 matmul mode "auto
 AVX-512, or "onednn"): cells of at least ``_ONEDNN_MIN_PIXELS`` pixels run each hidden and last
 layer as one oneDNN matmul per cell, bias and leaky ReLU fused into it, and the backward's
 products per cell the same way (torch's own fp32 matmuls go through its BLAS, which is the slower
-on some CPUs, the faster on others: ``_ONEDNN_CPU_CAPABILITIES``); the first layer (gather and
+on some CPUs, the faster on others: ``_ONEDNN_CPU_CAPABILITIES``, ``_ONEDNN_SLOW_CPUS``); the first layer (gather and
 encoding product) stays batched over the chunk.
 
 Precision semantics (``precision``): the operands of every product are rounded to that format and
@@ -61,6 +61,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import threading
 
@@ -76,6 +77,7 @@ __all__ = [
     "BF16_MATMUL_MODES",
     "bf16_matmul_mode",
     "cell_positional_encoding",
+    "cpu_vendor_family",
     "current_bf16_matmul",
     "native_bf16_supported",
     "pixelwise_mlp_torch",
@@ -93,9 +95,10 @@ _CHUNK_PIXELS = 64 * 64
 # batch its weight conversions and last layer, so larger ones pay (same measurement, 1 / 2 / 4
 # cells per chunk: 199 / 190 / 181 ms). The native backward too, its products batched over the
 # chunk's cells in bf16 (half fp32's bytes): forward + backward, one thread, 4096 against 16384
-# pixels per chunk, the 2-core AMD EPYC with AVX-512 BF16 (interleaved runs, medians of 5): cell 64
-# at 1024x1024 1185 / 1101 ms, cell 32 at 512x512 333 / 314 ms, the demo's 4 x 128x128 at cell 16
-# 90 / 84 ms.
+# pixels per chunk, the 2-core AMD EPYC with AVX-512 BF16 (python bench/chunk_size.py,
+# bench/results/cpu-2core-AMD-EPYC-avx512bf16/chunk_size/): cell 64 at 1024x1024 1229 / 1141 ms,
+# cell 32 at 512x512 329 / 306 ms, the demo's 4 x 128x128 at cell 16 92 / 86 ms. (fp32 in the same
+# run: 1878 / 1835, 563 / 554 and 107 / 112 ms; it keeps ``_CHUNK_PIXELS``.)
 _NATIVE_CHUNK_PIXELS = 4 * 64 * 64
 
 # The native bf16 forward issues one oneDNN call per cell and layer for cells of at least this
@@ -124,6 +127,16 @@ _ONEDNN_MIN_PIXELS = 32 * 32
 # (bench/train_step.py, README). The LR stream's parameter head keeps oneDNN on every CPU
 # (generator.PointwiseConv2d; mixed there: forward 1.27x faster, forward + backward 0.86x).
 _ONEDNN_CPU_CAPABILITIES = ("AVX512",)
+
+# ...except on these (vendor, family) CPUs, which run AVX-512 on 256-bit units: AMD's family 25
+# (Zen 4), where oneDNN's AVX-512 fp32 products are no faster than MKL's AVX2 ones. Measured on a
+# 2-core EPYC of family 25, model 17, one thread (bench/onednn_matmul.py,
+# bench/results/cpu-2core-AMD-EPYC-avx512bf16/onednn_matmul/): a 1024-pixel cell's hidden layer
+# 99 us BLAS against 108 us oneDNN, its backward products 196 against 246 us; 4096 pixels 388
+# against 346 us, backward 759 against 836 us. The AVX-512 EPYC of the numbers above ran oneDNN's
+# fp32 products at 200 GFLOP/s on one core, which takes 512-bit FMA units (Zen 5, family 26; an
+# inference: that machine's family was not recorded).
+_ONEDNN_SLOW_CPUS = (("AuthenticAMD", 25),)
 
 # Cells of at least this many pixels are dealt to threads (Tiles.run_chunks); smaller ones run one
 # chunk after another with torch's intra-op threads. Two threads against one, the 2-core EPYC idle
@@ -611,16 +624,43 @@ def _forward_onednn(tiles: _Tiles, out: torch.Tensor) -> None:
     tiles.run_chunks(make_worker)
 
 
+def cpu_vendor_family(cpuinfo: str | None = None) -> tuple[str, int | None]:
+    """(vendor id, cpu family) of the first processor in ``cpuinfo`` (the text of /proc/cpuinfo;
+    None: read it, once per process); ("", None) where there is none to read."""
+    if cpuinfo is None:
+        return _this_cpu_vendor_family()
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    family = fields.get("cpu family", "")
+    return fields.get("vendor_id", ""), int(family) if family.isdigit() else None
+
+
+@functools.cache
+def _this_cpu_vendor_family() -> tuple[str, int | None]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            return cpu_vendor_family(f.read())
+    except OSError:
+        return "", None
+
+
 def _check_onednn(precision: str, device: torch.device, pixels: int) -> bool:
     """Whether the fp32 forward and backward run their per-cell products through oneDNN:
     precision "fp32", :func:`asapnet_triton.onednn.uses_onednn` for the device (it raises when
     the mode is "onednn" and the device has none), and, unless the mode is "onednn", cells of at
-    least ``_ONEDNN_MIN_PIXELS`` pixels on a CPU of ``_ONEDNN_CPU_CAPABILITIES``."""
+    least ``_ONEDNN_MIN_PIXELS`` pixels on a CPU of ``_ONEDNN_CPU_CAPABILITIES`` but not of
+    ``_ONEDNN_SLOW_CPUS`` (:func:`cpu_vendor_family`)."""
     if precision != "fp32" or not onednn.uses_onednn(device):
         return False
     if onednn.current_fp32_matmul() == "onednn":
         return True
-    return pixels >= _ONEDNN_MIN_PIXELS and torch.backends.cpu.get_cpu_capability() in _ONEDNN_CPU_CAPABILITIES
+    return (
+        pixels >= _ONEDNN_MIN_PIXELS
+        and torch.backends.cpu.get_cpu_capability() in _ONEDNN_CPU_CAPABILITIES
+        and cpu_vendor_family() not in _ONEDNN_SLOW_CPUS
+    )
 
 
 def pixelwise_mlp_torch(

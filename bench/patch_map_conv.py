@@ -1,6 +1,7 @@
 """The discriminator's last convolutions (to one channel, the patch maps), as ``nn.Conv2d`` against
 ``PatchMapConv2d``'s tap maps, on this CPU, one thread, fp32 and (where oneDNN has bf16 matmuls)
-under a bf16 autocast: the numbers behind its "auto" mode.
+under a bf16 autocast: the numbers behind its "auto" mode; and the discriminator's downsampling
+between scales, ``F.avg_pool2d`` against ``discriminator.downsample``'s window sum.
 
     python bench/patch_map_conv.py            # -> bench/results/<machine>/patch_map_conv/
     python bench/patch_map_conv.py --smoke    # one short round, the demo only: checks the script
@@ -11,9 +12,12 @@ and each scale's patch-map layer keeps the input it saw; that layer then runs, o
 as ``nn.Conv2d`` ("conv", the published implementation) and as tap maps ("taps"), in turn, round
 after round (``common.interleaved_seconds``): forward, and forward + backward (the gradients of
 the input, weight and bias); in fp32, and under a CPU bf16 autocast on a bf16 copy of the input
-(as the discriminator's earlier layers hand it on under autocast). The table gives medians and
-the ratio conv / taps (> 1: taps faster), with the GFLOP/s of the convolution's FLOP count; the
-JSON every timing.
+(as the discriminator's earlier layers hand it on under autocast). Then, per case, the
+downsampling of the discriminator's fp32 input (one-hot labels and image: 16 channels) the same
+way, F.avg_pool2d in the "conv" column and fields, the window sum in "taps" (it runs in fp32
+under autocast too). The table gives medians and the ratio published / ours (> 1: ours faster),
+with the GFLOP/s of the convolution's FLOP count (the downsampling's: its 9 additions per output);
+the JSON every timing.
 """
 
 from __future__ import annotations
@@ -56,6 +60,34 @@ def _layer_inputs(case: str) -> list[tuple[str, dict, object]]:
     return [(f"{case}, D{index} {tuple(x.shape)}", module.state_dict(), x) for index, (module, x) in enumerate(seen)]
 
 
+def _downsample_input(case: str):
+    """The discriminator's input of the case: (batch, 13 classes + 3, crop, crop), fp32."""
+    import torch
+    from train_step import CASES as STEP_CASES
+    from train_step import _config
+
+    config = _config(dict(case=case, smoke=False, device="cpu", precision="fp32"), "unused")
+    height = config.crop_size
+    return torch.randn(STEP_CASES[case][1], 16, height, int(round(height * config.aspect_ratio)))
+
+
+def _record(rows: list, case: str, precision: str, flops: int, times: dict) -> None:
+    conv_s, taps_s = statistics.median(times["conv"]), statistics.median(times["taps"])
+    rows.append(
+        dict(
+            case=case,
+            precision=precision,
+            flops=flops,
+            conv_seconds=conv_s,
+            taps_seconds=taps_s,
+            conv_times=times["conv"],
+            taps_times=times["taps"],
+            ratio=conv_s / taps_s,
+        )
+    )
+    print(f"{case:<50} published {conv_s * 1e3:8.2f} ms  ours {taps_s * 1e3:8.2f} ms  {conv_s / taps_s:.2f}x", flush=True)
+
+
 def run(repeats: int, cases: list[str]) -> list[dict]:
     import torch
     from common import interleaved_seconds, module_passes
@@ -89,28 +121,39 @@ def run(repeats: int, cases: list[str]) -> list[dict]:
                 times = interleaved_seconds(
                     {mode: (lambda m=mode: in_precision(fn, layers[m])) for mode in layers}, repeats
                 )
-                conv_s, taps_s = statistics.median(times["conv"]), statistics.median(times["taps"])
-                rows.append(
-                    dict(
-                        case=f"{name}, {label}",
-                        precision=precision,
-                        flops=case_flops,
-                        conv_seconds=conv_s,
-                        taps_seconds=taps_s,
-                        conv_times=times["conv"],
-                        taps_times=times["taps"],
-                        ratio=conv_s / taps_s,
-                    )
-                )
-                print(
-                    f"{rows[-1]['case']:<50} conv {conv_s * 1e3:8.2f} ms  taps {taps_s * 1e3:8.2f} ms  {conv_s / taps_s:.2f}x",
-                    flush=True,
-                )
+                _record(rows, f"{name}, {label}", precision, case_flops, times)
+    for case in cases:
+        import torch.nn.functional as F
+
+        from asapnet_triton.training.discriminator import downsample
+
+        x = _downsample_input(case)
+        pooled = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
+        grad = torch.randn_like(pooled)
+        layers = {"conv": _pool(lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False)), "taps": _pool(downsample)}
+        flops = 9 * pooled.numel()
+        for (label, fn), case_flops in zip(module_passes(x, grad).items(), (flops, 2 * flops), strict=True):
+            times = interleaved_seconds({mode: (lambda m=mode: fn(layers[m])) for mode in layers}, repeats)
+            _record(rows, f"{case}, downsample {tuple(x.shape)}, {label}", "fp32", case_flops, times)
     return rows
 
 
+def _pool(fn):
+    """``fn`` as a parameterless module (``common.module_passes`` times modules)."""
+    import torch
+
+    class Pool(torch.nn.Module):
+        def forward(self, x):
+            return fn(x)
+
+    return Pool()
+
+
 def table(rows: list[dict]) -> str:
-    lines = ["| case | nn.Conv2d | tap maps | conv / taps | GFLOP/s conv / taps |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        "| case | published (nn.Conv2d; F.avg_pool2d) | ours (tap maps; window sum) | published / ours | GFLOP/s published / ours |",
+        "|---|---:|---:|---:|---:|",
+    ]
     for r in rows:
         gflops = f"{r['flops'] / r['conv_seconds'] / 1e9:.1f} / {r['flops'] / r['taps_seconds'] / 1e9:.1f}"
         lines.append(
@@ -128,7 +171,7 @@ def main() -> None:
     print(text)
     write_results(out, "patch_map_conv", dict(threads=1, repeats=repeats, rows=rows), text)
     labels, ratios = [r["case"] for r in rows], [r["ratio"] for r in rows]
-    bar_plot(out / "patch_map_conv.png", labels, ratios, "nn.Conv2d time / tap maps' time (one thread)", 1.0, "equal")
+    bar_plot(out / "patch_map_conv.png", labels, ratios, "published op's time / ours' (one thread)", 1.0, "equal")
     print(f"wrote {out}/patch_map_conv.{{json,md,png}}", file=sys.stderr)
 
 

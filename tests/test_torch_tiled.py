@@ -457,26 +457,31 @@ def test_fp32_onednn_forward_and_backward(generator, labels, channels, cell, bat
 @onednn_only
 def test_fp32_matmul_dispatch(monkeypatch, generator):
     """ "auto" runs oneDNN for cells of 1024 pixels and more on a CPU with AVX-512 (torch's CPU
-    capability), never on one without; "onednn" for every cell size (right there too) on any
-    CPU; "blas" never; a device without oneDNN is an error for "onednn" only."""
+    capability) other than AMD's family 25 (Zen 4), never on one without; "onednn" for every cell
+    size (right there too) on any CPU; "blas" never; a device without oneDNN is an error for
+    "onednn" only."""
     calls = []
     forward = tt._forward_onednn
     monkeypatch.setattr(tt, "_forward_onednn", lambda *args: calls.append(1) or forward(*args))
+    zen4, zen5, xeon = ("AuthenticAMD", 25), ("AuthenticAMD", 26), ("GenuineIntel", 6)
     cases = [
-        (32, "auto", "AVX512", 1),
-        (32, "auto", "AVX2", 0),
-        (16, "auto", "AVX512", 0),
-        (16, "onednn", "AVX2", 1),
-        (32, "blas", "AVX512", 0),
+        (32, "auto", "AVX512", zen5, 1),
+        (32, "auto", "AVX512", xeon, 1),
+        (32, "auto", "AVX512", zen4, 0),
+        (32, "auto", "AVX2", zen5, 0),
+        (16, "auto", "AVX512", zen5, 0),
+        (16, "onednn", "AVX2", zen4, 1),
+        (32, "blas", "AVX512", zen5, 0),
     ]
-    for cell, mode, capability, expected in cases:
+    for cell, mode, capability, cpu, expected in cases:
         monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda capability=capability: capability)
+        monkeypatch.setattr(tt, "_this_cpu_vendor_family", lambda cpu=cpu: cpu)
         shape = at.MLPShape(5, cell, 3, 16, 3)
         x, params = random_inputs(shape, 2, 2 * cell + 3, cell + 5, labels=True, generator=generator)
         grad_out = torch.randn(2, 3, *x.shape[-2:], generator=generator)
         calls.clear()
         out, _, grad_params = _fp32_run(x, params, grad_out, shape, True, mode)
-        assert len(calls) == expected, (cell, mode, capability)
+        assert len(calls) == expected, (cell, mode, capability, cpu)
         assert relative_error(out, reference_output(x, params, shape, True)) <= at.TOLERANCES["fp32"]
         _, ref_params = reference_grads(x, params, grad_out, shape, True)
         assert rms_relative_error(grad_params, ref_params) <= 1e-5
@@ -485,3 +490,14 @@ def test_fp32_matmul_dispatch(monkeypatch, generator):
     assert not tt._check_onednn("fp32", torch.device("meta"), 64 * 64)
     with onednn.fp32_matmul_mode("onednn"), pytest.raises(RuntimeError, match="fp32_matmul='onednn' needs"):
         tt._check_onednn("fp32", torch.device("meta"), 64 * 64)
+
+
+def test_cpu_vendor_family_reads_the_first_processor():
+    """/proc/cpuinfo's text: the first processor's vendor id and family; none there: ("", None)."""
+    text = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 17\n\n"
+    text += "processor\t: 1\nvendor_id\t: GenuineIntel\ncpu family\t: 6\n"
+    assert tt.cpu_vendor_family(text) == ("AuthenticAMD", 25)
+    assert tt.cpu_vendor_family("") == ("", None)
+    assert tt.cpu_vendor_family("vendor_id : ARM\ncpu family : ?\n") == ("ARM", None)
+    vendor, family = tt.cpu_vendor_family()  # this machine's, read once
+    assert isinstance(vendor, str) and (family is None or family >= 0)

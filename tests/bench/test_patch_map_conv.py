@@ -1,6 +1,7 @@
 """bench/patch_map_conv.py runs end to end: a forward and a forward + backward row per scale of
 the demo's discriminator, in fp32 and (where oneDNN has bf16 matmuls) under a bf16 autocast,
-positive times both ways, the table, JSON and plot written. No timing is asserted."""
+then the downsampling's two rows, positive times both ways, the table, JSON and plot written.
+No timing is asserted."""
 
 import subprocess
 import sys
@@ -18,13 +19,17 @@ def test_smoke_run_writes_a_row_per_scale_and_pass(run_bench):
     cases = [row["case"] for row in payload["rows"]]
     # the demo's two scales (batch 4, ndf_max 128; the patch-map input 34x34 and 18x18 at 128x128)
     precisions = [""] + ([", bf16 autocast"] if bf16_supported("cpu") else [])
-    assert cases == [
+    labels = ("forward", "forward + backward")
+    patch_maps = [
         f"demo, D{scale} (4, 128, {side}, {side}){precision}, {label}"
         for precision in precisions
         for scale, side in ((0, 34), (1, 18))
-        for label in ("forward", "forward + backward")
+        for label in labels
     ]
-    assert [row["precision"] for row in payload["rows"]] == ["fp32"] * 4 + ["bf16 autocast"] * (len(cases) - 4)
+    # then the downsampling of the demo discriminator's input (13 classes + 3 image channels)
+    assert cases == patch_maps + [f"demo, downsample (4, 16, 128, 128), {label}" for label in labels]
+    expected_precisions = ["fp32"] * 4 + ["bf16 autocast"] * (len(patch_maps) - 4) + ["fp32"] * 2
+    assert [row["precision"] for row in payload["rows"]] == expected_precisions
     for row in payload["rows"]:
         assert row["conv_seconds"] > 0 and row["taps_seconds"] > 0
         assert row["ratio"] == pytest.approx(row["conv_seconds"] / row["taps_seconds"])

@@ -1,0 +1,130 @@
+"""The ``torch`` backend's chunk size (pixels per chunk of cells) against its forward + backward
+time, on this CPU, one thread: the numbers behind ``torch_tiled._CHUNK_PIXELS`` and
+``_NATIVE_CHUNK_PIXELS``.
+
+    python bench/chunk_size.py                      # -> bench/results/<machine>/chunk_size/
+    python bench/chunk_size.py --precisions fp32    # one precision
+    python bench/chunk_size.py --smoke              # one short round: checks the script
+
+For each case (label input, the HR stream's shapes of ``bench/train_step.py``'s cases and the
+1024x1024 benchmark of the README) and precision, the op's forward + backward
+(``pixelwise_mlp``, backend "torch", the gradient of the parameter grid) runs with each chunk
+size in turn, round after round (``common.interleaved_seconds``), the size set for the whole pass
+(forward and backward; native bf16 reads ``_NATIVE_CHUNK_PIXELS``, the other paths
+``_CHUNK_PIXELS``). The table gives the median of each size and its ratio to the first size's
+(> 1: faster than it); the JSON every timing.
+"""
+
+from __future__ import annotations
+
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CASES = {
+    # name: (batch, height, width, classes, cell)
+    "demo 4x128x128 c16": (4, 128, 128, 13, 16),
+    "facades 512x512 c32": (1, 512, 512, 13, 32),
+    "1024x1024 c64": (1, 1024, 1024, 35, 64),
+}
+SMOKE_CASES = {"smoke 2x64x48 c16": (2, 64, 48, 13, 16)}
+CHUNKS = (64 * 64, 4 * 64 * 64)
+
+
+def _pass(case: tuple, precision: str):
+    """forward + backward of the case's HR stream, as a callable."""
+    import torch
+
+    import asapnet_triton as at
+    from asapnet_triton.testing import mlp_kwargs, random_inputs
+
+    batch, height, width, classes, cell = case
+    shape = at.MLPShape(classes, cell)
+    generator = torch.Generator().manual_seed(0)
+    labels, params = random_inputs(shape, batch, height, width, labels=True, generator=generator)
+    grad_out = torch.randn(batch, 3, height, width, generator=generator)
+    kwargs = mlp_kwargs(shape, True) | dict(precision=precision, backend="torch")
+
+    def forward_backward():
+        grid = params.detach().requires_grad_()
+        at.pixelwise_mlp(labels, grid, **kwargs).backward(grad_out)
+
+    return forward_backward
+
+
+def _with_chunk(fn, pixels: int):
+    import asapnet_triton.torch_tiled as tt
+
+    saved = tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS
+    tt._CHUNK_PIXELS = tt._NATIVE_CHUNK_PIXELS = pixels
+    try:
+        fn()
+    finally:
+        tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS = saved
+
+
+def run(repeats: int, precisions: list[str], cases: dict, chunks: tuple) -> list[dict]:
+    import torch
+    from common import interleaved_seconds
+
+    torch.set_num_threads(1)
+    rows = []
+    for name, case in cases.items():
+        for precision in precisions:
+            fn = _pass(case, precision)
+            times = interleaved_seconds({c: (lambda c=c: _with_chunk(fn, c)) for c in chunks}, repeats)
+            medians = {c: statistics.median(t) for c, t in times.items()}
+            rows.append(
+                dict(
+                    case=f"{name}, {precision}",
+                    seconds={str(c): s for c, s in medians.items()},
+                    times={str(c): t for c, t in times.items()},
+                    ratios={str(c): medians[chunks[0]] / s for c, s in medians.items()},
+                )
+            )
+            cells = "  ".join(f"{c}: {s * 1e3:.1f} ms" for c, s in medians.items())
+            print(f"{rows[-1]['case']:<35} {cells}", flush=True)
+    return rows
+
+
+def table(rows: list[dict], chunks: tuple) -> str:
+    head = " | ".join(f"{c} pixels" for c in chunks)
+    lines = [f"| case | {head} |", "|---|" + "---:|" * len(chunks)]
+    for r in rows:
+        cells = " | ".join(f"{r['seconds'][str(c)] * 1e3:.1f} ms ({r['ratios'][str(c)]:.2f}x)" for c in chunks)
+        lines.append(f"| {r['case']} | {cells} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    import argparse
+
+    from common import bar_plot, machine_name, precision_list, results_dir, write_results
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
+    parser.add_argument("--precisions", default="fp32,bf16", help="comma list (default fp32,bf16)")
+    parser.add_argument("--smoke", action="store_true", help="one round of a tiny case: checks the script")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/chunk_size)")
+    args = parser.parse_args()
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    precisions = precision_list(parser, "--precisions", args.precisions)
+    cases, chunks = (SMOKE_CASES, (16 * 16, 64 * 64)) if args.smoke else (CASES, CHUNKS)
+    repeats = 1 if args.smoke else args.repeats
+    out = Path(args.out) if args.out else results_dir(f"{machine_name()}/chunk_size")
+    out.mkdir(parents=True, exist_ok=True)
+    rows = run(repeats, precisions, cases, chunks)
+    text = table(rows, chunks)
+    print(text)
+    write_results(out, "chunk_size", dict(threads=1, repeats=repeats, chunks=list(chunks), rows=rows), text)
+    labels = [r["case"] for r in rows]
+    ratios = [r["ratios"][str(chunks[-1])] for r in rows]
+    bar_plot(out / "chunk_size.png", labels, ratios, f"time at {chunks[0]} / at {chunks[-1]} pixels per chunk", 1.0, "equal")
+    print(f"wrote {out}/chunk_size.{{json,md,png}}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
