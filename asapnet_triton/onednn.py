@@ -187,9 +187,7 @@ def fp32_linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return not torch.is_autocast_enabled(x.device.type)  # asked only of a CPU, where autocast exists
 
 
-def bf16_autocast_linear_uses_onednn(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
-) -> bool:
+def bf16_autocast_linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
     """Whether :func:`linear_with_grad` of these tensors runs as oneDNN bf16 matmuls: a CPU
     autocast to bf16 active, tensors on a CPU with :func:`bf16_supported`, x fp32 or bf16, weight
     and bias fp32 (autocast's F.linear would round all three to bf16; here the bias stays fp32),

@@ -122,7 +122,9 @@ def main() -> None:
     write_results(out, "chunk_size", dict(threads=1, repeats=repeats, chunks=list(chunks), rows=rows), text)
     labels = [r["case"] for r in rows]
     ratios = [r["ratios"][str(chunks[-1])] for r in rows]
-    bar_plot(out / "chunk_size.png", labels, ratios, f"time at {chunks[0]} / at {chunks[-1]} pixels per chunk", 1.0, "equal")
+    bar_plot(
+        out / "chunk_size.png", labels, ratios, f"time at {chunks[0]} / at {chunks[-1]} pixels per chunk", 1.0, "equal"
+    )
     print(f"wrote {out}/chunk_size.{{json,md,png}}", file=sys.stderr)
 
 

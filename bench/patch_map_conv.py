@@ -85,7 +85,9 @@ def _record(rows: list, case: str, precision: str, flops: int, times: dict) -> N
             ratio=conv_s / taps_s,
         )
     )
-    print(f"{case:<50} published {conv_s * 1e3:8.2f} ms  ours {taps_s * 1e3:8.2f} ms  {conv_s / taps_s:.2f}x", flush=True)
+    print(
+        f"{case:<50} published {conv_s * 1e3:8.2f} ms  ours {taps_s * 1e3:8.2f} ms  {conv_s / taps_s:.2f}x", flush=True
+    )
 
 
 def run(repeats: int, cases: list[str]) -> list[dict]:

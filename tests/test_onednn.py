@@ -201,7 +201,8 @@ def test_linear_with_grad_under_bf16_autocast(generator):
     # (2^-9 of ~10) would leave errors of ~1e-2
     row = x.detach()[:1, :1]
     products = F.linear(row.bfloat16().double(), weight.detach().bfloat16().double())
-    cancelling = (-products + 1e-3 * torch.randn(products.shape, generator=generator, dtype=torch.float64)).float()[0, 0]
+    noise = 1e-3 * torch.randn(products.shape, generator=generator, dtype=torch.float64)
+    cancelling = (noise - products).float()[0, 0]
     with torch.autocast("cpu", dtype=torch.bfloat16):
         small = onednn.linear_with_grad(row, weight.detach(), cancelling)
     exact = products + cancelling.double()
@@ -225,7 +226,9 @@ def test_pointwise_conv_under_bf16_autocast(generator):
     out.float().backward(grad)
     pixels = x.detach().permute(0, 2, 3, 1).reshape(-1, 37)
     rows = grad.permute(0, 2, 3, 1).reshape(-1, 101)
-    expected, (grad_pixels, grad_weight, grad_bias) = _bf16_autocast_reference(pixels, conv.weight.flatten(1), conv.bias, rows)
+    expected, (grad_pixels, grad_weight, grad_bias) = _bf16_autocast_reference(
+        pixels, conv.weight.flatten(1), conv.bias, rows
+    )
     _bf16_close(out.permute(0, 2, 3, 1).reshape(-1, 101), expected, "output")
     _bf16_close(x.grad.permute(0, 2, 3, 1).reshape(-1, 37), grad_pixels, "grad x")
     _bf16_close(conv.weight.grad.flatten(1), grad_weight, "grad weight")

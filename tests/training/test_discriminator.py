@@ -6,9 +6,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from asapnet_triton.training import MultiscaleDiscriminator, conditional_input
 from asapnet_triton import onednn
-from asapnet_triton.training import discriminator
+from asapnet_triton.training import MultiscaleDiscriminator, conditional_input, discriminator
 from asapnet_triton.training.discriminator import PatchMapConv2d
 
 
@@ -215,7 +214,12 @@ def test_patch_map_under_bf16_autocast_meets_bf16_tolerance(generator, mode):
     x64 = x.bfloat16().double().requires_grad_()
     expected = conv(x64)
     expected.backward(grad_out.bfloat16().double())
-    pairs = [(y, expected), (x_in.grad, x64.grad), (layer.weight.grad, conv.weight.grad), (layer.bias.grad, conv.bias.grad)]
+    pairs = [
+        (y, expected),
+        (x_in.grad, x64.grad),
+        (layer.weight.grad, conv.weight.grad),
+        (layer.bias.grad, conv.bias.grad),
+    ]
     for ours, exact in pairs:
         error = ((ours.double() - exact).abs().max() / exact.abs().max()).item()
         assert error < 1e-2, error  # bf16's 2^-8 relative step, a few roundings (measured: 3e-3)
