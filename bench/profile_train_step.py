@@ -10,6 +10,11 @@ cases and data), after two untimed steps; ``--steps`` steps are profiled, and th
 are their sums (divide by the step count for a step's). An operator called inside another counts
 in the caller's total, not in its self time; Python between operators shows as the self time of
 the enclosing op or autograd node.
+
+Read its memory-bound rows with care: on the 2-core Zen 4 EPYC (2026-12-05) the profiler listed
+copies and dtype conversions inside reductions at several times their unprofiled duration (timed
+around the same calls without the profiler). It points at where to look; whether a change pays
+is for interleaved timings of steps with and without it (``bench/train_step.py``).
 """
 
 from __future__ import annotations
