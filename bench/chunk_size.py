@@ -33,27 +33,6 @@ SMOKE_CASES = {"smoke 2x64x48 c16": (2, 64, 48, 13, 16)}
 CHUNKS = (64 * 64, 4 * 64 * 64)
 
 
-def _pass(case: tuple, precision: str):
-    """forward + backward of the case's HR stream, as a callable."""
-    import torch
-
-    import asapnet_triton as at
-    from asapnet_triton.testing import mlp_kwargs, random_inputs
-
-    batch, height, width, classes, cell = case
-    shape = at.MLPShape(classes, cell)
-    generator = torch.Generator().manual_seed(0)
-    labels, params = random_inputs(shape, batch, height, width, labels=True, generator=generator)
-    grad_out = torch.randn(batch, 3, height, width, generator=generator)
-    kwargs = mlp_kwargs(shape, True) | dict(precision=precision, backend="torch")
-
-    def forward_backward():
-        grid = params.detach().requires_grad_()
-        at.pixelwise_mlp(labels, grid, **kwargs).backward(grad_out)
-
-    return forward_backward
-
-
 def _with_chunk(fn, pixels: int):
     import asapnet_triton.torch_tiled as tt
 
@@ -68,12 +47,13 @@ def _with_chunk(fn, pixels: int):
 def run(repeats: int, precisions: list[str], cases: dict, chunks: tuple) -> list[dict]:
     import torch
     from common import interleaved_seconds
+    from threads import _hr_fns
 
     torch.set_num_threads(1)
     rows = []
     for name, case in cases.items():
         for precision in precisions:
-            fn = _pass(case, precision)
+            fn = _hr_fns(case, precision, "fwd+bwd")  # the parameter grid's gradient
             times = interleaved_seconds({c: (lambda c=c: _with_chunk(fn, c)) for c in chunks}, repeats)
             medians = {c: statistics.median(t) for c, t in times.items()}
             rows.append(
