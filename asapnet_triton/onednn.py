@@ -37,6 +37,7 @@ from .modes import mode_block
 __all__ = [
     "FP32_MATMUL_MODES",
     "bf16_autocast_linear_uses_onednn",
+    "bf16_autocast_on_onednn",
     "bf16_supported",
     "current_fp32_matmul",
     "fp32_linear_uses_onednn",
@@ -187,17 +188,25 @@ def fp32_linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return not torch.is_autocast_enabled(x.device.type)  # asked only of a CPU, where autocast exists
 
 
+def bf16_autocast_on_onednn(x: torch.Tensor) -> bool:
+    """Whether a CPU autocast to bf16 is active and oneDNN runs its bf16 products for ``x``: x
+    fp32 or bf16 (what autocast rounds to bf16) on a CPU with :func:`bf16_supported`."""
+    return (
+        torch.is_autocast_enabled("cpu")
+        and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        and x.dtype in (torch.float32, torch.bfloat16)
+        and bf16_supported(x.device)
+    )
+
+
 def bf16_autocast_linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:
-    """Whether :func:`linear_with_grad` of these tensors runs as oneDNN bf16 matmuls: a CPU
-    autocast to bf16 active, tensors on a CPU with :func:`bf16_supported`, x fp32 or bf16, weight
-    and bias fp32 (autocast's F.linear would round all three to bf16; here the bias stays fp32),
-    and not while torch.compile traces."""
-    tensors = (x, weight) if bias is None else (x, weight, bias)
-    if not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16:
+    """Whether :func:`linear_with_grad` of these tensors runs as oneDNN bf16 matmuls:
+    :func:`bf16_autocast_on_onednn` for x, weight and bias fp32 (autocast's F.linear would round
+    all three to bf16; here the bias stays fp32), and not while torch.compile traces."""
+    parameters = (weight,) if bias is None else (weight, bias)
+    if any(t.dtype != torch.float32 for t in parameters) or torch.compiler.is_compiling():
         return False
-    if x.dtype not in (torch.float32, torch.bfloat16) or any(t.dtype != torch.float32 for t in tensors[1:]):
-        return False
-    return not torch.compiler.is_compiling() and bf16_supported(x.device)
+    return bf16_autocast_on_onednn(x)
 
 
 def linear_uses_onednn(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> bool:

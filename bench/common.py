@@ -72,6 +72,23 @@ def module_passes(x, grad) -> dict:
     return {"forward": forward, "forward + backward": forward_backward}
 
 
+def as_module(fn, owner=None):
+    """``fn(x)`` as a module (:func:`module_passes` times modules), holding ``owner``'s parameters
+    when given (so that each pass frees their gradients): a published function, or a module run
+    another way (under autocast, its output converted)."""
+    import torch
+
+    class Function(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.owner = owner
+
+        def forward(self, x):
+            return fn(x)
+
+    return Function()
+
+
 def precision_list(parser, option: str, value: str) -> list[str]:
     """The comma list ``value`` of command-line ``option`` as precisions, each one of
     ``asapnet_triton.precision.FLOAT32_PRECISIONS`` (:func:`choice_list`)."""

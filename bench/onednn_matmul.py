@@ -163,18 +163,14 @@ def _autocast_grid(head):
     """``head`` under a CPU bf16 autocast, its output then the fp32 channels-last grid the HR
     stream reads (as ``ASAPNetGenerator.lowres_params`` hands it on), as a module."""
     import torch
+    from common import as_module
 
-    class AutocastGrid(torch.nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.head = head
+    def grid(x):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = head(x)
+        return out.float().contiguous(memory_format=torch.channels_last)
 
-        def forward(self, x):
-            with torch.autocast("cpu", dtype=torch.bfloat16):
-                out = self.head(x)
-            return out.float().contiguous(memory_format=torch.channels_last)
-
-    return AutocastGrid()
+    return as_module(grid, head)
 
 
 def run(repeats: int, heads: list[str], left_out: list[str] | None = None) -> list[dict]:

@@ -92,10 +92,11 @@ def _record(rows: list, case: str, precision: str, flops: int, times: dict) -> N
 
 def run(repeats: int, cases: list[str]) -> list[dict]:
     import torch
-    from common import interleaved_seconds, module_passes
+    import torch.nn.functional as F
+    from common import as_module, interleaved_seconds, module_passes
 
     from asapnet_triton.onednn import bf16_supported
-    from asapnet_triton.training.discriminator import PatchMapConv2d
+    from asapnet_triton.training.discriminator import PatchMapConv2d, downsample
 
     torch.set_num_threads(1)
     precisions = ["fp32"] + (["bf16 autocast"] if bf16_supported("cpu") else [])
@@ -125,30 +126,16 @@ def run(repeats: int, cases: list[str]) -> list[dict]:
                 )
                 _record(rows, f"{name}, {label}", precision, case_flops, times)
     for case in cases:
-        import torch.nn.functional as F
-
-        from asapnet_triton.training.discriminator import downsample
-
         x = _downsample_input(case)
         pooled = F.avg_pool2d(x, 3, 2, 1, count_include_pad=False)
         grad = torch.randn_like(pooled)
-        layers = {"conv": _pool(lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False)), "taps": _pool(downsample)}
+        published = as_module(lambda t: F.avg_pool2d(t, 3, 2, 1, count_include_pad=False))
+        layers = {"conv": published, "taps": as_module(downsample)}
         flops = 9 * pooled.numel()
         for (label, fn), case_flops in zip(module_passes(x, grad).items(), (flops, 2 * flops), strict=True):
             times = interleaved_seconds({mode: (lambda m=mode: fn(layers[m])) for mode in layers}, repeats)
             _record(rows, f"{case}, downsample {tuple(x.shape)}, {label}", "fp32", case_flops, times)
     return rows
-
-
-def _pool(fn):
-    """``fn`` as a parameterless module (``common.module_passes`` times modules)."""
-    import torch
-
-    class Pool(torch.nn.Module):
-        def forward(self, x):
-            return fn(x)
-
-    return Pool()
 
 
 def table(rows: list[dict]) -> str:

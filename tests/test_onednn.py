@@ -7,6 +7,7 @@ import torch.nn.functional as F
 
 from asapnet_triton import onednn
 from asapnet_triton.generator import PointwiseConv2d
+from asapnet_triton.testing import relative_error
 
 onednn_only = pytest.mark.skipif(not onednn.onednn_supported("cpu"), reason="this torch has no oneDNN")
 
@@ -170,7 +171,7 @@ def _bf16_autocast_reference(x, weight, bias, grad):
 
 def _bf16_close(ours, exact, what):
     """Within a few bf16 roundings (2^-8 relative step) of the largest value."""
-    error = ((ours.double() - exact).abs().max() / exact.abs().max()).item()
+    error = relative_error(ours, exact)
     assert error < 1e-2, f"{what}: {error}"
 
 

@@ -9,7 +9,7 @@ from torch.autograd.function import once_differentiable
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..generator import published_conv_init
-from ..onednn import bf16_supported
+from ..onednn import bf16_autocast_on_onednn
 
 __all__ = [
     "PATCH_MAP_MODES",
@@ -194,11 +194,7 @@ class PatchMapConv2d(nn.Conv2d):
         if x.device.type != "cpu" or self.weight.dtype != torch.float32:
             return False
         if torch.is_autocast_enabled("cpu"):
-            return (
-                torch.get_autocast_dtype("cpu") == torch.bfloat16
-                and x.dtype in (torch.float32, torch.bfloat16)
-                and bf16_supported(x.device)
-            )
+            return bf16_autocast_on_onednn(x)
         return x.dtype == torch.float32
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
