@@ -22,6 +22,7 @@ import json
 import os
 import sys
 
+from .demo import DEMO_PRECISIONS
 from .functional import BACKENDS
 from .kernels.launch_config import KERNELS
 from .labels import DATASET_CONVENTIONS
@@ -219,6 +220,12 @@ def _parser() -> argparse.ArgumentParser:
         help="image sizes HxW at which to time the LR and HR streams (default: 128x128,1024x1024)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and data (default 0)")
+    p.add_argument(
+        "--precision",
+        choices=DEMO_PRECISIONS,
+        default="auto",
+        help="training precision (default auto: bf16 on a CPU with bf16 matmuls, AVX-512 BF16 or AMX; else fp32)",
+    )
     p.add_argument(
         "--skip-training",
         action="store_true",
@@ -421,6 +428,7 @@ def _demo(args) -> int:
         timing_sizes=args.timing_sizes,
         progress=not args.no_progress,
         skip_training=args.skip_training,
+        precision=args.precision,
     )
     print(result.summary())
     print(f"wrote {out}/shipped/samples.png (label | shipped model's image | target)")
@@ -429,7 +437,7 @@ def _demo(args) -> int:
         return 0
     for size, timing in (result.timings_ms or {}).items():
         print(
-            f"one {size} image on this CPU ({torch.get_num_threads()} threads, fp32): LR stream "
+            f"one {size} image on this CPU ({torch.get_num_threads()} threads, {result.precision}): LR stream "
             f"{timing['lr_stream_ms']:.1f} ms, HR stream {timing['hr_stream_ms']:.1f} ms"
         )
     print(f"wrote {out}/samples.png (label | generated | target), {out}/losses.png, {out}/metrics.json")

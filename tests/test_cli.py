@@ -142,6 +142,8 @@ def test_demo_then_translate(tmp_path, capsys, generator):
                 "2",
                 "--timing-sizes",
                 "64x80",
+                "--precision",
+                "fp32",
                 "--no-progress",
             ]
         )
@@ -149,6 +151,7 @@ def test_demo_then_translate(tmp_path, capsys, generator):
     )
     printed = capsys.readouterr().out
     assert "PSNR" in printed and "one 64x80 image" in printed and "samples.png" in printed
+    assert "1 fp32 training steps" in printed and "threads, fp32)" in printed
     checkpoint = next((out / "train" / "checkpoints").glob("step_*.pt"))
     labels = torch.randint(1, 13, (50, 70), generator=generator)  # CMP's stored values, as the demo trains on
     Image.fromarray(labels.numpy().astype(np.uint8), mode="L").save(tmp_path / "map.png")
@@ -168,6 +171,8 @@ def test_demo_then_translate(tmp_path, capsys, generator):
     assert np.array(Image.open(tmp_path / "translated" / "map.png")).shape == (50, 70, 3)
     with pytest.raises(SystemExit):
         main(["demo", "--timing-sizes", "1024by1024"])
+    with pytest.raises(SystemExit):
+        main(["demo", "--precision", "fp16"])
 
 
 def test_translate_an_official_checkpoint_with_its_data_sets_convention(tmp_path, capsys, generator):

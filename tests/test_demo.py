@@ -8,7 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
-from asapnet_triton.demo import run_demo
+from asapnet_triton import onednn
+from asapnet_triton.demo import demo_config, demo_precision, run_demo
 from asapnet_triton.metrics import psnr
 
 
@@ -26,6 +27,9 @@ def test_demo_writes_its_outputs(tmp_path):
         shipped_size=64,
     )
     assert result.steps == 2
+    assert (
+        result.precision == demo_precision("auto") == json.loads((out / "train/config.json").read_text())["precision"]
+    )
     for name in (
         "shipped/samples.png",
         "samples.png",
@@ -63,3 +67,20 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
     with pytest.raises(FileExistsError, match="not empty"):
         run_demo(tmp_path, max_steps=1, progress=False)
     assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
+def test_demo_precision_follows_the_cpu(monkeypatch, tmp_path):
+    """The demo trains bf16 ("auto") where the CPU's oneDNN has bf16 matmuls and fp32 where bf16 would be
+    emulated; an explicit precision is kept; anything else is refused, naming the argument."""
+    monkeypatch.setattr(onednn, "bf16_supported", lambda device: True)
+    assert demo_precision("auto") == "bf16" and demo_config(tmp_path).precision == "bf16"
+    assert demo_config(tmp_path, precision="fp32").precision == "fp32"
+    monkeypatch.setattr(onednn, "bf16_supported", lambda device: False)
+    assert demo_precision("auto") == "fp32" and demo_config(tmp_path).precision == "fp32"
+    assert demo_config(tmp_path, precision="bf16").precision == "bf16"
+    assert demo_precision("auto", "meta") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of .*'fp16'"):
+        demo_precision("fp16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        run_demo(tmp_path / "never", precision="tf32", progress=False)
+    assert not (tmp_path / "never").exists()
