@@ -70,8 +70,9 @@ def test_demo_refuses_a_non_empty_folder(tmp_path):
 
 
 def test_demo_precision_follows_the_cpu(monkeypatch, tmp_path):
-    """The demo trains bf16 ("auto") where the CPU's oneDNN has bf16 matmuls and fp32 where bf16 would be
-    emulated; an explicit precision is kept; anything else is refused, naming the argument."""
+    """The demo trains bf16 ("auto") where the CPU's oneDNN has bf16 matmuls and fp32 where bf16
+    would be emulated; an explicit precision is kept; anything else is refused, naming the
+    argument, before anything is written."""
     monkeypatch.setattr(onednn, "bf16_supported", lambda device: True)
     assert demo_precision("auto") == "bf16" and demo_config(tmp_path).precision == "bf16"
     assert demo_config(tmp_path, precision="fp32").precision == "fp32"
