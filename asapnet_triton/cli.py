@@ -22,6 +22,7 @@ import json
 import os
 import sys
 
+from .allocator import MALLOC_MODES, apply_malloc_mode
 from .demo import DEMO_PRECISIONS
 from .functional import BACKENDS
 from .kernels.launch_config import KERNELS
@@ -83,6 +84,14 @@ def add_model_run_arguments(p: argparse.ArgumentParser, *, device_help: str = "c
         choices=FLOAT32_PRECISIONS,
         default=None,
         help="HR-stream precision (default: the checkpoint's, fp32 for --official)",
+    )
+    p.add_argument(
+        "--malloc",
+        choices=MALLOC_MODES,
+        default="auto",
+        help="keep: glibc's malloc keeps the memory a forward frees for the next one, instead of "
+        "returning it to the kernel (on a CPU: 1.2x-1.6x faster forwards, measured at 512 to 2048 pixels); "
+        "default: the allocator untouched; auto (default): keep on a CPU with glibc",
     )
 
 
@@ -392,6 +401,7 @@ def _translate(args) -> int:
     from .checkpoints import load_model
     from .translate import translate
 
+    apply_malloc_mode(args.malloc, args.device)
     model = load_model(
         args.checkpoint,
         official=args.official,
@@ -447,6 +457,7 @@ def _demo(args) -> int:
 def _evaluate(args) -> int:
     from .evaluation.evaluate import evaluate, json_safe, summary, write_report
 
+    apply_malloc_mode(args.malloc, args.device)
     try:
         report = evaluate(
             real=args.real,

@@ -7,7 +7,7 @@ on one batch of the procedural data set, for every case x precision:
 - ours: ``asapnet_triton.training.Trainer.train_step`` (fp32 and bf16, TrainConfig.precision; the
   default ``optimizer_step``, which updates each parameter inside the backward in one process;
   ``--malloc``, TrainConfig.malloc, default auto: on a CPU with glibc the trainer makes malloc keep
-  the memory a step frees, ``training.allocator``);
+  the memory a step frees, ``asapnet_triton.allocator``);
 - published: the same architecture, parameter counts, losses and optimisers done as the published
   SPADE / ASAP-Net trainer does it, fp32: ``reference/official_generator.py``'s
   OfficialASAPNetsGenerator (plain autograd through the published HR algorithm), our
@@ -222,7 +222,7 @@ def _published(spec, config, dataset, batch, timer) -> dict:
     from asapnet_triton.training.models import build_discriminator
 
     if spec.get("published_malloc", "default") == "keep":  # the same allocator setting as ours
-        from asapnet_triton.training.allocator import keep_freed_memory
+        from asapnet_triton.allocator import keep_freed_memory
 
         keep_freed_memory()
     torch.manual_seed(config.seed)
@@ -433,7 +433,7 @@ def plot(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
-    from asapnet_triton.training.allocator import MALLOC_MODES
+    from asapnet_triton.allocator import MALLOC_MODES
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(DEFAULT_CASES), help=f"comma list of {list(CASES)} (--full: all)")
@@ -460,7 +460,7 @@ def main() -> None:
         default="default",
         choices=("default", "keep"),
         help="the published way: default (the allocator untouched, as the published trainer runs) or keep "
-        "(training.allocator.keep_freed_memory, ours' setting: the same allocator both ways)",
+        "(asapnet_triton.allocator.keep_freed_memory, ours' setting: the same allocator both ways)",
     )
     parser.add_argument(
         "--rounds",

@@ -293,3 +293,42 @@ def test_user_errors_are_one_line_and_exit_2(case, tmp_path, capsys):
     lines = [line for line in err.strip().splitlines() if not line.startswith("translating:")]  # progress bar
     assert len(lines) == 1 and lines[0].startswith(f"asapnet {argv[0]}: error: ") and named in lines[0], err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("command", ["translate", "evaluate", "paint"])
+@pytest.mark.parametrize(
+    "flag, mode", [([], "auto"), (["--malloc", "default"], "default"), (["--malloc", "keep"], "keep")]
+)
+def test_model_commands_apply_their_malloc_mode_first(tmp_path, capsys, monkeypatch, command, flag, mode):
+    """translate, evaluate and paint hand --malloc (default auto) and --device to
+    allocator.apply_malloc_mode before they load anything: a missing checkpoint fails after it."""
+    from asapnet_triton import allocator, cli
+
+    calls = []
+
+    def record(asked, device):
+        calls.append((asked, str(device)))
+        return "default"
+
+    monkeypatch.setattr(cli, "apply_malloc_mode", record)
+    monkeypatch.setattr(allocator, "apply_malloc_mode", record)  # paint imports it when it runs
+    missing = str(tmp_path / "no.pt")
+    args = {
+        "translate": ["translate", "--checkpoint", missing, "x.png", "--out", str(tmp_path / "out")],
+        "evaluate": [
+            "evaluate",
+            "--checkpoint",
+            missing,
+            "--dataset",
+            "procedural",
+            "--report",
+            str(tmp_path / "report.json"),
+        ],
+        "paint": ["paint", "--checkpoint", missing],
+    }[command]
+    with pytest.raises(SystemExit) as exited:
+        main([*args, *flag, "--device", "cpu"])
+    assert exited.value.code == 2 and "no.pt" in capsys.readouterr().err
+    assert calls == [(mode, "cpu")]
+    with pytest.raises(SystemExit):
+        main([*args, "--malloc", "jemalloc"])

@@ -46,11 +46,13 @@ def run_paint(args) -> int:
     status 2."""
     import logging
 
+    from ..allocator import apply_malloc_mode
     from . import make_server, open_model
 
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     if not 0 <= args.port <= 65535:
         raise ValueError(f"--port must lie in 0..65535, got {args.port}")
+    apply_malloc_mode(args.malloc, args.device)  # every request's forward re-uses the last one's memory
     model = open_model(  # no model given: the shipped one (missing from the installation: ModelRequired)
         args.official or args.checkpoint,
         official=args.official is not None,

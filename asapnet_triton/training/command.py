@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
-from .allocator import MALLOC_MODES
+from ..allocator import MALLOC_MODES
 from .config import TRAIN_BACKENDS, TRAIN_PRECISIONS, TrainConfig
 
 __all__ = ["add_train_parser", "config_from_args", "run_train"]

@@ -6,8 +6,8 @@ import dataclasses
 import math
 from dataclasses import dataclass
 
+from ..allocator import MALLOC_MODES
 from ..functional import FUSED_BACKENDS
-from .allocator import MALLOC_MODES
 
 __all__ = [
     "D_FAKE_MODES",
@@ -110,7 +110,7 @@ class TrainConfig:
     after the backward as published, "auto" (default) in_backward in one process and
     after_backward under torchrun (DistributedDataParallel all-reduces gradients after they are
     accumulated); ``malloc``: "keep" makes glibc's malloc keep the memory a step frees for the next
-    step instead of returning it to the kernel (``training.allocator``; process-wide; RuntimeError
+    step instead of returning it to the kernel (``asapnet_triton.allocator``; process-wide; RuntimeError
     without glibc), "default" leaves the process's allocator alone, "auto" (default) keeps on a
     CPU device with glibc.
     """

@@ -21,10 +21,10 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 
+from ..allocator import apply_malloc_mode
 from ..checkpoints import model_record
 from ..fileio import atomic_write, locked, remove_stale_temp_files, save_png
 from ..labels import label_convention
-from .allocator import glibc_malloc_available, keep_freed_memory
 from .checkpoint import (
     CHECKPOINT_DIR,
     CHECKPOINT_FORMAT,
@@ -339,12 +339,7 @@ class Trainer:
 
     def _setup(self, dataset: Dataset | None) -> None:
         config = self.config
-        # what TrainConfig.malloc asked, resolved: "keep" or "default"
-        self.malloc = config.malloc
-        if self.malloc == "auto":
-            self.malloc = "keep" if self.device.type == "cpu" and glibc_malloc_available() else "default"
-        if self.malloc == "keep":
-            keep_freed_memory()
+        self.malloc = apply_malloc_mode(config.malloc, self.device)  # resolved: "keep" or "default"
         resume_path = self._resolve_resume()
         checkpoint = load_resume_checkpoint(resume_path) if resume_path is not None else None
         if checkpoint is not None:

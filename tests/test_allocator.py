@@ -1,23 +1,21 @@
-"""training.allocator and TrainConfig.malloc: glibc keeps freed memory (measured in a fresh
-process: a freed 256 MiB tensor stays resident with "keep" and goes back to the kernel without),
-a clear error without glibc, and the trainer applies what the config asks."""
+"""asapnet_triton.allocator: glibc keeps freed memory (measured in a fresh process: a freed 256
+MiB tensor stays resident with "keep" and goes back to the kernel without), a clear error without
+glibc, and the modes resolved per device and applied."""
 
 import subprocess
 import sys
 import textwrap
 
 import pytest
-from tiny_data import tiny_config
 
-from asapnet_triton.training import TrainConfig, Trainer, allocator
-from asapnet_triton.training import trainer as trainer_module
+from asapnet_triton import allocator
 
 glibc_only = pytest.mark.skipif(not allocator.glibc_malloc_available(), reason="needs glibc's malloc")
 
 _CHILD = textwrap.dedent(
     """
     import sys, torch
-    from asapnet_triton.training.allocator import keep_freed_memory
+    from asapnet_triton.allocator import keep_freed_memory
 
     def rss_mib():
         for line in open("/proc/self/status"):
@@ -54,18 +52,26 @@ def test_without_glibc_keep_is_an_error(monkeypatch):
         allocator.keep_freed_memory()
 
 
-def test_config_checks_the_mode(tmp_path):
-    with pytest.raises(ValueError, match="TrainConfig.malloc must be one of"):
-        TrainConfig(malloc="jemalloc")
-
-
 @pytest.mark.parametrize(
-    "mode, glibc, applied",
-    [("auto", True, "keep"), ("auto", False, "default"), ("keep", True, "keep"), ("default", True, "default")],
+    "mode, device, glibc, resolved",
+    [
+        ("auto", "cpu", True, "keep"),
+        ("auto", "cpu", False, "default"),
+        ("auto", "cuda", True, "default"),
+        ("auto", "meta", True, "default"),
+        ("keep", "cuda", True, "keep"),
+        ("default", "cpu", True, "default"),
+    ],
 )
-def test_trainer_applies_the_config(tmp_path, tiny_dataset, monkeypatch, mode, glibc, applied):
+def test_modes_are_resolved_per_device_and_applied(monkeypatch, mode, device, glibc, resolved):
     calls = []
-    monkeypatch.setattr(trainer_module, "keep_freed_memory", lambda: calls.append(1))
-    monkeypatch.setattr(trainer_module, "glibc_malloc_available", lambda: glibc)
-    trainer = Trainer(tiny_config(tmp_path / "run", malloc=mode), tiny_dataset)
-    assert trainer.malloc == applied and len(calls) == (applied == "keep")
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(allocator, "glibc_malloc_available", lambda: glibc)
+    assert allocator.resolve_malloc_mode(mode, device) == resolved and not calls
+    assert allocator.apply_malloc_mode(mode, device) == resolved
+    assert len(calls) == (resolved == "keep")
+
+
+def test_a_bad_mode_is_named():
+    with pytest.raises(ValueError, match="malloc must be one of .*'jemalloc'"):
+        allocator.apply_malloc_mode("jemalloc", "cpu")
