@@ -75,7 +75,11 @@ def resolve_malloc_mode(mode: str, device) -> str:
         return mode
     import torch
 
-    return "keep" if torch.device(device).type == "cpu" and glibc_malloc_available() else "default"
+    try:
+        kind = torch.device(device).type
+    except (RuntimeError, TypeError) as error:  # a user's --device: a one-line error naming it
+        raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from error
+    return "keep" if kind == "cpu" and glibc_malloc_available() else "default"
 
 
 def apply_malloc_mode(mode: str, device) -> str:

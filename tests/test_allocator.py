@@ -72,6 +72,8 @@ def test_modes_are_resolved_per_device_and_applied(monkeypatch, mode, device, gl
     assert len(calls) == (resolved == "keep")
 
 
-def test_a_bad_mode_is_named():
+def test_a_bad_mode_or_device_is_named():
     with pytest.raises(ValueError, match="malloc must be one of .*'jemalloc'"):
         allocator.apply_malloc_mode("jemalloc", "cpu")
+    with pytest.raises(ValueError, match="device must be a torch device .*'gpu0'"):
+        allocator.apply_malloc_mode("auto", "gpu0")
