@@ -19,8 +19,9 @@ commands that run a model on a CPU (``asapnet translate``, ``paint``, ``evaluate
 ``--malloc``), whose every forward frees and re-allocates its activations the same way: the
 shipped model's forward with freed memory kept, one thread, on the 2-core Zen 4 EPYC VM, 1.23x /
 1.41x / 1.56x faster in fp32 at 512x512 / 1024x1024 / 2048x2048 and 1.25x / 1.27x / 1.53x in bf16
-(``python bench/malloc_inference.py``, ``bench/results/cpu-2core-AMD-EPYC-avx512bf16/malloc_inference/``). The library itself never changes the
-allocator: :func:`apply_malloc_mode` is for the code that owns the process.
+(``python bench/malloc_inference.py``,
+``bench/results/cpu-2core-AMD-EPYC-avx512bf16/malloc_inference/``). The library itself never
+changes the allocator: :func:`apply_malloc_mode` is for the code that owns the process.
 """
 
 from __future__ import annotations
