@@ -14,9 +14,9 @@ against 39.6 ms forward + backward. oneDNN also fuses the bias and an activation
 product's single pass over the output, which BLAS leaves to separate passes.
 
 Which one runs is explicit: :func:`fp32_matmul_mode` ("auto": oneDNN where torch has it, on a
-CPU, for fp32 operands, except the HR stream's per-cell products on a CPU without AVX-512, where
-torch's BLAS measured faster or as fast (``torch_tiled._ONEDNN_CPU_CAPABILITIES``, ``_ONEDNN_SLOW_CPUS``); "onednn": oneDNN or a
-RuntimeError; "blas": torch's BLAS), and :func:`uses_onednn` tells whether fp32 products on a
+CPU, for fp32 operands, except the HR stream's per-cell products, which take oneDNN only on the
+CPUs where it measured the faster (``torch_tiled._ONEDNN_CPU_CAPABILITIES``,
+``_ONEDNN_FAST_CPUS``); "onednn": oneDNN or a RuntimeError; "blas": torch's BLAS), and :func:`uses_onednn` tells whether fp32 products on a
 device may run through oneDNN. Under a CPU autocast to bf16, on a CPU with oneDNN bf16 matmuls
 (:func:`bf16_supported`), :func:`linear_with_grad` runs oneDNN bf16 matmuls instead of the
 autocast's F.linear (:func:`bf16_autocast_linear_uses_onednn`): the same products, the fp32 bias

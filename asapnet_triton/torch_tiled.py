@@ -15,12 +15,13 @@ cell's encoding rows is added to the gathered rows. The backward recomputes a ch
 keeping its activations, then runs the chain rule through them; weight gradients are per-cell
 sums over the cell's pixels, written straight into the gradient grid.
 
-fp32 on a CPU with oneDNN (``asapnet_triton.onednn``; the fp32 matmul mode "auto" on a CPU with
-AVX-512, or "onednn"): cells of at least ``_ONEDNN_MIN_PIXELS`` pixels run each hidden and last
-layer as one oneDNN matmul per cell, bias and leaky ReLU fused into it, and the backward's
-products per cell the same way (torch's own fp32 matmuls go through its BLAS, which is the slower
-on some CPUs, the faster on others: ``_ONEDNN_CPU_CAPABILITIES``, ``_ONEDNN_SLOW_CPUS``); the first layer (gather and
-encoding product) stays batched over the chunk.
+fp32 on a CPU with oneDNN (``asapnet_triton.onednn``; the fp32 matmul mode "auto" on a CPU
+where oneDNN's fp32 products measured the faster, or "onednn"): cells of at least
+``_ONEDNN_MIN_PIXELS`` pixels run each hidden and last layer as one oneDNN matmul per cell, bias
+and leaky ReLU fused into it, and the backward's products per cell the same way (torch's own fp32
+matmuls go through its BLAS, which is the slower on some CPUs, the faster on others:
+``_ONEDNN_CPU_CAPABILITIES``, ``_ONEDNN_FAST_CPUS``); the first layer (gather and encoding
+product) stays batched over the chunk.
 
 Precision semantics (``precision``): the operands of every product are rounded to that format and
 products are accumulated in fp32 (fp64 for "fp64"); biases, activations and the final tanh are
@@ -128,15 +129,19 @@ _ONEDNN_MIN_PIXELS = 32 * 32
 # (generator.PointwiseConv2d; mixed there: forward 1.27x faster, forward + backward 0.86x).
 _ONEDNN_CPU_CAPABILITIES = ("AVX512",)
 
-# ...except on these (vendor, family) CPUs, which run AVX-512 on 256-bit units: AMD's family 25
-# (Zen 4), where oneDNN's AVX-512 fp32 products are no faster than MKL's AVX2 ones. Measured on a
-# 2-core EPYC of family 25, model 17, one thread (bench/onednn_matmul.py,
-# bench/results/cpu-2core-AMD-EPYC-avx512bf16/onednn_matmul/): a 1024-pixel cell's hidden layer
-# 99 us BLAS against 108 us oneDNN, its backward products 196 against 246 us; 4096 pixels 388
-# against 346 us, backward 759 against 836 us. The AVX-512 EPYC of the numbers above ran oneDNN's
-# fp32 products at 200 GFLOP/s on one core, which takes 512-bit FMA units (Zen 5, family 26; an
-# inference: that machine's family was not recorded).
-_ONEDNN_SLOW_CPUS = (("AuthenticAMD", 25),)
+# ...and only on these (vendor, family) CPUs, the ones where oneDNN's fp32 products were measured
+# the faster: AMD's family 26 (Zen 5, full 512-bit FMA units), the AVX-512 EPYC of the numbers
+# above, which ran oneDNN's fp32 products at 200 GFLOP/s on one core (an inference: that machine's
+# family was not recorded). BLAS measured as fast or faster, one thread (bench/onednn_matmul.py):
+# - AMD family 25, model 17 (Zen 4: AVX-512 on 256-bit units;
+#   bench/results/cpu-2core-AMD-EPYC-avx512bf16/onednn_matmul/): a 1024-pixel cell's hidden layer
+#   99 us BLAS against 108 us oneDNN, its backward products 196 against 246 us; 4096 pixels 388
+#   against 346 us, backward 759 against 836 us.
+# - the 2-core Intel Xeon with AMX (bench/results/cpu-2core-Intel-Xeon-amx/onednn_matmul/, MKL
+#   there): 1024 pixels 81 against 100 us, backward 150 against 267 us; 4096 pixels 368 against
+#   362 us, backward 617 against 991 us.
+# Elsewhere (every other CPU, none of them measured) torch's own BLAS runs, as torch would.
+_ONEDNN_FAST_CPUS = (("AuthenticAMD", 26),)
 
 # Cells of at least this many pixels are dealt to threads (Tiles.run_chunks); smaller ones run one
 # chunk after another with torch's intra-op threads. Two threads against one, the 2-core EPYC idle
@@ -650,8 +655,8 @@ def _check_onednn(precision: str, device: torch.device, pixels: int) -> bool:
     """Whether the fp32 forward and backward run their per-cell products through oneDNN:
     precision "fp32", :func:`asapnet_triton.onednn.uses_onednn` for the device (it raises when
     the mode is "onednn" and the device has none), and, unless the mode is "onednn", cells of at
-    least ``_ONEDNN_MIN_PIXELS`` pixels on a CPU of ``_ONEDNN_CPU_CAPABILITIES`` but not of
-    ``_ONEDNN_SLOW_CPUS`` (:func:`cpu_vendor_family`)."""
+    least ``_ONEDNN_MIN_PIXELS`` pixels on a CPU of ``_ONEDNN_CPU_CAPABILITIES`` and of
+    ``_ONEDNN_FAST_CPUS`` (:func:`cpu_vendor_family`)."""
     if precision != "fp32" or not onednn.uses_onednn(device):
         return False
     if onednn.current_fp32_matmul() == "onednn":
@@ -659,7 +664,7 @@ def _check_onednn(precision: str, device: torch.device, pixels: int) -> bool:
     return (
         pixels >= _ONEDNN_MIN_PIXELS
         and torch.backends.cpu.get_cpu_capability() in _ONEDNN_CPU_CAPABILITIES
-        and cpu_vendor_family() not in _ONEDNN_SLOW_CPUS
+        and cpu_vendor_family() in _ONEDNN_FAST_CPUS
     )
 
 

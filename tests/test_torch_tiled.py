@@ -477,17 +477,18 @@ def test_fp32_onednn_forward_and_backward(
 @onednn_only
 def test_fp32_matmul_dispatch(monkeypatch, generator):
     """ "auto" runs oneDNN for cells of 1024 pixels and more on a CPU with AVX-512 (torch's CPU
-    capability) other than AMD's family 25 (Zen 4), never on one without; "onednn" for every cell
-    size (right there too) on any CPU; "blas" never; a device without oneDNN is an error for
-    "onednn" only."""
+    capability) of AMD's family 26 (Zen 5), never on another (Zen 4, an Intel Xeon, AVX2 only);
+    "onednn" for every cell size (right there too) on any CPU; "blas" never; a device without
+    oneDNN is an error for "onednn" only."""
     calls = []
     forward = tt._forward_onednn
     monkeypatch.setattr(tt, "_forward_onednn", lambda *args: calls.append(1) or forward(*args))
     zen4, zen5, xeon = ("AuthenticAMD", 25), ("AuthenticAMD", 26), ("GenuineIntel", 6)
     cases = [
         (32, "auto", "AVX512", zen5, 1),
-        (32, "auto", "AVX512", xeon, 1),
+        (32, "auto", "AVX512", xeon, 0),
         (32, "auto", "AVX512", zen4, 0),
+        (32, "auto", "AVX512", ("", None), 0),  # no /proc/cpuinfo to read
         (32, "auto", "AVX2", zen5, 0),
         (16, "auto", "AVX512", zen5, 0),
         (16, "onednn", "AVX2", zen4, 1),
