@@ -1,7 +1,7 @@
 """The "torch" backend: the fused kernel's tiled algorithm in plain torch, for CPU and any device.
 
 Cells are processed in chunks of about ``_CHUNK_PIXELS`` pixels: a chunk's pixels go through every
-layer while its activations are still in cache, as per-cell batched matmuls (``torch.bmm`` with
+layer while its activations are still in the caches, as per-cell batched matmuls (``torch.bmm`` with
 each cell's own weights, written into buffers allocated once per call: a freshly allocated
 multi-megabyte output costs more in page faults than the matmul itself), with bias, leaky ReLU and
 operand rounding applied in place. No full-resolution copy of the parameter grid or of any hidden
@@ -85,21 +85,29 @@ __all__ = [
     "pixelwise_mlp_torch_backward",
 ]
 
-# A chunk holds about this many pixels (one 64x64 cell): its hidden activations (64 fp32 channels:
-# 1 MiB per buffer) stay in a core's L2 cache, so the in-place bias, activation and rounding passes
-# between matmuls run from cache. Measured at 1024x1024, cell 64, fp32, one thread (the 2-core
-# machine was shared): 1 / 2 / 4 / 8 cells per chunk: forward 295 / 340 / 356 / 359 ms, backward
-# 1052 / 1135 / 1131 / 1342 ms. With cells of 32 (1024 pixels), 4 cells per chunk beat 1 and 2.
-_CHUNK_PIXELS = 64 * 64
+# A chunk holds about this many pixels (four 64x64 cells; 4 MiB per fp32 buffer of 64 channels).
+# One thread, one 64x64 cell per chunk kept its activations in a core's L2 cache and ran fastest
+# (an early measurement at 1024x1024, fp32: 1 / 2 / 4 / 8 cells per chunk, forward 295 / 340 /
+# 356 / 359 ms, backward 1052 / 1135 / 1131 / 1342 ms); with today's code a one-thread forward +
+# backward no longer tells them apart: 4096 against 16384 pixels per chunk, fp32, demo / facades
+# 512x512 / 1024x1024 1.00x / 1.02x / 0.97x on the AMX Xeon (python bench/chunk_size.py,
+# bench/results/cpu-2core-Intel-Xeon-amx/chunk_size/), 0.96x / 1.02x / 1.02x on the Zen 4 EPYC
+# (.../cpu-2core-AMD-EPYC-avx512bf16/chunk_size/). Two threads, whose chunks are dealt to both
+# (``_Tiles.run_chunks``) or whose operations split over both, want the larger chunks: 1.08x /
+# 1.17x / 1.19x faster at 16384 on the AMX Xeon (python bench/chunk_size.py --threads 2,
+# .../cpu-2core-Intel-Xeon-amx/chunk_size_2threads/; bf16 1.36x / 1.25x / 1.26x): each thread's
+# Python between operations holds the GIL, which the other thread then waits for, and a larger
+# chunk has fewer such gaps per FLOP.
+_CHUNK_PIXELS = 4 * 64 * 64
 
 # The native bf16 forward calls oneDNN once per cell and layer whatever the chunk; chunks only
-# batch its weight conversions and last layer, so larger ones pay (same measurement, 1 / 2 / 4
-# cells per chunk: 199 / 190 / 181 ms). The native backward too, its products batched over the
-# chunk's cells in bf16 (half fp32's bytes): forward + backward, one thread, 4096 against 16384
-# pixels per chunk, the 2-core AMD EPYC with AVX-512 BF16 (python bench/chunk_size.py,
+# batch its weight conversions and last layer, so larger ones pay (the early measurement above,
+# 1 / 2 / 4 cells per chunk: 199 / 190 / 181 ms). The native backward too, its products batched
+# over the chunk's cells in bf16 (half fp32's bytes): forward + backward, one thread, 4096 against
+# 16384 pixels per chunk, the Zen 4 EPYC (python bench/chunk_size.py,
 # bench/results/cpu-2core-AMD-EPYC-avx512bf16/chunk_size/): cell 64 at 1024x1024 1229 / 1141 ms,
-# cell 32 at 512x512 329 / 306 ms, the demo's 4 x 128x128 at cell 16 92 / 86 ms. (fp32 in the same
-# run: 1878 / 1835, 563 / 554 and 107 / 112 ms; it keeps ``_CHUNK_PIXELS``.)
+# cell 32 at 512x512 329 / 306 ms, the demo's 4 x 128x128 at cell 16 92 / 86 ms. The same size
+# as ``_CHUNK_PIXELS`` today, measured and tunable apart.
 _NATIVE_CHUNK_PIXELS = 4 * 64 * 64
 
 # The native bf16 forward issues one oneDNN call per cell and layer for cells of at least this

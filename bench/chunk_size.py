@@ -1,8 +1,9 @@
 """The ``torch`` backend's chunk size (pixels per chunk of cells) against its forward + backward
-time, on this CPU, one thread: the numbers behind ``torch_tiled._CHUNK_PIXELS`` and
+time, on this CPU, one thread or more: the numbers behind ``torch_tiled._CHUNK_PIXELS`` and
 ``_NATIVE_CHUNK_PIXELS``.
 
     python bench/chunk_size.py                      # -> bench/results/<machine>/chunk_size/
+    python bench/chunk_size.py --threads 2          # -> .../chunk_size_2threads/
     python bench/chunk_size.py --precisions fp32    # one precision
     python bench/chunk_size.py --smoke              # one short round: checks the script
 
@@ -44,12 +45,12 @@ def _with_chunk(fn, pixels: int):
         tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS = saved
 
 
-def run(repeats: int, precisions: list[str], cases: dict, chunks: tuple) -> list[dict]:
+def run(repeats: int, precisions: list[str], cases: dict, chunks: tuple, threads: int = 1) -> list[dict]:
     import torch
     from common import interleaved_seconds
     from threads import _hr_fns
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(threads)
     rows = []
     for name, case in cases.items():
         for precision in precisions:
@@ -86,20 +87,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=5, help="timed rounds (default 5)")
     parser.add_argument("--precisions", default="fp32,bf16", help="comma list (default fp32,bf16)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     parser.add_argument("--smoke", action="store_true", help="one round of a tiny case: checks the script")
-    parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/chunk_size)")
+    parser.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default bench/results/<machine>/chunk_size, with --threads N > 1 chunk_size_Nthreads)",
+    )
     args = parser.parse_args()
-    if args.repeats < 1:
-        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    if args.repeats < 1 or args.threads < 1:
+        parser.error(f"--repeats and --threads must be at least 1, got {args.repeats} and {args.threads}")
     precisions = precision_list(parser, "--precisions", args.precisions)
     cases, chunks = (SMOKE_CASES, (16 * 16, 64 * 64)) if args.smoke else (CASES, CHUNKS)
     repeats = 1 if args.smoke else args.repeats
-    out = Path(args.out) if args.out else results_dir(f"{machine_name()}/chunk_size")
+    folder = "chunk_size" if args.threads == 1 else f"chunk_size_{args.threads}threads"
+    out = Path(args.out) if args.out else results_dir(f"{machine_name()}/{folder}")
     out.mkdir(parents=True, exist_ok=True)
-    rows = run(repeats, precisions, cases, chunks)
+    rows = run(repeats, precisions, cases, chunks, args.threads)
     text = table(rows, chunks)
     print(text)
-    write_results(out, "chunk_size", dict(threads=1, repeats=repeats, chunks=list(chunks), rows=rows), text)
+    record = dict(threads=args.threads, repeats=repeats, chunks=list(chunks), rows=rows)
+    write_results(out, "chunk_size", record, text)
     labels = [r["case"] for r in rows]
     ratios = [r["ratios"][str(chunks[-1])] for r in rows]
     bar_plot(

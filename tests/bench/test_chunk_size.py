@@ -21,18 +21,30 @@ def test_smoke_run_writes_a_row_per_case_and_precision(run_bench):
         assert row["case"] in table
 
 
+def test_smoke_run_with_two_threads_records_them(run_bench):
+    payload, _ = run_bench("chunk_size", "--smoke", "--threads", "2", "--precisions", "fp32")
+    assert payload["threads"] == 2 and len(payload["rows"]) == 1
+
+
 def test_chunk_size_is_restored(monkeypatch):
     sys.path.insert(0, str(SCRIPT.parent))
     import chunk_size
 
     import asapnet_triton.torch_tiled as tt
 
+    before = (tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS)
     seen = []
     chunk_size._with_chunk(lambda: seen.append((tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS)), 123)
-    assert seen == [(123, 123)] and (tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS) == (64 * 64, 4 * 64 * 64)
+    assert seen == [(123, 123)] and (tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS) == before != (123, 123)
 
 
 def test_bad_precision_is_named(tmp_path):
     cmd = [sys.executable, str(SCRIPT), "--precisions", "fp8", "--out", str(tmp_path)]
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert result.returncode != 0 and "--precisions" in result.stderr and "fp8" in result.stderr
+
+
+def test_bad_thread_count_is_named(tmp_path):
+    cmd = [sys.executable, str(SCRIPT), "--threads", "0", "--out", str(tmp_path)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0 and "--threads" in result.stderr and "got 5 and 0" in result.stderr
