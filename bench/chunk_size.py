@@ -45,36 +45,46 @@ def _with_chunk(fn, pixels: int):
         tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS = saved
 
 
-def run(repeats: int, precisions: list[str], cases: dict, chunks: tuple, threads: int = 1) -> list[dict]:
+def run_variants(repeats: int, precisions: list[str], cases: dict, variants: dict, threads: int = 1) -> list[dict]:
+    """A row per case and precision: the HR stream's forward + backward (the parameter grid's
+    gradient) under each of ``variants`` ({name: wrap}, ``wrap(fn)`` running ``fn`` in that
+    variant), interleaved; medians, every timing, and ratios to the first variant's median."""
     import torch
     from common import interleaved_seconds
     from threads import _hr_fns
 
     torch.set_num_threads(threads)
     rows = []
+    first = next(iter(variants))
     for name, case in cases.items():
         for precision in precisions:
-            fn = _hr_fns(case, precision, "fwd+bwd")  # the parameter grid's gradient
-            times = interleaved_seconds({c: (lambda c=c: _with_chunk(fn, c)) for c in chunks}, repeats)
-            medians = {c: statistics.median(t) for c, t in times.items()}
+            fn = _hr_fns(case, precision, "fwd+bwd")
+            times = interleaved_seconds({v: (lambda wrap=wrap: wrap(fn)) for v, wrap in variants.items()}, repeats)
+            medians = {v: statistics.median(t) for v, t in times.items()}
             rows.append(
                 dict(
                     case=f"{name}, {precision}",
-                    seconds={str(c): s for c, s in medians.items()},
-                    times={str(c): t for c, t in times.items()},
-                    ratios={str(c): medians[chunks[0]] / s for c, s in medians.items()},
+                    seconds=medians,
+                    times=times,
+                    ratios={v: medians[first] / s for v, s in medians.items()},
                 )
             )
-            cells = "  ".join(f"{c}: {s * 1e3:.1f} ms" for c, s in medians.items())
+            cells = "  ".join(f"{v}: {s * 1e3:.1f} ms" for v, s in medians.items())
             print(f"{rows[-1]['case']:<35} {cells}", flush=True)
     return rows
 
 
-def table(rows: list[dict], chunks: tuple) -> str:
-    head = " | ".join(f"{c} pixels" for c in chunks)
-    lines = [f"| case | {head} |", "|---|" + "---:|" * len(chunks)]
+def run(repeats: int, precisions: list[str], cases: dict, chunks: tuple, threads: int = 1) -> list[dict]:
+    variants = {str(c): (lambda fn, c=c: _with_chunk(fn, c)) for c in chunks}
+    return run_variants(repeats, precisions, cases, variants, threads)
+
+
+def table(rows: list[dict], names: list[str], suffix: str = "") -> str:
+    """The markdown table of :func:`run_variants`' rows: a column per variant name."""
+    head = " | ".join(f"{name}{suffix}" for name in names)
+    lines = [f"| case | {head} |", "|---|" + "---:|" * len(names)]
     for r in rows:
-        cells = " | ".join(f"{r['seconds'][str(c)] * 1e3:.1f} ms ({r['ratios'][str(c)]:.2f}x)" for c in chunks)
+        cells = " | ".join(f"{r['seconds'][name] * 1e3:.1f} ms ({r['ratios'][name]:.2f}x)" for name in names)
         lines.append(f"| {r['case']} | {cells} |")
     return "\n".join(lines)
 
@@ -104,7 +114,7 @@ def main() -> None:
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/{folder}")
     out.mkdir(parents=True, exist_ok=True)
     rows = run(repeats, precisions, cases, chunks, args.threads)
-    text = table(rows, chunks)
+    text = table(rows, [str(c) for c in chunks], " pixels")
     print(text)
     record = dict(threads=args.threads, repeats=repeats, chunks=list(chunks), rows=rows)
     write_results(out, "chunk_size", record, text)

@@ -522,3 +522,19 @@ def test_cpu_vendor_family_reads_the_first_processor():
     assert tt.cpu_vendor_family("vendor_id : ARM\ncpu family : ?\n") == ("ARM", None)
     vendor, family = tt.cpu_vendor_family()  # this machine's, read once
     assert isinstance(vendor, str) and (family is None or family >= 0)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_bias_gradient_sums_pixels_in_fp32(generator, dtype):
+    """The chain rule's bias gradient: a (n, pixels, C) gradient summed over its pixels into the
+    fp32 (n, C) grid, accumulated in fp32 whatever the operand: a bf16 one rounds once to bf16
+    (the correctly rounded float64 sum, every element), an fp32 one is the fp32 sum (within fp32
+    rounding of float64). Non-contiguous views on both sides, as the chain rule passes them."""
+    dz = torch.randn(3, 4097, 70, generator=generator).to(dtype)[:, :, 3:67]  # a strided view
+    out = torch.full((3, 2, 64), float("nan"))[:, 1]  # poisoned, strided like a slice of the grid
+    tt._bias_gradient_(out, dz)
+    exact = dz.double().sum(1)
+    if dtype == torch.bfloat16:
+        assert torch.equal(out, exact.to(torch.bfloat16).float())
+    else:
+        assert relative_error(out, exact) <= 1e-6
