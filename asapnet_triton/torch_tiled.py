@@ -305,9 +305,10 @@ class _Tiles:
         they come rather than dealing fixed ranges lets a thread whose core another job holds
         fall behind without holding up the other.
 
-        Why not torch's own intra-op threads for large cells: one chunk's operations (a 4096 x 64
-        x 64 matmul, elementwise passes over 1 MiB) are too small to split well, and every one of
-        them ends at a barrier where both threads wait for the slower (``_DEALT_MIN_PIXELS``)."""
+        Why not torch's own intra-op threads for large cells: one chunk's operations (a few cells'
+        4096 x 64 x 64 matmuls, elementwise passes over a few MiB) are too small to split well, and
+        every one of them ends at a barrier where both threads wait for the slower
+        (``_DEALT_MIN_PIXELS``)."""
         chunk_list = list(self.chunks())
         chunks = iter(chunk_list)
         dealt = self.device.type == "cpu" and self.pixels >= _DEALT_MIN_PIXELS
