@@ -16,12 +16,13 @@ product's single pass over the output, which BLAS leaves to separate passes.
 Which one runs is explicit: :func:`fp32_matmul_mode` ("auto": oneDNN where torch has it, on a
 CPU, for fp32 operands, except the HR stream's per-cell products, which take oneDNN only on the
 CPUs where it measured the faster (``torch_tiled._ONEDNN_CPU_CAPABILITIES``,
-``_ONEDNN_FAST_CPUS``); "onednn": oneDNN or a RuntimeError; "blas": torch's BLAS), and :func:`uses_onednn` tells whether fp32 products on a
-device may run through oneDNN. Under a CPU autocast to bf16, on a CPU with oneDNN bf16 matmuls
-(:func:`bf16_supported`), :func:`linear_with_grad` runs oneDNN bf16 matmuls instead of the
-autocast's F.linear (:func:`bf16_autocast_linear_uses_onednn`): the same products, the fp32 bias
-added before the single rounding, and an output laid out as its caller reads it (the LR stream's
-parameter head: see ``generator.PointwiseConv2d``). Products in other dtypes, on other devices,
+``_ONEDNN_FAST_CPUS``); "onednn": oneDNN or a RuntimeError; "blas": torch's BLAS), and
+:func:`uses_onednn` tells whether fp32 products on a device may run through oneDNN. Under a CPU
+autocast to bf16, on a CPU with oneDNN bf16 matmuls (:func:`bf16_supported`),
+:func:`linear_with_grad` runs oneDNN bf16 matmuls instead of the autocast's F.linear
+(:func:`bf16_autocast_linear_uses_onednn`): the same products, the fp32 bias added before the
+single rounding, and an output laid out as its caller reads it (the LR stream's parameter head:
+see ``generator.PointwiseConv2d``). Products in other dtypes, on other devices,
 or under another autocast are not this module's: their callers keep torch's ops.
 """
 
