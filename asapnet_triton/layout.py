@@ -75,6 +75,7 @@ class MLPShape:
         _require_int("hidden_width", self.hidden_width, 1)
         _require_int("depth", self.depth, 2)
         pos_encoding_channels(self.cell_size, self.pos_encoding)  # validates cell_size
+        object.__setattr__(self, "_layers", self._layer_slices())  # frozen: set once, here
 
     @property
     def pe_channels(self) -> int:
@@ -82,6 +83,13 @@ class MLPShape:
 
     @property
     def layers(self) -> tuple[LayerSlice, ...]:
+        """Each layer's :class:`LayerSlice`, first to last, computed once per shape (in
+        ``__post_init__``): the ``torch`` backend reads it several times per chunk of cells, on
+        the threads' shared (GIL-held) Python time. A plain attribute rather than a
+        ``functools.cached_property``, whose lock torch.compile cannot trace."""
+        return self._layers
+
+    def _layer_slices(self) -> tuple[LayerSlice, ...]:
         widths = [self.in_channels + self.pe_channels]
         widths += [self.hidden_width] * (self.depth - 1) + [self.out_channels]
         slices, offset = [], 0

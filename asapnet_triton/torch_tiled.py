@@ -429,15 +429,18 @@ class _Tiles:
         hidden layers as one oneDNN matmul each (bias and leaky ReLU fused into it) and its last
         layer into out (n, C_out, pixels). ``keep`` (a list), when given, receives per cell the list
         of its hidden activations, for the backward."""
-        (b0, w0), *hidden, (b_last, w_last) = weights
+        (b0, w0), *hidden, last = weights
         h0 = F.leaky_relu_(self.first_layer_(cells, w0, first).add_(b0), _NEGATIVE_SLOPE)
-        for cell in range(h0.shape[0]):
-            h = h0[cell]
+        # per layer, every cell's (bias, weight) views at once (_per_cell_views); w (n, c_in,
+        # c_out): oneDNN takes its transpose as (c_out, c_in)
+        hidden = [_per_cell_views(b[:, 0], w.transpose(1, 2)) for b, w in hidden]
+        last_biases, last_weights = _per_cell_views(last[0][:, 0], last[1].transpose(1, 2))
+        for cell, (h, cell_out) in enumerate(zip(h0.unbind(0), out.unbind(0))):
             acts = [h]
-            for b, w in hidden:  # w (n, c_in, c_out): oneDNN takes its transpose as (c_out, c_in)
-                h = onednn.linear(h, w[cell].t(), b[cell, 0], _NEGATIVE_SLOPE)
+            for biases, cell_weights in hidden:
+                h = onednn.linear(h, cell_weights[cell], biases[cell], _NEGATIVE_SLOPE)
                 acts.append(h)
-            out[cell] = onednn.linear(h, w_last[cell].t(), b_last[cell, 0]).t()
+            cell_out.copy_(onednn.linear(h, last_weights[cell], last_biases[cell]).t())
             if keep is not None:
                 keep.append(acts)
         out.tanh_()
@@ -461,6 +464,17 @@ class _Tiles:
             out = tiles.view(self.batch, self.rows, self.cols, cell, cell, channels).permute(0, 5, 1, 3, 2, 4)
         out = out.reshape(self.batch, channels, self.rows * cell, self.cols * cell)
         return out[:, :, : self.height, : self.width]
+
+
+def _per_cell_views(*tensors: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], ...]:
+    """Each (n, ...) tensor's n per-cell views, made by one ``unbind`` call each rather than by
+    indexing cell by cell in the per-cell loops: that Python holds the GIL, which a second
+    thread running chunks then waits for. The native bf16 forward at 1024x1024 (cells of 64) on
+    the AMX Xeon: one thread held the GIL about 18% of its time with indexing, 15% with these
+    views (``bench/gil_share.py``'s measurement); two threads ran it 1.17x faster, one thread as
+    fast (``python bench/checkouts.py BEFORE . --rounds 8 --repeats 2``,
+    bench/results/cpu-2core-Intel-Xeon-amx/checkouts/)."""
+    return tuple(t.unbind(0) for t in tensors)
 
 
 def _affine_(out: torch.Tensor, h: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -548,12 +562,15 @@ def _native_hidden_per_cell_(tiles: _Tiles, cells: slice, layers, features: torc
     chunk_features[:, :, : tiles.shape.in_channels] = (
         tiles.one_hot(cells, torch.bfloat16) if tiles.labels else tiles.x[cells]
     )
-    for cell in range(n):
-        h = chunk_features[cell]
-        for (bias, weight), output in zip(layers, outputs):
-            h = onednn.linear(h, weight[cell], bias[cell], _NEGATIVE_SLOPE)
-            if output is not None:
-                output[cell] = h
+    per_layer = [
+        (*_per_cell_views(bias, weight), None if output is None else output.unbind(0))
+        for (bias, weight), output in zip(layers, outputs)
+    ]
+    for cell, h in enumerate(chunk_features.unbind(0)):
+        for biases, cell_weights, cell_outputs in per_layer:
+            h = onednn.linear(h, cell_weights[cell], biases[cell], _NEGATIVE_SLOPE)
+            if cell_outputs is not None:
+                cell_outputs[cell].copy_(h)
 
 
 def _native_hidden_grouped_(tiles: _Tiles, cells: slice, p: torch.Tensor, weights, outputs: list) -> None:
@@ -865,8 +882,12 @@ class _ChunkBackward:
         layer's pre-activation gradient, which the chunk's first layer then takes batched."""
         shape, n = self.tiles.shape, dz.shape[0]
         first_dz = self.upstream[0][:n]  # (n, pixels, hidden)
-        for cell in range(n):
-            d, acts, grads = dz[cell].t(), self.cell_acts[cell], grad_params[cell]  # d: (pixels, C_out)
+        weights = _per_cell_views(*self.weights)
+        cell_first_dz = first_dz.unbind(0)
+        for cell, (d, acts, grads) in enumerate(
+            zip(dz.transpose(1, 2).unbind(0), self.cell_acts, grad_params.unbind(0))
+        ):
+            # d: (pixels, C_out)
             for index in range(shape.depth - 1, 0, -1):  # last layer down to the second
                 layer = shape.layers[index]
                 if index < shape.depth - 1:
@@ -874,8 +895,8 @@ class _ChunkBackward:
                 a_prev = acts[index - 1]
                 grad_w = grads[layer.weight_offset : layer.end].view(layer.in_features, layer.out_features)
                 grad_w.copy_(onednn.linear(a_prev.t(), d.t()))  # a_prev.T @ d, a product over pixels
-                da = onednn.linear(d, self.weights[index][cell])  # d @ w.T, w (c_in, c_out)
-                out = first_dz[cell] if index == 1 else da
+                da = onednn.linear(d, weights[index][cell])  # d @ w.T, w (c_in, c_out)
+                out = cell_first_dz[cell] if index == 1 else da
                 d = torch.ops.aten.leaky_relu_backward.grad_input(da, a_prev, _NEGATIVE_SLOPE, True, grad_input=out)
         first = shape.layers[0]
         torch.sum(first_dz, 1, out=grad_params[:, first.bias_offset : first.weight_offset])

@@ -1,0 +1,153 @@
+"""Two versions of the code, timed in turn: the HR stream of two checkouts in alternating processes.
+
+    git worktree add /tmp/before HEAD~1
+    python bench/checkouts.py /tmp/before .      # -> bench/results/<machine>/checkouts/checkouts.{json,md,png}
+    python bench/checkouts.py /tmp/before . --smoke
+
+How a change of the ``torch`` backend is judged on a shared machine whose speed drifts: each round
+starts one fresh process per checkout (A, then B), each importing asapnet_triton from its own
+checkout (``PYTHONPATH``), and each times the same calls: the HR stream (``at.pixelwise_mlp``,
+backend ``torch``; 35 classes) forward and forward + backward, at one thread and at two,
+``--repeats`` calls each after a warm-up. The table gives the medians over every round and A / B
+(above 1: B is the faster). Sizes: ``--size`` (default 1024, square), ``--cell`` (default 64),
+``--batch`` (default 1), ``--precision`` (default bf16); ``--fp32-matmul onednn`` runs fp32 cells
+through oneDNN (``asapnet_triton.onednn.fp32_matmul_mode``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+
+def run_child(spec: dict) -> dict:
+    """{"<precision> <pass> <threads>t": [seconds, ...]} of this process's checkout."""
+    import contextlib
+
+    import torch
+
+    import asapnet_triton as at
+    from asapnet_triton import onednn
+    from asapnet_triton.testing import random_inputs
+
+    cell, size, batch, precision = spec["cell"], spec["size"], spec["batch"], spec["precision"]
+    shape = at.MLPShape(35, cell)
+    generator = torch.Generator().manual_seed(0)
+    x, params = random_inputs(shape, batch, size, size, labels=True, generator=generator)
+    grad = torch.randn(batch, 3, size, size, generator=generator)
+
+    def run(p):
+        return at.pixelwise_mlp(x, p, precision=precision, backend="torch", cell_size=cell, num_classes=35)
+
+    def forward():
+        with torch.no_grad():
+            run(params)
+
+    def forward_backward():
+        leaf = params.clone().requires_grad_()
+        run(leaf).backward(grad)
+
+    mode = spec["fp32_matmul"]
+    times = {}
+    with onednn.fp32_matmul_mode(mode) if mode else contextlib.nullcontext():
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            for name, fn in (("fwd", forward), ("fwd+bwd", forward_backward)):
+                fn()
+                for _ in range(spec["repeats"]):
+                    start = time.perf_counter()
+                    fn()
+                    times.setdefault(f"{precision} {name} {threads}t", []).append(time.perf_counter() - start)
+    return dict(times=times, module=at.__file__)
+
+
+def _child(checkout: Path, spec: dict) -> dict:
+    env = dict(os.environ, PYTHONPATH=str(checkout))
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(spec)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=checkout, timeout=3600)
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
+        raise RuntimeError(f"the child of checkout {checkout} failed, exit {result.returncode}: {tail}")
+    payload = json.loads(result.stdout.strip().splitlines()[-1])
+    if Path(payload["module"]).resolve().parent.parent != checkout:
+        raise RuntimeError(f"the child of checkout {checkout} imported asapnet_triton from {payload['module']}")
+    return payload["times"]
+
+
+def main() -> None:
+    from common import bar_plot, parse_or_run_child, results_dir, write_results
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("a", nargs="?", help="checkout A (a folder holding asapnet_triton/, e.g. a git worktree)")
+    parser.add_argument("b", nargs="?", help="checkout B")
+    parser.add_argument("--rounds", type=int, default=4, help="processes per checkout, in turn (default 4)")
+    parser.add_argument("--repeats", type=int, default=3, help="timed calls per pass in each process (default 3)")
+    parser.add_argument("--size", type=int, default=1024)
+    parser.add_argument("--cell", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--precision", default="bf16", choices=["fp32", "tf32", "bf16", "fp16"])
+    parser.add_argument("--fp32-matmul", default=None, choices=["auto", "blas", "onednn"])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round: check that it runs")
+    parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/checkouts)")
+    args = parse_or_run_child(parser, run_child)
+    if args is None:
+        return
+    if args.a is None or args.b is None:
+        parser.error("name two checkouts, A and B")
+    checkouts = {}
+    for label, folder in (("A", args.a), ("B", args.b)):
+        path = Path(folder).resolve()
+        if not (path / "asapnet_triton" / "__init__.py").is_file():
+            parser.error(f"checkout {label} {folder!r} holds no asapnet_triton/__init__.py")
+        checkouts[label] = path
+    if min(args.rounds, args.repeats, args.size, args.cell, args.batch) < 1:
+        parser.error("--rounds, --repeats, --size, --cell and --batch must be at least 1")
+    if args.smoke:
+        args.rounds, args.repeats, args.size, args.cell = 1, 1, 64, 16
+    spec = dict(
+        cell=args.cell,
+        size=args.size,
+        batch=args.batch,
+        precision=args.precision,
+        repeats=args.repeats,
+        fp32_matmul=args.fp32_matmul,
+    )
+    times = {}
+    for _ in range(args.rounds):
+        for label, path in checkouts.items():
+            for key, values in _child(path, spec).items():
+                times.setdefault(key, {}).setdefault(label, []).extend(values)
+    rows = []
+    for key, by in times.items():
+        a, b = statistics.median(by["A"]), statistics.median(by["B"])
+        rows.append(dict(case=key, a_s=a, b_s=b, a_over_b=a / b, a_all=by["A"], b_all=by["B"]))
+    lines = ["| case | A | B | A / B |", "|---|---:|---:|---:|"]
+    lines += [
+        f"| {r['case']} | {r['a_s'] * 1e3:.1f} ms | {r['b_s'] * 1e3:.1f} ms | {r['a_over_b']:.3f} |" for r in rows
+    ]
+    text = "\n".join(lines)
+    print(f"A = {checkouts['A']}\nB = {checkouts['B']}\n{text}")
+    out = Path(args.out) if args.out else results_dir() / "checkouts"
+    out.mkdir(parents=True, exist_ok=True)
+    payload = dict(a=str(checkouts["A"]), b=str(checkouts["B"]), rounds=args.rounds, spec=spec, rows=rows)
+    write_results(out, "checkouts", payload, text)
+    bar_plot(
+        out / "checkouts.png",
+        [r["case"] for r in rows],
+        [r["a_over_b"] for r in rows],
+        "A's median time / B's (above 1: B is the faster)",
+        1.0,
+        "equal",
+    )
+
+
+if __name__ == "__main__":
+    main()
