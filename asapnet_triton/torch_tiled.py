@@ -429,12 +429,12 @@ class _Tiles:
         hidden layers as one oneDNN matmul each (bias and leaky ReLU fused into it) and its last
         layer into out (n, C_out, pixels). ``keep`` (a list), when given, receives per cell the list
         of its hidden activations, for the backward."""
-        (b0, w0), *hidden, last = weights
+        (b0, w0), *hidden, (b_last, w_last) = weights
         h0 = F.leaky_relu_(self.first_layer_(cells, w0, first).add_(b0), _NEGATIVE_SLOPE)
         # per layer, every cell's (bias, weight) views at once (_per_cell_views); w (n, c_in,
         # c_out): oneDNN takes its transpose as (c_out, c_in)
         hidden = [_per_cell_views(b[:, 0], w.transpose(1, 2)) for b, w in hidden]
-        last_biases, last_weights = _per_cell_views(last[0][:, 0], last[1].transpose(1, 2))
+        last_biases, last_weights = _per_cell_views(b_last[:, 0], w_last.transpose(1, 2))
         for cell, (h, cell_out) in enumerate(zip(h0.unbind(0), out.unbind(0))):
             acts = [h]
             for biases, cell_weights in hidden:
