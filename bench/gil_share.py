@@ -11,11 +11,11 @@ time holds the GIL cannot overlap with the other thread's: two threads run at mo
 ``2 / (1 + s)`` times faster than one (Amdahl), before the cost of handing the GIL over.
 
 Each case runs in a fresh process on one thread (``OMP_NUM_THREADS=1``, ``taskset`` to one core
-where there is one to spare) for ``--seconds`` under the sampling profiler py-spy twice: once
+where there is one to spare and taskset is installed) for ``--seconds`` under the sampling profiler py-spy twice: once
 sampling whenever the thread runs (``py-spy record``), once only while it holds the GIL
 (``--gil``). The share is the ratio of the samples taken inside the measured loop in the two runs
-(two runs of the same length: their ratio has a sampling noise of about two percentage points at
-the default length, measured). The table also lists the code lines (of asapnet_triton, else the
+(two runs of the same length; the ratio moves by a few percentage points from run to run: the
+native bf16 forward's came out 13%-18% in three runs of 10 s each on the AMX Xeon). The table also lists the code lines (of asapnet_triton, else the
 innermost Python frame) where the GIL-held samples fell most. Needs py-spy (``pip install
 py-spy``; the ``dev`` extra has it) and permission to read the child's memory (ptrace).
 
@@ -154,7 +154,7 @@ def measure(case: str, precision: str, args, spy: str) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", case, "--precision", precision]
     cmd += ["--seconds", str(args.seconds)] + (["--smoke"] if args.smoke else [])
     cores = sorted(os.sched_getaffinity(0))
-    if len(cores) > 1:
+    if len(cores) > 1 and shutil.which("taskset"):
         cmd = ["taskset", "-c", str(cores[-1]), *cmd]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     raws = {}
