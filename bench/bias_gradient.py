@@ -13,7 +13,6 @@ has bf16 matmuls (the native backward); elsewhere it says so and stops.
 
 from __future__ import annotations
 
-import contextlib
 import sys
 from pathlib import Path
 
@@ -29,16 +28,13 @@ def _fp32_sums(out, dz):
     torch.sum(dz, 1, dtype=out.dtype, out=out)
 
 
-@contextlib.contextmanager
 def _bias_gradient(fn):
+    """A block in which ``torch_tiled._bias_gradient_`` is ``fn``."""
+    from common import attributes_set
+
     import asapnet_triton.torch_tiled as tt
 
-    saved = tt._bias_gradient_
-    tt._bias_gradient_ = fn
-    try:
-        yield
-    finally:
-        tt._bias_gradient_ = saved
+    return attributes_set(tt, _bias_gradient_=fn)
 
 
 def main() -> None:

@@ -6,9 +6,9 @@
 
 How a change of the ``torch`` backend is judged on a shared machine whose speed drifts: each round
 starts one fresh process per checkout (A, then B), each importing asapnet_triton from its own
-checkout (``PYTHONPATH``), and each times the same calls: the HR stream (``at.pixelwise_mlp``,
-backend ``torch``; 35 classes) forward and forward + backward, at one thread and at two,
-``--repeats`` calls each after a warm-up. The table gives the medians over every round and A / B
+checkout (``PYTHONPATH``), and each times the same calls (``bench/threads.py``'s): the HR stream
+(``at.pixelwise_mlp``, backend ``torch``; 35 classes) forward and forward + backward, at one
+thread and at two, ``--repeats`` calls each after a warm-up. The table gives the medians over every round and A / B
 (above 1: B is the faster). Sizes: ``--size`` (default 1024, square), ``--cell`` (default 64),
 ``--batch`` (default 1), ``--precision`` (default bf16); ``--fp32-matmul onednn`` runs fp32 cells
 through oneDNN (``asapnet_triton.onednn.fp32_matmul_mode``).
@@ -33,34 +33,20 @@ def run_child(spec: dict) -> dict:
     import contextlib
 
     import torch
+    from threads import _hr_fns
 
     import asapnet_triton as at
     from asapnet_triton import onednn
-    from asapnet_triton.testing import random_inputs
 
-    cell, size, batch, precision = spec["cell"], spec["size"], spec["batch"], spec["precision"]
-    shape = at.MLPShape(35, cell)
-    generator = torch.Generator().manual_seed(0)
-    x, params = random_inputs(shape, batch, size, size, labels=True, generator=generator)
-    grad = torch.randn(batch, 3, size, size, generator=generator)
-
-    def run(p):
-        return at.pixelwise_mlp(x, p, precision=precision, backend="torch", cell_size=cell, num_classes=35)
-
-    def forward():
-        with torch.no_grad():
-            run(params)
-
-    def forward_backward():
-        leaf = params.clone().requires_grad_()
-        run(leaf).backward(grad)
-
+    precision = spec["precision"]
+    case = (spec["batch"], spec["size"], spec["size"], 35, spec["cell"])  # threads.py's HR case tuple
+    passes = {name: _hr_fns(case, precision, name) for name in ("fwd", "fwd+bwd")}
     mode = spec["fp32_matmul"]
     times = {}
     with onednn.fp32_matmul_mode(mode) if mode else contextlib.nullcontext():
         for threads in (1, 2):
             torch.set_num_threads(threads)
-            for name, fn in (("fwd", forward), ("fwd+bwd", forward_backward)):
+            for name, fn in passes.items():
                 fn()
                 for _ in range(spec["repeats"]):
                     start = time.perf_counter()

@@ -35,14 +35,12 @@ CHUNKS = (64 * 64, 4 * 64 * 64)
 
 
 def _with_chunk(fn, pixels: int):
+    from common import attributes_set
+
     import asapnet_triton.torch_tiled as tt
 
-    saved = tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS
-    tt._CHUNK_PIXELS = tt._NATIVE_CHUNK_PIXELS = pixels
-    try:
+    with attributes_set(tt, _CHUNK_PIXELS=pixels, _NATIVE_CHUNK_PIXELS=pixels):
         fn()
-    finally:
-        tt._CHUNK_PIXELS, tt._NATIVE_CHUNK_PIXELS = saved
 
 
 def run_variants(repeats: int, precisions: list[str], cases: dict, variants: dict, threads: int = 1) -> list[dict]:

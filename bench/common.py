@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -274,6 +275,21 @@ def interleaved_seconds(fns: dict, repeats: int, around=None) -> dict:
             if round_index:
                 times[name].append(elapsed)
     return times
+
+
+@contextlib.contextmanager
+def attributes_set(target, **values):
+    """Within the block, ``target``'s attributes named in ``values`` hold those values (e.g. a
+    module constant of ``asapnet_triton.torch_tiled`` a benchmark varies); restored on leaving,
+    an exception included."""
+    saved = {name: getattr(target, name) for name in values}
+    try:
+        for name, value in values.items():
+            setattr(target, name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            setattr(target, name, value)
 
 
 def write_results(out: Path, name: str, payload: dict, table: str) -> None:

@@ -19,9 +19,9 @@ native bf16 forward's came out 13%-18% in three runs of 10 s each on the AMX Xeo
 innermost Python frame) where the GIL-held samples fell most. Needs py-spy (``pip install
 py-spy``; the ``dev`` extra has it) and permission to read the child's memory (ptrace).
 
-Cases: the HR stream at 1024x1024 (35 classes, cell 64; its cells are dealt to threads), forward
-and forward + backward, fp32 and bf16; one training step at the demo's settings (``bench/train_step.py``'s
-"demo" case), fp32 and bf16. With ``--smoke`` the sizes of ``train_step.py --smoke``.
+Cases (``bench/threads.py``'s): the HR stream at 1024x1024 (35 classes, cell 64; its cells are
+dealt to threads), forward and forward + backward, fp32 and bf16; one training step at the demo's
+settings (``bench/train_step.py``'s "demo" case), fp32 and bf16. With ``--smoke`` their smoke sizes.
 """
 
 from __future__ import annotations
@@ -54,32 +54,32 @@ def py_spy() -> str:
     return found
 
 
-def marked_samples(raw: str, marker: str = MARKER) -> int:
-    """The number of samples in py-spy's raw output (``frame;frame;... count`` per line) whose
+def _marked_stacks(raw: str, marker: str):
+    """(frames, samples) of each line of py-spy's raw output (``frame;frame;... count``) whose
     stack passes through the function ``marker``."""
-    total = 0
     for line in raw.splitlines():
         stack, _, count = line.rpartition(" ")
-        if count.isdigit() and any(_function(frame) == marker for frame in stack.split(";")):
-            total += int(count)
-    return total
+        frames = stack.split(";")
+        if count.isdigit() and any(_function(frame) == marker for frame in frames):
+            yield frames, int(count)
+
+
+def marked_samples(raw: str, marker: str = MARKER) -> int:
+    """The number of samples in py-spy's raw output whose stack passes through the function ``marker``."""
+    return sum(count for _, count in _marked_stacks(raw, marker))
 
 
 def top_lines(raw: str, limit: int, marker: str = MARKER) -> list[tuple[str, int]]:
     """The ``limit`` code lines where the marked samples fell most, as ("file:line function",
     samples): the innermost frame of asapnet_triton in each stack, else its innermost Python frame."""
     counts = collections.Counter()
-    for line in raw.splitlines():
-        stack, _, count = line.rpartition(" ")
-        frames = stack.split(";")
-        if not count.isdigit() or not any(_function(frame) == marker for frame in frames):
-            continue
+    for frames, count in _marked_stacks(raw, marker):
         parsed = [m for m in map(_FRAME.match, frames) if m and m["file"].endswith(".py")]
         ours = [m for m in parsed if "asapnet_triton" in m["file"]]
         if not (ours or parsed):
             continue
         frame = (ours or parsed)[-1]
-        counts[f"{Path(frame['file']).name}:{frame['line']} {frame['function']}"] += int(count)
+        counts[f"{Path(frame['file']).name}:{frame['line']} {frame['function']}"] += count
     return counts.most_common(limit)
 
 
@@ -88,46 +88,15 @@ def _function(frame: str) -> str:
     return match["function"] if match else frame
 
 
-def _workload(case: str, precision: str, smoke: bool):
-    """The callable one iteration of the case runs."""
-    import torch
+def _workload(case: str, precision: str, smoke: bool, out_dir: str):
+    """The callable one iteration of the case runs: ``bench/threads.py``'s HR stream at 1024x1024
+    (its smoke case with ``smoke``) or its demo training step (writing under ``out_dir``)."""
+    from threads import HR_CASES, SMOKE_HR_CASES, _hr_fns, _train_step_fn
 
     if case == "demo-step":
-        from train_step import _batch, _config
-
-        from asapnet_triton.training import Trainer
-
-        spec = dict(case="demo", smoke=smoke, device="cpu", precision=precision)
-        config = _config(spec, str(Path(tempfile.mkdtemp(prefix="gil_share_")) / "run"))
-        dataset, batch = _batch(config)
-        trainer = Trainer(config, dataset)
-        return lambda: trainer.train_step(batch)
-
-    import asapnet_triton as at
-    from asapnet_triton.testing import random_inputs
-
-    cell, size = (16, 64) if smoke else (64, 1024)
-    shape = at.MLPShape(35, cell)
-    generator = torch.Generator().manual_seed(0)
-    x, params = random_inputs(shape, 1, size, size, labels=True, generator=generator)
-    grad = torch.randn(1, 3, size, size, generator=generator)
-
-    def run(p):
-        return at.pixelwise_mlp(x, p, precision=precision, backend="torch", cell_size=cell, num_classes=35)
-
-    if case == "hr-forward":
-
-        def forward():
-            with torch.no_grad():
-                run(params)
-
-        return forward
-
-    def forward_backward():
-        leaf = params.clone().requires_grad_()
-        run(leaf).backward(grad)
-
-    return forward_backward
+        return _train_step_fn("demo", precision, smoke, out_dir)
+    hr_case = SMOKE_HR_CASES["hr smoke 2x48x40 c16"] if smoke else HR_CASES["hr 1024x1024 c64"]
+    return _hr_fns(hr_case, precision, "fwd" if case == "hr-forward" else "fwd+bwd")
 
 
 def _measured_loop(fn, seconds: float) -> int:
@@ -144,9 +113,10 @@ def run_child(case: str, precision: str, seconds: float, smoke: bool) -> None:
     import torch
 
     torch.set_num_threads(1)
-    fn = _workload(case, precision, smoke)
-    fn()  # warm-up: library start-up and first-call costs are not the loop's
-    print(f"{_measured_loop(fn, seconds)} calls")
+    with tempfile.TemporaryDirectory(prefix="gil_share_") as tmp:
+        fn = _workload(case, precision, smoke, str(Path(tmp) / "run"))
+        fn()  # warm-up: library start-up and first-call costs are not the loop's
+        print(f"{_measured_loop(fn, seconds)} calls")
 
 
 def measure(case: str, precision: str, args, spy: str) -> dict:

@@ -53,17 +53,14 @@ def _mode(name: str):
     the ``torch`` backend deals chunks to threads (``torch_tiled._DEALT_MIN_PIXELS``) past every
     cell, so its chunks run in the calling thread on torch's intra-op threads."""
     import torch
+    from common import attributes_set
 
     import asapnet_triton.torch_tiled as tt
 
-    dealt_from = tt._DEALT_MIN_PIXELS
     torch.set_num_threads(1 if name == "1 thread" else 2)
-    if name == "2 threads, intra-op HR":
-        tt._DEALT_MIN_PIXELS = float("inf")
-    try:
+    intra_op = dict(_DEALT_MIN_PIXELS=float("inf")) if name == "2 threads, intra-op HR" else {}
+    with attributes_set(tt, **intra_op):
         yield
-    finally:
-        tt._DEALT_MIN_PIXELS = dealt_from
 
 
 def _hr_fns(case: tuple, precision: str, passes: str):
