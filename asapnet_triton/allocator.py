@@ -10,18 +10,26 @@ virtual machine such faults cost much more than on bare metal. Measured on the 2
 per 512x512 step with glibc's defaults against 5.85 s with freed memory kept
 (``bench/results/cpu-2core-AMD-EPYC/train_step_onednn/`` and ``.../train_step_same_malloc/``).
 
-``keep_freed_memory`` sets glibc's ``M_MMAP_MAX`` to 0 (every allocation from the heap) and
-``M_TRIM_THRESHOLD`` to its maximum (2 GiB of free memory before any is returned): the process
-keeps what it freed and re-uses it. The cost is resident memory: the process stays at its
-high-water mark, as a training process does anyway. Process-wide and not undone: the trainer
-applies it (``TrainConfig.malloc``) because a training process is what it is for, and so do the
-commands that run a model on a CPU (``asapnet translate``, ``paint``, ``evaluate``: their
-``--malloc``), whose every forward frees and re-allocates its activations the same way: the
-shipped model's forward with freed memory kept, one thread, on the 2-core Zen 4 EPYC VM, 1.23x /
-1.41x / 1.56x faster in fp32 at 512x512 / 1024x1024 / 2048x2048 and 1.25x / 1.27x / 1.53x in bf16
-(``python bench/malloc_inference.py``,
-``bench/results/cpu-2core-AMD-EPYC-avx512bf16/malloc_inference/``). The library itself never
-changes the allocator: :func:`apply_malloc_mode` is for the code that owns the process.
+Two modes keep freed memory. "keep" (:func:`keep_freed_memory`) sets glibc's ``M_MMAP_MAX`` to 0
+(every allocation from the heap) and ``M_TRIM_THRESHOLD`` to its maximum (2 GiB of free memory
+before any is returned): the process keeps what it freed and re-uses it. The cost is resident
+memory: the process stays at its high-water mark, and its heap fragments, blocks of every size
+side by side. "keep-small" (``keep_freed_memory(small_only=True)``) keeps the trim threshold at
+its maximum but sets the mmap threshold to its 32 MiB maximum instead: smaller blocks come from
+the kept heap, larger ones get their own pages, handed back when freed.
+
+Process-wide and not undone. The commands that run a model on a CPU (``asapnet translate``,
+``paint``, ``evaluate``: their ``--malloc``, "auto" = "keep"), whose every forward frees and
+re-allocates its activations: the shipped model's forward with freed memory kept, one thread, on
+the 2-core Zen 4 EPYC VM, 1.23x / 1.41x / 1.56x faster in fp32 at 512x512 / 1024x1024 /
+2048x2048 and 1.25x / 1.27x / 1.53x in bf16 (``python bench/malloc_inference.py``,
+``bench/results/cpu-2core-AMD-EPYC-avx512bf16/malloc_inference/``). The trainer
+(``TrainConfig.malloc``, "auto" = "keep-small"): a facades 512x512 training step on the AMX Xeon,
+one thread, fresh processes in turn, 3 rounds, peak of a step above the memory before it
+(``bench/train_step.py``'s measure): fp32 "keep" 581 MiB (539-618), 6.11 s per step,
+"keep-small" 497 MiB (491-507), 5.89 s; bf16 463 MiB against 454 MiB, 2.81 s against 2.76 s.
+The library itself never changes the allocator: :func:`apply_malloc_mode` is for the code that
+owns the process.
 """
 
 from __future__ import annotations
@@ -32,9 +40,11 @@ import platform
 
 __all__ = ["MALLOC_MODES", "apply_malloc_mode", "glibc_malloc_available", "keep_freed_memory", "resolve_malloc_mode"]
 
-MALLOC_MODES = ("auto", "keep", "default")
+MALLOC_MODES = ("auto", "keep", "keep-small", "default")
 _M_TRIM_THRESHOLD = -1  # glibc's malloc.h
+_M_MMAP_THRESHOLD = -3
 _M_MMAP_MAX = -4
+_MMAP_THRESHOLD_MAX = 4 * 1024 * 1024 * 8  # glibc's DEFAULT_MMAP_THRESHOLD_MAX on 64-bit: 32 MiB
 _INT_MAX = 2**31 - 1  # mallopt takes an int
 
 
@@ -51,27 +61,35 @@ def glibc_malloc_available() -> bool:
     return _libc() is not None
 
 
-def keep_freed_memory() -> None:
+def keep_freed_memory(*, small_only: bool = False) -> None:
     """Make glibc's malloc keep freed memory for re-use (see the module doc): ``M_MMAP_MAX`` 0,
-    ``M_TRIM_THRESHOLD`` 2 GiB. RuntimeError where the malloc is not glibc's or refuses."""
+    ``M_TRIM_THRESHOLD`` 2 GiB; with ``small_only`` (mode "keep-small") ``M_MMAP_THRESHOLD`` at
+    its 32 MiB maximum instead of ``M_MMAP_MAX`` 0: larger blocks keep their own mappings,
+    returned when freed. RuntimeError where the malloc is not glibc's or refuses."""
     libc = _libc()
     if libc is None:
         raise RuntimeError(
-            f"malloc='keep' needs glibc's malloc (Linux with glibc); this is {platform.system()} "
-            f"{' '.join(platform.libc_ver()).strip() or 'without glibc'}"
+            f"malloc={'keep-small' if small_only else 'keep'!r} needs glibc's malloc (Linux with glibc); this is "
+            f"{platform.system()} {' '.join(platform.libc_ver()).strip() or 'without glibc'}"
         )
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    for option, value, name in ((_M_MMAP_MAX, 0, "M_MMAP_MAX"), (_M_TRIM_THRESHOLD, _INT_MAX, "M_TRIM_THRESHOLD")):
+    mmap = (
+        (_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_MAX, "M_MMAP_THRESHOLD") if small_only else (_M_MMAP_MAX, 0, "M_MMAP_MAX")
+    )
+    for option, value, name in (mmap, (_M_TRIM_THRESHOLD, _INT_MAX, "M_TRIM_THRESHOLD")):
         if libc.mallopt(option, value) != 1:
             raise RuntimeError(f"glibc's mallopt refused {name}={value}")
 
 
-def resolve_malloc_mode(mode: str, device) -> str:
-    """``mode`` (one of ``MALLOC_MODES``) resolved to "keep" or "default": "auto" is "keep" on a
-    CPU ``device`` where the malloc is glibc's (:func:`glibc_malloc_available`), else "default"
-    (a GPU's memory is torch's caching allocator's, not malloc's)."""
+def resolve_malloc_mode(mode: str, device, *, auto_keep: str = "keep") -> str:
+    """``mode`` (one of ``MALLOC_MODES``) resolved to "keep", "keep-small" or "default": "auto" is
+    ``auto_keep`` ("keep" or "keep-small") on a CPU ``device`` where the malloc is glibc's
+    (:func:`glibc_malloc_available`), else "default" (a GPU's memory is torch's caching
+    allocator's, not malloc's)."""
     if mode not in MALLOC_MODES:
         raise ValueError(f"malloc must be one of {MALLOC_MODES}, got {mode!r}")
+    if auto_keep not in ("keep", "keep-small"):
+        raise ValueError(f"auto_keep must be 'keep' or 'keep-small', got {auto_keep!r}")
     if mode != "auto":
         return mode
     import torch
@@ -80,13 +98,14 @@ def resolve_malloc_mode(mode: str, device) -> str:
         kind = torch.device(device).type
     except (RuntimeError, TypeError) as error:  # a user's --device: a one-line error naming it
         raise ValueError(f"device must be a torch device such as 'cpu' or 'cuda', got {device!r}") from error
-    return "keep" if kind == "cpu" and glibc_malloc_available() else "default"
+    return auto_keep if kind == "cpu" and glibc_malloc_available() else "default"
 
 
-def apply_malloc_mode(mode: str, device) -> str:
-    """Resolve ``mode`` for ``device`` (:func:`resolve_malloc_mode`) and, for "keep", apply
-    :func:`keep_freed_memory` to this process; returns the resolved mode."""
-    resolved = resolve_malloc_mode(mode, device)
-    if resolved == "keep":
-        keep_freed_memory()
+def apply_malloc_mode(mode: str, device, *, auto_keep: str = "keep") -> str:
+    """Resolve ``mode`` for ``device`` (:func:`resolve_malloc_mode`, "auto" as ``auto_keep``) and,
+    for "keep" or "keep-small", apply :func:`keep_freed_memory` to this process; returns the
+    resolved mode."""
+    resolved = resolve_malloc_mode(mode, device, auto_keep=auto_keep)
+    if resolved in ("keep", "keep-small"):
+        keep_freed_memory(small_only=resolved == "keep-small")
     return resolved

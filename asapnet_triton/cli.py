@@ -91,7 +91,8 @@ def add_model_run_arguments(p: argparse.ArgumentParser, *, device_help: str = "c
         default="auto",
         help="keep: glibc's malloc keeps the memory a forward frees for the next one, instead of "
         "returning it to the kernel (on a CPU: 1.2x-1.6x faster forwards, measured at 512 to 2048 pixels); "
-        "default: the allocator untouched; auto (default): keep on a CPU with glibc",
+        "keep-small: the same for blocks under 32 MiB only; default: the allocator untouched; auto (default): "
+        "keep on a CPU with glibc",
     )
 
 

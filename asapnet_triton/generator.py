@@ -9,6 +9,7 @@ inputs of any size (padded to whole cells) and ``precision=`` for both streams.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -20,6 +21,7 @@ from .modules import PixelwiseMLP
 from .onednn import linear_uses_onednn, linear_with_grad
 from .ops import check_label_range
 from .precision import PRECISIONS
+from .recast import recast_in_backward
 
 __all__ = ["ASAPNetGenerator", "LR_PADDINGS", "LR_PRECISIONS", "LowResStream", "PointwiseConv2d", "tent_downsample"]
 
@@ -341,7 +343,9 @@ class ASAPNetGenerator(nn.Module):
         otherwise in the parameters' dtype, outside any autocast: a bf16 head rounds every weight
         of the grid to 8 bits, which the HR stream would keep (measured on the shipped model, LR
         stream alone in bf16: 68 dB PSNR against fp32 with a bf16 head, 74 dB with an fp32 one;
-        ``bench/bf16_quality.py``)."""
+        ``bench/bf16_quality.py``). Under a 16-bit ``lr_precision`` the weights' 16-bit copies are
+        not kept for the backward, which casts them again (``asapnet_triton.recast``: the same
+        values, less memory held through a training step)."""
         features = self.lowres_input(x, edges)
         dtype = self.lowres.to_params.weight.dtype
         autocast_dtype = _AUTOCAST_DTYPES.get(self.lr_precision)
@@ -359,7 +363,10 @@ class ASAPNetGenerator(nn.Module):
             with torch.autocast(
                 device_type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None
             ):
-                hidden = self.lowres.body(features)
+                # autocast's 16-bit copies of the convolutions' weights are not kept for the
+                # backward, which casts again (126 MiB at 512x512 with the published widths)
+                with recast_in_backward() if autocast_dtype is not None else contextlib.nullcontext():
+                    hidden = self.lowres.body(features)
                 with torch.autocast(device_type, dtype=autocast_dtype or torch.bfloat16, enabled=head_autocast):
                     params = self.lowres.to_params(hidden if head_autocast else hidden.to(dtype))
         # channels-last: each cell's parameters contiguous, the HR stream's layout (a copy of the

@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from .modes import mode_block
+from .recast import recast_in_backward
 
 __all__ = [
     "FP32_MATMUL_MODES",
@@ -221,10 +222,14 @@ def linear_with_grad(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor |
     oneDNN matmuls: fp32 ones when :func:`fp32_linear_uses_onednn`; bf16 ones when
     :func:`bf16_autocast_linear_uses_onednn` (x and weight rounded to bf16, the bias kept fp32 and
     added before the single rounding; a bf16 output, as autocast's F.linear returns); else F.linear
-    itself."""
+    itself. The bf16 copy of the weight is not kept for the backward, which makes it again
+    (:func:`asapnet_triton.recast.recast_in_backward`)."""
     if fp32_linear_uses_onednn(x, weight, bias):
         return _Linear.apply(x, weight, bias)
     if bf16_autocast_linear_uses_onednn(x, weight, bias):
         with torch.autocast("cpu", enabled=False):  # the operands' dtypes are set here
-            return _Linear.apply(x.to(torch.bfloat16), weight.to(torch.bfloat16), bias)
+            weight_bf16 = weight.to(torch.bfloat16)
+            # the backward casts the weight again rather than keeping this copy (asapnet_triton.recast)
+            with recast_in_backward([(weight_bf16, weight)]):
+                return _Linear.apply(x.to(torch.bfloat16), weight_bf16, bias)
     return F.linear(x, weight, bias)

@@ -87,12 +87,12 @@ def _hr_fns(case: tuple, precision: str, passes: str):
     return forward if passes == "fwd" else forward_backward
 
 
-def _train_step_fn(case: str, precision: str, smoke: bool, out_dir: str):
+def _train_step_fn(case: str, precision: str, smoke: bool, out_dir: str, malloc: str = "auto"):
     import train_step
 
     from asapnet_triton.training import Trainer
 
-    spec = dict(case=case, smoke=smoke, device="cpu", precision=precision)
+    spec = dict(case=case, smoke=smoke, device="cpu", precision=precision, malloc=malloc)
     config = train_step._config(spec, out_dir)
     dataset, batch = train_step._batch(config)
     trainer = Trainer(config, dataset)

@@ -7,7 +7,7 @@ on one batch of the procedural data set, for every case x precision:
 - ours: ``asapnet_triton.training.Trainer.train_step`` (fp32 and bf16, TrainConfig.precision; the
   default ``optimizer_step``, which updates each parameter inside the backward in one process;
   ``--malloc``, TrainConfig.malloc, default auto: on a CPU with glibc the trainer makes malloc keep
-  the memory a step frees, ``asapnet_triton.allocator``);
+  the blocks under 32 MiB that a step frees, "keep-small" of ``asapnet_triton.allocator``);
 - published: the same architecture, parameter counts, losses and optimisers done as the published
   SPADE / ASAP-Net trainer does it, fp32: ``reference/official_generator.py``'s
   OfficialASAPNetsGenerator (plain autograd through the published HR algorithm), our
@@ -16,7 +16,7 @@ on one batch of the procedural data set, for every case x precision:
   with D's weights still requiring grad (their gradients are computed and discarded), the D step
   regenerates fake under no_grad and calls ``fake.requires_grad_()``; Adam(0, 0.9), TTUR lr
   1e-4 (G) / 4e-4 (D) for both; the process's allocator untouched, as the published trainer runs
-  (``--published-malloc keep``: ours' setting, for the comparison with the same allocator);
+  (``--published-malloc keep-small``: ours' setting, for the comparison with the same allocator);
 - the median wall-clock seconds per step over --repeats steps after 2 untimed ones (with
   --rounds N, a case's children run in turn N times and the median covers every round's steps;
   the table adds each round's ratio);
@@ -221,10 +221,11 @@ def _published(spec, config, dataset, batch, timer) -> dict:
     )
     from asapnet_triton.training.models import build_discriminator
 
-    if spec.get("published_malloc", "default") == "keep":  # the same allocator setting as ours
-        from asapnet_triton.allocator import keep_freed_memory
+    published_malloc = spec.get("published_malloc", "default")
+    if published_malloc != "default":  # an allocator setting of ours, for the same allocator both ways
+        from asapnet_triton.allocator import apply_malloc_mode
 
-        keep_freed_memory()
+        apply_malloc_mode(published_malloc, spec["device"])
     torch.manual_seed(config.seed)
     device = torch.device(spec["device"])
     num_classes = dataset.label_convention.num_classes
@@ -458,9 +459,10 @@ def main() -> None:
     parser.add_argument(
         "--published-malloc",
         default="default",
-        choices=("default", "keep"),
-        help="the published way: default (the allocator untouched, as the published trainer runs) or keep "
-        "(asapnet_triton.allocator.keep_freed_memory, ours' setting: the same allocator both ways)",
+        choices=("default", "keep", "keep-small"),
+        help="the published way: default (the allocator untouched, as the published trainer runs), keep or "
+        "keep-small (asapnet_triton.allocator's modes; keep-small is ours' on a CPU with glibc: the same "
+        "allocator both ways)",
     )
     parser.add_argument(
         "--rounds",

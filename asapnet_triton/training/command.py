@@ -164,8 +164,9 @@ def _options():
                     "malloc",
                     MALLOC_MODES,
                     "keep (glibc's malloc keeps the memory a step frees for the next step instead of returning it "
-                    "to the kernel: no page faults on every step's fresh tensors; process-wide), default (the "
-                    f"allocator untouched) or auto (keep on a CPU with glibc) (default {d.malloc})",
+                    "to the kernel: no page faults on every step's fresh tensors; process-wide), keep-small (keeps "
+                    "blocks under 32 MiB, hands larger ones back: a lower peak), default (the allocator untouched) "
+                    f"or auto (keep-small on a CPU with glibc) (default {d.malloc})",
                 ),
                 (
                     "--resume",

@@ -111,8 +111,9 @@ class TrainConfig:
     after_backward under torchrun (DistributedDataParallel all-reduces gradients after they are
     accumulated); ``malloc``: "keep" makes glibc's malloc keep the memory a step frees for the next
     step instead of returning it to the kernel (``asapnet_triton.allocator``; process-wide; RuntimeError
-    without glibc), "default" leaves the process's allocator alone, "auto" (default) keeps on a
-    CPU device with glibc.
+    without glibc), "keep-small" keeps blocks under 32 MiB only (the larger ones are handed back:
+    a lower peak), "default" leaves the process's allocator alone, "auto" (default) is
+    "keep-small" on a CPU device with glibc.
     """
 
     # data

@@ -339,7 +339,9 @@ class Trainer:
 
     def _setup(self, dataset: Dataset | None) -> None:
         config = self.config
-        self.malloc = apply_malloc_mode(config.malloc, self.device)  # resolved: "keep" or "default"
+        # resolved: "keep", "keep-small" or "default"; "auto" keeps small blocks only: a step's
+        # large blocks then go back to the kernel when freed (asapnet_triton.allocator)
+        self.malloc = apply_malloc_mode(config.malloc, self.device, auto_keep="keep-small")
         resume_path = self._resolve_resume()
         checkpoint = load_resume_checkpoint(resume_path) if resume_path is not None else None
         if checkpoint is not None:

@@ -15,11 +15,18 @@ def test_config_checks_the_mode(tmp_path):
 
 @pytest.mark.parametrize(
     "mode, glibc, applied",
-    [("auto", True, "keep"), ("auto", False, "default"), ("keep", True, "keep"), ("default", True, "default")],
+    [
+        ("auto", True, "keep-small"),  # the trainer's auto: small blocks kept, large ones handed back
+        ("auto", False, "default"),
+        ("keep", True, "keep"),
+        ("keep-small", True, "keep-small"),
+        ("default", True, "default"),
+    ],
 )
 def test_trainer_applies_the_config(tmp_path, tiny_dataset, monkeypatch, mode, glibc, applied):
     calls = []
-    monkeypatch.setattr(allocator, "keep_freed_memory", lambda: calls.append(1))
+    monkeypatch.setattr(allocator, "keep_freed_memory", lambda **kwargs: calls.append(kwargs))
     monkeypatch.setattr(allocator, "glibc_malloc_available", lambda: glibc)
     trainer = Trainer(tiny_config(tmp_path / "run", malloc=mode), tiny_dataset)
-    assert trainer.malloc == applied and len(calls) == (applied == "keep")
+    assert trainer.malloc == applied
+    assert calls == ([] if applied == "default" else [dict(small_only=applied == "keep-small")])
