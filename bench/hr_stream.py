@@ -12,6 +12,11 @@ For every resolution x batch x input x cell size, and every implementation x pre
   implementation (MLPShape.flops_per_pixel; a label's first-layer row is gathered, not
   multiplied): the forward's, and 3x that for forward + backward (recompute, the input-side chain
   and the weight gradients);
+- for forward + backward, its time in forwards of the same implementation ("forward_equivalents",
+  printed at the end): the speed-up of forward + backward over the published algorithm is the
+  forward's speed-up times the published algorithm's forward equivalents over ours. The torch
+  backend and the Triton kernels recompute the forward in the backward, then run two products
+  per layer, so theirs cannot go much under 4 while the forward's products dominate;
 - each as a fraction of this machine's matmul ceilings, measured in the same run (at its start and
   its end, so drift from other load shows): a large (2048^3) fp32 and bf16 matmul, and the
   cell-shaped products the torch backend runs (per-cell (4096 x 64) @ (64 x 64): fp32 batched
@@ -346,6 +351,7 @@ def main() -> None:
     tqdm.write("-" * len(header))
     rows = []
     published = {}
+    forward_seconds = {}  # (case without the pass, implementation and precision) -> forward time
     for spec in tqdm(specs, desc="hr_stream", unit="measurement"):
         load = os.getloadavg()[0]
         result = measure(spec, args.case_timeout)
@@ -382,6 +388,10 @@ def main() -> None:
             row["cell_ceiling"] = cell
         if spec["implementation"] == "published":
             published[case] = seconds
+        if spec["pass"] == "forward":
+            forward_seconds[(case[:-1], name)] = seconds
+        elif (case[:-1], name) in forward_seconds:
+            row["forward_equivalents"] = seconds / forward_seconds[(case[:-1], name)]
         if case in published:
             row["speedup_vs_published"] = published[case] / seconds
         rows.append(row)
@@ -391,6 +401,13 @@ def main() -> None:
             f"{row['fraction_of_matmul_ceiling']:>7.3f} {row.get('fraction_of_cell_ceiling', float('nan')):>7.3f} "
             f"{peak:>9} {row.get('speedup_vs_published', float('nan')):>11.2f} {load:>5.2f}"
         )
+    for row in rows:
+        if "forward_equivalents" in row:
+            tqdm.write(
+                f"{row['height']}x{row['width']} b{row['batch']} {row['input']} c{row['cell_size']}: "
+                f"{row['implementation']} {row['precision']} forward + backward = "
+                f"{row['forward_equivalents']:.2f} forwards"
+            )
     ceilings_end = matmul_ceilings("cpu") | (
         {f"cuda_{k}": v for k, v in matmul_ceilings("cuda").items()} if cuda else {}
     )
