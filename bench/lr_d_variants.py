@@ -4,6 +4,7 @@ compiler), fp32 and bf16 autocast, to see which of them pays on this machine.
 
     python bench/lr_d_variants.py            # -> bench/results/<machine>/lr_d_variants/
     python bench/lr_d_variants.py --smoke    # tiny sizes: checks the script
+    python bench/lr_d_variants.py --parts lr # the LR stream only (the discriminator compiles for minutes)
     python bench/lr_d_variants.py --device cuda --skip-compile   # on a GPU (cuDNN; bf16 autocast)
 
 Variants: "as trained" (the trainer's layouts: the LR stream, weights and input, as
@@ -33,6 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 VARIANTS = ("as trained", "channels-last", "compiled")
+PARTS = {"LR stream fwd+bwd": "lr", "discriminator fwd+bwd (2B)": "d"}  # part -> its --parts name
 
 
 def _setup(case: str, precision: str, smoke: bool, device: str = "cpu"):
@@ -117,6 +119,8 @@ def run(args) -> list[dict]:
     for case in args.cases.split(","):
         for precision in args.precisions.split(","):
             for part, factory in _setup(case, precision, args.smoke, args.device).items():
+                if PARTS[part] not in args.parts.split(","):
+                    continue
                 fns, first_call = {}, {}
                 for variant in variants:
                     torch.manual_seed(0)
@@ -166,10 +170,14 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, one round")
     parser.add_argument("--device", default="cpu", choices=("cpu", "cuda"), help="cpu (default) or cuda")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variant")
+    parser.add_argument(
+        "--parts", default="lr,d", help="lr (the LR stream), d (the discriminator) or both (default lr,d)"
+    )
     parser.add_argument("--out", default=None, help="results folder (default bench/results/<machine>/lr_d_variants)")
     args = parser.parse_args()
+    from common import choice_list, machine_name, results_dir, write_results
 
-    from common import machine_name, results_dir, write_results
+    args.parts = ",".join(choice_list(parser, "--parts", args.parts, sorted(set(PARTS.values()))))
 
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/lr_d_variants")
     out.mkdir(parents=True, exist_ok=True)
