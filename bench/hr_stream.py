@@ -27,6 +27,10 @@ For every resolution x batch x input x cell size, and every implementation x pre
   before it: everything the run touched, allocator caches included); on a GPU
   torch.cuda.max_memory_allocated minus the memory allocated before.
 
+With ``--rounds N`` every measurement runs N times, the whole list in turn each round: a row then
+holds the median of its times and the medians of each round's own speed-up and forwards (both
+sides of a ratio measured minutes apart, not a whole run apart), every round's under "rounds".
+
 Each (case, implementation, precision, pass) runs in a fresh subprocess, so that memory freed by
 one measurement cannot hide the next one's peak, under an address-space limit (--max-gib) and a
 time limit (--case-timeout): a case that exceeds them is recorded as failed with the reason.
@@ -41,6 +45,7 @@ whole matrix (512x512 to 2048x2048, batch 1 and 4, labels and 3-channel float in
 
     python bench/hr_stream.py
     python bench/hr_stream.py --resolutions 1024x1024 --repeats 7 --output hr_stream_target.json
+    python bench/hr_stream.py --resolutions 1024x1024 --implementations torch,published --rounds 3
     python bench/hr_stream.py --full --output hr_stream_full.json
 """
 
@@ -270,6 +275,95 @@ def plan(args, cuda: bool) -> list[dict]:
     return specs
 
 
+def _case_key(spec: dict) -> tuple:
+    return (spec["height"], spec["width"], spec["batch"], spec["input"], spec["cell_size"], spec["pass"])
+
+
+def _row(spec: dict, result: dict, load: float, ceilings: dict, published: dict, forward_seconds: dict) -> dict:
+    """A measurement's row: the spec, its result, FLOP count, rates against ``ceilings``, and its
+    speed-up over the published algorithm's time and its forwards, from ``published`` {case: s}
+    and ``forward_seconds`` {(case without pass, implementation precision): s} of the same round
+    (filled here as their measurements come)."""
+    import asapnet_triton as at
+
+    shape = at.MLPShape(NUM_CLASSES if spec["input"] == "labels" else FLOAT_CHANNELS, spec["cell_size"])
+    flops = (
+        spec["batch"] * spec["height"] * spec["width"] * shape.flops_per_pixel(label_input=spec["input"] == "labels")
+    )
+    flops *= 3 if spec["pass"] == "forward_backward" else 1
+    row = {k: v for k, v in spec.items() if k not in ("repeats", "max_bytes")} | result
+    row |= dict(flops=flops, load_average_1min=load, megapixels=spec["batch"] * spec["height"] * spec["width"] / 1e6)
+    if "failed" in result:
+        return row
+    case, name = _case_key(spec), f"{spec['implementation']} {spec['precision']}"
+    seconds = result["seconds_median"]
+    _rates(row, ceilings)
+    if spec["implementation"] == "published":
+        published[case] = seconds
+    if spec["pass"] == "forward":
+        forward_seconds[(case[:-1], name)] = seconds
+    elif (case[:-1], name) in forward_seconds:
+        row["forward_equivalents"] = seconds / forward_seconds[(case[:-1], name)]
+    if case in published:
+        row["speedup_vs_published"] = published[case] / seconds
+    return row
+
+
+def _rates(row: dict, ceilings: dict) -> None:
+    """The row's GFLOP/s and fractions of the matmul ceilings, from its seconds_median."""
+    large, cell = ceiling_keys(row["implementation"], row["precision"], row["device"], row["cell_size"], ceilings)
+    prefix = "cuda_" if row["device"] == "cuda" else ""
+    rate = row["flops"] / row["seconds_median"]
+    row["gflops"] = rate / 1e9
+    row["fraction_of_matmul_ceiling"] = rate / ceilings[prefix + large]
+    row["ceiling"] = prefix + large
+    if cell and cell in ceilings:
+        row["fraction_of_cell_ceiling"] = rate / ceilings[cell]
+        row["cell_ceiling"] = cell
+
+
+def _merge_rounds(rounds: list[list[dict]], ceilings: dict) -> list[dict]:
+    """One row per spec from its rows of every round: the first round's (its peak memory, the
+    first measured), with the median over rounds of the time, of the speed-up over the published
+    algorithm and of the forwards (each round's own ratios, so that a drift of the machine
+    between rounds slows both sides of a ratio alike), and every round's figures under
+    ``rounds``. A spec that failed in any round keeps that round's failure."""
+    merged = []
+    for per_round in zip(*rounds):
+        failed = [r for r in per_round if "failed" in r]
+        if failed:
+            merged.append(failed[0] | dict(failed_rounds=len(failed)))
+            continue
+        keys = ("seconds_median", "speedup_vs_published", "forward_equivalents", "load_average_1min")
+        row = dict(per_round[0])
+        row["rounds"] = [{k: r[k] for k in keys if k in r} for r in per_round]
+        row["seconds_median"] = statistics.median(r["seconds_median"] for r in per_round)
+        for key in ("speedup_vs_published", "forward_equivalents"):
+            if all(key in r for r in per_round):
+                row[key] = statistics.median(r[key] for r in per_round)
+        _rates(row, ceilings)
+        merged.append(row)
+    return merged
+
+
+def _row_line(row: dict) -> str:
+    """The printed table's line of a row (the header is in main)."""
+    name = f"{row['implementation']} {row['precision']}"
+    passname = "fwd" if row["pass"] == "forward" else "fwd+bwd"
+    label = f"{row['height']}x{row['width']} b{row['batch']} {row['input']} c{row['cell_size']}"
+    if "failed" in row:
+        return f"{label:<24} {name:<16} {passname:<8} failed: {row['failed']}"
+    peak = "-" if row["peak_bytes"] is None else f"{row['peak_bytes'] / 2**20:.0f}"
+    line = (
+        f"{label:<24} {name:<16} {passname:<8} {row['seconds_median'] * 1e3:>10.1f} {row['gflops']:>8.1f} "
+        f"{row['fraction_of_matmul_ceiling']:>7.3f} {row.get('fraction_of_cell_ceiling', float('nan')):>7.3f} "
+        f"{peak:>9} {row.get('speedup_vs_published', float('nan')):>11.2f} {row['load_average_1min']:>5.2f}"
+    )
+    if "rounds" in row and "speedup_vs_published" in row:
+        line += "  rounds: " + ", ".join(f"{r['speedup_vs_published']:.2f}x" for r in row["rounds"])
+    return line
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
@@ -293,6 +387,12 @@ def main() -> None:
     parser.add_argument("--passes", type=comma_list(str), default=list(PASSES))
     parser.add_argument("--full", action="store_true", help="the issue's whole matrix (overrides the five lists above)")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per measurement, after one untimed run")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="run every measurement this many times, in turn (default 1); medians of each round's ratios",
+    )
     parser.add_argument("--einsum-max-gib", type=float, default=4.0, help="skip the einsum above this estimate")
     parser.add_argument("--max-gib", type=float, default=8.0, help="address-space limit of each CPU measurement")
     parser.add_argument("--case-timeout", type=float, default=900.0, help="seconds before a measurement is abandoned")
@@ -317,14 +417,14 @@ def main() -> None:
         unknown = [v for v in values if v not in allowed]
         if unknown:
             parser.error(f"{name}: unknown {unknown}; choose from {list(allowed)}")
+    if args.rounds < 1 or args.repeats < 1:
+        parser.error(f"--rounds and --repeats must be at least 1, got {args.rounds} and {args.repeats}")
     if not args.output.endswith(".json") or "/" in args.output:
         parser.error(f"--output must be a plain file name ending in .json, got {args.output!r}")
 
     import torch
     from common import results_dir, write_json
     from tqdm import tqdm
-
-    import asapnet_triton as at
 
     cuda = torch.cuda.is_available()
     device = "cuda" if cuda else "cpu"
@@ -349,64 +449,36 @@ def main() -> None:
     )
     tqdm.write(header)
     tqdm.write("-" * len(header))
-    rows = []
-    published = {}
-    forward_seconds = {}  # (case without the pass, implementation and precision) -> forward time
-    for spec in tqdm(specs, desc="hr_stream", unit="measurement"):
-        load = os.getloadavg()[0]
-        result = measure(spec, args.case_timeout)
-        shape = at.MLPShape(NUM_CLASSES if spec["input"] == "labels" else FLOAT_CHANNELS, spec["cell_size"])
-        flops = (
-            spec["batch"]
-            * spec["height"]
-            * spec["width"]
-            * shape.flops_per_pixel(label_input=spec["input"] == "labels")
-        )
-        flops *= 3 if spec["pass"] == "forward_backward" else 1
-        row = {k: v for k, v in spec.items() if k not in ("repeats", "max_bytes")} | result
-        row |= dict(
-            flops=flops, load_average_1min=load, megapixels=spec["batch"] * spec["height"] * spec["width"] / 1e6
-        )
-        case = (spec["height"], spec["width"], spec["batch"], spec["input"], spec["cell_size"], spec["pass"])
-        name = f"{spec['implementation']} {spec['precision']}"
-        passname = "fwd" if spec["pass"] == "forward" else "fwd+bwd"
-        label = f"{spec['height']}x{spec['width']} b{spec['batch']} {spec['input']} c{spec['cell_size']}"
-        if "failed" in result:
+    rounds = []  # per round, a row per spec
+    progress = tqdm(total=len(specs) * args.rounds, desc="hr_stream", unit="measurement")
+    for round_index in range(args.rounds):
+        published, forward_seconds, rows = {}, {}, []
+        if args.rounds > 1:
+            tqdm.write(f"round {round_index + 1} of {args.rounds}")
+        for spec in specs:
+            load = os.getloadavg()[0]
+            row = _row(spec, measure(spec, args.case_timeout), load, ceilings_start, published, forward_seconds)
             rows.append(row)
-            tqdm.write(f"{label:<24} {name:<16} {passname:<8} failed: {result['failed']}")
-            continue
-        seconds = result["seconds_median"]
-        large, cell = ceiling_keys(
-            spec["implementation"], spec["precision"], spec["device"], spec["cell_size"], ceilings_start
-        )
-        prefix = "cuda_" if spec["device"] == "cuda" else ""
-        row["gflops"] = flops / seconds / 1e9
-        row["fraction_of_matmul_ceiling"] = flops / seconds / ceilings_start[prefix + large]
-        row["ceiling"] = prefix + large
-        if cell and cell in ceilings_start:
-            row["fraction_of_cell_ceiling"] = flops / seconds / ceilings_start[cell]
-            row["cell_ceiling"] = cell
-        if spec["implementation"] == "published":
-            published[case] = seconds
-        if spec["pass"] == "forward":
-            forward_seconds[(case[:-1], name)] = seconds
-        elif (case[:-1], name) in forward_seconds:
-            row["forward_equivalents"] = seconds / forward_seconds[(case[:-1], name)]
-        if case in published:
-            row["speedup_vs_published"] = published[case] / seconds
-        rows.append(row)
-        peak = "-" if result["peak_bytes"] is None else f"{result['peak_bytes'] / 2**20:.0f}"
-        tqdm.write(
-            f"{label:<24} {name:<16} {passname:<8} {seconds * 1e3:>10.1f} {row['gflops']:>8.1f} "
-            f"{row['fraction_of_matmul_ceiling']:>7.3f} {row.get('fraction_of_cell_ceiling', float('nan')):>7.3f} "
-            f"{peak:>9} {row.get('speedup_vs_published', float('nan')):>11.2f} {load:>5.2f}"
-        )
+            progress.update()
+            tqdm.write(_row_line(row))
+        rounds.append(rows)
+    progress.close()
+    rows = _merge_rounds(rounds, ceilings_start) if args.rounds > 1 else rounds[0]
+    if args.rounds > 1:
+        tqdm.write(f"medians of {args.rounds} rounds (speed-ups and forwards: medians of each round's own)")
+        for row in rows:
+            tqdm.write(_row_line(row))
     for row in rows:
         if "forward_equivalents" in row:
             tqdm.write(
                 f"{row['height']}x{row['width']} b{row['batch']} {row['input']} c{row['cell_size']}: "
                 f"{row['implementation']} {row['precision']} forward + backward = "
                 f"{row['forward_equivalents']:.2f} forwards"
+                + (
+                    " (rounds: " + ", ".join(f"{r['forward_equivalents']:.2f}" for r in row["rounds"]) + ")"
+                    if "rounds" in row
+                    else ""
+                )
             )
     ceilings_end = matmul_ceilings("cpu") | (
         {f"cuda_{k}": v for k, v in matmul_ceilings("cuda").items()} if cuda else {}
