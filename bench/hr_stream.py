@@ -327,7 +327,8 @@ def _merge_rounds(rounds: list[list[dict]], ceilings: dict) -> list[dict]:
     first measured), with the median over rounds of the time, of the speed-up over the published
     algorithm and of the forwards (each round's own ratios, so that a drift of the machine
     between rounds slows both sides of a ratio alike), and every round's figures under
-    ``rounds``. A spec that failed in any round keeps that round's failure."""
+    ``rounds``. A spec that failed in any round keeps that round's failure; a ratio missing in any
+    round (its other side failed there) is left out."""
     merged = []
     for per_round in zip(*rounds):
         failed = [r for r in per_round if "failed" in r]
@@ -338,9 +339,11 @@ def _merge_rounds(rounds: list[list[dict]], ceilings: dict) -> list[dict]:
         row = dict(per_round[0])
         row["rounds"] = [{k: r[k] for k in keys if k in r} for r in per_round]
         row["seconds_median"] = statistics.median(r["seconds_median"] for r in per_round)
-        for key in ("speedup_vs_published", "forward_equivalents"):
+        for key in ("speedup_vs_published", "forward_equivalents"):  # a ratio of every round, or none
             if all(key in r for r in per_round):
                 row[key] = statistics.median(r[key] for r in per_round)
+            else:  # e.g. the published algorithm failed in a round
+                row.pop(key, None)
         _rates(row, ceilings)
         merged.append(row)
     return merged

@@ -93,3 +93,20 @@ def test_merge_keeps_a_failure_of_any_round():
     assert merged[3]["failed"] == "timed out" and merged[3]["failed_rounds"] == 1
     assert "failed" in hr_stream._row_line(merged[3])
     assert merged[2]["speedup_vs_published"] == pytest.approx(8.0)
+
+
+def test_merge_leaves_out_a_ratio_missing_in_a_round():
+    first = _round([8.0, 24.0, 1.0, 6.0])
+    published, forwards = {}, {}
+    second = [
+        hr_stream._row(SPECS[0], dict(failed="out of memory"), 0.5, CEILINGS, published, forwards),
+        *(
+            hr_stream._row(s, _result(t), 0.5, CEILINGS, published, forwards)
+            for s, t in zip(SPECS[1:], [24.0, 1.0, 6.0])
+        ),
+    ]
+    merged = hr_stream._merge_rounds([first, second], CEILINGS)
+    assert merged[0]["failed"] == "out of memory"
+    assert "speedup_vs_published" not in merged[2]  # round 2 had no published forward
+    assert merged[3]["speedup_vs_published"] == pytest.approx(4.0)  # its fwd+bwd ran in both rounds
+    assert "rounds:" not in hr_stream._row_line(merged[2]) and "rounds:" in hr_stream._row_line(merged[3])
