@@ -24,10 +24,11 @@ re-allocates its activations: the shipped model's forward with freed memory kept
 the 2-core Zen 4 EPYC VM, 1.23x / 1.41x / 1.56x faster in fp32 at 512x512 / 1024x1024 /
 2048x2048 and 1.25x / 1.27x / 1.53x in bf16 (``python bench/malloc_inference.py``,
 ``bench/results/cpu-2core-AMD-EPYC-avx512bf16/malloc_inference/``). The trainer
-(``TrainConfig.malloc``, "auto" = "keep-small"): a facades 512x512 training step on the AMX Xeon,
-one thread, fresh processes in turn, 3 rounds, peak of a step above the memory before it
-(``bench/train_step.py``'s measure): fp32 "keep" 581 MiB (539-618), 6.11 s per step,
-"keep-small" 497 MiB (491-507), 5.89 s; bf16 463 MiB against 454 MiB, 2.81 s against 2.76 s.
+(``TrainConfig.malloc``, "auto" = "keep-small"): a facades 512x512 fp32 training step on the AMX
+Xeon, one thread, fresh processes in turn, peak of a step above the memory before it (``python
+bench/checkouts.py . . --workload train-step --precision fp32 --malloc-a keep --malloc-b
+keep-small --rounds 3 --repeats 2``, ``bench/results/cpu-2core-Intel-Xeon-amx/checkouts_step_malloc/``):
+"keep" 612 MiB, 5.06 s per step; "keep-small" 506 MiB, 4.91 s.
 The library itself never changes the allocator: :func:`apply_malloc_mode` is for the code that
 owns the process.
 """

@@ -119,7 +119,7 @@ def run(args) -> list[dict]:
     for case in args.cases.split(","):
         for precision in args.precisions.split(","):
             for part, factory in _setup(case, precision, args.smoke, args.device).items():
-                if PARTS[part] not in args.parts.split(","):
+                if PARTS[part] not in args.parts:
                     continue
                 fns, first_call = {}, {}
                 for variant in variants:
@@ -177,7 +177,7 @@ def main() -> None:
     args = parser.parse_args()
     from common import choice_list, machine_name, results_dir, write_results
 
-    args.parts = ",".join(choice_list(parser, "--parts", args.parts, sorted(set(PARTS.values()))))
+    args.parts = choice_list(parser, "--parts", args.parts, sorted(set(PARTS.values())))
 
     out = Path(args.out) if args.out else results_dir(f"{machine_name()}/lr_d_variants")
     out.mkdir(parents=True, exist_ok=True)
